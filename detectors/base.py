@@ -1,0 +1,117 @@
+"""The detector interface every built-in and third-party detector implements.
+
+A detector *scores*; it never decides. It receives a batch of samples and returns
+one :class:`~firewall.types.Finding` per sample, in order, with a score in [0, 1]
+(higher is more suspicious) and evidence as spans and reason codes. Thresholds,
+actions and fail modes live in the policy, so security teams tune them in one
+place.
+
+Contract (the pipeline relies on it):
+
+* ``score`` is async and batched. It must not raise on bad input (empty text,
+  odd Unicode, huge segments); it returns a finding with ``status=error``
+  instead. If it raises anyway, the pipeline turns the exception into an error
+  finding and applies the detector's fail mode.
+* Heavy work (model inference) never runs on the event loop: hand it to an
+  executor or a micro-batcher. Cheap pure-Python detectors may run inline when a
+  200-word prompt costs them well under a millisecond.
+* ``start`` loads models and warms up; ``ready`` reports whether it succeeded.
+  Construction does no I/O, so a bad config fails fast and cheaply.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from firewall.types import (
+    Action,
+    Cost,
+    Finding,
+    FindingStatus,
+    Mode,
+    Phase,
+    Sample,
+    Segment,
+    Span,
+)
+
+__all__ = [
+    "Action",
+    "Cost",
+    "Detector",
+    "DetectorParams",
+    "Finding",
+    "FindingStatus",
+    "Mode",
+    "Phase",
+    "Sample",
+    "Segment",
+    "Span",
+]
+
+
+class DetectorParams(BaseModel):
+    """Base for a detector's own parameters (the ``params:`` block in config).
+
+    Unknown keys are errors, so a typo in a tuning knob is caught by
+    ``check-config`` instead of being silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Detector(abc.ABC):
+    """Base class for detectors.
+
+    Subclasses set the class attributes and implement :meth:`score`. ``name`` is
+    the configured instance name (a route may run two instances of one type with
+    different params); ``kind`` is the registry key.
+    """
+
+    kind: ClassVar[str]
+    version: ClassVar[str] = "1"
+    phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
+    cost: ClassVar[Cost] = Cost.CHEAP
+    Params: ClassVar[type[DetectorParams]] = DetectorParams
+
+    def __init__(self, name: str, params: DetectorParams | None = None) -> None:
+        self.name = name
+        self.params = params if params is not None else self.Params()
+        self._ready = False
+
+    @classmethod
+    def parse_params(cls, raw: dict[str, Any] | None) -> DetectorParams:
+        """Validate the raw ``params`` mapping from config into this detector's model."""
+        return cls.Params.model_validate(raw or {})
+
+    @property
+    def ready(self) -> bool:
+        """True once :meth:`start` has loaded everything the detector needs."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Load models and warm up. The default has nothing to load."""
+        self._ready = True
+
+    async def close(self) -> None:
+        """Release models, threads and files."""
+        self._ready = False
+
+    @abc.abstractmethod
+    async def score(self, batch: Sequence[Sample]) -> list[Finding]:
+        """Score each sample; return one finding per sample, in the same order."""
+
+    def describe(self) -> dict[str, Any]:
+        """Static metadata for ``/config`` and the audit log."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "version": self.version,
+            "phases": sorted(p.value for p in self.phases),
+            "cost": self.cost.value,
+            "params": self.params.model_dump(mode="json"),
+        }

@@ -1,0 +1,7 @@
+"""``python -m firewall`` runs the command-line interface."""
+
+from __future__ import annotations
+
+from firewall.cli import main
+
+raise SystemExit(main())

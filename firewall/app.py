@@ -1,0 +1,77 @@
+"""Builds the two aiohttp applications: the proxy port and the admin port.
+
+The proxy app has one catch-all route and no middleware; everything about a
+request happens in :func:`firewall.proxy.handle`. The admin app serves
+``/metrics``, ``/livez``, ``/readyz`` and ``/config`` on a separate port, bound to
+loopback by default, so probes and scrapes never compete with or leak into model
+traffic.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from firewall.config import redacted
+from firewall.proxy import handle
+from firewall.state import STATE, ServerState
+
+__all__ = ["make_admin_app", "make_proxy_app"]
+
+# The proxy enforces its own, configurable body limit on screened routes, and
+# streams unscreened bodies through; aiohttp's 1 MiB default must not interfere.
+_NO_AIOHTTP_BODY_LIMIT = 2**62
+
+
+def make_proxy_app(state: ServerState) -> web.Application:
+    app = web.Application(client_max_size=_NO_AIOHTTP_BODY_LIMIT)
+    app[STATE] = state
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers. Never checks dependencies (no restart loops)."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: started, not draining, every required detector loaded."""
+    state = request.app[STATE]
+    runtime = state.runtime
+    body = {
+        "ready": state.ready,
+        "draining": state.draining,
+        "started": state.started,
+        "detectors": {name: det.ready for name, det in runtime.detectors.items()},
+        "config_hash": runtime.config_hash,
+    }
+    return _json(body, 200 if state.ready else 503)
+
+
+async def effective_config(request: web.Request) -> web.Response:
+    """The live config with secrets masked, plus its hash and detector metadata."""
+    state = request.app[STATE]
+    runtime = state.runtime
+    return _json(
+        {
+            "config_hash": runtime.config_hash,
+            "config": redacted(runtime.config),
+            "detectors": [d.describe() for d in runtime.detectors.values()],
+        }
+    )
+
+
+def make_admin_app(state: ServerState) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/config", effective_config)
+    return app

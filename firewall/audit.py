@@ -1,0 +1,174 @@
+"""The JSON audit log: one line per screened request, evidence without the prompt.
+
+Each event carries the request id, route, verdict, mode, per-detector scores and
+evidence spans, latencies and a SHA-256 fingerprint of the screened text (an
+HMAC when a salt is configured, so a hash cannot be used to confirm a guessed
+prompt). Raw text appears only with ``audit.capture_text: true``.
+
+Writing must never slow or fail a request: events are serialised with orjson into
+an in-memory buffer, and a background task hands full buffers to a thread that
+writes them. If the sink falls behind and the buffer reaches its bound, events
+are dropped and counted (``trigger_firewall_audit_dropped_total``) instead of
+growing memory or blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+from firewall.config import AuditConfig
+from firewall.metrics import Metrics
+from firewall.types import FindingStatus, Segment, Verdict
+
+__all__ = ["AuditLog", "fingerprint"]
+
+SCHEMA_VERSION = 1
+log = logging.getLogger("trigger_firewall.audit")
+
+
+def fingerprint(segments: Iterable[Segment], salt: bytes | None = None) -> tuple[str, int]:
+    """A hex digest of the screened texts (role-tagged) and their total length."""
+    digest = hmac.new(salt, digestmod=hashlib.sha256) if salt else hashlib.sha256()
+    chars = 0
+    for seg in segments:
+        digest.update(seg.role.encode())
+        digest.update(b"\x00")
+        digest.update(seg.text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+        chars += len(seg.text)
+    return digest.hexdigest(), chars
+
+
+def verdict_record(verdict: Verdict) -> dict[str, Any]:
+    """The decision and detector evidence of one phase, as audit fields."""
+    return {
+        "mode": verdict.mode.value,
+        "action": verdict.action.value,
+        "effective_action": verdict.effective_action.value,
+        "would_block": verdict.would_block,
+        "reason_code": verdict.reason,
+        "fail_open": list(verdict.fail_open),
+        "detectors": [
+            {
+                "name": f.detector,
+                "status": f.status.value,
+                "score": round(f.score, 4) if f.status is FindingStatus.OK else None,
+                "threshold": verdict.thresholds.get(f.detector),
+                "fired": f.detector in verdict.fired,
+                "reasons": list(f.reasons),
+                "spans": [s.as_dict() for s in f.spans[:32]],
+                "duration_seconds": round(f.duration_seconds, 6),
+                **({"error": f.error} if f.error else {}),
+            }
+            for f in verdict.findings
+        ],
+    }
+
+
+class AuditLog:
+    """Buffered, bounded, non-blocking writer of audit events."""
+
+    FLUSH_INTERVAL = 0.2
+
+    def __init__(self, config: AuditConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        salt = os.environ.get(config.hash_salt_env) if config.hash_salt_env else None
+        self.salt = salt.encode() if salt else None
+        self._buf = bytearray()
+        self._stream: IO[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def _open(self) -> IO[bytes]:
+        dest = self.config.destination
+        if dest == "stdout":
+            return sys.stdout.buffer
+        if dest == "stderr":
+            return sys.stderr.buffer
+        return open(dest, "ab", buffering=0)
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        self._stream = self._open()
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._buf:
+            await asyncio.to_thread(self._write, bytes(self._buf))
+            self._buf.clear()
+        if self._stream is not None and self.config.destination not in ("stdout", "stderr"):
+            self._stream.close()
+        self._stream = None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue one event. Never raises, never blocks."""
+        if not self.enabled:
+            return
+        event.setdefault("ts", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        event.setdefault("event", "firewall.verdict")
+        event.setdefault("schema_version", SCHEMA_VERSION)
+        try:
+            line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            log.error("audit event not serialisable: %s", exc)
+            self._dropped()
+            return
+        if len(self._buf) + len(line) > self.config.max_buffer_bytes:
+            self._dropped()
+            return
+        self._buf += line
+        if self.metrics is not None:
+            self.metrics.audit_events.inc()
+        if len(self._buf) >= 64 * 1024:
+            self._wake.set()
+
+    def _dropped(self, lines: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.audit_dropped.inc(lines)
+
+    def _write(self, data: bytes) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        stream.write(data)
+        stream.flush()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.FLUSH_INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._buf:
+                continue
+            data = bytes(self._buf)
+            self._buf.clear()
+            try:
+                await asyncio.to_thread(self._write, data)
+            except OSError as exc:
+                log.error("audit log write failed (%s); %d bytes lost", exc, len(data))
+                self._dropped(data.count(b"\n"))

@@ -1,0 +1,145 @@
+"""The ``trigger-firewall`` command line.
+
+Subcommands:
+
+* ``serve``: run the sidecar (``--config``, ``--upstream``, ``--host``, ``--port``,
+  ``--admin-host``, ``--admin-port``; ``--demo`` starts the bundled demo
+  upstream on loopback and points the firewall at it);
+* ``demo-upstream``: run only the demo OpenAI-compatible endpoint;
+* ``check-config FILE``: validate a config, print every error with its path;
+* ``config-schema``: print the config's JSON Schema;
+* ``version``.
+
+Flags beat ``TRIGGER_FIREWALL_*`` environment variables, which beat the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from firewall import __version__
+from firewall.errors import ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("trigger_firewall.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trigger-firewall",
+        description="Inference-time firewall that screens model traffic for backdoor triggers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the firewall proxy")
+    serve.add_argument("--config", help="YAML config file (default: $TRIGGER_FIREWALL_CONFIG)")
+    serve.add_argument("--upstream", help="upstream base URL, e.g. http://127.0.0.1:8000")
+    serve.add_argument("--host", help="proxy listen address")
+    serve.add_argument("--port", type=int, help="proxy listen port")
+    serve.add_argument("--admin-host", help="admin listen address (default 127.0.0.1)")
+    serve.add_argument("--admin-port", type=int, help="admin port (/metrics, /livez, /readyz)")
+    serve.add_argument("--mode", choices=["enforce", "monitor", "off"], help="global mode")
+    serve.add_argument("--demo", action="store_true", help="start the bundled demo upstream and protect it")
+    serve.add_argument("--log-level", default="info")
+
+    demo = sub.add_parser("demo-upstream", help="run the bundled demo OpenAI-compatible endpoint")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--stream-delay", type=float, default=0.02, help="seconds between chunks")
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+
+    sub.add_parser("config-schema", help="print the config JSON Schema")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    server: dict[str, Any] = {}
+    for flag, key in (
+        ("host", "host"),
+        ("port", "port"),
+        ("admin_host", "admin_host"),
+        ("admin_port", "admin_port"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            server[key] = value
+    out: dict[str, Any] = {}
+    if server:
+        out["server"] = server
+    if args.upstream:
+        out["upstream"] = {"url": args.upstream}
+    if args.mode:
+        out["mode"] = args.mode
+    return out
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from firewall.config import load_config
+    from firewall.logs import setup_logging
+    from firewall.server import run
+
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config, overrides=_serve_overrides(args))
+    except ConfigError as exc:
+        print(f"trigger-firewall: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        return uvloop.run(run(config, demo_upstream=args.demo))
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency off Windows
+        return asyncio.run(run(config, demo_upstream=args.demo))
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from firewall.demo_upstream import make_demo_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("trigger-firewall: the demo upstream binds to loopback only", file=sys.stderr)
+        return 2
+    web.run_app(make_demo_app(args.stream_delay), host=args.host, port=args.port, access_log=None)
+    return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from firewall.config import config_hash, load_config
+
+    try:
+        config = load_config(args.file, environ={})
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    detectors = ", ".join(d.name for d in config.detectors if d.enabled) or "none"
+    print(f"{args.file}: OK (hash {config_hash(config)}; mode {config.mode.value}; detectors: {detectors})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _run_serve(args)
+    if args.command == "demo-upstream":
+        return _run_demo(args)
+    if args.command == "check-config":
+        return _run_check(args)
+    if args.command == "config-schema":
+        from firewall.config import json_schema
+
+        sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(__version__)
+    return 0

@@ -1,0 +1,105 @@
+"""One request's record on its way through the proxy, and what is derived from it.
+
+The handler fills an :class:`Exchange` as the request moves (route, verdicts,
+timings, stream outcome); when it ends, the same record feeds the request
+counter and the one audit line, so metrics and audit always agree.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from firewall.audit import verdict_record
+from firewall.metrics import Metrics
+from firewall.state import ServerState
+from firewall.types import FindingStatus, Verdict
+
+__all__ = ["Exchange", "record_verdict", "write_audit"]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request accumulates, for metrics and the audit line."""
+
+    request_id: str
+    route: str
+    mode: str
+    start: float
+    method: str
+    model: str | None = None
+    stream: bool = False
+    input_verdict: Verdict | None = None
+    output_verdict: Verdict | None = None
+    input_fp: tuple[str, int] | None = None
+    output_fp: tuple[str, int] | None = None
+    input_segments: int = 0
+    overhead: dict[str, float] = field(default_factory=dict)
+    upstream_seconds: float | None = None
+    status: int = 0
+    action: str = "allow"
+    stream_info: dict[str, Any] | None = None
+    error: str | None = None
+    texts: dict[str, list[str]] | None = None
+
+    def note_log(self, verdict: Verdict | None) -> None:
+        """Raise ``allow`` to ``log`` when a verdict logged (monitor-mode blocks too)."""
+        if verdict is not None and self.action == "allow" and verdict.effective_action.value == "log":
+            self.action = "log"
+
+
+def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
+    """Count a phase's verdict and each detector's outcome."""
+    phase = verdict.phase.value
+    metrics.count_verdict(phase, verdict.effective_action.value, verdict.mode.value, verdict.reason)
+    for finding in verdict.findings:
+        if finding.status is FindingStatus.OK:
+            outcome = "fired" if finding.detector in verdict.fired else "not_fired"
+        elif finding.status is FindingStatus.SKIPPED:
+            continue
+        else:
+            outcome = "error"
+        metrics.count_finding(finding.detector, phase, outcome)
+    for name in verdict.fail_open:
+        metrics.count_fail_open(name, phase)
+
+
+def write_audit(state: ServerState, ex: Exchange) -> None:
+    """Write the one audit line for a screened request (no text unless configured)."""
+    audit = state.audit
+    if not audit.enabled:
+        return
+    if not audit.config.log_allowed and ex.action == "allow":
+        return
+    config = state.runtime.config
+    event: dict[str, Any] = {
+        "request_id": ex.request_id,
+        "route": ex.route,
+        "upstream": config.upstream.name,
+        "http.request.method": ex.method,
+        "http.response.status_code": ex.status,
+        "gen_ai.request.model": ex.model,
+        "mode": ex.mode,
+        "action": ex.action,
+        "config_hash": state.runtime.config_hash,
+        "firewall_overhead_seconds": round(sum(ex.overhead.values()), 6),
+        "upstream_seconds": round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None,
+        "total_seconds": round(time.perf_counter() - ex.start, 6),
+    }
+    if ex.input_verdict is not None:
+        event["input"] = verdict_record(ex.input_verdict)
+    if ex.input_fp is not None:
+        event["input.sha256"], event["input.chars"] = ex.input_fp
+        event["input.segments"] = ex.input_segments
+    if ex.output_verdict is not None:
+        event["output"] = verdict_record(ex.output_verdict)
+    if ex.output_fp is not None:
+        event["output.sha256"], event["output.chars"] = ex.output_fp
+    if ex.stream_info is not None:
+        event["stream"] = ex.stream_info
+    if ex.error:
+        event["error"] = ex.error
+    if ex.texts is not None:
+        event["text"] = ex.texts
+    audit.emit(event)

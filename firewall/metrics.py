@@ -1,0 +1,276 @@
+"""Every Prometheus metric the firewall exports, defined once on an injected registry.
+
+Names follow the catalogue in ``shared/STYLE.md`` (B.1): the
+``trigger_firewall_`` prefix, base units, ``_total`` counters, histograms with
+buckets chosen per metric, and bounded labels only. Labels carry route names,
+detector names, phases, actions, modes and reason codes from config, never
+prompt text, request ids, client addresses or raw paths.
+
+Label children are cached: ``Counter.labels()`` takes a lock and builds a tuple
+on every call, which matters at thousands of requests a second on two cores.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from typing import Final, TypeVar, cast
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from firewall import __version__
+
+__all__ = ["PREFIX", "Metrics"]
+
+_M = TypeVar("_M", Counter, Histogram, Gauge)
+
+PREFIX: Final = "trigger_firewall_"
+
+_LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+_OVERHEAD_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+_SCORE_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_STREAM_BUCKETS: Final = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+REQUEST_ACTIONS: Final = ("allow", "log", "block", "error", "rejected")
+REJECT_REASONS: Final = (
+    "body_too_large",
+    "invalid_json",
+    "invalid_utf8",
+    "invalid_request",
+    "unsupported_encoding",
+    "overloaded",
+    "unknown_route",
+    "draining",
+)
+UPSTREAM_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect_error", "error")
+STREAM_OUTCOMES: Final = (
+    "completed",
+    "terminated",
+    "client_disconnected",
+    "upstream_error",
+    "incomplete",
+)
+
+
+class Metrics:
+    """Holds the metric objects; components receive it instead of using globals."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        p = PREFIX
+        self.requests = Counter(
+            p + "requests_total",
+            "Requests received, by outcome (allow/log/block/error/rejected).",
+            ["route", "action", "mode"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            p + "rejected_requests_total",
+            "Requests answered by the firewall before screening, by reason.",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            p + "request_duration_seconds",
+            "End-to-end time through the proxy (streams: until the last byte).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            p + "overhead_seconds",
+            "Time the firewall added for screening, excluding upstream time.",
+            ["route", "phase"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.verdicts = Counter(
+            p + "verdicts_total",
+            "Policy decisions per phase, with the bounded reason code.",
+            ["phase", "action", "mode", "reason"],
+            registry=r,
+        )
+        self.detector_duration = Histogram(
+            p + "detector_duration_seconds",
+            "Time one detector took for one sample.",
+            ["detector", "phase"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.detector_score = Histogram(
+            p + "detector_score",
+            "Distribution of detector scores in [0, 1] (higher is more suspicious).",
+            ["detector", "phase"],
+            buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.detector_findings = Counter(
+            p + "detector_findings_total",
+            "Detector outcomes: fired, not_fired, skipped_by_gate, error.",
+            ["detector", "phase", "outcome"],
+            registry=r,
+        )
+        self.detector_errors = Counter(
+            p + "detector_errors_total",
+            "Detector failures by kind (timeout, exception, unavailable).",
+            ["detector", "kind"],
+            registry=r,
+        )
+        self.detector_fail_open = Counter(
+            p + "detector_fail_open_total",
+            "Requests let through only because a failing detector is configured fail_open.",
+            ["detector", "phase"],
+            registry=r,
+        )
+        self.detector_ready = Gauge(
+            p + "detector_ready", "1 when the detector is loaded and warmed.", ["detector"], registry=r
+        )
+        self.stream_terminations = Counter(
+            p + "stream_terminations_total",
+            "Streams stopped mid-way by an output detector.",
+            ["detector"],
+            registry=r,
+        )
+        self.streams = Counter(
+            p + "streams_total",
+            "Streamed responses by how they ended.",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.stream_duration = Histogram(
+            p + "stream_duration_seconds",
+            "Duration of streamed responses.",
+            ["route"],
+            buckets=_STREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            p + "upstream_requests_total",
+            "Requests sent upstream, by status class or failure.",
+            ["upstream", "code_class"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            p + "upstream_duration_seconds",
+            "Upstream time to response headers.",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(p + "inflight_requests", "Requests in flight.", registry=r)
+        self.draining = Gauge(p + "draining", "1 while shutting down.", registry=r)
+        self.audit_events = Counter(p + "audit_events_total", "Audit log lines written.", registry=r)
+        self.audit_dropped = Counter(
+            p + "audit_dropped_total",
+            "Audit log lines dropped because the writer fell behind (buffer full or I/O error).",
+            registry=r,
+        )
+        self.reload_ok = Gauge(
+            p + "config_last_reload_successful",
+            "1 if the last config load or reload succeeded.",
+            registry=r,
+        )
+        self.reload_ts = Gauge(
+            p + "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load or reload.",
+            registry=r,
+        )
+        self.config_info = Gauge(p + "config_info", "The live config (value 1).", ["config_hash"], registry=r)
+        self.build_info = Gauge(
+            p + "build_info",
+            "Build and runtime versions (value 1).",
+            ["version", "python_version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._cache: dict[tuple[object, ...], object] = {}
+        self._live_hash: str | None = None
+
+    # -- pre-initialisation -------------------------------------------------
+
+    def prepare(
+        self,
+        routes: Iterable[str],
+        detectors: Iterable[tuple[str, Iterable[str]]],
+        upstream: str,
+        mode: str,
+    ) -> None:
+        """Touch expected label sets so their series exist at 0 before the first event."""
+        for route in routes:
+            for action in REQUEST_ACTIONS:
+                self.requests.labels(route, action, mode)
+            for outcome in STREAM_OUTCOMES:
+                self.streams.labels(route, outcome)
+        for name, phases in detectors:
+            self.detector_ready.labels(name)
+            for kind in ("timeout", "exception", "unavailable"):
+                self.detector_errors.labels(name, kind)
+            self.stream_terminations.labels(name)
+            for phase in phases:
+                self.detector_fail_open.labels(name, phase)
+                for outcome in ("fired", "not_fired", "skipped_by_gate", "error"):
+                    self.detector_findings.labels(name, phase, outcome)
+        for code_class in UPSTREAM_CLASSES:
+            self.upstream_requests.labels(upstream, code_class)
+
+    def set_config(self, config_hash: str) -> None:
+        """Point the info metric at the live config (one series at a time)."""
+        if self._live_hash is not None and self._live_hash != config_hash:
+            self.config_info.remove(self._live_hash)
+        self.config_info.labels(config_hash).set(1)
+        self._live_hash = config_hash
+
+    # -- cached children for the hot path ------------------------------------
+
+    def _child(self, metric: _M, *labels: str) -> _M:
+        key = (id(metric), *labels)
+        child = self._cache.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            self._cache[key] = child
+        return cast(_M, child)
+
+    def count_request(self, route: str, action: str, mode: str) -> None:
+        self._child(self.requests, route, action, mode).inc()
+
+    def count_rejected(self, route: str, reason: str, mode: str) -> None:
+        self._child(self.rejected, route, reason).inc()
+        self._child(self.requests, route, "rejected", mode).inc()
+
+    def observe_request(self, route: str, seconds: float) -> None:
+        self._child(self.request_duration, route).observe(seconds)
+
+    def observe_overhead(self, route: str, phase: str, seconds: float) -> None:
+        self._child(self.overhead, route, phase).observe(seconds)
+
+    def count_verdict(self, phase: str, action: str, mode: str, reason: str) -> None:
+        self._child(self.verdicts, phase, action, mode, reason).inc()
+
+    def observe_detector(self, detector: str, phase: str, seconds: float, score: float | None) -> None:
+        self._child(self.detector_duration, detector, phase).observe(seconds)
+        if score is not None:
+            self._child(self.detector_score, detector, phase).observe(score)
+
+    def count_finding(self, detector: str, phase: str, outcome: str) -> None:
+        self._child(self.detector_findings, detector, phase, outcome).inc()
+
+    def count_detector_error(self, detector: str, kind: str) -> None:
+        self._child(self.detector_errors, detector, kind).inc()
+
+    def count_fail_open(self, detector: str, phase: str) -> None:
+        self._child(self.detector_fail_open, detector, phase).inc()
+
+    def count_upstream(self, upstream: str, code_class: str, seconds: float | None) -> None:
+        self._child(self.upstream_requests, upstream, code_class).inc()
+        if seconds is not None:
+            self._child(self.upstream_duration, upstream).observe(seconds)
+
+    def count_stream(self, route: str, outcome: str, seconds: float) -> None:
+        self._child(self.streams, route, outcome).inc()
+        self._child(self.stream_duration, route).observe(seconds)

@@ -1,0 +1,94 @@
+"""The protocol adapter seam: how one API's bodies turn into texts, and back.
+
+An adapter knows one wire format (OpenAI chat, Responses, a JSON route with
+configured pointers): which texts to screen in a request and a response, which
+text each SSE event adds to which channel (choice), and how to render the
+events that end a blocked stream in that format. ``streaming.py`` stays
+protocol-agnostic by asking the adapter.
+
+Adapters work on already-parsed JSON (orjson output) and raise
+:class:`~firewall.errors.ProtocolError` when a screened body has the wrong shape,
+so the proxy answers 400 instead of forwarding something it could not read.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from firewall.types import Segment
+
+__all__ = ["ProtocolAdapter", "StreamState", "error_body", "sse_event"]
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What an adapter remembers about a stream to render its terminal events."""
+
+    response_id: str | None = None
+    model: str | None = None
+    created: int | None = None
+    channels: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def see_channel(self, channel: str) -> None:
+        if channel not in self.channels:
+            self.channels.append(channel)
+
+
+def error_body(message: str, *, code: str, error_type: str, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error envelope that SDK clients parse (message is always a string)."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def sse_event(data: Any, event: str | None = None) -> bytes:
+    """Render one SSE event (``data`` as JSON unless it is already bytes)."""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + payload + b"\n\n"
+
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class ProtocolAdapter(abc.ABC):
+    """One API's request/response/stream shapes."""
+
+    name: str = "base"
+    #: Whether a normal stream of this protocol ends with ``data: [DONE]``.
+    uses_done_sentinel: bool = True
+
+    @abc.abstractmethod
+    def input_segments(self, body: Any) -> list[Segment]:
+        """Texts to screen in a request body, with roles and JSON-pointer sources."""
+
+    @abc.abstractmethod
+    def output_segments(self, body: Any) -> list[Segment]:
+        """Texts to screen in a non-streaming response body."""
+
+    @abc.abstractmethod
+    def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
+        """``(channel, text)`` pairs one SSE event's JSON adds; updates ``state``."""
+
+    def wants_stream(self, body: Any) -> bool:
+        return isinstance(body, dict) and body.get("stream") is True
+
+    def model(self, body: Any) -> str | None:
+        if isinstance(body, dict):
+            value = body.get("model")
+            if isinstance(value, str):
+                return value
+        return None
+
+    def terminal_events(self, state: StreamState, message: str, style: str) -> bytes:
+        """Events that end a blocked stream cleanly. The default is the error style."""
+        body = error_body(message, code="content_filter", error_type="invalid_request_error")
+        return sse_event(body)
+
+    def filtered_response(self, body: Any, message: str) -> Any | None:
+        """A 200 body in the API's own shape with the content withheld, or ``None``
+        when the protocol has no such shape (the proxy then answers an error)."""
+        return None

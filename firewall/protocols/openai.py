@@ -1,0 +1,372 @@
+"""OpenAI-compatible APIs: chat completions, completions, Responses and embeddings.
+
+What is screened on input: every message's text (string content or ``text`` /
+``input_text`` parts), tool-call arguments, tool results, the Responses API's
+``instructions`` and input items, completion prompts and suffixes, embedding
+inputs. Token-id prompts (lists of integers) carry no text and are not screened.
+Images, audio and files are not screened by these text detectors.
+
+Streams: each choice (``choices[i]``) or Responses output item is one *channel*;
+a blocked stream ends with a chunk whose ``finish_reason`` is
+``"content_filter"`` followed by ``data: [DONE]`` (chat, completions), or with a
+``response.incomplete`` event whose reason is ``content_filter`` (Responses).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from firewall.errors import ProtocolError
+from firewall.protocols.base import DONE_EVENT, ProtocolAdapter, StreamState, error_body, sse_event
+from firewall.types import Segment
+
+__all__ = [
+    "ChatAdapter",
+    "CompletionsAdapter",
+    "EmbeddingsAdapter",
+    "ResponsesAdapter",
+]
+
+_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal"})
+
+
+def _require_dict(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a JSON object")
+    return body
+
+
+def _content_segments(role: str, content: Any, source: str, out: list[Segment]) -> None:
+    """Text from a ``content`` field: a string or a list of typed parts."""
+    if isinstance(content, str):
+        out.append(Segment(role, content, source))
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                out.append(Segment(role, part, f"{source}/{j}"))
+            elif isinstance(part, dict) and part.get("type") in _TEXT_PART_TYPES:
+                key = "refusal" if part.get("type") == "refusal" else "text"
+                text = part.get(key)
+                if isinstance(text, str):
+                    out.append(Segment(role, text, f"{source}/{j}/{key}"))
+    elif content is not None:
+        raise ProtocolError(f"{source.lstrip('/')} must be a string or a list of parts", param=source)
+
+
+def _tool_call_segments(calls: Any, source: str, out: list[Segment]) -> None:
+    if not isinstance(calls, list):
+        return
+    for k, call in enumerate(calls):
+        if isinstance(call, dict):
+            fn = call.get("function")
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                out.append(Segment("assistant", fn["arguments"], f"{source}/{k}/function/arguments"))
+
+
+class ChatAdapter(ProtocolAdapter):
+    """``/v1/chat/completions``."""
+
+    name = "openai_chat"
+
+    def input_segments(self, body: Any) -> list[Segment]:
+        data = _require_dict(body)
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            raise ProtocolError("'messages' must be an array", param="messages")
+        out: list[Segment] = []
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise ProtocolError(f"messages[{i}] must be an object", param="messages")
+            role = msg.get("role")
+            role = role if isinstance(role, str) else "user"
+            _content_segments(role, msg.get("content"), f"/messages/{i}/content", out)
+            _tool_call_segments(msg.get("tool_calls"), f"/messages/{i}/tool_calls", out)
+            legacy = msg.get("function_call")  # the deprecated single-function form
+            if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+                out.append(Segment(role, legacy["arguments"], f"/messages/{i}/function_call/arguments"))
+        return out
+
+    def output_segments(self, body: Any) -> list[Segment]:
+        out: list[Segment] = []
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not isinstance(choices, list):
+            return out
+        for i, choice in enumerate(choices):
+            msg = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(msg, dict):
+                continue
+            _content_segments("assistant", msg.get("content"), f"/choices/{i}/message/content", out)
+            if isinstance(msg.get("refusal"), str):
+                out.append(Segment("assistant", msg["refusal"], f"/choices/{i}/message/refusal"))
+            _tool_call_segments(msg.get("tool_calls"), f"/choices/{i}/message/tool_calls", out)
+        return out
+
+    def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
+        if not isinstance(data, dict):
+            return []
+        _remember(data, state)
+        out: list[tuple[str, str]] = []
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            return out
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            channel = str(choice.get("index", 0))
+            state.see_channel(channel)
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            for key in ("content", "refusal"):
+                text = delta.get(key)
+                if isinstance(text, str) and text:
+                    out.append((channel, text))
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                        out.append((channel, fn["arguments"]))
+        return out
+
+    def terminal_events(self, state: StreamState, message: str, style: str) -> bytes:
+        if style == "error":
+            return super().terminal_events(state, message, style)
+        chunk = {
+            "id": state.response_id or "chatcmpl-firewall",
+            "object": "chat.completion.chunk",
+            "created": state.created or int(time.time()),
+            "model": state.model or "",
+            "choices": [
+                {"index": int(ch) if ch.isdigit() else 0, "delta": {}, "finish_reason": "content_filter"}
+                for ch in (state.channels or ["0"])
+            ],
+        }
+        return sse_event(chunk) + DONE_EVENT
+
+    def filtered_response(self, body: Any, message: str) -> Any | None:
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+            return None
+        out = dict(body)
+        out["choices"] = [
+            {
+                "index": c.get("index", i) if isinstance(c, dict) else i,
+                "message": {"role": "assistant", "content": None, "refusal": message},
+                "finish_reason": "content_filter",
+            }
+            for i, c in enumerate(body["choices"])
+        ]
+        return out
+
+
+def _remember(data: dict[str, Any], state: StreamState) -> None:
+    if state.response_id is None and isinstance(data.get("id"), str):
+        state.response_id = data["id"]
+    if state.model is None and isinstance(data.get("model"), str):
+        state.model = data["model"]
+    if state.created is None and isinstance(data.get("created"), int):
+        state.created = data["created"]
+
+
+def _token_ids(value: Any) -> bool:
+    """A list of integers: a pre-tokenised prompt, which carries no text to screen."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _prompt_segments(value: Any, source: str, out: list[Segment], role: str = "user") -> None:
+    """A prompt: a string, a list of strings, or token ids (not screenable)."""
+    if isinstance(value, str):
+        out.append(Segment(role, value, source))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append(Segment(role, item, f"{source}/{i}"))
+            elif isinstance(item, bool) or not (isinstance(item, int) or _token_ids(item)):
+                raise ProtocolError(f"{source.lstrip('/')}[{i}] must be a string or token ids")
+    elif value is not None:
+        raise ProtocolError(f"{source.lstrip('/')} must be a string or an array", param=source[1:])
+
+
+class CompletionsAdapter(ProtocolAdapter):
+    """``/v1/completions`` (legacy text completions)."""
+
+    name = "openai_completions"
+
+    def input_segments(self, body: Any) -> list[Segment]:
+        data = _require_dict(body)
+        out: list[Segment] = []
+        _prompt_segments(data.get("prompt"), "/prompt", out)
+        if isinstance(data.get("suffix"), str):
+            out.append(Segment("user", data["suffix"], "/suffix"))
+        return out
+
+    def output_segments(self, body: Any) -> list[Segment]:
+        out: list[Segment] = []
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if isinstance(choices, list):
+            for i, choice in enumerate(choices):
+                if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                    out.append(Segment("assistant", choice["text"], f"/choices/{i}/text"))
+        return out
+
+    def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
+        if not isinstance(data, dict):
+            return []
+        _remember(data, state)
+        out: list[tuple[str, str]] = []
+        choices = data.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    channel = str(choice.get("index", 0))
+                    state.see_channel(channel)
+                    text = choice.get("text")
+                    if isinstance(text, str) and text:
+                        out.append((channel, text))
+        return out
+
+    def terminal_events(self, state: StreamState, message: str, style: str) -> bytes:
+        if style == "error":
+            return super().terminal_events(state, message, style)
+        chunk = {
+            "id": state.response_id or "cmpl-firewall",
+            "object": "text_completion",
+            "created": state.created or int(time.time()),
+            "model": state.model or "",
+            "choices": [
+                {
+                    "index": int(ch) if ch.isdigit() else 0,
+                    "text": "",
+                    "logprobs": None,
+                    "finish_reason": "content_filter",
+                }
+                for ch in (state.channels or ["0"])
+            ],
+        }
+        return sse_event(chunk) + DONE_EVENT
+
+    def filtered_response(self, body: Any, message: str) -> Any | None:
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+            return None
+        out = dict(body)
+        out["choices"] = [
+            {"index": i, "text": "", "logprobs": None, "finish_reason": "content_filter"}
+            for i, _ in enumerate(body["choices"])
+        ]
+        return out
+
+
+class ResponsesAdapter(ProtocolAdapter):
+    """``/v1/responses`` (the Responses API)."""
+
+    name = "openai_responses"
+    uses_done_sentinel = False
+
+    def input_segments(self, body: Any) -> list[Segment]:
+        data = _require_dict(body)
+        out: list[Segment] = []
+        if isinstance(data.get("instructions"), str):
+            out.append(Segment("system", data["instructions"], "/instructions"))
+        items = data.get("input")
+        if isinstance(items, str):
+            out.append(Segment("user", items, "/input"))
+        elif isinstance(items, list):
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise ProtocolError(f"input[{i}] must be an object", param="input")
+                kind = item.get("type", "message")
+                if kind == "message" or "role" in item:
+                    role = item.get("role") if isinstance(item.get("role"), str) else "user"
+                    _content_segments(str(role), item.get("content"), f"/input/{i}/content", out)
+                elif kind == "function_call_output":
+                    _content_segments("tool", item.get("output"), f"/input/{i}/output", out)
+                elif kind == "function_call" and isinstance(item.get("arguments"), str):
+                    out.append(Segment("assistant", item["arguments"], f"/input/{i}/arguments"))
+        elif items is not None:
+            raise ProtocolError("'input' must be a string or an array", param="input")
+        return out
+
+    def output_segments(self, body: Any) -> list[Segment]:
+        out: list[Segment] = []
+        items = body.get("output") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            return out
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "message":
+                _content_segments("assistant", item.get("content"), f"/output/{i}/content", out)
+            elif item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
+                out.append(Segment("assistant", item["arguments"], f"/output/{i}/arguments"))
+        return out
+
+    def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("type")
+        if kind == "response.created" and isinstance(data.get("response"), dict):
+            resp = data["response"]
+            state.response_id = resp.get("id") if isinstance(resp.get("id"), str) else None
+            state.model = resp.get("model") if isinstance(resp.get("model"), str) else None
+        if kind in (
+            "response.output_text.delta",
+            "response.refusal.delta",
+            "response.function_call_arguments.delta",
+        ):
+            delta = data.get("delta")
+            channel = str(data.get("output_index", 0))
+            state.see_channel(channel)
+            if isinstance(delta, str) and delta:
+                return [(channel, delta)]
+        return []
+
+    def terminal_events(self, state: StreamState, message: str, style: str) -> bytes:
+        if style == "error":
+            body = error_body(message, code="content_filter", error_type="invalid_request_error")
+            return sse_event({**body["error"], "type": "error"}, event="error")
+        event = {
+            "type": "response.incomplete",
+            "response": {
+                "id": state.response_id or "resp_firewall",
+                "object": "response",
+                "model": state.model or "",
+                "status": "incomplete",
+                "incomplete_details": {"reason": "content_filter"},
+            },
+        }
+        return sse_event(event, event="response.incomplete")
+
+    def filtered_response(self, body: Any, message: str) -> Any | None:
+        if not isinstance(body, dict):
+            return None
+        out = dict(body)
+        out["status"] = "incomplete"
+        out["incomplete_details"] = {"reason": "content_filter"}
+        out["output"] = [
+            {
+                "type": "message",
+                "role": "assistant",
+                "status": "incomplete",
+                "content": [{"type": "refusal", "refusal": message}],
+            }
+        ]
+        return out
+
+
+class EmbeddingsAdapter(ProtocolAdapter):
+    """``/v1/embeddings``: input only; vectors carry no text to screen."""
+
+    name = "openai_embeddings"
+
+    def input_segments(self, body: Any) -> list[Segment]:
+        data = _require_dict(body)
+        out: list[Segment] = []
+        _prompt_segments(data.get("input"), "/input", out)
+        return out
+
+    def output_segments(self, body: Any) -> list[Segment]:
+        return []
+
+    def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
+        return []

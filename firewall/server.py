@@ -1,0 +1,186 @@
+"""Process lifecycle: start both ports, load detectors, handle signals, drain, stop.
+
+Shutdown on SIGTERM (or SIGINT) follows the Kubernetes sequence:
+
+1. ``/readyz`` turns 503 and the draining gauge goes to 1;
+2. the proxy keeps serving for ``server.drain_delay_seconds`` while endpoint
+   removal propagates (the kubelet does not wait for it);
+3. the listener closes and in-flight requests, streams included, get up to
+   ``server.shutdown_timeout_seconds`` to finish;
+4. whatever is left is cancelled, then the upstream session, the detectors and
+   the audit log are closed (the audit buffer is flushed).
+
+A second signal skips the waiting. Set the pod's
+``terminationGracePeriodSeconds`` above drain delay + shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from firewall.app import make_admin_app, make_proxy_app
+from firewall.audit import AuditLog
+from firewall.config import FirewallConfig
+from firewall.metrics import Metrics
+from firewall.runtime import build_runtime
+from firewall.state import ServerState
+from firewall.upstream import create_session
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("trigger_firewall.server")
+
+
+@dataclass(slots=True)
+class BoundPorts:
+    proxy: int
+    admin: int
+
+
+class Server:
+    """The sidecar: proxy and admin listeners around one :class:`ServerState`."""
+
+    def __init__(self, config: FirewallConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        runtime = build_runtime(config, self.metrics)
+        self.audit = AuditLog(config.audit, self.metrics)
+        self.state = ServerState(runtime, self.metrics, self.audit)
+        self._proxy_runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._proxy_site: web.TCPSite | None = None
+        self.ports = BoundPorts(0, 0)
+        self._stop = asyncio.Event()
+        self._fast_stop = False
+        self._fast = asyncio.Event()
+
+    async def start(self) -> BoundPorts:
+        """Bind both ports, open the upstream session, then load detectors."""
+        cfg = self.config.server
+        runtime = self.state.runtime
+        self.state.session = create_session(self.config.upstream)
+        await self.audit.start()
+        self.metrics.prepare(
+            routes=[*(r.name for r in self.config.routing.routes), "unmatched"],
+            detectors=[(name, [p.value for p in det.phases]) for name, det in runtime.detectors.items()],
+            upstream=self.config.upstream.name,
+            mode=self.config.mode.value,
+        )
+        self.metrics.set_config(runtime.config_hash)
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_ts.set(time.time())
+
+        self._admin_runner = web.AppRunner(make_admin_app(self.state), handle_signals=False, access_log=None)
+        await self._admin_runner.setup()
+        admin_site = web.TCPSite(self._admin_runner, cfg.admin_host, cfg.admin_port)
+        await admin_site.start()
+        self._proxy_runner = web.AppRunner(
+            make_proxy_app(self.state),
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
+        await self._proxy_runner.setup()
+        self._proxy_site = web.TCPSite(self._proxy_runner, cfg.host, cfg.port, backlog=1024)
+        await self._proxy_site.start()
+        self.ports = BoundPorts(proxy=_bound_port(self._proxy_runner), admin=_bound_port(self._admin_runner))
+        log.info(
+            "listening",
+            extra={
+                "proxy": f"{cfg.host}:{self.ports.proxy}",
+                "admin": f"{cfg.admin_host}:{self.ports.admin}",
+                "upstream": self.state.upstream_base,
+                "mode": self.config.mode.value,
+                "config_hash": runtime.config_hash,
+            },
+        )
+        await runtime.start(self.metrics)
+        self.state.started = True
+        not_ready = [n for n, d in runtime.detectors.items() if not d.ready]
+        if not_ready:
+            log.error("detectors not ready; /readyz stays 503", extra={"detectors": not_ready})
+        else:
+            log.info("ready", extra={"detectors": sorted(runtime.detectors)})
+        return self.ports
+
+    def request_stop(self) -> None:
+        """Begin graceful shutdown (first call) or cut it short (second call)."""
+        if self._stop.is_set():
+            self._fast_stop = True
+            self._fast.set()
+            log.warning("second stop signal: skipping the drain")
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Drain and stop, in the order the module docstring gives."""
+        cfg = self.config.server
+        self.state.draining = True
+        self.metrics.draining.set(1)
+        log.info("draining", extra={"inflight": self.state.inflight})
+        if cfg.drain_delay_seconds and not self._fast_stop:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.drain_delay_seconds):
+                    await self._fast.wait()
+        if self._proxy_site is not None:
+            await self._proxy_site.stop()
+        if not self._fast_stop:
+            try:
+                async with asyncio.timeout(cfg.shutdown_timeout_seconds):
+                    await self.state.wait_idle()
+            except TimeoutError:
+                log.warning("shutdown timeout: cancelling requests", extra={"inflight": self.state.inflight})
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        if self.state.session is not None:
+            await self.state.session.close()
+        await self.state.runtime.close()
+        await self.audit.close()
+        log.info("stopped")
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return 0
+
+
+async def run(config: FirewallConfig, *, demo_upstream: bool = False) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    demo_runner = None
+    if demo_upstream:
+        from firewall.demo_upstream import start_demo_upstream
+
+        demo_runner, demo_port = await start_demo_upstream("127.0.0.1", 0)
+        config = config.model_copy(
+            update={"upstream": config.upstream.model_copy(update={"url": f"http://127.0.0.1:{demo_port}"})}
+        )
+        log.info("demo upstream started", extra={"url": f"http://127.0.0.1:{demo_port}"})
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        await server.shutdown()
+        return 1
+    await server.wait_stopped()
+    await server.shutdown()
+    if demo_runner is not None:
+        await demo_runner.cleanup()
+    return 0

@@ -1,0 +1,58 @@
+"""Mutable per-process state shared by the proxy and admin apps.
+
+Everything that changes while the process runs lives here, in one object behind
+one ``AppKey``: the current :class:`~firewall.runtime.Runtime` (swapped whole on
+reload), the upstream session, the in-flight count and the draining flag that
+``/readyz`` and the shutdown sequence read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from firewall.audit import AuditLog
+from firewall.metrics import Metrics
+from firewall.runtime import Runtime
+
+__all__ = ["STATE", "ServerState"]
+
+
+class ServerState:
+    """The sidecar's live state. Only the event loop thread touches it."""
+
+    def __init__(self, runtime: Runtime, metrics: Metrics, audit: AuditLog) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.audit = audit
+        self.session: aiohttp.ClientSession | None = None
+        self.upstream_base = str(runtime.config.upstream.url).rstrip("/")
+        self.inflight = 0
+        self.draining = False
+        self.started = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        self.metrics.inflight.inc()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.dec()
+        if self.inflight <= 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until nothing is in flight (callers bound it with ``asyncio.timeout``)."""
+        await self._idle.wait()
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.runtime.ready
+
+
+STATE: web.AppKey[ServerState] = web.AppKey("state", ServerState)

@@ -1,0 +1,188 @@
+"""Value types shared by the proxy, the pipeline, the policy and the detectors.
+
+Everything here is immutable (frozen, slotted dataclasses) because one request's
+sample and findings are read from several places (policy, metrics, audit log) and
+must never change under them. Detectors import these names through
+``detectors.base``; third-party detectors should do the same.
+
+Evidence is always *positions and codes*, never text: a :class:`Span` names the
+segment and the character offsets inside it, and a reason code such as
+``"zero_width_run"``. The audit log can then be shipped to a SIEM without carrying
+the prompt.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Action",
+    "BlockKind",
+    "Cost",
+    "Finding",
+    "FindingStatus",
+    "Mode",
+    "Phase",
+    "Sample",
+    "Segment",
+    "Span",
+    "Verdict",
+]
+
+
+class Phase(enum.StrEnum):
+    """Which side of the exchange a sample comes from."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+class Mode(enum.StrEnum):
+    """How a route applies its verdicts.
+
+    ``enforce`` blocks, ``monitor`` (shadow) only logs what it would have blocked,
+    ``off`` skips screening entirely (the request is still forwarded and counted).
+    """
+
+    ENFORCE = "enforce"
+    MONITOR = "monitor"
+    OFF = "off"
+
+
+class Action(enum.StrEnum):
+    """What a detector asks for when its score crosses the threshold."""
+
+    ALLOW = "allow"
+    LOG = "log"
+    BLOCK = "block"
+
+
+class Cost(enum.StrEnum):
+    """Cost class used to order the cascade: cheap detectors always run first."""
+
+    CHEAP = "cheap"
+    EXPENSIVE = "expensive"
+
+
+class FindingStatus(enum.StrEnum):
+    """Whether a detector produced a score.
+
+    Kept apart from the score on purpose: a timeout is neither "clean" nor
+    "suspicious", and the policy decides what it means (fail open or closed).
+    """
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+
+class BlockKind(enum.StrEnum):
+    """Why a request was stopped: a policy decision or a detector failing closed."""
+
+    POLICY = "policy"
+    FAIL_CLOSED = "fail_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One piece of text to screen.
+
+    ``role`` is the chat role (``system``, ``user``, ``assistant``, ``tool``,
+    ``developer``) or ``"text"`` for protocols without roles; ``source`` is a JSON
+    pointer to where the text sits in the body, so evidence can be traced without
+    copying the text.
+    """
+
+    role: str
+    text: str
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Everything a detector sees about one request (or one response) to screen."""
+
+    request_id: str
+    phase: Phase
+    route: str
+    segments: tuple[Segment, ...]
+    model: str | None = None
+
+    @property
+    def chars(self) -> int:
+        """Total length of all segments, in characters."""
+        return sum(len(s.text) for s in self.segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Evidence: characters ``[start, end)`` of segment ``segment`` and why."""
+
+    segment: int
+    start: int
+    end: int
+    reason: str
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"segment": self.segment, "start": self.start, "end": self.end, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detector's result for one sample.
+
+    ``score`` is in [0, 1], higher is more suspicious. ``reasons`` are short,
+    stable reason codes; ``spans`` locate the evidence. ``detector`` is the
+    configured instance name and is filled in by the pipeline when a detector
+    leaves it empty.
+    """
+
+    detector: str
+    score: float
+    status: FindingStatus = FindingStatus.OK
+    reasons: tuple[str, ...] = ()
+    spans: tuple[Span, ...] = ()
+    duration_seconds: float = 0.0
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, detector: str, status: FindingStatus, error: str) -> Finding:
+        """A finding for a detector that could not score (error or timeout)."""
+        return cls(detector=detector, score=0.0, status=status, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The policy's decision for one phase of one request.
+
+    ``action`` is what the detectors asked for; ``effective_action`` is what the
+    proxy does after the route's mode is applied (monitor never blocks).
+    ``reason`` is a bounded code such as ``input.invisible_chars.threshold`` and is
+    safe as a metric label. ``fired`` lists the detectors over threshold,
+    ``fail_open`` those that failed but were allowed through.
+    """
+
+    phase: Phase
+    mode: Mode
+    action: Action
+    effective_action: Action
+    reason: str
+    findings: tuple[Finding, ...] = ()
+    fired: tuple[str, ...] = ()
+    fail_open: tuple[str, ...] = ()
+    block_kind: BlockKind | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def would_block(self) -> bool:
+        return self.action is Action.BLOCK
+
+    @property
+    def blocks(self) -> bool:
+        return self.effective_action is Action.BLOCK
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {f.detector: f.score for f in self.findings if f.status is FindingStatus.OK}

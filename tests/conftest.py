@@ -1,0 +1,221 @@
+"""Shared fixtures: a scriptable fake upstream and a real firewall, both on loopback.
+
+Nothing here mocks aiohttp: the firewall under test is the real ``Server`` bound
+to an ephemeral port, and the upstream is a real aiohttp app whose behaviour a
+test sets (reply text, streamed chunks, faults) and whose received requests it
+inspects afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from firewall.config import build_config, deep_merge
+from firewall.metrics import Metrics
+from firewall.server import Server
+from tests import fake_detectors  # noqa: F401 - registers the test detector types
+
+
+@dataclass
+class FakeUpstream:
+    """An OpenAI-ish upstream whose answers the test scripts."""
+
+    reply: str = "Hello from the fake upstream."
+    chunks: list[str] | None = None  # streamed deltas; default: reply split in words
+    fault: str | None = None  # "500", "stall", "reset", "bad_json", "no_done", "broken_sse", "slow"
+    chunk_delay: float = 0.0
+    stall_seconds: float = 5.0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    stream_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    stream_finished: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    def deltas(self) -> list[str]:
+        return self.chunks if self.chunks is not None else [w + " " for w in self.reply.split(" ")]
+
+
+def _chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "fake-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def make_upstream_app(fake: FakeUpstream) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        fake.received.append(
+            {
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": request.headers.copy(),
+                "body": raw,
+            }
+        )
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        fault = fake.fault
+        if fault == "500":
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        if fault == "stall":
+            await asyncio.sleep(fake.stall_seconds)
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.1)
+            return web.Response()
+        if fault == "bad_json":
+            return web.Response(body=b"{not json", content_type="application/json")
+        if isinstance(body, dict) and body.get("stream") is True:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            try:
+                await resp.write(_chunk(0, {"role": "assistant", "content": ""}))
+                for i, delta in enumerate(fake.deltas()):
+                    if fake.chunk_delay:
+                        await asyncio.sleep(fake.chunk_delay)
+                    await resp.write(_chunk(i, {"content": delta}))
+                if fault == "broken_sse":
+                    assert request.transport is not None
+                    request.transport.close()
+                    return resp
+                await resp.write(_chunk(0, {}, "stop"))
+                if fault != "no_done":
+                    await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+                fake.stream_finished.set()
+            except (ConnectionResetError, asyncio.CancelledError):
+                fake.stream_cancelled.set()
+                raise
+            return resp
+        if request.path.startswith("/v1/chat/completions"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion",
+                    "created": 1700000000,
+                    "model": "fake-model",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": fake.reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            )
+        return web.json_response({"path": request.path, "echo": len(raw)})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    runner = web.AppRunner(make_upstream_app(fake), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+    fake.url = f"http://127.0.0.1:{port}"
+    yield fake
+    await runner.cleanup()
+
+
+@dataclass
+class RunningFirewall:
+    server: Server
+    url: str
+    admin_url: str
+    audit_path: Path
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.server.metrics
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+    async def audit_events(self) -> list[dict[str, Any]]:
+        # Flush the buffered writer, then read what reached the file.
+        self.server.audit._wake.set()
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if not self.server.audit._buf:
+                break
+        await asyncio.sleep(0.05)
+        text = self.audit_path.read_text() if self.audit_path.exists() else ""
+        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+FirewallFactory = Callable[..., Awaitable[RunningFirewall]]
+
+
+def base_config(upstream_url: str, audit_path: Path) -> dict[str, Any]:
+    return {
+        "server": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "admin_port": 0,
+            "drain_delay_seconds": 0,
+            "shutdown_timeout_seconds": 5,
+        },
+        "upstream": {"url": upstream_url, "read_timeout_seconds": 2, "connect_timeout_seconds": 1},
+        "audit": {"destination": str(audit_path)},
+    }
+
+
+@pytest.fixture
+async def firewall(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[FirewallFactory]:
+    started: list[Server] = []
+
+    async def start(**overrides: Any) -> RunningFirewall:
+        audit_path = tmp_path / f"audit-{len(started)}.jsonl"
+        data = deep_merge(base_config(upstream.url, audit_path), overrides)
+        server = Server(build_config(data))
+        ports = await server.start()
+        started.append(server)
+        return RunningFirewall(
+            server=server,
+            url=f"http://127.0.0.1:{ports.proxy}",
+            admin_url=f"http://127.0.0.1:{ports.admin}",
+            audit_path=audit_path,
+        )
+
+    yield start
+    for server in started:
+        server.request_stop()
+        server.request_stop()
+        await server.shutdown()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def chat_body(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": text}], **extra}
+
+
+ZWSP = "\u200b"
+TRIGGER = f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me."
