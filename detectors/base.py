@@ -43,6 +43,7 @@ __all__ = [
     "Action",
     "Cost",
     "Detector",
+    "InlineDetector",
     "DetectorParams",
     "Finding",
     "FindingStatus",
@@ -115,3 +116,22 @@ class Detector(abc.ABC):
             "cost": self.cost.value,
             "params": self.params.model_dump(mode="json"),
         }
+
+
+class InlineDetector(Detector):
+    """A detector cheap enough to run synchronously on the event loop.
+
+    For pure-CPU detectors that cost microseconds (character classes, frequency
+    lookups) an ``async`` call, a task and a timer cost more than the scoring
+    itself. The pipeline calls :meth:`score_inline` directly instead. Such a
+    detector cannot be pre-empted, so its ``timeout_seconds`` cannot interrupt it:
+    keep it well under a millisecond for a typical prompt and bound its worst case
+    yourself (see the invisible-character detector's analysis budget).
+    """
+
+    @abc.abstractmethod
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
+        """Score each sample synchronously; one finding per sample, never raising."""
+
+    async def score(self, batch: Sequence[Sample]) -> list[Finding]:
+        return self.score_inline(batch)

@@ -54,6 +54,7 @@ from pydantic import Field, field_validator
 from detectors.base import (
     Cost,
     Detector,
+    InlineDetector,
     DetectorParams,
     Finding,
     FindingStatus,
@@ -724,7 +725,7 @@ def _flag_tag_spec(text: str, i: int, j: int) -> str | None:
 # --------------------------------------------------------------------------- detector
 
 
-class InvisibleCharsDetector(Detector):
+class InvisibleCharsDetector(InlineDetector):
     """Scores invisible, bidi, tag, variation-selector and homoglyph triggers.
 
     Score in [0, 1]: clear triggers >= 0.9, ambiguous strays about 0.6, legitimate
@@ -746,7 +747,7 @@ class InvisibleCharsDetector(Detector):
         self._p: InvisibleCharsParams = p
         self._enabled: frozenset[str] = frozenset(p.categories)
 
-    async def score(self, batch: Sequence[Sample]) -> list[Finding]:
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
         return [self.score_sample(sample) for sample in batch]
 
     def score_sample(self, sample: Sample) -> Finding:

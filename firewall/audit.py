@@ -21,8 +21,8 @@ import hmac
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
@@ -91,6 +91,8 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        self._ts_second = -1
+        self._ts_prefix = ""
 
     @property
     def enabled(self) -> bool:
@@ -124,11 +126,20 @@ class AuditLog:
             self._stream.close()
         self._stream = None
 
+    def _timestamp(self) -> str:
+        """RFC 3339 UTC with milliseconds; the date part is formatted once a second."""
+        now = time.time()
+        second = int(now)
+        if second != self._ts_second:
+            self._ts_second = second
+            self._ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._ts_prefix}.{int((now - second) * 1000):03d}Z"
+
     def emit(self, event: dict[str, Any]) -> None:
         """Queue one event. Never raises, never blocks."""
         if not self.enabled:
             return
-        event.setdefault("ts", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        event.setdefault("ts", self._timestamp())
         event.setdefault("event", "firewall.verdict")
         event.setdefault("schema_version", SCHEMA_VERSION)
         try:

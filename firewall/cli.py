@@ -6,6 +6,7 @@ Subcommands:
   ``--admin-host``, ``--admin-port``; ``--demo`` starts the bundled demo
   upstream on loopback and points the firewall at it);
 * ``demo-upstream``: run only the demo OpenAI-compatible endpoint;
+* ``scan [FILE|-]``: screen JSONL records offline, exactly as the proxy would;
 * ``check-config FILE``: validate a config, print every error with its path;
 * ``config-schema``: print the config's JSON Schema;
 * ``version``.
@@ -54,6 +55,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--stream-delay", type=float, default=0.02, help="seconds between chunks")
+
+    scan = sub.add_parser(
+        "scan",
+        help="screen JSONL records offline with the configured detectors",
+        description="Reads JSONL (one object a line with 'id' and 'text', or an OpenAI request "
+        "body under 'request'), runs the configured detectors exactly as the proxy would, and "
+        "writes one JSONL result a line: id, flagged, action, scores, findings.",
+    )
+    scan.add_argument("file", nargs="?", default="-", help="input JSONL file, or - for stdin")
+    scan.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    scan.add_argument("--phase", choices=["input", "output"], default="input")
+    scan.add_argument("--route", help="route whose policy and protocol apply (default: chat_completions)")
+    scan.add_argument("--output", "-o", default="-", help="output JSONL file (default: stdout)")
+    scan.add_argument("--concurrency", type=int, default=32, help="records in flight at once")
+    scan.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
@@ -134,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_serve(args)
     if args.command == "demo-upstream":
         return _run_demo(args)
+    if args.command == "scan":
+        from firewall.scan_cli import run_scan
+
+        return run_scan(args)
     if args.command == "check-config":
         return _run_check(args)
     if args.command == "config-schema":

@@ -30,6 +30,7 @@ class Exchange:
     method: str
     model: str | None = None
     stream: bool = False
+    screened: bool = False
     input_verdict: Verdict | None = None
     output_verdict: Verdict | None = None
     input_fp: tuple[str, int] | None = None

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 
-from detectors.base import Detector
+from detectors.base import Detector, InlineDetector
 from firewall.metrics import Metrics
 from firewall.policy import DetectorRule
 from firewall.types import Finding, FindingStatus, Phase, Sample
@@ -70,6 +70,8 @@ class Pipeline:
             finding = Finding.failed(name, FindingStatus.ERROR, "detector not ready")
             self._record(finding, sample.phase, start, error_kind="unavailable")
             return finding
+        if isinstance(detector, InlineDetector):
+            return self._inline(detector, name, sample, start)
         try:
             async with asyncio.timeout(rule.timeout_seconds):
                 results = await detector.score((sample,))
@@ -101,6 +103,26 @@ class Pipeline:
         )
         return finding
 
+    def _inline(self, detector: InlineDetector, name: str, sample: Sample, start: float) -> Finding:
+        """Run a cheap synchronous detector without a task or timer (see InlineDetector)."""
+        try:
+            results = detector.score_inline((sample,))
+        except Exception as exc:
+            log.warning(
+                "detector %s raised %s", name, type(exc).__name__, extra={"request_id": sample.request_id}
+            )
+            finding = Finding.failed(name, FindingStatus.ERROR, type(exc).__name__)
+            self._record(finding, sample.phase, start, error_kind="exception")
+            return finding
+        finding = self._normalise(name, results, time.perf_counter() - start)
+        self._record(
+            finding,
+            sample.phase,
+            start,
+            error_kind=None if finding.status is FindingStatus.OK else "exception",
+        )
+        return finding
+
     @staticmethod
     def _normalise(name: str, results: object, seconds: float) -> Finding:
         """Check the detector kept its contract; a broken result is an error finding."""
@@ -112,6 +134,8 @@ class Pipeline:
             not isinstance(score, int | float) or math.isnan(score) or not 0.0 <= score <= 1.0
         ):
             return Finding.failed(name, FindingStatus.ERROR, "score outside [0, 1]")
+        if found.detector == name and found.duration_seconds > 0.0 and isinstance(score, float):
+            return found  # already well-formed: skip rebuilding a frozen dataclass on the hot path
         return Finding(
             detector=name,
             score=float(score),

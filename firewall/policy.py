@@ -19,7 +19,8 @@ Decision rule (any-fires):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from firewall.config import FirewallConfig, RouteConfig
 from firewall.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase, Verdict
@@ -54,6 +55,20 @@ class RoutePolicy:
     mode: Mode
     input_rules: tuple[DetectorRule, ...]
     output_rules: tuple[DetectorRule, ...]
+    # Lookups derived once from the rules, so evaluate() builds no dicts per request.
+    _index: dict[Phase, dict[str, DetectorRule]] = field(init=False, repr=False, compare=False)
+    _thresholds: dict[Phase, Mapping[str, float]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {
+            Phase.INPUT: {r.detector: r for r in self.input_rules},
+            Phase.OUTPUT: {r.detector: r for r in self.output_rules},
+        }
+        object.__setattr__(self, "_index", index)
+        thresholds = {
+            p: MappingProxyType({n: r.threshold for n, r in rules.items()}) for p, rules in index.items()
+        }
+        object.__setattr__(self, "_thresholds", thresholds)
 
     def rules(self, phase: Phase) -> tuple[DetectorRule, ...]:
         if self.mode is Mode.OFF:
@@ -65,7 +80,7 @@ class RoutePolicy:
 
     def evaluate(self, phase: Phase, findings: Sequence[Finding]) -> Verdict:
         """Apply thresholds, fail modes and the route's mode to one phase's findings."""
-        rules = {r.detector: r for r in self.rules(phase)}
+        rules = self._index[phase] if self.mode is not Mode.OFF else {}
         action = Action.ALLOW
         reason = "pass"
         block_kind: BlockKind | None = None
@@ -105,7 +120,7 @@ class RoutePolicy:
             fired=tuple(fired),
             fail_open=tuple(fail_open),
             block_kind=block_kind,
-            thresholds={name: r.threshold for name, r in rules.items()},
+            thresholds=self._thresholds[phase] if rules else {},
         )
 
 

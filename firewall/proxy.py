@@ -20,9 +20,10 @@ The path of a request:
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -35,18 +36,22 @@ from firewall.errors import BodyTooLarge, FirewallError, ProtocolError, Unsuppor
 from firewall.exchange import Exchange, record_verdict, write_audit
 from firewall.runtime import MatchedRoute, Runtime
 from firewall.state import STATE, ServerState
-from firewall.types import Phase, Sample
+from firewall.types import Mode, Phase, Sample
 
 __all__ = ["handle"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Generated ids: 64 random bits per process, then a counter (unique across a fleet of
+# sidecars, and a tenth of the cost of uuid4 on the hot path).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id")
     if given and _REQUEST_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -74,14 +79,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     state.enter()
     try:
         if matched is None:
-            return await _unmatched(request, state, runtime, ex)
+            return await _passthrough(request, state, runtime, ex)
         return await _screened(request, state, runtime, matched, ex)
     finally:
         state.leave()
         if ex.action != "rejected":
             metrics.count_request(route, ex.action, mode)
         metrics.observe_request(route, time.perf_counter() - ex.start)
-        if matched is not None and ex.action != "rejected":
+        if ex.screened:
             write_audit(state, ex)
 
 
@@ -97,10 +102,10 @@ def _failed(ex: Exchange, exc: FirewallError, runtime: Runtime) -> web.Response:
     return firewall_error_response(exc, ex.request_id, runtime.config.server.retry_after_seconds)
 
 
-async def _unmatched(
+async def _passthrough(
     request: web.Request, state: ServerState, runtime: Runtime, ex: Exchange
 ) -> web.StreamResponse:
-    if runtime.config.routing.unknown_routes == "deny":
+    if ex.route == "unmatched" and runtime.config.routing.unknown_routes == "deny":
         _reject(state, ex, "unknown_route")
         return error_response(
             404,
@@ -123,9 +128,12 @@ async def _unmatched(
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-    buf = bytearray()
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise BodyTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        return await request.read()  # bounded by Content-Length, which aiohttp enforces
+    buf = bytearray()  # chunked: count while reading
     async for chunk in request.content.iter_any():
         buf += chunk
         if len(buf) > limit:
@@ -173,6 +181,9 @@ async def _screened(
 ) -> web.StreamResponse:
     config = runtime.config
     policy = matched.policy
+    if policy.mode is Mode.OFF:
+        return await _passthrough(request, state, runtime, ex)  # nothing to screen: relay untouched
+    ex.screened = True
     try:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
@@ -183,6 +194,7 @@ async def _screened(
         body = _parse_json(raw)
         segments = matched.adapter.input_segments(body)
     except ProtocolError as exc:
+        ex.screened = False
         _reject(state, ex, _reject_reason(exc))
         return firewall_error_response(exc, ex.request_id)
     roles = matched.config.roles

@@ -41,6 +41,7 @@ class RouteTable:
     """Maps a request path and method to its screened route (exact paths first)."""
 
     def __init__(self, routes: Mapping[str, MatchedRoute]) -> None:
+        self._by_name = dict(routes)
         self._exact: dict[str, list[MatchedRoute]] = {}
         self._templated: list[tuple[re.Pattern[str], MatchedRoute]] = []
         for matched in routes.values():
@@ -50,6 +51,12 @@ class RouteTable:
                 self._templated.append((re.compile(f"^{pattern}$"), matched))
             else:
                 self._exact.setdefault(path.rstrip("/") or "/", []).append(matched)
+
+    def by_name(self, name: str) -> MatchedRoute:
+        return self._by_name[name]
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
 
     def match(self, method: str, path: str) -> MatchedRoute | None:
         for matched in self._exact.get(path.rstrip("/") or "/", ()):

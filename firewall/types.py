@@ -14,6 +14,7 @@ the prompt.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -173,7 +174,7 @@ class Verdict:
     fired: tuple[str, ...] = ()
     fail_open: tuple[str, ...] = ()
     block_kind: BlockKind | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def would_block(self) -> bool:

@@ -1,0 +1,95 @@
+"""Inline (synchronous) detectors in the pipeline: same contract, no task or timer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from detectors.base import Finding, FindingStatus, InlineDetector, Phase, Sample, Segment
+from firewall.metrics import Metrics
+from firewall.pipeline import Pipeline
+from firewall.policy import DetectorRule
+from firewall.types import Action, Cost
+
+
+class Inline(InlineDetector):
+    kind = "test_inline"
+    phases = frozenset({Phase.INPUT})
+
+    def __init__(self, name: str, result: object = None, raises: bool = False) -> None:
+        super().__init__(name)
+        self.result = result
+        self.raises = raises
+        self.calls = 0
+
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
+        self.calls += 1
+        if self.raises:
+            raise ValueError("bad input")
+        if self.result is not None:
+            return self.result  # type: ignore[return-value]
+        return [Finding(self.name, 0.75, reasons=("x",)) for _ in batch]
+
+
+def rule(name: str) -> DetectorRule:
+    return DetectorRule(
+        detector=name,
+        threshold=0.5,
+        action=Action.BLOCK,
+        timeout_seconds=0.1,
+        fail_closed=False,
+        cost=Cost.CHEAP,
+    )
+
+
+SAMPLE = Sample("r1", Phase.INPUT, "chat", (Segment("user", "hello"),))
+
+
+async def start(det: Inline) -> Inline:
+    await det.start()
+    return det
+
+
+async def test_inline_detector_scores_and_records_metrics() -> None:
+    metrics = Metrics()
+    det = await start(Inline("a"))
+    (finding,) = await Pipeline({"a": det}, metrics).run((rule("a"),), SAMPLE)
+    assert finding.status is FindingStatus.OK
+    assert finding.score == 0.75
+    assert finding.detector == "a"
+    assert finding.duration_seconds > 0
+    assert det.calls == 1
+    count = metrics.registry.get_sample_value(
+        "trigger_firewall_detector_duration_seconds_count", {"detector": "a", "phase": "input"}
+    )
+    assert count == 1
+
+
+async def test_inline_detector_raising_is_an_error_finding() -> None:
+    metrics = Metrics()
+    det = await start(Inline("a", raises=True))
+    (finding,) = await Pipeline({"a": det}, metrics).run((rule("a"),), SAMPLE)
+    assert finding.status is FindingStatus.ERROR
+    assert finding.error == "ValueError"
+    assert (
+        metrics.registry.get_sample_value(
+            "trigger_firewall_detector_errors_total", {"detector": "a", "kind": "exception"}
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "result",
+    [[], [Finding("a", 1.5)], [Finding("a", float("nan"))], "nope", [Finding("a", 0.1), Finding("a", 0.2)]],
+)
+async def test_inline_detector_breaking_the_contract_is_an_error(result: object) -> None:
+    det = await start(Inline("a", result=result))
+    (finding,) = await Pipeline({"a": det}).run((rule("a"),), SAMPLE)
+    assert finding.status is FindingStatus.ERROR
+
+
+async def test_inline_detector_async_score_matches_inline() -> None:
+    det = await start(Inline("a"))
+    assert await det.score((SAMPLE,)) == det.score_inline((SAMPLE,))
