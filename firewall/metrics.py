@@ -35,6 +35,11 @@ _OVERHEAD_BUCKETS: Final = (
 )  # fmt: skip
 _SCORE_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _STREAM_BUCKETS: Final = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+_BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128)
+# A CPU forward pass costs ~0.1 s at batch 1 and several seconds at batch 32 (shared/FACTS.md).
+_BATCH_SECONDS_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
 
 REQUEST_ACTIONS: Final = ("allow", "log", "block", "error", "rejected")
 REJECT_REASONS: Final = (
@@ -131,6 +136,39 @@ class Metrics:
         self.detector_ready = Gauge(
             p + "detector_ready", "1 when the detector is loaded and warmed.", ["detector"], registry=r
         )
+        self.batch_size = Histogram(
+            p + "batch_size",
+            "Items per micro-batch handed to a model detector's batch function.",
+            ["detector"],
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_queue_wait = Histogram(
+            p + "batch_queue_wait_seconds",
+            "Time an item waited in a micro-batcher queue, from submit to the start of its batch.",
+            ["detector"],
+            buckets=_BATCH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.batch_run = Histogram(
+            p + "batch_run_seconds",
+            "Time one micro-batch took to run (the model forward pass, off the event loop).",
+            ["detector"],
+            buckets=_BATCH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.batch_queue_depth = Gauge(
+            p + "batch_queue_depth",
+            "Items waiting in a micro-batcher queue (not counting the batch in flight).",
+            ["detector"],
+            registry=r,
+        )
+        self.batch_shed = Counter(
+            p + "batch_shed_total",
+            "Items a micro-batcher refused at once because its queue was full (load shedding).",
+            ["detector"],
+            registry=r,
+        )
         self.stream_terminations = Counter(
             p + "stream_terminations_total",
             "Streams stopped mid-way by an output detector.",
@@ -219,6 +257,13 @@ class Metrics:
         for code_class in UPSTREAM_CLASSES:
             self.upstream_requests.labels(upstream, code_class)
 
+    def prepare_batcher(self, detector: str) -> None:
+        """Touch one micro-batcher's series so they exist at 0 before its first batch."""
+        for metric in (self.batch_size, self.batch_queue_wait, self.batch_run):
+            self._child(metric, detector)
+        self._child(self.batch_queue_depth, detector).set(0)
+        self._child(self.batch_shed, detector)
+
     def set_config(self, config_hash: str) -> None:
         """Point the info metric at the live config (one series at a time)."""
         if self._live_hash is not None and self._live_hash != config_hash:
@@ -265,6 +310,22 @@ class Metrics:
 
     def count_fail_open(self, detector: str, phase: str) -> None:
         self._child(self.detector_fail_open, detector, phase).inc()
+
+    def observe_batch_start(self, detector: str, size: int, waits: Iterable[float]) -> None:
+        """A batch of ``size`` items started; ``waits`` are their queueing delays in seconds."""
+        self._child(self.batch_size, detector).observe(size)
+        wait = self._child(self.batch_queue_wait, detector)
+        for seconds in waits:
+            wait.observe(seconds)
+
+    def observe_batch_run(self, detector: str, seconds: float) -> None:
+        self._child(self.batch_run, detector).observe(seconds)
+
+    def set_batch_queue_depth(self, detector: str, depth: int) -> None:
+        self._child(self.batch_queue_depth, detector).set(depth)
+
+    def count_batch_shed(self, detector: str) -> None:
+        self._child(self.batch_shed, detector).inc()
 
     def count_upstream(self, upstream: str, code_class: str, seconds: float | None) -> None:
         self._child(self.upstream_requests, upstream, code_class).inc()

@@ -66,7 +66,10 @@ def request_headers(
     drop = _REQUEST_DROP | _connection_listed(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        if name.lower() not in drop:
+        lower = name.lower()
+        # X-Firewall-* headers are the firewall's own marks to the upstream: a client must
+        # not be able to forge them (e.g. pretend a request was screened or failed open).
+        if lower not in drop and not lower.startswith("x-firewall-"):
             out.add(name, value)
     out["X-Request-Id"] = request_id
     if client_ip:

@@ -365,6 +365,7 @@ async def test_hop_by_hop_headers_are_not_forwarded(
         "Proxy-Authorization": "Basic abc",
         "TE": "trailers",
         "X-Custom": "kept",
+        "X-Firewall-Fail-Open": "true",
     }
     async with client.post(
         fw.url + "/v1/chat/completions", data=orjson.dumps(chat_body("hi")), headers=headers
@@ -375,6 +376,7 @@ async def test_hop_by_hop_headers_are_not_forwarded(
     assert "proxy-authorization" not in sent
     assert "te" not in sent
     assert sent["x-custom"] == "kept"
+    assert "x-firewall-fail-open" not in sent  # clients cannot forge the firewall's marks
     assert sent["x-forwarded-for"] == "127.0.0.1"
 
 
