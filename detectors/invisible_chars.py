@@ -53,11 +53,10 @@ from pydantic import Field, field_validator
 
 from detectors.base import (
     Cost,
-    Detector,
-    InlineDetector,
     DetectorParams,
     Finding,
     FindingStatus,
+    InlineDetector,
     Phase,
     Sample,
     Span,

@@ -7,6 +7,7 @@ Subcommands:
   upstream on loopback and points the firewall at it);
 * ``demo-upstream``: run only the demo OpenAI-compatible endpoint;
 * ``scan [FILE|-]``: screen JSONL records offline, exactly as the proxy would;
+* ``eval``: the project's trigger evaluation suite (AUROC, TPR at 1% FPR per family);
 * ``check-config FILE``: validate a config, print every error with its path;
 * ``config-schema``: print the config's JSON Schema;
 * ``version``.
@@ -75,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress bar on stderr (auto: when stderr is a terminal)",
     )
+
+    from firewall.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
@@ -159,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from firewall.scan_cli import run_scan
 
         return run_scan(args)
+    if args.command == "eval":
+        from firewall.evaluation.cli import run_eval
+
+        return run_eval(args)
     if args.command == "check-config":
         return _run_check(args)
     if args.command == "config-schema":

@@ -26,7 +26,9 @@ def results(text: str) -> list[dict]:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_scan_reports_scores_findings_and_skips_bad_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scan_reports_scores_findings_and_skips_bad_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = write_jsonl(
         tmp_path / "in.jsonl",
         [
