@@ -106,6 +106,18 @@ class Detector(abc.ABC):
     async def score(self, batch: Sequence[Sample]) -> list[Finding]:
         """Score each sample; return one finding per sample, in the same order."""
 
+    def stream_safe_prefix(self, text: str) -> int | None:
+        """How much of a stream's text so far may reach the client now.
+
+        Output detectors that understand structure (e.g. "this code block is still
+        open") return the number of leading characters of ``text`` (the text
+        accumulated so far on one channel) that they will never need to block:
+        prose can go out at once while an open code block is held until it closes.
+        ``None`` (the default) means "no opinion": the route's fixed
+        ``stream.holdback_chars`` window applies.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Static metadata for ``/config`` and the audit log."""
         return {

@@ -724,6 +724,10 @@ def _flag_tag_spec(text: str, i: int, j: int) -> str | None:
 # --------------------------------------------------------------------------- detector
 
 
+# Character classes a stream must not end on before the next chunk says what they are.
+_HOLD_CATEGORIES = frozenset({"Cf", "Cc", "Mn", "Me", "Co", "Cn", "Cs"})
+
+
 class InvisibleCharsDetector(InlineDetector):
     """Scores invisible, bidi, tag, variation-selector and homoglyph triggers.
 
@@ -748,6 +752,26 @@ class InvisibleCharsDetector(InlineDetector):
 
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
         return [self.score_sample(sample) for sample in batch]
+
+    def stream_safe_prefix(self, text: str) -> int:
+        """Everything but an unfinished tail may go out.
+
+        Judgements here need only nearby characters, so a stream is held back only
+        while it ends in a run of invisible characters (a zero-width or tag run
+        split across chunks) or inside a word that mixes ASCII and other letters
+        (a homoglyph word whose rest is still coming). Prose in any script, CJK
+        included, is released at once.
+        """
+        end = len(text)
+        while end and unicodedata.category(text[end - 1]) in _HOLD_CATEGORIES:
+            end -= 1
+        word_start = end
+        while word_start and not text[word_start - 1].isspace() and end - word_start < 64:
+            word_start -= 1
+        word = text[word_start:end]
+        if not word.isascii() and any(c.isascii() and c.isalpha() for c in word):
+            return word_start
+        return end
 
     def score_sample(self, sample: Sample) -> Finding:
         """Score one sample synchronously. Never raises: errors become error findings."""

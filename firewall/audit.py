@@ -39,15 +39,10 @@ log = logging.getLogger("trigger_firewall.audit")
 
 def fingerprint(segments: Iterable[Segment], salt: bytes | None = None) -> tuple[str, int]:
     """A hex digest of the screened texts (role-tagged) and their total length."""
-    digest = hmac.new(salt, digestmod=hashlib.sha256) if salt else hashlib.sha256()
-    chars = 0
-    for seg in segments:
-        digest.update(seg.role.encode())
-        digest.update(b"\x00")
-        digest.update(seg.text.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x00")
-        chars += len(seg.text)
-    return digest.hexdigest(), chars
+    segments = tuple(segments)
+    blob = "\x1e".join([f"{seg.role}\x1f{seg.text}" for seg in segments]).encode("utf-8", "surrogatepass")
+    digest = hmac.new(salt, blob, hashlib.sha256) if salt else hashlib.sha256(blob)
+    return digest.hexdigest(), sum([len(seg.text) for seg in segments])
 
 
 def verdict_record(verdict: Verdict) -> dict[str, Any]:
@@ -153,13 +148,13 @@ class AuditLog:
             return
         self._buf += line
         if self.metrics is not None:
-            self.metrics.audit_events.inc()
+            self.metrics.count_audit()
         if len(self._buf) >= 64 * 1024:
             self._wake.set()
 
     def _dropped(self, lines: int = 1) -> None:
         if self.metrics is not None:
-            self.metrics.audit_dropped.inc(lines)
+            self.metrics.count_audit(written=0, dropped=lines)
 
     def _write(self, data: bytes) -> None:
         stream = self._stream

@@ -189,6 +189,11 @@ class StreamConfig(_Model):
         256, ge=0, description="Text kept back until this much later text has been scanned."
     )
     scan_every_chars: int = Field(64, ge=1, description="Scan cadence, in new characters.")
+    max_holdback_chars: int = Field(
+        16384,
+        ge=0,
+        description="Upper bound on text held back per choice, whatever a detector asks for.",
+    )
     block_style: Literal["content_filter", "error"] = "content_filter"
 
 

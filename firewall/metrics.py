@@ -19,6 +19,7 @@ from typing import Final, TypeVar, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from firewall import __version__
+from firewall.loop_metrics import LoopCollector, LoopCounter, LoopGauge, LoopHistogram
 
 __all__ = ["PREFIX", "Metrics"]
 
@@ -69,69 +70,59 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = PREFIX
-        self.requests = Counter(
-            p + "requests_total",
+        self.requests = LoopCounter(
+            p + "requests",
             "Requests received, by outcome (allow/log/block/error/rejected).",
             ["route", "action", "mode"],
-            registry=r,
         )
-        self.rejected = Counter(
-            p + "rejected_requests_total",
+        self.rejected = LoopCounter(
+            p + "rejected_requests",
             "Requests answered by the firewall before screening, by reason.",
             ["route", "reason"],
-            registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             p + "request_duration_seconds",
             "End-to-end time through the proxy (streams: until the last byte).",
             ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.overhead = Histogram(
+        self.overhead = LoopHistogram(
             p + "overhead_seconds",
             "Time the firewall added for screening, excluding upstream time.",
             ["route", "phase"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
+            _OVERHEAD_BUCKETS,
         )
-        self.verdicts = Counter(
-            p + "verdicts_total",
+        self.verdicts = LoopCounter(
+            p + "verdicts",
             "Policy decisions per phase, with the bounded reason code.",
             ["phase", "action", "mode", "reason"],
-            registry=r,
         )
-        self.detector_duration = Histogram(
+        self.detector_duration = LoopHistogram(
             p + "detector_duration_seconds",
             "Time one detector took for one sample.",
             ["detector", "phase"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
+            _OVERHEAD_BUCKETS,
         )
-        self.detector_score = Histogram(
+        self.detector_score = LoopHistogram(
             p + "detector_score",
             "Distribution of detector scores in [0, 1] (higher is more suspicious).",
             ["detector", "phase"],
-            buckets=_SCORE_BUCKETS,
-            registry=r,
+            _SCORE_BUCKETS,
         )
-        self.detector_findings = Counter(
-            p + "detector_findings_total",
+        self.detector_findings = LoopCounter(
+            p + "detector_findings",
             "Detector outcomes: fired, not_fired, skipped_by_gate, error.",
             ["detector", "phase", "outcome"],
-            registry=r,
         )
-        self.detector_errors = Counter(
-            p + "detector_errors_total",
+        self.detector_errors = LoopCounter(
+            p + "detector_errors",
             "Detector failures by kind (timeout, exception, unavailable).",
             ["detector", "kind"],
-            registry=r,
         )
-        self.detector_fail_open = Counter(
-            p + "detector_fail_open_total",
+        self.detector_fail_open = LoopCounter(
+            p + "detector_fail_open",
             "Requests let through only because a failing detector is configured fail_open.",
             ["detector", "phase"],
-            registry=r,
         )
         self.detector_ready = Gauge(
             p + "detector_ready", "1 when the detector is loaded and warmed.", ["detector"], registry=r
@@ -169,45 +160,40 @@ class Metrics:
             ["detector"],
             registry=r,
         )
-        self.stream_terminations = Counter(
-            p + "stream_terminations_total",
+        self.stream_terminations = LoopCounter(
+            p + "stream_terminations",
             "Streams stopped mid-way by an output detector.",
             ["detector"],
-            registry=r,
         )
-        self.streams = Counter(
-            p + "streams_total",
+        self.streams = LoopCounter(
+            p + "streams",
             "Streamed responses by how they ended.",
             ["route", "outcome"],
-            registry=r,
         )
-        self.stream_duration = Histogram(
+        self.stream_duration = LoopHistogram(
             p + "stream_duration_seconds",
             "Duration of streamed responses.",
             ["route"],
-            buckets=_STREAM_BUCKETS,
-            registry=r,
+            _STREAM_BUCKETS,
         )
-        self.upstream_requests = Counter(
-            p + "upstream_requests_total",
+        self.upstream_requests = LoopCounter(
+            p + "upstream_requests",
             "Requests sent upstream, by status class or failure.",
             ["upstream", "code_class"],
-            registry=r,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = LoopHistogram(
             p + "upstream_duration_seconds",
             "Upstream time to response headers.",
             ["upstream"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.inflight = Gauge(p + "inflight_requests", "Requests in flight.", registry=r)
         self.draining = Gauge(p + "draining", "1 while shutting down.", registry=r)
-        self.audit_events = Counter(p + "audit_events_total", "Audit log lines written.", registry=r)
-        self.audit_dropped = Counter(
-            p + "audit_dropped_total",
+        self.inflight = LoopGauge(p + "inflight_requests", "Requests in flight.")
+        self.audit_events = LoopCounter(p + "audit_events", "Audit log lines written.", [])
+        self.audit_dropped = LoopCounter(
+            p + "audit_dropped",
             "Audit log lines dropped because the writer fell behind (buffer full or I/O error).",
-            registry=r,
+            [],
         )
         self.reload_ok = Gauge(
             p + "config_last_reload_successful",
@@ -227,6 +213,32 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        r.register(
+            LoopCollector(
+                [
+                    self.requests,
+                    self.rejected,
+                    self.request_duration,
+                    self.overhead,
+                    self.verdicts,
+                    self.detector_duration,
+                    self.detector_score,
+                    self.detector_findings,
+                    self.detector_errors,
+                    self.detector_fail_open,
+                    self.stream_terminations,
+                    self.streams,
+                    self.stream_duration,
+                    self.upstream_requests,
+                    self.upstream_duration,
+                    self.inflight,
+                    self.audit_events,
+                    self.audit_dropped,
+                ]
+            )
+        )
+        self.audit_events.touch(())
+        self.audit_dropped.touch(())
         self._cache: dict[tuple[object, ...], object] = {}
         self._live_hash: str | None = None
 
@@ -242,20 +254,20 @@ class Metrics:
         """Touch expected label sets so their series exist at 0 before the first event."""
         for route in routes:
             for action in REQUEST_ACTIONS:
-                self.requests.labels(route, action, mode)
+                self.requests.touch((route, action, mode))
             for outcome in STREAM_OUTCOMES:
-                self.streams.labels(route, outcome)
+                self.streams.touch((route, outcome))
         for name, phases in detectors:
             self.detector_ready.labels(name)
             for kind in ("timeout", "exception", "unavailable"):
-                self.detector_errors.labels(name, kind)
-            self.stream_terminations.labels(name)
+                self.detector_errors.touch((name, kind))
+            self.stream_terminations.touch((name,))
             for phase in phases:
-                self.detector_fail_open.labels(name, phase)
+                self.detector_fail_open.touch((name, phase))
                 for outcome in ("fired", "not_fired", "skipped_by_gate", "error"):
-                    self.detector_findings.labels(name, phase, outcome)
+                    self.detector_findings.touch((name, phase, outcome))
         for code_class in UPSTREAM_CLASSES:
-            self.upstream_requests.labels(upstream, code_class)
+            self.upstream_requests.touch((upstream, code_class))
 
     def prepare_batcher(self, detector: str) -> None:
         """Touch one micro-batcher's series so they exist at 0 before its first batch."""
@@ -281,35 +293,46 @@ class Metrics:
             self._cache[key] = child
         return cast(_M, child)
 
+    # -- request path (event loop thread only) --------------------------------
+
     def count_request(self, route: str, action: str, mode: str) -> None:
-        self._child(self.requests, route, action, mode).inc()
+        self.requests.inc((route, action, mode))
 
     def count_rejected(self, route: str, reason: str, mode: str) -> None:
-        self._child(self.rejected, route, reason).inc()
-        self._child(self.requests, route, "rejected", mode).inc()
+        self.rejected.inc((route, reason))
+        self.requests.inc((route, "rejected", mode))
 
     def observe_request(self, route: str, seconds: float) -> None:
-        self._child(self.request_duration, route).observe(seconds)
+        self.request_duration.observe((route,), seconds)
 
     def observe_overhead(self, route: str, phase: str, seconds: float) -> None:
-        self._child(self.overhead, route, phase).observe(seconds)
+        self.overhead.observe((route, phase), seconds)
 
     def count_verdict(self, phase: str, action: str, mode: str, reason: str) -> None:
-        self._child(self.verdicts, phase, action, mode, reason).inc()
+        self.verdicts.inc((phase, action, mode, reason))
 
     def observe_detector(self, detector: str, phase: str, seconds: float, score: float | None) -> None:
-        self._child(self.detector_duration, detector, phase).observe(seconds)
+        self.detector_duration.observe((detector, phase), seconds)
         if score is not None:
-            self._child(self.detector_score, detector, phase).observe(score)
+            self.detector_score.observe((detector, phase), score)
 
     def count_finding(self, detector: str, phase: str, outcome: str) -> None:
-        self._child(self.detector_findings, detector, phase, outcome).inc()
+        self.detector_findings.inc((detector, phase, outcome))
 
     def count_detector_error(self, detector: str, kind: str) -> None:
-        self._child(self.detector_errors, detector, kind).inc()
+        self.detector_errors.inc((detector, kind))
 
     def count_fail_open(self, detector: str, phase: str) -> None:
-        self._child(self.detector_fail_open, detector, phase).inc()
+        self.detector_fail_open.inc((detector, phase))
+
+    def count_stream_termination(self, detector: str) -> None:
+        self.stream_terminations.inc((detector,))
+
+    def count_audit(self, written: int = 1, dropped: int = 0) -> None:
+        if written:
+            self.audit_events.inc((), written)
+        if dropped:
+            self.audit_dropped.inc((), dropped)
 
     def observe_batch_start(self, detector: str, size: int, waits: Iterable[float]) -> None:
         """A batch of ``size`` items started; ``waits`` are their queueing delays in seconds."""
@@ -328,10 +351,10 @@ class Metrics:
         self._child(self.batch_shed, detector).inc()
 
     def count_upstream(self, upstream: str, code_class: str, seconds: float | None) -> None:
-        self._child(self.upstream_requests, upstream, code_class).inc()
+        self.upstream_requests.inc((upstream, code_class))
         if seconds is not None:
-            self._child(self.upstream_duration, upstream).observe(seconds)
+            self.upstream_duration.observe((upstream,), seconds)
 
     def count_stream(self, route: str, outcome: str, seconds: float) -> None:
-        self._child(self.streams, route, outcome).inc()
-        self._child(self.stream_duration, route).observe(seconds)
+        self.streams.inc((route, outcome))
+        self.stream_duration.observe((route,), seconds)

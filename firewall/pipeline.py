@@ -56,11 +56,20 @@ class Pipeline:
         return findings
 
     async def _stage(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
-        if not rules:
-            return []
-        if len(rules) == 1:
-            return [await self._one(rules[0], sample)]
-        return list(await asyncio.gather(*(self._one(r, sample) for r in rules)))
+        """Inline detectors run at once, in order; the others run concurrently after them."""
+        findings: list[Finding] = []
+        pending: list[DetectorRule] = []
+        for rule in rules:
+            detector = self._detectors.get(rule.detector)
+            if isinstance(detector, InlineDetector) and detector.ready:
+                findings.append(self._inline(detector, rule.detector, sample, time.perf_counter()))
+            else:
+                pending.append(rule)
+        if len(pending) == 1:
+            findings.append(await self._one(pending[0], sample))
+        elif pending:
+            findings.extend(await asyncio.gather(*(self._one(r, sample) for r in pending)))
+        return findings
 
     async def _one(self, rule: DetectorRule, sample: Sample) -> Finding:
         name = rule.detector
@@ -70,8 +79,6 @@ class Pipeline:
             finding = Finding.failed(name, FindingStatus.ERROR, "detector not ready")
             self._record(finding, sample.phase, start, error_kind="unavailable")
             return finding
-        if isinstance(detector, InlineDetector):
-            return self._inline(detector, name, sample, start)
         try:
             async with asyncio.timeout(rule.timeout_seconds):
                 results = await detector.score((sample,))

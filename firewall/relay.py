@@ -30,8 +30,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from detectors.base import Detector
 from firewall.answers import OUTPUT_BLOCK_MESSAGE, verdict_response
 from firewall.audit import fingerprint
+from firewall.config import StreamConfig
 from firewall.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from firewall.exchange import Exchange, record_verdict
 from firewall.policy import DetectorRule
@@ -328,9 +330,10 @@ async def _relay_stream_screened(
     config = runtime.config
     rules = matched.policy.rules(Phase.OUTPUT)
     adapter = matched.adapter
-    enforce = matched.policy.mode is Mode.ENFORCE
     # Monitor mode never blocks, so it releases every event at once and adds no delay.
-    hold = HoldbackBuffer(config.stream.holdback_chars if enforce else 0, config.stream.scan_every_chars)
+    enforce = matched.policy.mode is Mode.ENFORCE
+    detectors = [runtime.detectors[r.detector] for r in rules if r.detector in runtime.detectors]
+    hold = HoldbackBuffer(config.stream.scan_every_chars)
     parser = SseParser()
     channels = TextChannels()
     stream_state = StreamState()
@@ -358,28 +361,29 @@ async def _relay_stream_screened(
                     if event.is_done:
                         done_event = event.raw
                         continue
-                    added = 0
+                    positions: dict[str, int] = {}
                     if event.data is not None:
                         try:
                             payload = orjson.loads(event.data)
                         except orjson.JSONDecodeError:
                             payload = None
                         for channel, text in adapter.stream_deltas(payload, stream_state):
-                            channels.add(channel, text)
-                            added += len(text)
-                    hold.add(event.raw, added)
+                            positions[channel] = channels.add(channel, text)
+                    hold.add(event.raw, tuple(positions.items()))
+                    if not enforce:
+                        await out.write(hold.release_all())
                 if hold.scan_due:
                     verdict = await scan()
                     if verdict.blocks:
                         break
-                    released = hold.mark_scanned()
+                    released = hold.mark_scanned(_safe_prefixes(detectors, channels, config.stream))
                     if released:
                         await out.write(released)
                 if done_event is not None:
                     break
             tail = parser.flush()
             if tail is not None and not tail.is_done and done_event is None:
-                hold.add(tail.raw, 0)
+                hold.add(tail.raw)
         except (
             aiohttp.ClientPayloadError,
             aiohttp.ServerDisconnectedError,
@@ -416,6 +420,29 @@ async def _relay_stream_screened(
     return out
 
 
+def _safe_prefixes(
+    detectors: Sequence[Detector], channels: TextChannels, stream: StreamConfig
+) -> dict[str, int]:
+    """Per channel, how many leading characters may reach the client now.
+
+    Detectors that understand structure say so (``stream_safe_prefix``); the
+    others get the fixed window: everything but the last ``holdback_chars``.
+    ``max_holdback_chars`` bounds the hold whatever a detector asks (the text
+    was scanned; only the chance to block on later context is given up).
+    """
+    safe: dict[str, int] = {}
+    for channel, text in channels.texts():
+        length = len(text)
+        limit = length
+        for detector in detectors:
+            opinion = detector.stream_safe_prefix(text)
+            if opinion is None:
+                opinion = length - stream.holdback_chars
+            limit = min(limit, opinion)
+        safe[channel] = max(limit, length - stream.max_holdback_chars, 0)
+    return safe
+
+
 def _finish_stream(
     state: ServerState,
     ex: Exchange,
@@ -434,7 +461,7 @@ def _finish_stream(
         if outcome == "terminated":
             ex.action = "block"
     for name in terminated_by:
-        metrics.stream_terminations.labels(name).inc()
+        metrics.count_stream_termination(name)
     ex.overhead["output"] = scan_seconds
     metrics.observe_overhead(ex.route, "output", scan_seconds)
     metrics.count_stream(ex.route, outcome, time.perf_counter() - started)

@@ -38,11 +38,11 @@ class ServerState:
     def enter(self) -> None:
         self.inflight += 1
         self._idle.clear()
-        self.metrics.inflight.inc()
+        self.metrics.inflight.value += 1
 
     def leave(self) -> None:
         self.inflight -= 1
-        self.metrics.inflight.dec()
+        self.metrics.inflight.value -= 1
         if self.inflight <= 0:
             self._idle.set()
 

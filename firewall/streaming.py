@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["HoldbackBuffer", "SseEvent", "SseParser", "SseProtocolError", "TextChannels"]
@@ -111,34 +112,53 @@ class TextChannels:
 
     parts: dict[str, list[str]] = field(default_factory=dict)
     total: int = 0
+    lengths: dict[str, int] = field(default_factory=dict)
 
-    def add(self, channel: str, text: str) -> None:
+    def add(self, channel: str, text: str) -> int:
+        """Append text to a channel; returns the channel's new length."""
         self.parts.setdefault(channel, []).append(text)
         self.total += len(text)
+        length = self.lengths.get(channel, 0) + len(text)
+        self.lengths[channel] = length
+        return length
 
     def texts(self) -> list[tuple[str, str]]:
-        return [(ch, "".join(parts)) for ch, parts in self.parts.items()]
+        out = []
+        for channel, parts in self.parts.items():
+            if len(parts) > 1:
+                parts[:] = ["".join(parts)]  # join once; later scans reuse it
+            out.append((channel, parts[0] if parts else ""))
+        return out
 
 
 class HoldbackBuffer:
-    """Events waiting for their text to be scanned with enough context after it.
+    """Events waiting until the output detectors say their text may go out.
 
-    Each pending event remembers the cumulative character count at which its
-    text ended. After a scan that covered ``scanned`` characters, events ending
-    at or before ``scanned - holdback_chars`` are safe to release.
+    Each pending event remembers, for every channel it added text to, the length
+    of that channel's text once the event is applied. After a clean scan the
+    relay computes, per channel, a *safe prefix*: the number of leading
+    characters no detector will need to block (a fixed window behind the newest
+    text, or what a structure-aware detector says, e.g. "up to the open code
+    block"). Events are released in order while every channel they touch ends
+    within its safe prefix; an event that carries no text follows its
+    predecessors.
     """
 
-    def __init__(self, holdback_chars: int, scan_every_chars: int) -> None:
-        self.holdback = holdback_chars
+    def __init__(self, scan_every_chars: int) -> None:
         self.scan_every = scan_every_chars
-        self._pending: deque[tuple[bytes, int]] = deque()
+        self._pending: deque[tuple[bytes, tuple[tuple[str, int], ...]]] = deque()
         self.total = 0
         self.scanned = 0
         self.released_chars = 0
+        self._released: dict[str, int] = {}
+        self._lengths: dict[str, int] = {}
 
-    def add(self, raw: bytes, chars: int) -> None:
-        self.total += chars
-        self._pending.append((raw, self.total))
+    def add(self, raw: bytes, positions: tuple[tuple[str, int], ...] = ()) -> None:
+        """Queue an event; ``positions`` are (channel, channel length after it)."""
+        for channel, length in positions:
+            self.total += length - self._lengths.get(channel, 0)
+            self._lengths[channel] = length
+        self._pending.append((raw, positions))
 
     @property
     def scan_due(self) -> bool:
@@ -148,20 +168,25 @@ class HoldbackBuffer:
     def held_chars(self) -> int:
         return self.total - self.released_chars
 
-    def mark_scanned(self) -> bytes:
-        """Record a clean scan of everything so far; return the bytes now releasable."""
+    def mark_scanned(self, safe: Mapping[str, int]) -> bytes:
+        """Record a clean scan; release the events that ``safe`` (channel -> characters) allows."""
         self.scanned = self.total
-        limit = self.scanned - self.holdback
         out: list[bytes] = []
-        while self._pending and self._pending[0][1] <= limit:
-            raw, end = self._pending.popleft()
+        while self._pending:
+            raw, positions = self._pending[0]
+            if any(end > safe.get(channel, 0) for channel, end in positions):
+                break
+            self._pending.popleft()
             out.append(raw)
-            self.released_chars = end
+            for channel, end in positions:
+                self.released_chars += end - self._released.get(channel, 0)
+                self._released[channel] = end
         return b"".join(out)
 
     def release_all(self) -> bytes:
         """Everything pending (after a final clean scan at the end of the stream)."""
         out = b"".join(raw for raw, _ in self._pending)
         self._pending.clear()
+        self._released = dict(self._lengths)
         self.released_chars = self.total
         return out

@@ -45,3 +45,28 @@ class NeverReadyDetector(Detector):
 
 for _cls in (ExplodingDetector, HangingDetector, NeverReadyDetector):
     register_detector(_cls.kind, _cls)
+
+
+class FenceHolder(Detector):
+    """Holds an open ``` block until it closes; flags a block containing BAD (stream tests)."""
+
+    kind = "test_fence_holder"
+    phases = frozenset({Phase.OUTPUT})
+
+    async def score(self, batch: Sequence[Sample]) -> list[Finding]:
+        out = []
+        for sample in batch:
+            text = "".join(s.text for s in sample.segments)
+            blocks = text.split("```")[1::2]
+            closed = blocks if text.count("```") % 2 == 0 else blocks[:-1]
+            bad = any("BAD" in b for b in closed)
+            out.append(Finding(self.name, 1.0 if bad else 0.0, reasons=("bad_block",) if bad else ()))
+        return out
+
+    def stream_safe_prefix(self, text: str) -> int:
+        if text.count("```") % 2:
+            return text.rfind("```")  # hold the open block
+        return len(text)
+
+
+register_detector(FenceHolder.kind, FenceHolder)

@@ -200,3 +200,37 @@ async def test_client_disconnect_cancels_upstream(firewall: FirewallFactory, ups
         )
         == 1
     )
+
+
+async def test_structure_aware_holdback_releases_prose_and_holds_open_block(
+    firewall: FirewallFactory, upstream: FakeUpstream, client
+):
+    upstream.chunks = ["Here is ", "the fix:\n", "```py\n", "x = 1\n", "BAD()\n", "```\n", "Done."]
+    upstream.chunk_delay = 0.15
+    fw = await firewall(
+        detectors=[{"name": "fence", "type": "test_fence_holder"}],
+        stream={"scan_every_chars": 1, "holdback_chars": 1000},
+    )
+    loop = asyncio.get_running_loop()
+    async with client.post(
+        fw.url + "/v1/chat/completions",
+        data=orjson.dumps(chat_body("hi", stream=True)),
+        headers={"Content-Type": "application/json"},
+    ) as resp:
+        seen: list[tuple[float, str]] = []
+        t0 = loop.time()
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                chunk = orjson.loads(line[6:])
+                choice = chunk["choices"][0]
+                seen.append(
+                    (loop.time() - t0, choice["delta"].get("content") or choice.get("finish_reason") or "")
+                )
+    texts = [t for _, t in seen]
+    # Prose went out while the stream was still running (the fixed 1000-char window would
+    # have held it to the end), the open block never did, and the stream ended filtered.
+    prose_at = next(at for at, t in seen if t == "the fix:\n")
+    assert prose_at < 0.6
+    assert "BAD()\n" not in texts
+    assert "x = 1\n" not in texts
+    assert texts[-1] == "content_filter"
