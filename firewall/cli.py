@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -116,17 +117,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     from firewall.server import run
 
     setup_logging(args.log_level)
+    overrides = _serve_overrides(args)
     try:
-        config = load_config(args.config, overrides=_serve_overrides(args))
+        config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"trigger-firewall: invalid configuration\n{exc}", file=sys.stderr)
         return 2
+    path = args.config or os.environ.get("TRIGGER_FIREWALL_CONFIG") or None
+    main_coro = run(config, demo_upstream=args.demo, config_path=path, overrides=overrides)
     try:
         import uvloop
 
-        return uvloop.run(run(config, demo_upstream=args.demo))
+        return uvloop.run(main_coro)
     except ImportError:  # pragma: no cover - uvloop is a hard dependency off Windows
-        return asyncio.run(run(config, demo_upstream=args.demo))
+        return asyncio.run(main_coro)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

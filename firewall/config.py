@@ -223,6 +223,13 @@ class AuditConfig(_Model):
     log_allowed: bool = Field(True, description="Also log requests that were allowed.")
 
 
+class ReloadConfig(_Model):
+    """Hot reload: SIGHUP always works; the file watcher is optional."""
+
+    watch: bool = Field(True, description="Poll the config file and reload when it changes.")
+    poll_seconds: float = Field(2.0, gt=0, le=3600)
+
+
 class RoutingConfig(_Model):
     unknown_routes: Literal["passthrough", "deny"] = "passthrough"
     routes: tuple[RouteConfig, ...] = Field(default_factory=default_routes)
@@ -248,6 +255,7 @@ class FirewallConfig(_Model):
     detectors: tuple[DetectorConfig, ...] = Field(default_factory=default_detectors)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     blocking: BlockingConfig = Field(default_factory=BlockingConfig)
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")

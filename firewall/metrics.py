@@ -200,6 +200,14 @@ class Metrics:
             "1 if the last config load or reload succeeded.",
             registry=r,
         )
+        self.reloads = Counter(
+            p + "config_reloads_total",
+            "Config reload attempts by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
         self.reload_ts = Gauge(
             p + "config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load or reload.",
@@ -349,6 +357,9 @@ class Metrics:
 
     def count_batch_shed(self, detector: str) -> None:
         self._child(self.batch_shed, detector).inc()
+
+    def count_reload(self, result: str) -> None:
+        self.reloads.labels(result).inc()
 
     def count_upstream(self, upstream: str, code_class: str, seconds: float | None) -> None:
         self.upstream_requests.inc((upstream, code_class))

@@ -77,11 +77,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     ex = Exchange(rid, route, mode, time.perf_counter(), request.method)
     state.enter()
+    runtime.users.enter()
     try:
         if matched is None:
             return await _passthrough(request, state, runtime, ex)
         return await _screened(request, state, runtime, matched, ex)
     finally:
+        runtime.users.leave()
         state.leave()
         if ex.action != "rejected":
             metrics.count_request(route, ex.action, mode)

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import orjson
 
 from detectors import load_detector_class
 from detectors.base import Detector
-from firewall.config import FirewallConfig, RouteConfig, config_hash
+from firewall.config import DetectorConfig, FirewallConfig, RouteConfig, config_hash
 from firewall.metrics import Metrics
 from firewall.pipeline import Pipeline
 from firewall.policy import Policy, RoutePolicy, compile_policy
@@ -68,6 +70,30 @@ class RouteTable:
         return None
 
 
+class Users:
+    """How many requests are running under one runtime, so a reload knows when
+    the detectors only the old runtime had can be closed safely."""
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """A live configuration: everything a request needs, swapped as one reference."""
@@ -78,6 +104,8 @@ class Runtime:
     detectors: Mapping[str, Detector]
     routes: RouteTable
     pipeline: Pipeline
+    reused: frozenset[str] = frozenset()
+    users: Users = field(default_factory=Users, compare=False, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -89,7 +117,10 @@ class Runtime:
         )
 
     async def start(self, metrics: Metrics | None = None) -> None:
-        """Load every detector; a failure is logged and leaves that detector not ready."""
+        """Load every detector not carried over from a previous runtime.
+
+        A failure is logged and leaves that detector not ready.
+        """
 
         async def start_one(name: str, det: Detector) -> None:
             try:
@@ -99,25 +130,51 @@ class Runtime:
             if metrics is not None:
                 metrics.detector_ready.labels(name).set(1 if det.ready else 0)
 
-        await asyncio.gather(*(start_one(n, d) for n, d in self.detectors.items()))
+        await asyncio.gather(*(start_one(n, d) for n, d in self.detectors.items() if n not in self.reused))
 
-    async def close(self) -> None:
+    async def close(self, keep: Mapping[str, Detector] | None = None) -> None:
+        """Close the detectors, except those (by identity) that a newer runtime still uses."""
+        kept = {id(d) for d in (keep or {}).values()}
         for name, det in self.detectors.items():
+            if id(det) in kept:
+                continue
             try:
                 await det.close()
             except Exception:
                 log.exception("detector %s failed to close", name)
 
 
-def build_runtime(config: FirewallConfig, metrics: Metrics | None = None) -> Runtime:
-    """Construct (but do not start) the detectors, policy and routes for ``config``."""
+def _identity(det: DetectorConfig) -> tuple[str, str, bytes]:
+    """What makes two configured detectors the same loaded instance (policy aside)."""
+    return (det.name, det.kind, orjson.dumps(det.params, option=orjson.OPT_SORT_KEYS))
+
+
+def build_runtime(
+    config: FirewallConfig, metrics: Metrics | None = None, previous: Runtime | None = None
+) -> Runtime:
+    """Construct (but do not start) the detectors, policy and routes for ``config``.
+
+    Detectors whose name, type and params are unchanged from ``previous`` are
+    carried over as they are (already loaded: a reload does not reload models).
+    """
+    carried: dict[tuple[str, str, bytes], Detector] = {}
+    if previous is not None:
+        for old in previous.config.detectors:
+            if old.name in previous.detectors:
+                carried[_identity(old)] = previous.detectors[old.name]
     detectors: dict[str, Detector] = {}
+    reused: set[str] = set()
     capabilities: dict[str, tuple[frozenset[Phase], Cost]] = {}
     for det in config.detectors:
         if not det.enabled:
             continue
         cls = load_detector_class(det.kind)
-        detectors[det.name] = cls(det.name, cls.parse_params(det.params))
+        existing = carried.get(_identity(det))
+        if existing is not None:
+            detectors[det.name] = existing
+            reused.add(det.name)
+        else:
+            detectors[det.name] = cls(det.name, cls.parse_params(det.params))
         capabilities[det.name] = (cls.phases, cls.cost)
     policy = compile_policy(config, capabilities)
     routes = {
@@ -131,4 +188,5 @@ def build_runtime(config: FirewallConfig, metrics: Metrics | None = None) -> Run
         detectors=detectors,
         routes=RouteTable(routes),
         pipeline=Pipeline(detectors, metrics),
+        reused=frozenset(reused),
     )

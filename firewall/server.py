@@ -21,15 +21,18 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from firewall.app import make_admin_app, make_proxy_app
 from firewall.audit import AuditLog
-from firewall.config import FirewallConfig
+from firewall.config import FirewallConfig, deep_merge
 from firewall.metrics import Metrics
-from firewall.runtime import build_runtime
+from firewall.reload import Reloader
+from firewall.runtime import Runtime, build_runtime
 from firewall.state import ServerState
 from firewall.upstream import create_session
 
@@ -111,6 +114,23 @@ class Server:
             log.info("ready", extra={"detectors": sorted(runtime.detectors)})
         return self.ports
 
+    def _prepare_metrics(self, runtime: Runtime) -> None:
+        config = runtime.config
+        self.metrics.prepare(
+            routes=[*(r.name for r in config.routing.routes), "unmatched"],
+            detectors=[(name, [p.value for p in det.phases]) for name, det in runtime.detectors.items()],
+            upstream=config.upstream.name,
+            mode=config.mode.value,
+        )
+        self.metrics.set_config(runtime.config_hash)
+
+    def install_runtime(self, runtime: Runtime) -> None:
+        """Make ``runtime`` the one new requests use (one reference swap on the loop)."""
+        self._prepare_metrics(runtime)
+        for name, det in runtime.detectors.items():
+            self.metrics.detector_ready.labels(name).set(1 if det.ready else 0)
+        self.state.runtime = runtime
+
     def request_stop(self) -> None:
         """Begin graceful shutdown (first call) or cut it short (second call)."""
         if self._stop.is_set():
@@ -158,28 +178,45 @@ def _bound_port(runner: web.AppRunner) -> int:
     return 0
 
 
-async def run(config: FirewallConfig, *, demo_upstream: bool = False) -> int:
-    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+async def run(
+    config: FirewallConfig,
+    *,
+    demo_upstream: bool = False,
+    config_path: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code.
+
+    ``config_path`` and ``overrides`` (the command-line flags) are kept so that a
+    reload on SIGHUP or on a file change applies them again.
+    """
+    overrides = dict(overrides or {})
     demo_runner = None
     if demo_upstream:
         from firewall.demo_upstream import start_demo_upstream
 
         demo_runner, demo_port = await start_demo_upstream("127.0.0.1", 0)
-        config = config.model_copy(
-            update={"upstream": config.upstream.model_copy(update={"url": f"http://127.0.0.1:{demo_port}"})}
-        )
-        log.info("demo upstream started", extra={"url": f"http://127.0.0.1:{demo_port}"})
+        demo_url = f"http://127.0.0.1:{demo_port}"
+        overrides = deep_merge(overrides, {"upstream": {"url": demo_url}})
+        data = deep_merge(config.model_dump(mode="json"), {"upstream": {"url": demo_url}})
+        config = FirewallConfig.model_validate(data)
+        log.info("demo upstream started", extra={"url": demo_url})
     server = Server(config)
+    reloader = Reloader(server, config_path, overrides=overrides)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, reloader.trigger, "SIGHUP")
     try:
         await server.start()
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         await server.shutdown()
         return 1
+    if config.reload.watch:
+        reloader.start_watching(config.reload.poll_seconds)
     await server.wait_stopped()
+    await reloader.close()
     await server.shutdown()
     if demo_runner is not None:
         await demo_runner.cleanup()
