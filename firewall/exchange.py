@@ -13,6 +13,7 @@ from typing import Any
 
 from firewall.audit import verdict_record
 from firewall.metrics import Metrics
+from firewall.runtime import Runtime
 from firewall.state import ServerState
 from firewall.types import FindingStatus, Verdict
 
@@ -28,6 +29,7 @@ class Exchange:
     mode: str
     start: float
     method: str
+    runtime: Runtime
     model: str | None = None
     stream: bool = False
     screened: bool = False
@@ -73,7 +75,7 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
         return
     if not audit.config.log_allowed and ex.action == "allow":
         return
-    config = state.runtime.config
+    config = ex.runtime.config  # the request's own snapshot, even if a reload happened since
     event: dict[str, Any] = {
         "request_id": ex.request_id,
         "route": ex.route,
@@ -83,7 +85,7 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
         "gen_ai.request.model": ex.model,
         "mode": ex.mode,
         "action": ex.action,
-        "config_hash": state.runtime.config_hash,
+        "config_hash": ex.runtime.config_hash,
         "firewall_overhead_seconds": round(sum(ex.overhead.values()), 6),
         "upstream_seconds": round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None,
         "total_seconds": round(time.perf_counter() - ex.start, 6),

@@ -75,7 +75,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             retry=True,
             retry_after=config.server.retry_after_seconds,
         )
-    ex = Exchange(rid, route, mode, time.perf_counter(), request.method)
+    ex = Exchange(rid, route, mode, time.perf_counter(), request.method, runtime)
     state.enter()
     runtime.users.enter()
     try:

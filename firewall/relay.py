@@ -295,7 +295,7 @@ async def _relay_body_screened(
 def _output_block(
     state: ServerState, ex: Exchange, verdict: Verdict, matched: MatchedRoute, body: Any
 ) -> web.Response:
-    config = state.runtime.config
+    config = ex.runtime.config
     ex.action = "block"
     if config.blocking.response_style == "content_filter" and verdict.block_kind is BlockKind.POLICY:
         filtered = matched.adapter.filtered_response(body, OUTPUT_BLOCK_MESSAGE)
@@ -471,5 +471,5 @@ def _finish_stream(
         "terminated": outcome == "terminated",
         "released_chars": hold.released_chars,
         "heldback_chars": hold.held_chars,
-        "block_style": state.runtime.config.stream.block_style,
+        "block_style": ex.runtime.config.stream.block_style,
     }
