@@ -113,6 +113,22 @@ class DetectorConfig(_Model):
         None, description="Run only when another (cheap) detector scored at least min_score."
     )
     params: dict[str, Any] = Field(default_factory=dict)
+    allowlist: tuple[str, ...] = Field(
+        (),
+        description="Regular expressions for known-good text (product names, internal token "
+        "formats): evidence spans whose text falls inside a match are dropped, and a finding "
+        "left with no evidence scores 0.",
+    )
+
+    @field_validator("allowlist")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return value
 
     @property
     def kind(self) -> str:

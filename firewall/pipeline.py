@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from detectors.base import Detector, InlineDetector
 from firewall.metrics import Metrics
@@ -55,6 +56,33 @@ class Pipeline:
             findings.extend(await self._stage(to_run, sample))
         return findings
 
+    @staticmethod
+    def _allow(finding: Finding, rule: DetectorRule, sample: Sample) -> Finding:
+        """Drop evidence that a rule's allowlist covers; no evidence left means a score of 0.
+
+        A span is allowlisted when it lies inside a match of any pattern in its
+        segment, so a pattern can name a whole product ("RTX 4090") and cover a
+        finding on one of its tokens. A finding without spans cannot be judged
+        this way and is left as it is.
+        """
+        if not rule.allowlist or not finding.spans or finding.status is not FindingStatus.OK:
+            return finding
+        kept = []
+        for span in finding.spans:
+            text = sample.segments[span.segment].text if span.segment < len(sample.segments) else ""
+            covered = any(
+                m.start() <= span.start and span.end <= m.end()
+                for pattern in rule.allowlist
+                for m in pattern.finditer(text)
+            )
+            if not covered:
+                kept.append(span)
+        if len(kept) == len(finding.spans):
+            return finding
+        if kept:
+            return replace(finding, spans=tuple(kept))
+        return replace(finding, score=0.0, spans=(), reasons=("allowlisted",))
+
     async def _stage(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Inline detectors run at once, in order; the others run concurrently after them."""
         findings: list[Finding] = []
@@ -62,13 +90,15 @@ class Pipeline:
         for rule in rules:
             detector = self._detectors.get(rule.detector)
             if isinstance(detector, InlineDetector) and detector.ready:
-                findings.append(self._inline(detector, rule.detector, sample, time.perf_counter()))
+                found = self._inline(detector, rule.detector, sample, time.perf_counter())
+                findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
             else:
                 pending.append(rule)
         if len(pending) == 1:
-            findings.append(await self._one(pending[0], sample))
+            findings.append(self._allow(await self._one(pending[0], sample), pending[0], sample))
         elif pending:
-            findings.extend(await asyncio.gather(*(self._one(r, sample) for r in pending)))
+            results = await asyncio.gather(*(self._one(r, sample) for r in pending))
+            findings.extend(self._allow(f, r, sample) for f, r in zip(results, pending, strict=True))
         return findings
 
     async def _one(self, rule: DetectorRule, sample: Sample) -> Finding:

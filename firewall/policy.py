@@ -18,6 +18,7 @@ Decision rule (any-fires):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -41,6 +42,7 @@ class DetectorRule:
     fail_closed: bool
     cost: Cost
     gate: tuple[str, float] | None = None
+    allowlist: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,7 @@ def _route_policy(
             fail_closed=on_error == "fail_closed",
             cost=cost,
             gate=(det.gate.detector, det.gate.min_score) if det.gate else None,
+            allowlist=tuple(re.compile(p) for p in det.allowlist),
         )
         for phase in phases:
             per_phase[phase].append(rule)
