@@ -239,6 +239,20 @@ class AuditConfig(_Model):
     log_allowed: bool = Field(True, description="Also log requests that were allowed.")
 
 
+class ScoreLogConfig(_Model):
+    """Shadow score collection: a sampled JSONL log of detector scores for ``calibrate``.
+
+    One line per screened phase that is sampled: route, phase, mode, the config
+    hash and every detector's score and status. No text unless ``include_text``.
+    """
+
+    enabled: bool = False
+    destination: str = Field("trigger-firewall-scores.jsonl", description="File path (or stdout/stderr).")
+    sample_rate: float = Field(0.1, ge=0.0, le=1.0, description="Share of screened requests logged.")
+    modes: tuple[Mode, ...] = Field((Mode.MONITOR,), description="Route modes whose traffic is logged.")
+    include_text: bool = Field(False, description="Include the screened texts (sensitive).")
+
+
 class ReloadConfig(_Model):
     """Hot reload: SIGHUP always works; the file watcher is optional."""
 
@@ -272,6 +286,7 @@ class FirewallConfig(_Model):
     stream: StreamConfig = Field(default_factory=StreamConfig)
     blocking: BlockingConfig = Field(default_factory=BlockingConfig)
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
+    score_log: ScoreLogConfig = Field(default_factory=ScoreLogConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ counter and the one audit line, so metrics and audit always agree.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +69,36 @@ def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
         metrics.count_fail_open(name, phase)
 
 
+def write_scores(state: ServerState, ex: Exchange) -> None:
+    """Sampled shadow score lines (one per screened phase) for threshold calibration."""
+    scores_log = state.score_log
+    if scores_log is None:
+        return
+    cfg = ex.runtime.config.score_log
+    if ex.runtime.policy.routes[ex.route].mode not in cfg.modes or random.random() >= cfg.sample_rate:  # noqa: S311
+        return
+    for phase, verdict in (("input", ex.input_verdict), ("output", ex.output_verdict)):
+        if verdict is None:
+            continue
+        event: dict[str, Any] = {
+            "event": "firewall.scores",
+            "request_id": ex.request_id,
+            "route": ex.route,
+            "phase": phase,
+            "mode": ex.mode,
+            "config_hash": ex.runtime.config_hash,
+            "scores": {f.detector: f.score for f in verdict.findings if f.status is FindingStatus.OK},
+            "statuses": {f.detector: f.status.value for f in verdict.findings},
+            "fired": list(verdict.fired),
+        }
+        if cfg.include_text and ex.texts is not None:
+            event["text"] = ex.texts.get(phase)
+        scores_log.emit(event)
+
+
 def write_audit(state: ServerState, ex: Exchange) -> None:
     """Write the one audit line for a screened request (no text unless configured)."""
+    write_scores(state, ex)
     audit = state.audit
     if not audit.enabled:
         return

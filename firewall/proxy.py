@@ -205,7 +205,7 @@ async def _screened(
     ex.model = matched.adapter.model(body)
     ex.stream = matched.adapter.wants_stream(body)
     ex.input_segments = len(segments)
-    if config.audit.capture_text:
+    if config.audit.capture_text or (config.score_log.enabled and config.score_log.include_text):
         ex.texts = {"input": [s.text for s in segments]}
 
     rules = policy.rules(Phase.INPUT)

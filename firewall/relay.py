@@ -271,7 +271,7 @@ async def _relay_body_screened(
             verdict = _unscreenable(matched, rules, "response not readable as JSON")
         else:
             segments = matched.adapter.output_segments(body)
-            if config.audit.capture_text and ex.texts is not None:
+            if ex.texts is not None:
                 ex.texts["output"] = [s.text for s in segments]
             ex.output_fp = fingerprint(segments, state.audit.salt)
             verdict = await _screen(runtime, matched, ex, rules, segments)

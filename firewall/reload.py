@@ -38,8 +38,8 @@ __all__ = ["RESTART_SECTIONS", "Reloader"]
 
 log = logging.getLogger("trigger_firewall.reload")
 
-#: Sections whose change needs a restart: sockets, the upstream session, the audit sink.
-RESTART_SECTIONS = ("server", "upstream", "audit")
+#: Sections whose change needs a restart: sockets, the upstream session, the log sinks.
+RESTART_SECTIONS = ("server", "upstream", "audit", "score_log")
 
 
 def _signature(path: Path) -> tuple[Any, ...] | None:

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from firewall.app import make_admin_app, make_proxy_app
 from firewall.audit import AuditLog
-from firewall.config import FirewallConfig, deep_merge
+from firewall.config import AuditConfig, FirewallConfig, deep_merge
 from firewall.metrics import Metrics
 from firewall.reload import Reloader
 from firewall.runtime import Runtime, build_runtime
@@ -55,7 +55,13 @@ class Server:
         self.metrics = metrics or Metrics()
         runtime = build_runtime(config, self.metrics)
         self.audit = AuditLog(config.audit, self.metrics)
-        self.state = ServerState(runtime, self.metrics, self.audit)
+        self.score_log: AuditLog | None = None
+        if config.score_log.enabled:
+            sink = AuditConfig(
+                destination=config.score_log.destination, hash_salt_env=config.audit.hash_salt_env
+            )
+            self.score_log = AuditLog(sink)
+        self.state = ServerState(runtime, self.metrics, self.audit, self.score_log)
         self._proxy_runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._proxy_site: web.TCPSite | None = None
@@ -70,6 +76,8 @@ class Server:
         runtime = self.state.runtime
         self.state.session = create_session(self.config.upstream)
         await self.audit.start()
+        if self.score_log is not None:
+            await self.score_log.start()
         self.metrics.prepare(
             routes=[*(r.name for r in self.config.routing.routes), "unmatched"],
             detectors=[(name, [p.value for p in det.phases]) for name, det in runtime.detectors.items()],
@@ -168,6 +176,8 @@ class Server:
             await self.state.session.close()
         await self.state.runtime.close()
         await self.audit.close()
+        if self.score_log is not None:
+            await self.score_log.close()
         log.info("stopped")
 
 

@@ -23,10 +23,13 @@ __all__ = ["STATE", "ServerState"]
 class ServerState:
     """The sidecar's live state. Only the event loop thread touches it."""
 
-    def __init__(self, runtime: Runtime, metrics: Metrics, audit: AuditLog) -> None:
+    def __init__(
+        self, runtime: Runtime, metrics: Metrics, audit: AuditLog, score_log: AuditLog | None = None
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.audit = audit
+        self.score_log = score_log
         self.session: aiohttp.ClientSession | None = None
         self.upstream_base = str(runtime.config.upstream.url).rstrip("/")
         self.inflight = 0
