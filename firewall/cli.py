@@ -8,6 +8,8 @@ Subcommands:
 * ``demo-upstream``: run only the demo OpenAI-compatible endpoint;
 * ``scan [FILE|-]``: screen JSONL records offline, exactly as the proxy would;
 * ``eval``: the project's trigger evaluation suite (AUROC, TPR at 1% FPR per family);
+* ``calibrate --target-fpr F CLEAN.jsonl``: thresholds for a target false-positive rate on
+  your own clean traffic (or a shadow score log), with a confidence bound and a config patch;
 * ``check-config FILE``: validate a config, print every error with its path;
 * ``config-schema``: print the config's JSON Schema;
 * ``version``.
@@ -81,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     from firewall.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
+
+    from firewall.calibrate_cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
@@ -168,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from firewall.scan_cli import run_scan
 
         return run_scan(args)
+    if args.command == "calibrate":
+        from firewall.calibrate_cli import run_calibrate
+
+        return run_calibrate(args)
     if args.command == "eval":
         from firewall.evaluation.cli import run_eval
 
