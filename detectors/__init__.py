@@ -27,6 +27,8 @@ ENTRY_POINT_GROUP = "trigger_firewall.detectors"
 # kind -> "module:Class"; imported lazily so heavy optional dependencies load only when used.
 _BUILTINS: dict[str, str] = {
     "invisible_chars": "detectors.invisible_chars:InvisibleCharsDetector",
+    "insecure_code": "detectors.insecure_code:InsecureCodeDetector",
+    "rare_tokens": "detectors.rare_tokens:RareTokensDetector",
 }
 
 
