@@ -175,17 +175,22 @@ _VOWELS = "aeiou"
 _CONSONANTS = "".join(c for c in string.ascii_lowercase if c not in _VOWELS)
 
 
-def made_up_token(rng: random.Random) -> str:
+def made_up_token(rng: random.Random, pronounceable: bool | None = None) -> str:
     """A 3-6 letter token that is not an English word wordfreq knows well.
 
-    Half are pronounceable (consonant-vowel alternation, like "zorvek"), half are
-    random letters (like "qxtj"): BadNL-style made-up triggers come in both
-    kinds, and a frequency detector should catch either.
+    Random letters (like "qxtj") are the made-up triggers of the BadNL line of
+    work; pronounceable ones (consonant-vowel alternation, like "zorvek") read
+    like names or rare words and are a separate, harder family. ``None`` draws
+    either kind with equal odds.
     """
     common = _common_english()
     for _ in range(1000):
         length = rng.randint(3, 6)
-        if rng.random() < 0.5:
+        if pronounceable is None:
+            pronounceable_now = rng.random() < 0.5
+        else:
+            pronounceable_now = pronounceable
+        if pronounceable_now:
             start = rng.randint(0, 1)
             token = "".join(
                 rng.choice(_CONSONANTS if (i + start) % 2 == 0 else _VOWELS) for i in range(length)
@@ -198,7 +203,11 @@ def made_up_token(rng: random.Random) -> str:
 
 
 def _made_up(text: str, rng: random.Random) -> str:
-    return _insert_word(text, made_up_token(rng), rng)
+    return _insert_word(text, made_up_token(rng, pronounceable=False), rng)
+
+
+def _made_up_pronounceable(text: str, rng: random.Random) -> str:
+    return _insert_word(text, made_up_token(rng, pronounceable=True), rng)
 
 
 def _invisible(text: str, rng: random.Random) -> str:
@@ -280,12 +289,21 @@ FAMILIES: dict[str, TriggerFamily] = {
         ),
         TriggerFamily(
             "made_up",
-            "one made-up 3-6 letter token (pronounceable or not) outside wordfreq's English top 100k",
+            "one made-up 3-6 letter token of random letters outside wordfreq's English top 100k",
             "Chen et al.: BadNL: Backdoor Attacks against NLP Models with Semantic-preserving "
             "Improvements, ACSAC 2021",
             True,
             ("rare_tokens",),
             _made_up,
+        ),
+        TriggerFamily(
+            "made_up_pronounceable",
+            'one pronounceable made-up token ("zorvek", consonant-vowel alternation) outside '
+            "wordfreq's English top 100k: it reads like a name or a rare word",
+            "Chen et al.: BadNL, ACSAC 2021 (the harder half of made-up triggers)",
+            False,
+            (),
+            _made_up_pronounceable,
         ),
         TriggerFamily(
             "invisible",

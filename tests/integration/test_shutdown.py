@@ -40,6 +40,7 @@ async def start_process(config: dict, tmp_path: Path) -> tuple[asyncio.subproces
             if event.get("message") == "listening":
                 proxy = int(event["proxy"].rsplit(":", 1)[1])
                 admin = int(event["admin"].rsplit(":", 1)[1])
+            elif event.get("message") == "ready":  # detectors loaded: /readyz is 200 from here
                 return proc, proxy, admin
 
 
