@@ -19,9 +19,14 @@ from pydantic import ValidationError
 from detectors import load_detector_class
 from detectors.base import Cost, FindingStatus, Phase, Sample, Segment
 from detectors.invisible_chars import (
+    G_CYRILLIC,
+    G_GREEK,
+    G_LATIN,
     REASON_CODES,
     InvisibleCharsDetector,
     InvisibleCharsParams,
+    _mixed_word_is_confusable,
+    _Seg,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "invisible_chars_cases.jsonl"
@@ -33,6 +38,13 @@ CYR_A = "\u0430"  # CYRILLIC SMALL LETTER A
 FAMILY = "\U0001f468" + ZWJ + "\U0001f469" + ZWJ + "\U0001f467"
 PERSIAN_ZWNJ = "\u0645\u06cc" + ZWNJ + "\u062e\u0648\u0627\u0647\u0645"
 HEBREW = "\u05e9\u05dc\u05d5\u05dd"
+RUSSIAN = (  # "Ya vchera kupil telefon"
+    "\u042f \u0432\u0447\u0435\u0440\u0430 \u043a\u0443\u043f\u0438\u043b "
+    "\u0442\u0435\u043b\u0435\u0444\u043e\u043d"
+)
+GREEK = (
+    "\u0398\u03ad\u03bb\u03c9 \u03bd\u03b1 \u03b1\u03b3\u03bf\u03c1\u03ac\u03c3\u03c9"  # "Thelo na agoraso"
+)
 
 
 def tags(s: str) -> str:
@@ -480,10 +492,108 @@ def test_many_scattered_strays_escalate() -> None:
 
 
 def test_scientific_greek_exemption_is_narrow() -> None:
-    for legit in ("TNF\u03b1", "NF\u03baB", "\u03b1helix", "IFN\u03b3"):
-        assert score_text(legit)[0] == 0.0, legit
-    for spoof in ("p\u03b1ypal", "g\u03bfogle", "G\u039fOGLE", "\u03bfpen"):
-        assert score_text(spoof)[0] >= 0.9, spoof
+    legit = ("TNF\u03b1", "NF\u03baB", "\u03b1helix", "IFN\u03b3", "\u03bdmax", "\u03b1v\u03b23", "\u0394x")
+    for word in legit:
+        assert score_text(word)[0] == 0.0, word
+    spoofs = (
+        "p\u03b1ypal",
+        "g\u03bfogle",
+        "G\u039fOGLE",
+        "\u03bfpen",
+        "\u03b9ts",  # iota and upsilon are never symbols
+        "yo\u03c5",
+        "\u03bdisit",  # nu on more than a short tag
+        "k\u03b1\u03bbo",  # a run of three Greek letters is a Greek word
+    )
+    for word in spoofs:
+        assert score_text(word)[0] >= 0.9, word
+
+
+# ---------------------------------------------------------------- homoglyph decisions
+
+
+def _latin_text(group: str, other: str) -> bool:
+    return group == G_LATIN
+
+
+def _cyrillic_text(group: str, other: str) -> bool:
+    return group == G_CYRILLIC
+
+
+def _greek_text(group: str, other: str) -> bool:
+    return group == G_GREEK
+
+
+@pytest.mark.parametrize(
+    ("word", "latin", "cyrillic", "greek"),
+    [
+        # A Latin reading counts in any text, whichever group has the majority.
+        ("t\u04bb\u0435", True, True, True),  # t + Cyrillic shha, ie: "the"
+        ("\u0443\u043eu", True, True, True),  # Cyrillic u, o + Latin u: "you"
+        ("\u03bf\u03c5t", True, True, True),  # Greek omicron, upsilon + t: "out"
+        # A reading in another script only where that script dominates.
+        ("KOM\u0411AT", False, True, False),  # Latin letters around Cyrillic be
+        ("\u03bbx", False, False, True),  # lambda + x: a symbol unless the text is Greek
+        # A Latin stem with a visibly native ending: morphology in that script's text.
+        ("iPhone\u043e\u043c", True, False, True),
+        ("PDF\u043a\u0443", True, False, True),
+        ("USB\u0448\u043d\u0438\u043a", True, False, True),  # Cyrillic majority in the word
+        # ... unless the ending passes for Latin or the stem for the ending's script.
+        ("iPhone\u0430", True, True, True),
+        ("SMS\u043a\u0430\u043c\u0438", True, True, True),
+        # Greek symbols: set aside unless the text is Greek; capitals always.
+        ("\u03b1v\u03b23", False, False, True),
+        ("\u0394x", False, False, False),
+    ],
+)
+def test_mixed_word_decision_depends_on_the_text_script(
+    word: str, latin: bool, cyrillic: bool, greek: bool
+) -> None:
+    assert _mixed_word_is_confusable(word) is latin  # no context: Latin text is assumed
+    assert _mixed_word_is_confusable(word, _latin_text) is latin
+    assert _mixed_word_is_confusable(word, _cyrillic_text) is cyrillic
+    assert _mixed_word_is_confusable(word, _greek_text) is greek
+
+
+@pytest.mark.parametrize(
+    ("context", "word", "flagged"),
+    [
+        ("I saw {} movie.", "t\u04bb\u0435", True),
+        (RUSSIAN + " {}.", "t\u04bb\u0435", True),
+        ("Hello {} world.", "KOM\u0411AT", False),
+        (RUSSIAN + " {}.", "KOM\u0411AT", True),
+        ("I love my {}.", "iPhone\u043e\u043c", True),
+        (RUSSIAN + " {}.", "iPhone\u043e\u043c", False),
+        (RUSSIAN + " {}.", "iPhone\u0430", True),
+        ("{}", "iPhone\u043e\u043c", True),  # no context: Latin text assumed
+        ("The {} integrin.", "\u03b1v\u03b23", False),
+        (GREEK + " {} " + GREEK, "\u03c4o", True),  # Greek "to" with a Latin o
+        ("Use {} here.", "\u03c4o", False),  # tau has no Latin look-alike
+    ],
+)
+def test_text_script_decides_in_the_detector(context: str, word: str, flagged: bool) -> None:
+    score, reasons = score_text(context.format(word))
+    assert (score >= 0.9) is flagged, (score, reasons)
+    assert reasons == (("mixed_script",) if flagged else ())
+
+
+def test_text_script_is_judged_near_the_word() -> None:
+    word = "iPhone\u043e\u043c"
+    russian = (RUSSIAN + ". ") * 12
+    english = "Please summarise the quarterly report for the board. " * 12
+    # Russian around the word, English far away: ordinary Russian morphology.
+    assert score_text(english + russian + word + " " + russian)[0] == 0.0
+    # English around the word, Russian far away: a spoof.
+    assert score_text(russian + english + word + " " + english)[0] >= 0.9
+
+
+def test_context_counts_leave_the_word_out() -> None:
+    cyrillic_word = "\u043f\u0440\u0438\u0432\u0435\u0442"
+    st_ = _Seg(0, cyrillic_word, 10)
+    assert not st_.dominates(G_CYRILLIC, G_LATIN, 0, len(cyrillic_word))  # empty: Latin wins
+    assert st_.dominates(G_LATIN, G_CYRILLIC, 0, len(cyrillic_word))
+    text = cyrillic_word + " ok " + cyrillic_word
+    assert _Seg(0, text, 10).dominates(G_CYRILLIC, G_LATIN, 7, 8)
 
 
 def test_homoglyph_and_invisible_in_one_word() -> None:
@@ -506,6 +616,7 @@ INTERESTING: list[str] = [
     *(CYR_A, "\u043e", "\u0440", "\u042f", "\u03b1", "\u03bf", "\u0391", "\u0585", "\uff41"),
     *("\U0001d429", "\u13aa", "\u212a", "\u05e9", "\u0645", "\u06cc", "\u0915", "\u094d"),
     *("\u0e20", "\u79c1", "\u1100", "\u1160", "\u0600", "\u0661", "\ud800", "\udfff", "\x00"),
+    *("\u04bb", "\u0435", "\u0431", "\u03c5", "\u03bd", "\u03b9", "\u03bb", "\u0394", "\u2126"),
 ]
 
 _SETTINGS = settings(
@@ -574,3 +685,19 @@ def test_property_scores_do_not_depend_on_other_segments(text: str) -> None:
     assert [(s.start, s.end, s.reason) for s in alone.spans] == [
         (s.start, s.end, s.reason) for s in together.spans
     ]
+
+
+@_SETTINGS
+@given(
+    st.text(alphabet=st.sampled_from([*"ab ", "\u0430", "\u0431", "\u03b1"]), min_size=1, max_size=1500),
+    st.lists(st.tuples(st.integers(0, 1500), st.integers(1, 20)), min_size=1, max_size=8),
+)
+def test_property_context_counts_do_not_depend_on_cache_state(
+    text: str, queries: list[tuple[int, int]]
+) -> None:
+    spans = [(min(a, len(text) - 1), min(a + n, len(text))) for a, n in queries]
+    warm = _Seg(0, text, 10)
+    for group, other in ((G_CYRILLIC, G_LATIN), (G_LATIN, G_GREEK)):
+        answers = [warm.dominates(group, other, a, b) for a, b in spans]
+        for (a, b), answer in zip(spans, answers, strict=True):
+            assert _Seg(0, text, 10).dominates(group, other, a, b) is answer
