@@ -346,10 +346,13 @@ async def _relay_stream_screened(
     outcome = "completed"
     terminated_by: tuple[str, ...] = ()
 
-    async def scan() -> Verdict:
+    async def scan(final: bool = False) -> Verdict:
+        """Screen the text so far; ``final`` marks the scan after the upstream ended, so
+        detectors can judge constructs that will now never be completed (an unclosed block)."""
         nonlocal scan_seconds
         t0 = time.perf_counter()
-        segs = [Segment("assistant", text, f"/channels/{ch}") for ch, text in channels.texts()]
+        suffix = "#final" if final else ""
+        segs = [Segment("assistant", text, f"/channels/{ch}{suffix}") for ch, text in channels.texts()]
         result = await _screen(runtime, matched, ex, rules, segs)
         scan_seconds += time.perf_counter() - t0
         return result
@@ -393,7 +396,7 @@ async def _relay_stream_screened(
             outcome = "upstream_error"
             ex.error = f"upstream_stream_{type(exc).__name__}"
         if verdict is None or not verdict.blocks:
-            verdict = await scan()
+            verdict = await scan(final=True)
         if verdict.blocks:
             outcome = "terminated"
             terminated_by = verdict.fired or verdict.fail_open or ("firewall",)

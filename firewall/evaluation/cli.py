@@ -58,6 +58,13 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
         "detector and trigger family, false-positive rates (hard negatives separately) and "
         "latency. See docs/evaluation.md.",
     )
+    parser.add_argument(
+        "--suite",
+        choices=["triggers", "code"],
+        default="triggers",
+        help="triggers: plant backdoor triggers in prompts (default); code: the insecure-code benchmark "
+        "(labelled assistant answers scanned as outputs; see docs/detectors/insecure_code.md)",
+    )
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--route", help="route whose policy applies (default: chat_completions)")
     parser.add_argument("--phase", choices=["input", "output"], default="input", help="phase to screen")
@@ -127,6 +134,8 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run the suite from parsed arguments; 0 on success, 2 on bad input or missing data."""
     if args.list_families:
         return _list_families()
+    if args.suite == "code":
+        return _run_code_suite(args)
 
     import orjson
 
@@ -197,4 +206,29 @@ def run_eval(args: argparse.Namespace) -> int:
         except PlotUnavailableError as exc:  # pragma: no cover - checked before the run
             return _fail(str(exc))
         print(f"score distributions written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _run_code_suite(args: argparse.Namespace) -> int:
+    """``eval --suite code``: the insecure-code benchmark (only --config, --route, --json apply)."""
+    import orjson
+
+    from firewall.config import load_config
+    from firewall.errors import ConfigError
+    from firewall.evaluation.code_eval import format_code_table, run_code_suite
+
+    problem = _check_output(args.json, "--json")
+    if problem:
+        return _fail(problem)
+    try:
+        report = run_code_suite(load_config(args.config), route=args.route)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    sys.stdout.write(format_code_table(report))
+    sys.stdout.flush()
+    if args.json:
+        data = report.to_json()
+        data["argv"] = sys.argv[1:]
+        Path(args.json).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"JSON report written to {args.json}", file=sys.stderr)
     return 0
