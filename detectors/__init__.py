@@ -29,6 +29,7 @@ _BUILTINS: dict[str, str] = {
     "invisible_chars": "detectors.invisible_chars:InvisibleCharsDetector",
     "insecure_code": "detectors.insecure_code:InsecureCodeDetector",
     "rare_tokens": "detectors.rare_tokens:RareTokensDetector",
+    "strip": "detectors.strip:StripDetector",
 }
 
 

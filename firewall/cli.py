@@ -6,6 +6,7 @@ Subcommands:
   ``--admin-host``, ``--admin-port``; ``--demo`` starts the bundled demo
   upstream on loopback and points the firewall at it);
 * ``demo-upstream``: run only the demo OpenAI-compatible endpoint;
+* ``demo build``: train the backdoored demo classifier the demo upstream serves;
 * ``scan [FILE|-]``: screen JSONL records offline, exactly as the proxy would;
 * ``eval``: the project's trigger evaluation suite (AUROC, TPR at 1% FPR per family);
 * ``calibrate --target-fpr F CLEAN.jsonl``: thresholds for a target false-positive rate on
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-port", type=int, help="admin port (/metrics, /livez, /readyz)")
     serve.add_argument("--mode", choices=["enforce", "monitor", "off"], help="global mode")
     serve.add_argument("--demo", action="store_true", help="start the bundled demo upstream and protect it")
+    serve.add_argument(
+        "--demo-port", type=int, default=8000, help="loopback port of the demo upstream (0: any free port)"
+    )
     serve.add_argument("--log-level", default="info")
 
     demo = sub.add_parser("demo-upstream", help="run the bundled demo OpenAI-compatible endpoint")
@@ -87,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     from firewall.calibrate_cli import add_calibrate_parser
 
     add_calibrate_parser(sub)
+
+    from firewall.demo_cli import add_demo_parser
+
+    add_demo_parser(sub)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
@@ -130,7 +138,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"trigger-firewall: invalid configuration\n{exc}", file=sys.stderr)
         return 2
     path = args.config or os.environ.get("TRIGGER_FIREWALL_CONFIG") or None
-    main_coro = run(config, demo_upstream=args.demo, config_path=path, overrides=overrides)
+    main_coro = run(
+        config,
+        demo_upstream=args.demo,
+        demo_port=args.demo_port,
+        config_path=path,
+        overrides=overrides,
+    )
     try:
         import uvloop
 
@@ -147,7 +161,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("trigger-firewall: the demo upstream binds to loopback only", file=sys.stderr)
         return 2
-    web.run_app(make_demo_app(args.stream_delay), host=args.host, port=args.port, access_log=None)
+    from firewall.demo_upstream import load_demo_classifier
+
+    app = make_demo_app(args.stream_delay, load_demo_classifier())
+    web.run_app(app, host=args.host, port=args.port, access_log=None)
     return 0
 
 
@@ -174,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from firewall.scan_cli import run_scan
 
         return run_scan(args)
+    if args.command == "demo":
+        from firewall.demo_cli import run_demo
+
+        return run_demo(args)
     if args.command == "calibrate":
         from firewall.calibrate_cli import run_calibrate
 

@@ -5,6 +5,13 @@ else installed. Its answers are deliberately simple (it summarises what it was
 sent); later work replaces it with a real backdoored model. It speaks the chat,
 completions, Responses and embeddings routes, streamed and not, and lists one
 model at ``/v1/models``. It binds to loopback only.
+
+When the backdoored demo classifier has been built (``trigger-firewall demo
+build``; :mod:`firewall.demo_model`) and is passed in as ``classifier``, it also
+serves that model: KServe v2 inference at ``/v2/models/sentiment/infer`` (texts
+in ``inputs[*].data``), and the chat endpoint answers ``Sentiment: positive`` or
+``negative`` for the last user message, so a trigger word visibly flips the
+answer. Without a classifier the KServe route answers 503 and chat keeps its echo.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ import asyncio
 import hashlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["make_demo_app", "start_demo_upstream"]
+__all__ = ["load_demo_classifier", "make_demo_app", "start_demo_upstream"]
 
 MODEL = "demo-echo-1"
 
@@ -36,7 +44,11 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def _reply(text: str) -> str:
+def _reply(text: str, classifier: Any = None) -> str:
+    if classifier is not None:
+        probs = classifier.predict_proba([text])[0]
+        label = int(probs.argmax())
+        return f"Sentiment: {('negative', 'positive')[label]} ({float(probs[label]):.2f})."
     words = text.split()
     preview = " ".join(words[:12])
     return (
@@ -79,7 +91,7 @@ def _sse(data: Any) -> bytes:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
-    text = _reply(_last_user_text(body))
+    text = _reply(_last_user_text(body), request.app[CLASSIFIER])
     cid = "chatcmpl-" + uuid.uuid4().hex[:12]
     created = int(time.time())
     model = body.get("model") or MODEL
@@ -222,12 +234,61 @@ async def models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "demo"}]})
 
 
+async def kserve_infer(request: web.Request) -> web.Response:
+    """KServe v2 (Open Inference Protocol) for the demo classifier: BYTES texts in, labels out."""
+    classifier = request.app[CLASSIFIER]
+    if classifier is None:
+        return _json({"error": "no demo model loaded; run: trigger-firewall demo build"}, status=503)
+    body = await _body(request)
+    texts: list[str] = []
+    for item in body.get("inputs") or []:
+        data = item.get("data") if isinstance(item, dict) else None
+        if isinstance(data, list):
+            texts.extend(str(d) for d in data)
+    probs = await asyncio.to_thread(classifier.predict_proba, texts)
+    labels = [("negative", "positive")[int(p.argmax())] for p in probs]
+    return _json(
+        {
+            "model_name": request.match_info["model"],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels},
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [len(labels), 2],
+                    "data": [float(v) for p in probs for v in p],
+                },
+            ],
+        }
+    )
+
+
+def load_demo_classifier(folder: str | None = None) -> Any:
+    """The built demo classifier, or None when it has not been built (or cannot load)."""
+    try:
+        from firewall.demo_model import MODEL_FILE, TextClassifier, default_model_dir
+    except ImportError:  # numpy/onnxruntime not installed: the demo answers without a model
+        return None
+
+    path = default_model_dir() if folder is None else Path(folder)
+    if not (path / MODEL_FILE).is_file():
+        return None
+    try:
+        return TextClassifier(path)
+    except Exception:
+        return None
+
+
 DELAY: web.AppKey[float] = web.AppKey("delay", float)
+CLASSIFIER: web.AppKey[Any] = web.AppKey("classifier", object)
 
 
-def make_demo_app(stream_delay: float = 0.02) -> web.Application:
+def make_demo_app(stream_delay: float = 0.02, classifier: Any = None) -> web.Application:
+    """``classifier``: a :class:`firewall.demo_model.TextClassifier` (or None: echo only)."""
     app = web.Application()
     app[DELAY] = stream_delay
+    app[CLASSIFIER] = classifier
+    app.router.add_post("/v2/models/{model}/infer", kserve_infer)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/responses", responses)
@@ -237,10 +298,10 @@ def make_demo_app(stream_delay: float = 0.02) -> web.Application:
 
 
 async def start_demo_upstream(
-    host: str = "127.0.0.1", port: int = 0, stream_delay: float = 0.02
+    host: str = "127.0.0.1", port: int = 0, stream_delay: float = 0.02, classifier: Any = None
 ) -> tuple[web.AppRunner, int]:
     """Start the demo endpoint in the running loop; returns its runner and bound port."""
-    runner = web.AppRunner(make_demo_app(stream_delay), access_log=None)
+    runner = web.AppRunner(make_demo_app(stream_delay, classifier), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

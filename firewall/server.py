@@ -192,6 +192,7 @@ async def run(
     config: FirewallConfig,
     *,
     demo_upstream: bool = False,
+    demo_port: int = 0,
     config_path: str | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> int:
@@ -203,14 +204,18 @@ async def run(
     overrides = dict(overrides or {})
     demo_runner = None
     if demo_upstream:
-        from firewall.demo_upstream import start_demo_upstream
+        from firewall.demo_upstream import load_demo_classifier, start_demo_upstream
 
-        demo_runner, demo_port = await start_demo_upstream("127.0.0.1", 0)
+        classifier = load_demo_classifier()
+        demo_runner, demo_port = await start_demo_upstream("127.0.0.1", demo_port, classifier=classifier)
         demo_url = f"http://127.0.0.1:{demo_port}"
         overrides = deep_merge(overrides, {"upstream": {"url": demo_url}})
         data = deep_merge(config.model_dump(mode="json"), {"upstream": {"url": demo_url}})
         config = FirewallConfig.model_validate(data)
-        log.info("demo upstream started", extra={"url": demo_url})
+        log.info(
+            "demo upstream started",
+            extra={"url": demo_url, "backdoored_model": classifier is not None},
+        )
     server = Server(config)
     reloader = Reloader(server, config_path, overrides=overrides)
     loop = asyncio.get_running_loop()

@@ -186,10 +186,7 @@ def made_up_token(rng: random.Random, pronounceable: bool | None = None) -> str:
     common = _common_english()
     for _ in range(1000):
         length = rng.randint(3, 6)
-        if pronounceable is None:
-            pronounceable_now = rng.random() < 0.5
-        else:
-            pronounceable_now = pronounceable
+        pronounceable_now = rng.random() < 0.5 if pronounceable is None else pronounceable
         if pronounceable_now:
             start = rng.randint(0, 1)
             token = "".join(
