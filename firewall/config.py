@@ -149,6 +149,13 @@ class DetectorOverride(_Model):
     on_error: Literal["fail_open", "fail_closed"] | None = None
 
 
+class ModelOverride(_Model):
+    """Changes for requests to one model on a route (matched on the body's ``model``)."""
+
+    mode: Mode | None = None
+    detectors: dict[str, DetectorOverride] = Field(default_factory=dict)
+
+
 Protocol = Literal["openai_chat", "openai_completions", "openai_responses", "openai_embeddings", "json"]
 
 
@@ -169,6 +176,11 @@ class RouteConfig(_Model):
     input_fields: tuple[str, ...] = ()
     output_fields: tuple[str, ...] = ()
     detectors: dict[str, DetectorOverride] = Field(default_factory=dict)
+    models: dict[str, ModelOverride] = Field(
+        default_factory=dict,
+        description="Per-model overrides of mode and detector policy, keyed by the request's model name; "
+        "they apply on top of the route's.",
+    )
 
     @field_validator("input_fields", "output_fields")
     @classmethod
@@ -314,9 +326,13 @@ class FirewallConfig(_Model):
                 if det.gate.detector == det.name:
                     raise ValueError(f"detector {det.name!r} cannot gate on itself")
         for route in self.routing.routes:
-            for override in route.detectors:
-                if override not in known:
-                    raise ValueError(f"route {route.name!r}: override for unknown detector {override!r}")
+            overrides = [(f"route {route.name!r}", route.detectors)] + [
+                (f"route {route.name!r}, model {model!r}", m.detectors) for model, m in route.models.items()
+            ]
+            for where, mapping in overrides:
+                for override in mapping:
+                    if override not in known:
+                        raise ValueError(f"{where}: override for unknown detector {override!r}")
         return self
 
     def detector(self, name: str) -> DetectorConfig:

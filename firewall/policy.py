@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from firewall.config import FirewallConfig, RouteConfig
+from firewall.config import DetectorOverride, FirewallConfig, RouteConfig
 from firewall.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase, Verdict
 
 __all__ = ["DetectorRule", "Policy", "RoutePolicy", "compile_policy"]
@@ -57,6 +57,7 @@ class RoutePolicy:
     mode: Mode
     input_rules: tuple[DetectorRule, ...]
     output_rules: tuple[DetectorRule, ...]
+    models: Mapping[str, RoutePolicy] = field(default_factory=dict, compare=False)
     # Lookups derived once from the rules, so evaluate() builds no dicts per request.
     _index: dict[Phase, dict[str, DetectorRule]] = field(init=False, repr=False, compare=False)
     _thresholds: dict[Phase, Mapping[str, float]] = field(init=False, repr=False, compare=False)
@@ -71,6 +72,12 @@ class RoutePolicy:
             p: MappingProxyType({n: r.threshold for n, r in rules.items()}) for p, rules in index.items()
         }
         object.__setattr__(self, "_thresholds", thresholds)
+
+    def for_model(self, model: str | None) -> RoutePolicy:
+        """The policy for requests to ``model`` on this route (the route's own if no override)."""
+        if model is None or not self.models:
+            return self
+        return self.models.get(model, self)
 
     def rules(self, phase: Phase) -> tuple[DetectorRule, ...]:
         if self.mode is Mode.OFF:
@@ -144,14 +151,26 @@ def _order(rules: Iterable[DetectorRule]) -> tuple[DetectorRule, ...]:
     return tuple(sorted(rules, key=key))
 
 
+def _merged(base: DetectorOverride | None, top: DetectorOverride | None) -> DetectorOverride | None:
+    """A model's override on top of its route's: fields the model sets win."""
+    if base is None or top is None:
+        return top or base
+    return base.model_copy(update=top.model_dump(exclude_none=True))
+
+
 def _route_policy(
     config: FirewallConfig,
     route: RouteConfig,
     capabilities: Mapping[str, tuple[frozenset[Phase], Cost]],
+    model: str | None = None,
 ) -> RoutePolicy:
     per_phase: dict[Phase, list[DetectorRule]] = {Phase.INPUT: [], Phase.OUTPUT: []}
+    model_override = route.models.get(model) if model is not None else None
     for det in config.detectors:
-        override = route.detectors.get(det.name)
+        override = _merged(
+            route.detectors.get(det.name),
+            model_override.detectors.get(det.name) if model_override is not None else None,
+        )
         enabled = det.enabled if override is None or override.enabled is None else override.enabled
         if not enabled or det.name not in capabilities:
             continue
@@ -179,11 +198,18 @@ def _route_policy(
         )
         for phase in phases:
             per_phase[phase].append(rule)
+    mode = route.mode if route.mode is not None else config.mode
+    if model_override is not None and model_override.mode is not None:
+        mode = model_override.mode
+    models = {}
+    if model is None:
+        models = {name: _route_policy(config, route, capabilities, name) for name in route.models}
     return RoutePolicy(
         route=route.name,
-        mode=route.mode if route.mode is not None else config.mode,
+        mode=mode,
         input_rules=_order(per_phase[Phase.INPUT]),
         output_rules=_order(per_phase[Phase.OUTPUT]),
+        models=models,
     )
 
 

@@ -24,6 +24,7 @@ import itertools
 import os
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -86,7 +87,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         runtime.users.leave()
         state.leave()
         if ex.action != "rejected":
-            metrics.count_request(route, ex.action, mode)
+            metrics.count_request(route, ex.action, ex.mode)
         metrics.observe_request(route, time.perf_counter() - ex.start)
         if ex.screened:
             write_audit(state, ex)
@@ -199,10 +200,19 @@ async def _screened(
         ex.screened = False
         _reject(state, ex, _reject_reason(exc))
         return firewall_error_response(exc, ex.request_id)
+    ex.model = matched.adapter.model(body)
+    if policy.models:
+        model_policy = policy.for_model(ex.model)
+        if model_policy is not policy:
+            policy = model_policy
+            matched = replace(matched, policy=policy)
+            ex.mode = policy.mode.value
+            if policy.mode is Mode.OFF:
+                ex.screened = False
+                return await _forward_unscreened(request, state, runtime, ex, raw)
     roles = matched.config.roles
     if roles is not None:
         segments = [s for s in segments if s.role in roles]
-    ex.model = matched.adapter.model(body)
     ex.stream = matched.adapter.wants_stream(body)
     ex.input_segments = len(segments)
     if config.audit.capture_text or (config.score_log.enabled and config.score_log.include_text):
@@ -243,6 +253,16 @@ async def _screened(
             screen=matched if policy.screens(Phase.OUTPUT) else None,
             extra_headers=extra,
         )
+    except FirewallError as exc:
+        return _failed(ex, exc, runtime)
+
+
+async def _forward_unscreened(
+    request: web.Request, state: ServerState, runtime: Runtime, ex: Exchange, raw: bytes
+) -> web.StreamResponse:
+    """Forward an already-read body untouched (a model whose override turns screening off)."""
+    try:
+        return await relay.forward(request, state, runtime, ex, raw, screen=None)
     except FirewallError as exc:
         return _failed(ex, exc, runtime)
 
