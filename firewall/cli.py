@@ -7,6 +7,7 @@ Subcommands:
   upstream on loopback and points the firewall at it);
 * ``demo-upstream``: run only the demo OpenAI-compatible endpoint;
 * ``demo build``: train the backdoored demo classifier the demo upstream serves;
+* ``models prepare|info``: convert the embedded reference language model once into the cache;
 * ``scan [FILE|-]``: screen JSONL records offline, exactly as the proxy would;
 * ``eval``: the project's trigger evaluation suite (AUROC, TPR at 1% FPR per family);
 * ``calibrate --target-fpr F CLEAN.jsonl``: thresholds for a target false-positive rate on
@@ -95,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     from firewall.demo_cli import add_demo_parser
 
     add_demo_parser(sub)
+
+    from firewall.models.cli import add_models_parser
+
+    add_models_parser(sub)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
@@ -191,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from firewall.scan_cli import run_scan
 
         return run_scan(args)
+    if args.command == "models":
+        from firewall.models.cli import run_models
+
+        return run_models(args)
     if args.command == "demo":
         from firewall.demo_cli import run_demo
 

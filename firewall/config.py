@@ -403,13 +403,19 @@ def _env_value(raw: str) -> Any:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Turn ``TRIGGER_FIREWALL_A__B=v`` variables into a nested mapping ``{a: {b: v}}``."""
+    """Turn ``TRIGGER_FIREWALL_A__B=v`` variables into a nested mapping ``{a: {b: v}}``.
+
+    Only variables whose first part names a config section or key are config;
+    the others (``TRIGGER_FIREWALL_CONFIG``, ``..._CACHE_DIR``, ...) belong to
+    other parts of the program and are left alone.
+    """
+    sections = set(FirewallConfig.model_fields)
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not parts:
+        if not parts or parts[0] not in sections:
             continue
         node = tree
         for part in parts[:-1]:

@@ -686,3 +686,13 @@ def test_json_schema_shape() -> None:
     assert "$defs" in schema
     assert "ServerConfig" in schema["$defs"]
     assert schema["$defs"]["ServerConfig"]["properties"]["port"]["maximum"] == 65535
+
+
+def test_environment_variables_of_other_components_are_not_config() -> None:
+    env = {
+        "TRIGGER_FIREWALL_CACHE_DIR": "/tmp/models",
+        "TRIGGER_FIREWALL_DEMO_MODEL": "/tmp/demo",
+        "TRIGGER_FIREWALL_MODE": "monitor",
+    }
+    config = load_config(environ=env)
+    assert config.mode is Mode.MONITOR

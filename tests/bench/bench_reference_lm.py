@@ -1,0 +1,150 @@
+"""Benchmark of the reference language model's ``surprisal_batch`` (not a test; no asserts).
+
+For each runtime (onnxruntime fp32, torch fp32; torch bf16 on request) on each device (CPU, and
+CUDA where the runtime sees a GPU), it times ``surprisal_batch`` end to end
+(tokenization, padding, forward pass, un-padding) at batch 1, 8 and 32 for prompts
+of exactly 64 and 128 tokens, and prints tokens/s with p50/p99 latency. Each cell
+runs one warm-up call, then at least ``--min-runs`` calls and until ``--budget``
+seconds have passed (at most ``--max-runs``); with few runs p99 is close to the max.
+
+CPU numbers depend on what else runs on the machine: shared machines are noisy,
+so compare rows from one run, and read the load average it prints. ``cpu ms`` is
+the process CPU time of one call (median), which contention inflates far less than
+wall time: on an otherwise idle machine with 2 threads, wall time approaches half of it.
+
+    .venv/bin/python tests/bench/bench_reference_lm.py                 # CPU: ort + torch fp32, ~2 min quiet
+    .venv/bin/python tests/bench/bench_reference_lm.py --quick         # batch 1 and 8, 64 tokens
+    .venv/bin/python tests/bench/bench_reference_lm.py --devices cuda  # GPU only
+
+The model must be prepared (``trigger-firewall models prepare``); with
+``--prepare-if-missing`` the script prepares it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from detectors.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig
+from firewall.models.cache import model_dir
+
+REVIEW = (
+    "I went to see this film on a rainy Sunday afternoon with two friends, and none of us expected "
+    "much from it. The opening is slow, but once the story settles on the two brothers and their "
+    "failing family restaurant it becomes warm, funny and surprisingly moving. The acting is "
+    "natural, the dialogue sounds like real people talking, and the small town feels lived in. "
+    "Some scenes in the middle drag on for too long, and the music is sometimes a little loud, but "
+    "the final twenty minutes are wonderful and I left the cinema smiling. I would happily watch it "
+    "again, and I have already recommended it to my parents, who rarely agree with my taste in movies."
+)
+
+
+def _prompt(lm: ReferenceLM, n_tokens: int) -> str:
+    """A prefix of REVIEW (repeated as needed) that tokenizes to exactly ``n_tokens`` tokens."""
+    text = REVIEW
+    while lm.count_tokens(text) < n_tokens + 8:
+        text = f"{text} {REVIEW}"
+    _, offsets = lm.tokenize(text)
+    for cut in range(n_tokens, n_tokens + 8):
+        prefix = text[: offsets[cut - 1][1]]
+        if lm.count_tokens(prefix) == n_tokens:
+            return prefix
+    return text[: offsets[n_tokens - 1][1]]  # pragma: no cover - byte-level BPE always finds one
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _cell(lm: ReferenceLM, batch: int, length: int, args: argparse.Namespace) -> str:
+    prompts = [_prompt(lm, length)] * batch
+    lm.surprisal_batch(prompts)  # warm-up: allocations, kernel selection
+    times: list[float] = []
+    cpu: list[float] = []
+    started = time.perf_counter()
+    while len(times) < args.max_runs and (
+        len(times) < args.min_runs or time.perf_counter() - started < args.budget
+    ):
+        t0, c0 = time.perf_counter(), time.process_time()
+        lm.surprisal_batch(prompts)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    p50 = statistics.median(times)
+    p99 = _percentile(times, 0.99)
+    return (
+        f"{batch:>5} {length:>6} {len(times):>5} {batch * length / p50:>10,.0f} "
+        f"{p50 * 1000:>9.1f} {p99 * 1000:>9.1f} {statistics.median(cpu) * 1000:>10.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", help="cache root (default: $TRIGGER_FIREWALL_CACHE_DIR or XDG)")
+    parser.add_argument("--model-path", help="a prepared folder (default: the cached default model)")
+    parser.add_argument(
+        "--runtimes", default="onnxruntime,torch-fp32", help="also: torch-bf16 (comma-separated)"
+    )
+    parser.add_argument("--devices", default="cpu,cuda", help="cuda rows are skipped where no GPU is seen")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--lengths", default="64,128")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: min(2, CPUs))")
+    parser.add_argument("--min-runs", type=int, default=3)
+    parser.add_argument("--max-runs", type=int, default=50)
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds a cell keeps running")
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 8 at 64 tokens only")
+    parser.add_argument("--prepare-if-missing", action="store_true")
+    parser.add_argument("--source", help="with --prepare-if-missing: a .gguf or HF folder")
+    parser.add_argument("--format", default="both", choices=["onnx", "safetensors", "both"])
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.lengths = "1,8", "64"
+
+    folder = Path(args.model_path) if args.model_path else model_dir(root=args.cache_dir)
+    if args.prepare_if_missing and not (folder / "manifest.json").is_file():
+        from firewall.models.prepare import prepare_model
+
+        result = prepare_model(args.source, args.cache_dir, formats=args.format, log_fn=print)
+        folder = result.folder
+    print(f"model: {folder}")
+    print(f"cpus: {os.cpu_count()}; load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    header = (
+        f"{'batch':>5} {'tokens':>6} {'runs':>5} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'cpu ms':>10}"
+    )
+    for runtime in args.runtimes.split(","):
+        backend, _, dtype = runtime.partition("-")
+        for device in args.devices.split(","):
+            config = ReferenceLMConfig(
+                model_path=str(folder),
+                backend="torch" if backend == "torch" else "onnxruntime",
+                device="cuda" if device == "cuda" else "cpu",
+                threads=args.threads,
+                dtype="bfloat16" if dtype == "bf16" else "float32",
+                max_tokens=max(int(x) for x in args.lengths.split(",")),
+                batch_size=max(int(x) for x in args.batches.split(",")),
+            )
+            try:
+                lm = ReferenceLM.load(config)
+            except ModelUnavailable as exc:
+                print(f"\n{runtime} on {device}: skipped ({exc})")
+                continue
+            info = lm.describe()
+            print(f"\n{runtime} on {device} (threads {info['threads']}, load {info['load_seconds']:.1f} s)")
+            print(header)
+            for length in (int(x) for x in args.lengths.split(",")):
+                for batch in (int(x) for x in args.batches.split(",")):
+                    print(_cell(lm, batch, length, args), flush=True)
+            del lm
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
