@@ -690,8 +690,8 @@ def test_json_schema_shape() -> None:
 
 def test_environment_variables_of_other_components_are_not_config() -> None:
     env = {
-        "TRIGGER_FIREWALL_CACHE_DIR": "/tmp/models",
-        "TRIGGER_FIREWALL_DEMO_MODEL": "/tmp/demo",
+        "TRIGGER_FIREWALL_CACHE_DIR": "/var/cache/models",
+        "TRIGGER_FIREWALL_DEMO_MODEL": "/var/cache/demo",
         "TRIGGER_FIREWALL_MODE": "monitor",
     }
     config = load_config(environ=env)
