@@ -125,39 +125,30 @@ class Pipeline:
             self._record(finding, sample.phase, start, error_kind="exception")
             return finding
         except Exception as exc:
-            log.warning(
-                "detector %s raised %s", name, type(exc).__name__, extra={"request_id": sample.request_id}
-            )
-            finding = Finding.failed(name, FindingStatus.ERROR, type(exc).__name__)
-            self._record(finding, sample.phase, start, error_kind="exception")
-            return finding
-        finding = self._normalise(name, results, time.perf_counter() - start)
-        self._record(
-            finding,
-            sample.phase,
-            start,
-            error_kind=None if finding.status is FindingStatus.OK else "exception",
-        )
-        return finding
+            return self._raised(name, exc, sample, start)
+        return self._finish(name, results, sample, start)
 
     def _inline(self, detector: InlineDetector, name: str, sample: Sample, start: float) -> Finding:
         """Run a cheap synchronous detector without a task or timer (see InlineDetector)."""
         try:
             results = detector.score_inline((sample,))
         except Exception as exc:
-            log.warning(
-                "detector %s raised %s", name, type(exc).__name__, extra={"request_id": sample.request_id}
-            )
-            finding = Finding.failed(name, FindingStatus.ERROR, type(exc).__name__)
-            self._record(finding, sample.phase, start, error_kind="exception")
-            return finding
-        finding = self._normalise(name, results, time.perf_counter() - start)
-        self._record(
-            finding,
-            sample.phase,
-            start,
-            error_kind=None if finding.status is FindingStatus.OK else "exception",
+            return self._raised(name, exc, sample, start)
+        return self._finish(name, results, sample, start)
+
+    def _raised(self, name: str, exc: Exception, sample: Sample, start: float) -> Finding:
+        """A detector broke its never-raise contract: an error finding, logged and counted."""
+        log.warning(
+            "detector %s raised %s", name, type(exc).__name__, extra={"request_id": sample.request_id}
         )
+        finding = Finding.failed(name, FindingStatus.ERROR, type(exc).__name__)
+        self._record(finding, sample.phase, start, error_kind="exception")
+        return finding
+
+    def _finish(self, name: str, results: object, sample: Sample, start: float) -> Finding:
+        finding = self._normalise(name, results, time.perf_counter() - start)
+        error_kind = None if finding.status is FindingStatus.OK else "exception"
+        self._record(finding, sample.phase, start, error_kind=error_kind)
         return finding
 
     @staticmethod
