@@ -104,10 +104,17 @@ def test_bad_inputs_fail_fast_with_a_clear_message(
     assert message in err
 
 
-@pytest.mark.skipif(plot_available(), reason="matplotlib is installed")
 def test_plot_without_matplotlib_says_what_to_install(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a),
+    )
     assert main(["eval", "--limit", "5", "--plot", str(tmp_path / "p.png")]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 
