@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from firewall.cli_args import fraction, positive_int
+
 if TYPE_CHECKING:
     from firewall.calibration import CalibrationResult, FamilyTPR, ScoreSample
     from firewall.config import FirewallConfig
@@ -27,26 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["add_calibrate_parser", "run_calibrate"]
 
 _PROG = "trigger-firewall calibrate"
-
-
-def _fraction(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.01, got {raw!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {raw}")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
@@ -65,7 +47,7 @@ def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target-fpr",
-        type=_fraction,
+        type=fraction,
         required=True,
         help="false-positive rate to calibrate for, e.g. 0.01 (no default: the team chooses it)",
     )
@@ -83,7 +65,7 @@ def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confidence",
-        type=_fraction,
+        type=fraction,
         default=0.95,
         help="confidence of the one-sided FPR upper bound (default 0.95)",
     )
@@ -99,7 +81,7 @@ def add_calibrate_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tpr-limit",
-        type=_positive_int,
+        type=positive_int,
         default=200,
         help="clean texts the trigger families are planted in (default 200)",
     )

@@ -13,39 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from firewall.cli_args import fraction, non_negative_int, positive_int
+
 __all__ = ["add_eval_parser", "run_eval"]
 
 _DEFAULT_LIMIT = 2000  # mirrors suite.DEFAULT_LIMIT without importing the suite
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _fraction(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.01, got {raw!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {raw}")
-    return value
 
 
 def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
@@ -70,7 +42,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--phase", choices=["input", "output"], default="input", help="phase to screen")
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=_DEFAULT_LIMIT,
         help=f"clean movie texts to use, half MR sentences, half IMDB openings (default {_DEFAULT_LIMIT}); "
         "every family is planted in each, and the hard negatives are always added",
@@ -81,14 +53,14 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target-fpr",
-        type=_fraction,
+        type=fraction,
         default=0.01,
         help="false-positive rate for the calibrated threshold column (default 0.01)",
     )
-    parser.add_argument("--concurrency", type=_positive_int, default=64, help="scans in flight at once")
+    parser.add_argument("--concurrency", type=positive_int, default=64, help="scans in flight at once")
     parser.add_argument(
         "--latency-samples",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=500,
         help="scans timed one at a time for the latency rows, spread over all groups (default 500; 0: skip)",
     )
