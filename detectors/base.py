@@ -81,7 +81,13 @@ class Detector(abc.ABC):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         self.name = name
-        self.params = params if params is not None else self.Params()
+        if params is None:
+            params = self.Params()
+        elif not isinstance(params, self.Params):
+            # Params of another model (e.g. the base class's, from generic code): validate
+            # them into this detector's own model, so unknown keys still fail.
+            params = self.Params.model_validate(params.model_dump())
+        self.params = params
         self._ready = False
 
     @classmethod

@@ -50,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import Field, field_validator
 
@@ -199,9 +199,7 @@ class InsecureCodeDetector(Detector):
 
     def __init__(self, name: str = "insecure_code", params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        if not isinstance(self.params, InsecureCodeParams):
-            raise TypeError("InsecureCodeDetector needs InsecureCodeParams")
-        self._p: InsecureCodeParams = self.params
+        self._p: InsecureCodeParams = cast(InsecureCodeParams, self.params)  # validated by the base class
         self._pack: RulePack | None = None
         self._streams = _Lru(self._p.stream_cache_size)
         self._pool: ThreadPoolExecutor | None = None

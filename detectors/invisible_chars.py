@@ -51,7 +51,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple, cast
 
 from pydantic import Field, field_validator
 
@@ -901,11 +901,8 @@ class InvisibleCharsDetector(InlineDetector):
     Params: ClassVar[type[DetectorParams]] = InvisibleCharsParams
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
-        if params is not None and not isinstance(params, InvisibleCharsParams):
-            # Base-class (empty) params from generic code: validate into ours.
-            params = InvisibleCharsParams.model_validate(params.model_dump())
-        p = params if params is not None else InvisibleCharsParams()
-        super().__init__(name, p)
+        super().__init__(name, params)
+        p = cast(InvisibleCharsParams, self.params)  # the base class validated params into Params
         self._p: InvisibleCharsParams = p
         self._enabled: frozenset[str] = frozenset(p.categories)
 

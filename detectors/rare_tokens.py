@@ -70,7 +70,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from types import ModuleType
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, cast
 
 from pydantic import Field, field_validator, model_validator
 
@@ -672,11 +672,8 @@ class RareTokensDetector(Detector):
     Params: ClassVar[type[DetectorParams]] = RareTokensParams
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
-        if params is not None and not isinstance(params, RareTokensParams):
-            # Base-class (empty) params from generic code: validate into ours.
-            params = RareTokensParams.model_validate(params.model_dump())
-        p = params if params is not None else RareTokensParams()
-        super().__init__(name, p)
+        super().__init__(name, params)
+        p = cast(RareTokensParams, self.params)  # the base class validated params into Params
         self._p: RareTokensParams = p
         self._langs: list[_LangModel] = []
         self._probes: list[_Probe] = []

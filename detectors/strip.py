@@ -59,7 +59,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -223,7 +223,7 @@ class StripDetector(Detector):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        self.p: StripParams = self.params  # type: ignore[assignment]
+        self.p: StripParams = cast(StripParams, self.params)  # validated by the base class
         self._model: Any = None
         self._pool: list[str] = []
         self._h_max = 1.0
