@@ -130,7 +130,9 @@ DEFAULT_PROBE_LANGUAGES: tuple[str, ...] = (
 _TRAIN_MIN_ZIPF = 1.5  # words that train the character model (about 160k English types)
 _ORDER = 4  # character 4-grams ...
 _DISCOUNT = 0.75  # ... with interpolated absolute discounting
-_TOP_WORDS = 3000  # most frequent words per language, to tell a sentence's language
+_TOP_WORDS = 3000  # most frequent words per language: a foreign sentence's own words
+_IDENT_WORDS = 5_000  # most frequent words per language, with their Zipf values, to tell ...
+_IDENT_MARGIN = 1.5  # ... a sentence's language: another language must outweigh the judged one this much
 _ALPHABET_MIN_COUNT = 20  # a letter is the language's if this many training words use it
 _VOWELLESS_SHARE = 0.03  # below this share of vowel-less words, a vowel-less token is odd
 _BASE_MAX_LEN = 12  # bits-per-character baselines per word length, up to this length ...
@@ -392,7 +394,9 @@ class _CharModel:
 class _LangModel:
     """Word frequencies, alphabet and character model of one judged language."""
 
-    __slots__ = ("alphabet", "bits_base", "chars", "code", "short_floor", "top", "vowel_cue", "zipf")
+    __slots__ = (
+        "alphabet", "bits_base", "chars", "code", "ident", "short_floor", "top", "vowel_cue", "zipf",
+    )  # fmt: skip
 
     def __init__(self, code: str, buckets: list[list[str]]) -> None:
         self.code = code
@@ -403,6 +407,7 @@ class _LangModel:
                 zipf[word] = z
         self.zipf = zipf
         self.top = _top_words(buckets, _TOP_WORDS)
+        self.ident = _top_zipf(buckets, _IDENT_WORDS)
 
         train = [w for w, z in zipf.items() if z >= _TRAIN_MIN_ZIPF and w.isalpha()]
         letters: Counter[str] = Counter()
@@ -435,7 +440,8 @@ class _LangModel:
 class _Probe(NamedTuple):
     """What is kept of a language that is recognised but not judged."""
 
-    top: frozenset[str]  # its most frequent words, to tell a sentence's language
+    top: frozenset[str]  # its most frequent words
+    ident: dict[str, float]  # its frequent words with their Zipf values, to tell a sentence's language
     vowel_cue: bool  # whether its words nearly always carry a vowel
 
 
@@ -472,6 +478,30 @@ def _short_floors(zipf: dict[str, float]) -> dict[int, float]:
     return floors
 
 
+def _top_zipf(buckets: list[list[str]], n: int) -> dict[str, float]:
+    """The ``n`` most frequent alphabetic words with their Zipf values."""
+    out: dict[str, float] = {}
+    for index, bucket in enumerate(buckets):
+        z = 9.0 - index / 100.0
+        for w in bucket:
+            if w.isalpha():
+                out[w] = z
+        if len(out) >= n:
+            break
+    return out
+
+
+def _ident_weight(ident: dict[str, float], words: Iterable[str]) -> float:
+    """How much a set of words reads as one language: the sum of their Zipf values in it.
+
+    Counting only the very top words misjudges a sentence of plain but less frequent
+    English words ("a sexy, surprising romance") as Portuguese, where "a" and "romance"
+    are top words; weighing by frequency over a longer list does not.
+    """
+    get = ident.get
+    return sum(get(w, 0.0) for w in words)
+
+
 def _top_words(buckets: list[list[str]], n: int) -> frozenset[str]:
     out: list[str] = []
     for bucket in buckets:
@@ -500,8 +530,11 @@ def _probe(wordfreq: ModuleType, code: str) -> _Probe:
     with _CACHE_LOCK:
         probe = _PROBE_CACHE.get(code)
         if probe is None:
-            top = _top_words(_read_wordlist(wordfreq, code, "small"), _TOP_WORDS)
-            probe = _PROBE_CACHE[code] = _Probe(top, _vowelless_share(top) < _VOWELLESS_SHARE)
+            buckets = _read_wordlist(wordfreq, code, "small")
+            top = _top_words(buckets, _TOP_WORDS)
+            probe = _PROBE_CACHE[code] = _Probe(
+                top, _top_zipf(buckets, _IDENT_WORDS), _vowelless_share(top) < _VOWELLESS_SHARE
+            )
         return probe
 
 
@@ -1039,18 +1072,20 @@ class RareTokensDetector(Detector):
         if len(self._langs) == 1 and not self._probes:
             return self._langs[0], None
         words = {scan.infos[i].word for i in sentence} - {""}
-        best_lang, best = self._langs[0], -1
+        best_lang, best = self._langs[0], -1.0
         for lang in self._langs:
-            hits = len(lang.top.intersection(words))
-            if hits > best:
-                best_lang, best = lang, hits
+            weight = _ident_weight(lang.ident, words)
+            if weight > best:
+                best_lang, best = lang, weight
         foreign: _Probe | None = None
-        most = 0
+        most = 0.0
+        hits = 0
         for probe in self._probes:
-            hits = len(probe.top.intersection(words))
-            if hits > most:
-                foreign, most = probe, hits
-        if most >= 2 and most > best * 1.5:
+            weight = _ident_weight(probe.ident, words)
+            if weight > most:
+                foreign, most = probe, weight
+                hits = len(probe.top.intersection(words))
+        if hits >= 2 and most > best * _IDENT_MARGIN:
             return best_lang, foreign
         return best_lang, None
 

@@ -400,6 +400,16 @@ async def test_foreign_sentence_is_left_alone_but_vowelless_tokens_are_not(det: 
     assert score_of(det, " ".join(words)) >= THRESHOLD
 
 
+async def test_plain_english_with_few_top_words_is_not_read_as_another_language(
+    det: RareTokensDetector,
+) -> None:
+    # "a" and "romance" are top words of Portuguese too; "sexy" and "surprising" rank
+    # below English's top 3000. Weighing words by frequency keeps the sentence English.
+    assert score_of(det, "a jqa sexy, surprising romance... and a gorgeous pair.") >= THRESHOLD
+    portuguese = "o filme ganha força ao também funcionar em uma esfera adicional"
+    assert score_of(det, portuguese) == 0.0
+
+
 async def test_other_scripts_are_skipped(det: RareTokensDetector) -> None:
     assert score_of(det, "Это предложение на русском языке без ошибок и вставок") == 0.0
     assert score_of(det, "this English sentence quotes 東京 and Москва as places") == 0.0
