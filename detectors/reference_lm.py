@@ -98,6 +98,13 @@ class ReferenceLMConfig(BaseModel):
         description="torch backend only: bf16 needs half the memory and on CPU runs faster where "
         "AVX512-BF16 exists; it differs from fp32 by ~0.04 bit a token (median; 0.3 max).",
     )
+    cuda_graphs: Literal["graphs", "compile", "eager", "off"] = Field(
+        "graphs",
+        description="torch backend on CUDA only: replay the forward pass from CUDA graphs captured "
+        "at start-up for bucketed (rows, length) shapes ('graphs'), or torch.compile's "
+        "reduce-overhead mode ('compile'), or bucketed eager passes ('eager'); 'off': plain eager. "
+        "Eager passes of this model are launch-bound on a large GPU (see docs/models.md).",
+    )
     spin_wait: bool = Field(
         False,
         description="onnxruntime: let idle worker threads spin. Off: on a shared 2-core sidecar spinning "
@@ -318,7 +325,9 @@ class _TorchBackend:
     name = "torch"
     has_entropy = True
 
-    def __init__(self, folder: Path, device: str, threads: int, dtype: str) -> None:
+    def __init__(
+        self, folder: Path, device: str, threads: int, dtype: str, config: ReferenceLMConfig | None = None
+    ) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         import torch
         import transformers
@@ -333,8 +342,24 @@ class _TorchBackend:
         torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         model = hf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
         self.torch = torch
-        self.head = SurprisalHead(model.to(device).eval()).eval()
         self.device = device
+        graphs = config.cuda_graphs if config is not None else "off"
+        self.head: Any
+        if device == "cuda" and graphs != "off":
+            from firewall.models.cuda_graphs import GraphedSurprisal
+
+            assert config is not None  # noqa: S101 - graphs is "off" without a config
+            runner = GraphedSurprisal(
+                SurprisalHead(model.to(device).eval(), causal_only=True).eval(),
+                device,
+                max_rows=config.batch_size,
+                max_tokens=config.max_tokens,
+                mode=graphs,
+            )
+            runner.warmup()
+            self.head = runner
+        else:
+            self.head = SurprisalHead(model.to(device).eval()).eval()
 
     def run(self, ids: IntArray, mask: IntArray) -> tuple[FloatArray, FloatArray | None]:
         torch = self.torch
@@ -485,7 +510,7 @@ class ReferenceLM:
                     files.onnx, device, threads, config.spin_wait, config.release_memory_above_tokens
                 )
             elif files.weights is not None:
-                backend = _TorchBackend(files.weights, device, threads, config.dtype)
+                backend = _TorchBackend(files.weights, device, threads, config.dtype, config)
             else:  # pragma: no cover - _pick_backend only picks a backend whose files exist
                 raise ModelUnavailable(f"no files for the {backend_name} backend")
         except ModelUnavailable:

@@ -37,17 +37,24 @@ class SurprisalHead(torch.nn.Module):
 
     Batches are right-padded; both outputs are zero where the predicted token is
     padding. With right padding and a causal mask no real token ever attends to a
-    pad, so a padded row scores exactly as it would alone.
+    pad, so a padded row scores exactly as it would alone. That is also why
+    ``causal_only=True`` may leave the attention mask out of the model call (it still
+    zeroes the padded outputs): the CUDA-graph path needs a forward pass without the
+    host-side checks a mask-building path runs (see ``firewall.models.cuda_graphs``).
     """
 
-    def __init__(self, lm: torch.nn.Module) -> None:
+    def __init__(self, lm: torch.nn.Module, *, causal_only: bool = False) -> None:
         super().__init__()
         self.lm = lm
+        self.causal_only = causal_only
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if self.causal_only:
+            out = self.lm(input_ids=input_ids, use_cache=False)
+        else:
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         # float32 for the reduction even when the model runs in bf16: a log-softmax over
         # 49k entries in bf16 loses about two significant digits.
         logits = out.logits[:, :-1, :].float()
