@@ -104,7 +104,7 @@ async def forward(
         client_ip=request.remote,
         extra=extra_headers,
         identity_encoding=screen is not None,
-        authorization=bearer_token(config.upstream),
+        authorization=bearer_token(config.upstream) or state.upstream_auth,
     )
     upstream = config.upstream.name
     t0 = time.perf_counter()
@@ -299,11 +299,17 @@ def _output_block(
     ex.action = "block"
     if config.blocking.response_style == "content_filter" and verdict.block_kind is BlockKind.POLICY:
         filtered = matched.adapter.filtered_response(body, OUTPUT_BLOCK_MESSAGE)
-        if filtered is not None:
+        try:
+            # The upstream's other fields are kept; orjson refuses nesting past 254 levels
+            # that its parser accepted, so such a body falls back to the error answer.
+            payload = orjson.dumps(filtered) if filtered is not None else None
+        except orjson.JSONEncodeError:
+            payload = None
+        if payload is not None:
             ex.status = 200
             return web.Response(
                 status=200,
-                body=orjson.dumps(filtered),
+                body=payload,
                 content_type="application/json",
                 headers={"X-Request-Id": ex.request_id, "X-Firewall-Action": "block"},
             )

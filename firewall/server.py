@@ -98,6 +98,9 @@ class Server:
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=1.0,
+            # Bodies are relayed as the client encoded them: inflating them here would forward
+            # plain bytes under the client's Content-Encoding header (and inflate bombs).
+            auto_decompress=False,
         )
         await self._proxy_runner.setup()
         self._proxy_site = web.TCPSite(self._proxy_runner, cfg.host, cfg.port, backlog=1024)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -115,9 +116,9 @@ def build_app() -> web.Application:
     return app
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, app_factory: Callable[[], web.Application] = build_app) -> None:
     """Serve until SIGTERM/SIGINT, then shut down cleanly so the runner can reap us."""
-    runner = web.AppRunner(build_app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(app_factory(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, HOST, port, backlog=1024)
     await site.start()
@@ -131,12 +132,17 @@ async def serve(port: int) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse ``--port`` and run the server on uvloop."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def main(
+    argv: list[str] | None = None,
+    app_factory: Callable[[], web.Application] = build_app,
+    description: str | None = None,
+) -> None:
+    """Parse ``--port`` and run the server (``app_factory``'s app) on uvloop."""
+    doc = description or __doc__ or ""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.port))
+    uvloop.run(serve(args.port, app_factory))
 
 
 if __name__ == "__main__":
