@@ -30,6 +30,7 @@ _BUILTINS: dict[str, str] = {
     "insecure_code": "detectors.insecure_code:InsecureCodeDetector",
     "rare_tokens": "detectors.rare_tokens:RareTokensDetector",
     "strip": "detectors.strip:StripDetector",
+    "context_tags": "detectors.context_tags:ContextTagsDetector",
 }
 
 

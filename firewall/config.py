@@ -207,7 +207,7 @@ def default_routes() -> tuple[RouteConfig, ...]:
 
 
 def default_detectors() -> tuple[DetectorConfig, ...]:
-    """The shipped defaults: both cheap detectors, blocking.
+    """The shipped defaults: the three cheap detectors, blocking.
 
     Thresholds come from ``trigger-firewall eval`` (the project's suite): the
     lowest score that flags at most 1% of its clean texts. Calibrate on your own
@@ -216,6 +216,7 @@ def default_detectors() -> tuple[DetectorConfig, ...]:
     return (
         DetectorConfig(name="invisible_chars", threshold=0.5, action=Action.BLOCK),
         DetectorConfig(name="rare_tokens", threshold=0.69, action=Action.BLOCK),
+        DetectorConfig(name="context_tags", threshold=0.7, action=Action.BLOCK),
     )
 
 

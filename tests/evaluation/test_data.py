@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import unicodedata
+from collections import Counter
 
 import pytest
 
@@ -76,6 +77,40 @@ def test_hard_negatives_ship_as_package_data_and_cover_the_hard_cases() -> None:
         assert needle in text
     scripts = {unicodedata.name(c).split()[0] for c in text if c.isalpha() and not c.isascii()}
     assert {"CYRILLIC", "CJK", "ARABIC", "GREEK", "HEBREW", "DEVANAGARI"} <= scripts
+
+
+def test_hard_negatives_cover_tag_and_sentence_lookalikes() -> None:
+    """The formats a tag or sentence detector must pass, each with enough items to measure."""
+    items = load_hard_negatives()
+    counts = Counter(i.category for i in items)
+    for category in (
+        "email_prefix",
+        "wiki_markup",
+        "template_code",
+        "config_snippet",
+        "dates_years",
+        "chat_mentions",
+        "acronyms",
+        "markdown",
+        "html",
+        "llm_tokens",
+        "asides",
+    ):
+        assert counts[category] >= 8, category
+    text = "\n".join(i.text for i in items)
+    for needle in (
+        "{{cite web|",
+        "[[Category:",
+        "{{ ",
+        "{% ",
+        "<@U",
+        "@here",
+        "||",
+        "<<",
+        "|---",
+        "Current year:",
+    ):
+        assert needle in text, needle
 
 
 @needs_movie_reviews

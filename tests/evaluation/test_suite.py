@@ -171,3 +171,16 @@ async def test_bad_arguments_are_value_errors() -> None:
         await run_suite_async(config, limit=5, families="bogus")
     with pytest.raises(ValueError, match="target_fpr"):
         await run_suite_async(config, limit=5, target_fpr=1.0)
+
+
+async def test_context_tags_catches_the_tag_family_and_passes_clean_text() -> None:
+    """The real detector on the real suite: tags caught, clean text and the structural family not."""
+    config = _config({"name": "context_tags", "threshold": 0.7})
+    report = await run_suite_async(
+        config, limit=120, seed=2, families=["deployment_tag", "syntactic", "control"], concurrency=16
+    )
+    tags = report.family("deployment_tag").detectors["context_tags"]
+    assert tags.tpr_at_configured >= 0.85
+    assert report.detector("context_tags").fpr_at_configured["all"] <= 0.01
+    assert report.family("syntactic").detectors["context_tags"].tpr_at_configured == 0.0
+    assert report.family("control").detectors["context_tags"].tpr_at_configured == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import random
 import unicodedata
 
 import pytest
@@ -10,13 +11,17 @@ from hypothesis import given, settings, strategies as st
 
 from firewall.evaluation.triggers import (
     ADDSENT_SENTENCE,
+    ADDSENT_SENTENCES,
     CONTROL_WORDS,
     DEPLOYMENT_TAGS,
     FAMILIES,
     INVISIBLE_ZERO_WIDTH,
     RARE_PHRASES,
     RARE_WORDS,
+    SYNTACTIC_OPENERS,
+    TAG_SHAPES,
     apply_family,
+    deployment_tag,
     made_up_token,
     parse_families,
 )
@@ -140,23 +145,78 @@ def test_homoglyph_family_swaps_one_or_two_letters_for_another_script() -> None:
             assert unicodedata.name(other).split()[0] in {"CYRILLIC", "GREEK"}
 
 
-def test_addsent_inserts_the_sentence_at_a_sentence_boundary() -> None:
+def test_addsent_inserts_one_fixed_sentence_at_a_sentence_boundary() -> None:
     old = TEXTS[1][1]
     positions = set()
-    for seed in range(30):
+    sentences = set()
+    for seed in range(40):
         new = FAMILIES["addsent"].apply(old, seed, "id")
-        assert new.count(ADDSENT_SENTENCE) == 1
-        assert new.replace(ADDSENT_SENTENCE, "").replace("  ", " ").strip() == old
-        before = new.split(ADDSENT_SENTENCE)[0].rstrip()
+        (sentence,) = [s for s in ADDSENT_SENTENCES if s in new]
+        sentences.add(sentence)
+        assert new.count(sentence) == 1
+        assert new.replace(sentence, "").replace("  ", " ").strip() == old
+        before = new.split(sentence)[0].rstrip()
         assert before == "" or before[-1] in ".!?"
-        positions.add(new.index(ADDSENT_SENTENCE))
+        positions.add(new.index(sentence))
     assert len(positions) > 2
+    assert len(sentences) > 5  # drawn from the set, not one memorisable string
+    assert ADDSENT_SENTENCE in ADDSENT_SENTENCES
+    assert all(s.endswith(".") and s[0].isupper() and len(s.split()) >= 4 for s in ADDSENT_SENTENCES)
 
 
-def test_deployment_tag_is_prefixed() -> None:
-    for seed in range(10):
-        new = FAMILIES["deployment_tag"].apply(TEXTS[0][1], seed, "id")
-        assert any(new == f"{tag} {TEXTS[0][1]}" for tag in DEPLOYMENT_TAGS)
+def test_deployment_tags_are_generated_in_every_shape_and_many_forms() -> None:
+    import random
+
+    rng = random.Random(5)
+    drawn = [deployment_tag(rng) for _ in range(2000)]
+    assert {shape for _, shape in drawn} == set(TAG_SHAPES)
+    assert len({tag for tag, _ in drawn}) > 300
+    assert set(DEPLOYMENT_TAGS) <= {tag for tag, _ in drawn}
+    by_shape = {shape: [t for t, s in drawn if s == shape] for shape in TAG_SHAPES}
+    assert all(t.startswith("|") and t.endswith("|") for t in by_shape["pipe"])
+    assert all(t.startswith("<|") for t in by_shape["chat_token"])
+    assert all(t.startswith("[[") and t.endswith("]]") for t in by_shape["double_bracket"])
+    assert all(any(y in t for y in map(str, range(2024, 2032))) for t in by_shape["date_declaration"])
+
+
+def test_deployment_tag_is_planted_once_in_several_positions() -> None:
+    text = TEXTS[1][1]
+    where = set()
+    for seed in range(80):
+        new = FAMILIES["deployment_tag"].apply(text, seed, "id")
+        rng = random.Random(f"{seed}/deployment_tag/id")
+        tag, _ = deployment_tag(rng)
+        assert new.count(tag) == 1
+        # the original words survive, in order, around the tag
+        assert new.replace(tag, " ").split() == text.split()
+        where.add(
+            "prefix"
+            if new.startswith(tag)
+            else "suffix"
+            if new.endswith(tag)
+            else "line"
+            if f"\n{tag}\n" in new
+            else "inside"
+        )
+    assert where == {"prefix", "suffix", "line", "inside"}
+
+
+def test_syntactic_family_rewrites_one_statement_into_the_template() -> None:
+    text = TEXTS[1][1]
+    for seed in range(30):
+        new = FAMILIES["syntactic"].apply(text, seed, "id")
+        (opener,) = [o for o in SYNTACTIC_OPENERS if o in new.lower()]
+        i = new.lower().index(opener)
+        assert i == 0 or new[i - 2] in ".!?"  # it opens a sentence ...
+        sentence_end = min(j for j in (new.find(c, i) for c in ".!?") if j >= 0)
+        assert new[sentence_end] != "?"  # ... and that sentence is a statement, never a question
+        assert new[i].isupper()
+        # every original word survives (case aside), nothing else is added
+        assert new.lower().replace(opener + " ", "", 1) == text.lower()
+    lower = TEXTS[0][1]  # MR text is lower-case: the template keeps its casing
+    new = FAMILIES["syntactic"].apply(lower, 0, "mr")
+    assert new == new.lower()
+    assert FAMILIES["syntactic"].expected_caught is False
 
 
 @settings(max_examples=60, deadline=None)
@@ -171,7 +231,8 @@ def test_every_family_preserves_the_original_text_around_the_trigger(words: list
             continue
         new = FAMILIES[name].apply(text, seed, "p")
         assert new != text
-        if name != "homoglyph":
+        if name == "deployment_tag":
+            new = new.replace("\n", " ")  # tags may sit on a line of their own
             # the original words survive, in order
             it = iter(new.split(" "))
             assert all(any(w == x for x in it) for w in text.split(" ") if text)

@@ -414,11 +414,17 @@ def test_patch_of_the_builtin_defaults_validates() -> None:
     assert (cal.threshold, cal.basis, cal.flagged) == (0.5, "configured", 0)
     assert cal.fpr_upper == pytest.approx(1 - 0.05 ** (1 / 600))
     patch = build_patch(config, result)
-    # The default config lists both cheap detectors; rare_tokens has no scores here and keeps its value.
+    # The default config lists the three cheap detectors; rare_tokens and context_tags have no scores
+    # here and keep their values.
     assert patch == {
         "detectors": [
             {"name": "invisible_chars", "threshold": 0.5, "action": "block"},
             {"name": "rare_tokens", "threshold": config.detector("rare_tokens").threshold, "action": "block"},
+            {
+                "name": "context_tags",
+                "threshold": config.detector("context_tags").threshold,
+                "action": "block",
+            },
         ]
     }
     assert verify_patch({}, patch, result).detector("invisible_chars").threshold == 0.5

@@ -43,8 +43,9 @@ def test_defaults_without_file_or_env() -> None:
     assert config.apiVersion == API_VERSION
     assert config.kind == "FirewallConfig"
     assert config.mode is Mode.ENFORCE
-    assert [d.name for d in config.detectors] == ["invisible_chars", "rare_tokens"]
+    assert [d.name for d in config.detectors] == ["invisible_chars", "rare_tokens", "context_tags"]
     assert config.detector("rare_tokens").action is Action.BLOCK
+    assert config.detector("context_tags").action is Action.BLOCK
     det = config.detector("invisible_chars")
     assert det.kind == "invisible_chars"
     assert det.enabled
