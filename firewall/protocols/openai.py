@@ -37,20 +37,35 @@ def _require_dict(body: Any) -> dict[str, Any]:
     return body
 
 
-def _content_segments(role: str, content: Any, source: str, out: list[Segment]) -> None:
-    """Text from a ``content`` field: a string or a list of typed parts."""
+def _content_segments(
+    role: str, content: Any, source: str, out: list[Segment], *, strict: bool = True
+) -> None:
+    """Text from a ``content`` field: a string or a list of typed parts.
+
+    A part of a type we do not know (or one without a type) that still carries a
+    string ``text`` is screened too: a lenient upstream may read it, and screening
+    more never lets a trigger through. On input (``strict``) a part that is neither a
+    string nor an object, or a text part whose text is not a string, is refused
+    (400) instead of being forwarded unscreened; OpenAI refuses such bodies too.
+    Upstream answers (``strict=False``) are read leniently.
+    """
     if isinstance(content, str):
         out.append(Segment(role, content, source))
     elif isinstance(content, list):
         for j, part in enumerate(content):
             if isinstance(part, str):
                 out.append(Segment(role, part, f"{source}/{j}"))
-            elif isinstance(part, dict) and part.get("type") in _TEXT_PART_TYPES:
+            elif isinstance(part, dict):
+                known = part.get("type") in _TEXT_PART_TYPES
                 key = "refusal" if part.get("type") == "refusal" else "text"
                 text = part.get(key)
                 if isinstance(text, str):
                     out.append(Segment(role, text, f"{source}/{j}/{key}"))
-    elif content is not None:
+                elif strict and known:
+                    raise ProtocolError(f"{source.lstrip('/')}/{j}/{key} must be a string", param=source)
+            elif strict:
+                raise ProtocolError(f"{source.lstrip('/')}/{j} must be a string or an object", param=source)
+    elif content is not None and strict:
         raise ProtocolError(f"{source.lstrip('/')} must be a string or a list of parts", param=source)
 
 
@@ -96,7 +111,9 @@ class ChatAdapter(ProtocolAdapter):
             msg = choice.get("message") if isinstance(choice, dict) else None
             if not isinstance(msg, dict):
                 continue
-            _content_segments("assistant", msg.get("content"), f"/choices/{i}/message/content", out)
+            _content_segments(
+                "assistant", msg.get("content"), f"/choices/{i}/message/content", out, strict=False
+            )
             if isinstance(msg.get("refusal"), str):
                 out.append(Segment("assistant", msg["refusal"], f"/choices/{i}/message/refusal"))
             _tool_call_segments(msg.get("tool_calls"), f"/choices/{i}/message/tool_calls", out)
@@ -296,7 +313,7 @@ class ResponsesAdapter(ProtocolAdapter):
             if not isinstance(item, dict):
                 continue
             if item.get("type") == "message":
-                _content_segments("assistant", item.get("content"), f"/output/{i}/content", out)
+                _content_segments("assistant", item.get("content"), f"/output/{i}/content", out, strict=False)
             elif item.get("type") == "function_call" and isinstance(item.get("arguments"), str):
                 out.append(Segment("assistant", item["arguments"], f"/output/{i}/arguments"))
         return out

@@ -136,6 +136,19 @@ def test_chat_input_segments(body: dict[str, Any], expected: list[tuple[str, str
             "/messages/0/content",
             id="content-dict",
         ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [["nested", "parts"]]}]},
+            "/messages/0/content",
+            id="part-nested-array",
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [7]}]}, "/messages/0/content", id="part-number"
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": ["cf", "x"]}]}]},
+            "/messages/0/content",
+            id="text-part-text-not-string",
+        ),
     ],
 )
 def test_chat_bad_requests(body: Any, param: str) -> None:
@@ -143,6 +156,32 @@ def test_chat_bad_requests(body: Any, param: str) -> None:
         ChatAdapter().input_segments(body)
     assert info.value.status == 400
     assert info.value.param == param
+
+
+def test_text_in_parts_of_unknown_type_is_screened_not_skipped() -> None:
+    # A lenient upstream may read "text" from a part type we do not know: screen it.
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "future_text", "text": "hidden cf trigger"},
+                    {"text": "no type at all"},
+                ],
+            }
+        ]
+    }
+    segs = ChatAdapter().input_segments(body)
+    assert [(s.text, s.source) for s in segs] == [
+        ("hidden cf trigger", "/messages/0/content/1/text"),
+        ("no type at all", "/messages/0/content/2/text"),
+    ]
+
+
+def test_odd_parts_in_upstream_answers_are_read_leniently() -> None:
+    body = {"choices": [{"message": {"content": [7, ["x"], {"type": "text", "text": 3}, "ok"]}}]}
+    assert [s.text for s in ChatAdapter().output_segments(body)] == ["ok"]
 
 
 @pytest.mark.parametrize("body", [[], "x", None, 3])
