@@ -31,6 +31,7 @@ _BUILTINS: dict[str, str] = {
     "rare_tokens": "detectors.rare_tokens:RareTokensDetector",
     "strip": "detectors.strip:StripDetector",
     "context_tags": "detectors.context_tags:ContextTagsDetector",
+    "perplexity": "detectors.perplexity:PerplexityDetector",
 }
 
 
