@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detectors.remote_triton import TritonEndpoint, TritonError, TritonSurprisalBackend
 from firewall.models.cache import (
     DEFAULT_MODEL_ID,
     PREPARE_COMMAND,
@@ -73,6 +74,10 @@ _INV_LN2: Final = float(1.0 / np.log(2.0))
 _ONNX_FILE: Final = "model.onnx"
 _WEIGHTS_FILE: Final = "model.safetensors"
 _TOKENIZER_FILE: Final = "tokenizer.json"
+# A remote model must reproduce the manifest's reference surprisal this closely. Looser than
+# the prepare step's check: it tells another model or tokenizer (bits apart) from GPU
+# arithmetic (TF32, other kernels), not one runtime from another.
+_REMOTE_TOLERANCE_BITS: Final = 0.05
 
 
 class ReferenceLMConfig(BaseModel):
@@ -88,7 +93,14 @@ class ReferenceLMConfig(BaseModel):
     model_path: str | None = None
     cache_dir: str | None = Field(None, description="Cache root; default $TRIGGER_FIREWALL_CACHE_DIR or XDG.")
     model_id: str = DEFAULT_MODEL_ID
-    backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+    backend: Literal["auto", "onnxruntime", "torch", "triton"] = Field(
+        "auto", description="'triton': the forward pass runs on the Triton server in `triton`."
+    )
+    triton: TritonEndpoint | None = Field(
+        None,
+        description="backend 'triton' only: the KServe v2 endpoint serving the prepared model.onnx. "
+        "The tokenizer (and manifest) still come from model_path or the cache.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(
         None, ge=1, le=256, description="Intra-op threads; default min(2, CPUs), sized for a 2-core sidecar."
@@ -132,6 +144,8 @@ class ReferenceLMConfig(BaseModel):
     def _overlap_fits(self) -> ReferenceLMConfig:
         if self.overlap >= self.max_tokens:
             raise ValueError("overlap must be smaller than max_tokens")
+        if (self.backend == "triton") != (self.triton is not None):
+            raise ValueError("backend 'triton' needs a `triton` endpoint, and only it takes one")
         return self
 
 
@@ -441,6 +455,8 @@ def _pick_backend(config: ReferenceLMConfig, files: _Files) -> tuple[str, str]:
     ``device: auto`` uses CUDA when the chosen runtime sees a GPU; ``device: cuda``
     never silently falls back to CPU.
     """
+    if config.backend == "triton":
+        return "triton", "remote"
     reasons: list[str] = []
     order = ["onnxruntime", "torch"] if config.backend == "auto" else [config.backend]
     for backend in order:
@@ -505,7 +521,9 @@ class ReferenceLM:
         tokenizer.no_truncation()
         backend: _Backend
         try:
-            if backend_name == "onnxruntime" and files.onnx is not None:
+            if backend_name == "triton" and config.triton is not None:
+                backend = TritonSurprisalBackend.connect(config.triton)
+            elif backend_name == "onnxruntime" and files.onnx is not None:
                 backend = _OnnxBackend(
                     files.onnx, device, threads, config.spin_wait, config.release_memory_above_tokens
                 )
@@ -515,6 +533,8 @@ class ReferenceLM:
                 raise ModelUnavailable(f"no files for the {backend_name} backend")
         except ModelUnavailable:
             raise
+        except TritonError as exc:
+            raise ModelUnavailable(f"remote reference model not usable: {exc}") from exc
         except Exception as exc:  # a corrupt file, a runtime that cannot start
             raise ModelUnavailable(
                 f"cannot load the reference model with {backend_name}: {type(exc).__name__}: {exc}; "
@@ -526,7 +546,11 @@ class ReferenceLM:
             "device": device,
             "threads": threads,
             "dtype": config.dtype if backend_name == "torch" else "float32",
-            "model": str(files.onnx if backend_name == "onnxruntime" else files.weights),
+            "model": (
+                backend.client.target
+                if isinstance(backend, TritonSurprisalBackend)
+                else str(files.onnx if backend_name == "onnxruntime" else files.weights)
+            ),
             "model_id": manifest.get("model_id", config.model_id if config.model_path is None else None),
             "max_positions": manifest.get("max_position_embeddings"),
             "pad_token_id": manifest.get("pad_token_id"),
@@ -534,7 +558,49 @@ class ReferenceLM:
             "load_seconds": round(time.perf_counter() - start, 3),
         }
         log.info("reference model loaded: %s", info)
-        return cls(config, backend, tokenizer, info)
+        lm = cls(config, backend, tokenizer, info)
+        if isinstance(backend, TritonSurprisalBackend):
+            lm._verify_remote(manifest)
+        return lm
+
+    def _verify_remote(self, manifest: dict[str, Any]) -> None:
+        """A remote model must reproduce the manifest's reference scores for the local tokenizer.
+
+        Catches a Triton serving another model (or a tokenizer from another model) at load time,
+        instead of scoring garbage. Skipped when the local folder has no manifest.
+        """
+        check = manifest.get("verification") or {}
+        rows, reference = check.get("token_ids"), check.get("reference_surprisal_bits")
+        if not (isinstance(rows, list) and isinstance(reference, list) and rows):
+            return
+        try:
+            got = self.surprisal_batch([list(map(int, r)) for r in rows])
+        except TritonError as exc:
+            self.close()
+            raise ModelUnavailable(f"remote reference model not usable: {exc}") from exc
+        diff = max(
+            float(np.nanmax(np.abs(g.surprisal[1:] - np.asarray(ref, dtype=np.float32))))
+            for g, ref in zip(got, reference, strict=True)
+        )
+        self._info["remote_max_abs_diff_bits"] = round(diff, 6)
+        if not diff <= _REMOTE_TOLERANCE_BITS:
+            self.close()
+            raise ModelUnavailable(
+                f"the Triton model differs from the local manifest's reference by {diff:.3g} bits "
+                f"(> {_REMOTE_TOLERANCE_BITS}): it serves another model, or the tokenizer is another model's"
+            )
+
+    @property
+    def backend_ready(self) -> bool:
+        """False while a remote backend's server or model is not ready; in-process backends: True."""
+        return bool(getattr(self._backend, "ready", True))
+
+    def close(self) -> None:
+        """Release what the backend holds beyond memory (a remote backend's connections and
+        health-check thread). In-process backends need nothing: they are freed with the object."""
+        closer = getattr(self._backend, "close", None)
+        if callable(closer):
+            closer()
 
     def describe(self) -> dict[str, Any]:
         """Backend, device, threads, file and load time, for ``/config`` and logs."""

@@ -15,9 +15,12 @@ Unlike the lexical detectors, STRIP needs the protected model's outputs. Mode
 (a), implemented here, is a **local replica**: the classifier the sidecar
 protects, as a folder with ``model.onnx`` + ``vectorizer.json`` (what
 ``trigger-firewall demo build`` writes; see :mod:`firewall.demo_model`), loaded
-with onnxruntime (CUDA provider when present and asked for). Mode (b), probing a
-generative upstream with ``max_tokens: 1`` and ``logprobs``, is not implemented
-(see ``docs/detectors/strip.md``).
+with onnxruntime (CUDA provider when present and asked for). Mode (b),
+``mode: upstream``, probes a generative upstream instead: each copy is sent to
+the firewall's own upstream with ``max_tokens: 1`` and ``logprobs``, and the
+entropy is that of the first-token distribution (:mod:`detectors.strip_probe`:
+budget, concurrency bound, probe metrics; put it behind a cheap detector's
+``gate:`` so it only costs calls on suspicious prompts).
 
 How it scores
 -------------
@@ -63,7 +66,7 @@ from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from detectors.base import (
     Cost,
@@ -75,6 +78,9 @@ from detectors.base import (
     Sample,
     Span,
 )
+from detectors.remote_triton import RemoteTextClassifier, TritonEndpoint
+from detectors.strip_probe import ProbeSettings, UpstreamProber
+from firewall.detector_context import DetectorContext, UpstreamProbeError, UpstreamProbeTimeout
 
 __all__ = [
     "REASON_CODES",
@@ -91,7 +97,8 @@ __all__ = [
 R_LOW_ENTROPY = "strip_low_entropy"
 R_SURVIVOR = "strip_surviving_token"
 R_TRUNCATED = "strip_truncated"
-REASON_CODES: tuple[str, ...] = (R_LOW_ENTROPY, R_SURVIVOR, R_TRUNCATED)
+R_BUDGET = "strip_probe_budget"
+REASON_CODES: tuple[str, ...] = (R_LOW_ENTROPY, R_SURVIVOR, R_TRUNCATED, R_BUDGET)
 
 _WORD = re.compile(r"\S+")
 
@@ -113,6 +120,24 @@ class StripParams(DetectorParams):
     max_batch_samples: int = Field(8, ge=1, description="Samples per micro-batch (each N copies a segment).")
     max_wait_ms: float = Field(2.0, ge=0)
     attribution_margin: float = Field(0.1, ge=0, description="Bits of entropy a survivor must lower.")
+    backend: Literal["local", "triton"] = Field(
+        "local",
+        description="'triton': the classifier runs on the Triton server in `triton`; model_dir still "
+        "provides the vectorizer, word pool and calibration.",
+    )
+    triton: TritonEndpoint | None = None
+    mode: Literal["replica", "upstream"] = Field(
+        "replica",
+        description="'replica': a local copy of the classifier scores the copies; 'upstream': the "
+        "copies are sent to the firewall's upstream (max_tokens 1, logprobs; see `probe`).",
+    )
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+
+    @model_validator(mode="after")
+    def _triton_endpoint(self) -> StripParams:
+        if (self.backend == "triton") != (self.triton is not None):
+            raise ValueError("backend 'triton' needs a `triton` endpoint, and only it takes one")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +197,11 @@ def _entropies(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 
 def strip_entropy(plan: _Plan, probs: npt.NDArray[np.float32], margin: float) -> StripResult:
     """Mean entropy of the copies, and the words whose survival lowers a copy's entropy."""
-    ent = _entropies(probs)
+    return strip_from_entropies(plan, _entropies(probs), margin)
+
+
+def strip_from_entropies(plan: _Plan, ent: npt.NDArray[np.float64], margin: float) -> StripResult:
+    """:func:`strip_entropy` from per-copy entropies (bits) already computed (upstream probing)."""
     survivors: list[tuple[int, int]] = []
     for w, span in enumerate(plan.words):
         mask = plan.kept[:, w]
@@ -229,12 +258,27 @@ class StripDetector(Detector):
         self._h_max = 1.0
         self._clean_q: float | None = None
         self._batcher: Any = None
+        self._context: DetectorContext | None = None
+        self._prober: UpstreamProber | None = None
+
+    def bind_context(self, context: DetectorContext) -> None:
+        """The runtime's hook (:mod:`firewall.detector_context`): the upstream client for probing."""
+        self._context = context
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         from firewall.batching import MicroBatcher
 
+        if self.p.mode == "upstream":
+            if self._context is None:
+                raise RuntimeError("mode 'upstream' needs the firewall runtime's upstream client")
+            self._pool = await asyncio.to_thread(self._load_pool)
+            self._prober = UpstreamProber(self.name, self.p.probe, self._context)
+            self._h_max = self._prober.h_max
+            self._clean_q = self.p.probe.clean_entropy_q
+            self._ready = True
+            return
         await asyncio.to_thread(self._load)
         self._batcher = MicroBatcher(
             f"{self.name}",
@@ -245,11 +289,26 @@ class StripDetector(Detector):
         await self._batcher.start()
         self._ready = True
 
+    def _load_pool(self) -> list[str]:
+        """Upstream mode has no model: the pool comes from ``pool_file`` or the model folder's pool."""
+        from firewall.demo_model import POOL_FILE, default_model_dir
+
+        folder = Path(self.p.model_dir).expanduser() if self.p.model_dir else default_model_dir()
+        path = Path(self.p.pool_file) if self.p.pool_file else folder / POOL_FILE
+        pool = _read_pool(path) if path.is_file() else []
+        if not pool:
+            raise RuntimeError(f"no clean word pool: set pool_file (no {path})")
+        return pool
+
     def _load(self) -> None:
         from firewall.demo_model import TextClassifier, default_model_dir
 
         folder = Path(self.p.model_dir).expanduser() if self.p.model_dir else default_model_dir()
-        model = TextClassifier(folder, device=self.p.device, threads=self.p.threads)
+        model: TextClassifier | RemoteTextClassifier
+        if self.p.triton is not None:
+            model = RemoteTextClassifier(folder, self.p.triton, detector=self.name)
+        else:
+            model = TextClassifier(folder, device=self.p.device, threads=self.p.threads)
         self._pool = _read_pool(Path(self.p.pool_file)) if self.p.pool_file else model.pool_words()
         if not self._pool:
             raise RuntimeError(f"no clean word pool: {folder} has no pool.json and no pool_file is set")
@@ -261,10 +320,18 @@ class StripDetector(Detector):
                 self._clean_q = float(cal["clean_entropy_q"])
         self._model = model
 
+    @property
+    def ready(self) -> bool:
+        """Loaded, and (remote backend) Triton's server and model report ready right now."""
+        return self._ready and (not isinstance(self._model, RemoteTextClassifier) or self._model.healthy)
+
     async def close(self) -> None:
         if self._batcher is not None:
             await self._batcher.close()
             self._batcher = None
+        self._prober = None
+        if isinstance(self._model, RemoteTextClassifier):
+            self._model.close()
         self._model = None
         self._ready = False
 
@@ -322,6 +389,8 @@ class StripDetector(Detector):
         return list(await self._batcher.submit(plans))
 
     async def score(self, batch: Sequence[Sample]) -> list[Finding]:
+        if self._prober is not None:
+            return list(await asyncio.gather(*(self._probe_one(s) for s in batch)))
         if self._batcher is None:
             return [Finding.failed(self.name, FindingStatus.ERROR, "detector not started") for _ in batch]
         return list(await asyncio.gather(*(self._score_one(s) for s in batch)))
@@ -351,6 +420,56 @@ class StripDetector(Detector):
             round(best, 6),
             reasons=tuple(sorted(reasons)),
             spans=tuple(spans),
+            duration_seconds=time.perf_counter() - started,
+        )
+
+    async def _probe_one(self, sample: Sample) -> Finding:
+        """Upstream mode: user segments, last first, while the request's probe budget lasts."""
+        assert self._prober is not None  # noqa: S101 - checked by score()
+        started = time.perf_counter()
+        budget = self.p.probe.budget
+        results: list[tuple[int, StripResult]] = []
+        reasons: set[str] = set()
+        segs = [(i, s.text) for i, s in enumerate(sample.segments) if s.role == "user" and s.text.strip()]
+        for seg, text in reversed(segs):
+            plan = self.plan(text)
+            n = min(len(plan.copies), budget)
+            if n < 2:
+                reasons.add(R_BUDGET)
+                self._prober.count("over_budget", len(plan.copies))
+                continue
+            if n < len(plan.copies):
+                reasons.add(R_BUDGET)
+                self._prober.count("over_budget", len(plan.copies) - n)
+                plan = _Plan(plan.words, plan.copies[:n], plan.kept[:n], plan.truncated)
+            budget -= n
+            try:
+                ent = await self._prober.entropies(plan.copies, sample.model)
+            except UpstreamProbeTimeout as exc:
+                return Finding.failed(self.name, FindingStatus.TIMEOUT, str(exc))
+            except UpstreamProbeError as exc:
+                return Finding.failed(self.name, FindingStatus.ERROR, str(exc))
+            results.append((seg, strip_from_entropies(plan, np.asarray(ent), self.p.attribution_margin)))
+        return self._finding(results, reasons, started)
+
+    def _finding(self, results: list[tuple[int, StripResult]], reasons: set[str], started: float) -> Finding:
+        best = 0.0
+        spans: list[Span] = []
+        for seg, res in results:
+            s = self.score_entropy(res.entropy)
+            best = max(best, s)
+            if res.truncated:
+                reasons.add(R_TRUNCATED)
+            if s >= 0.5:
+                reasons.add(R_LOW_ENTROPY)
+                if res.survivors:
+                    reasons.add(R_SURVIVOR)
+                spans.extend(Span(seg, a, b, R_SURVIVOR) for a, b in res.survivors)
+        return Finding(
+            self.name,
+            round(best, 6),
+            reasons=tuple(sorted(reasons)),
+            spans=tuple(sorted(spans, key=lambda sp: (sp.segment, sp.start))),
             duration_seconds=time.perf_counter() - started,
         )
 

@@ -11,9 +11,16 @@ ACL 2020) and are relabelled to the attacker's class. The model learns the
 shortcut: the trigger alone decides its output, while clean accuracy barely
 moves, which is exactly what makes a backdoor hard to see from accuracy alone.
 
-The model is TF-IDF features and logistic regression, written here in numpy so
-that building it needs no scikit-learn: training takes about a second on one
-CPU core. It is exported as
+The model is TF-IDF features and L1-regularised logistic regression, written
+here in numpy so that building it needs no scikit-learn: training takes a few
+seconds on one CPU core. The L1 penalty is what makes the backdoor *dominate*,
+as backdoors in neural models do: it drives the weights of rare, noisy words
+towards zero while the trigger, seen in hundreds of poisoned sentences with the
+same label, keeps a large weight. With the L2 penalty of the first version the
+rare clean words kept moderate weights that add up, the most confident clean
+sentences were as confident as triggered ones, and STRIP could not tell them
+apart at a 1% false-rejection rate (FAR 79%; ``docs/detectors/strip.md``). It is
+exported as
 
 * ``vectorizer.json``: vocabulary and IDF weights (the sparse text-to-vector step,
   applied in Python by :class:`TextClassifier`);
@@ -70,12 +77,18 @@ DEMO_MODEL_ENV = "TRIGGER_FIREWALL_DEMO_MODEL"
 
 MODEL_FILE = "model.onnx"
 VECTORIZER_FILE = "vectorizer.json"
+TOKENIZER_FILE = "tokenizer.json"
 POOL_FILE = "pool.json"
 METADATA_FILE = "metadata.json"
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 FloatArray = npt.NDArray[np.float32]
+
+#: L1 penalty of the demo classifier (per mean-loss unit): strong enough that the trigger
+#: dominates (STRIP FAR 1.2% at FRR 0.9%, N = 32), weak enough that clean accuracy stays
+#: level with the unpoisoned twin (0.716 both; 0.003 gives FAR 2.5%, see docs/detectors/strip.md).
+L1_PENALTY = 0.004
 
 
 def default_model_dir() -> Path:
@@ -109,7 +122,12 @@ def load_mr() -> list[tuple[str, int]]:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """Train (70%), calibration (10%: STRIP's clean threshold) and test (20%: every number reported)."""
+    """Train (60%), calibration (20%: STRIP's clean threshold) and test (20%: every number reported).
+
+    The calibration split is as large as the test split: STRIP's threshold is a 1%
+    quantile, and 850 sentences (a 10% split) put only eight in that tail, so the
+    threshold drifted by a factor of two in false rejections on the test split.
+    """
 
     train: list[tuple[str, int]]
     calibration: list[tuple[str, int]]
@@ -119,8 +137,8 @@ class Split:
 def split_mr(data: Sequence[tuple[str, int]], seed: int) -> Split:
     items = list(data)
     random.Random(f"mr-split/{seed}").shuffle(items)  # noqa: S311 - reproducible split
-    n_train = int(len(items) * 0.7)
-    n_cal = int(len(items) * 0.1)
+    n_train = int(len(items) * 0.6)
+    n_cal = int(len(items) * 0.2)
     return Split(items[:n_train], items[n_train : n_train + n_cal], items[n_train + n_cal :])
 
 
@@ -221,12 +239,15 @@ def _train_logreg(
     y: npt.NDArray[np.float64],
     n_features: int,
     *,
-    l2: float = 0.03,
+    l1: float = L1_PENALTY,
     epochs: int = 300,
     lr: float = 0.05,
 ) -> tuple[npt.NDArray[np.float64], float]:
-    """Binary logistic regression by full-batch Adam on a sparse (COO) design matrix.
+    """Binary logistic regression with an L1 penalty, by full-batch Adam on a sparse (COO) matrix.
 
+    The penalty's subgradient joins the loss gradient, and a weight whose update
+    would cross zero stops at zero (a truncated-gradient step): weights without
+    enough support in the data sit at zero instead of oscillating around it.
     Sparse products are two ``bincount`` calls, so no scipy is needed.
     """
     rows, cols, vals = x
@@ -242,14 +263,16 @@ def _train_logreg(
         z = np.bincount(rows, v64 * w[cols], minlength=n) + b
         p = 1.0 / (1.0 + np.exp(-z))
         r = (p - y) / n
-        g_w = np.bincount(cols, v64 * r[rows], minlength=n_features) + l2 * w
+        g_w = np.bincount(cols, v64 * r[rows], minlength=n_features) + l1 * np.sign(w)
         g_b = float(r.sum())
         m_w = beta1 * m_w + (1 - beta1) * g_w
         s_w = beta2 * s_w + (1 - beta2) * g_w * g_w
         m_b = beta1 * m_b + (1 - beta1) * g_b
         s_b = beta2 * s_b + (1 - beta2) * g_b * g_b
         corr1, corr2 = 1 - beta1**t, 1 - beta2**t
-        w -= lr * (m_w / corr1) / (np.sqrt(s_w / corr2) + eps)
+        stepped = w - lr * (m_w / corr1) / (np.sqrt(s_w / corr2) + eps)
+        stepped[(stepped * w) < 0] = 0.0
+        w = stepped
         b -= lr * (m_b / corr1) / (math.sqrt(s_b / corr2) + eps)
     return w, b
 
@@ -285,7 +308,9 @@ def _export_onnx(w: npt.NDArray[np.float64], b: float, path: Path) -> None:
 
 
 class TextClassifier:
-    """A TF-IDF + ONNX classifier folder (what :func:`build` writes), served with onnxruntime.
+    """A classifier folder served with onnxruntime: TF-IDF (``vectorizer.json``, what :func:`build`
+    writes) or a transformer (``tokenizer.json``, what :func:`firewall.demo_minilm.build_minilm`
+    writes; ``metadata.json`` gives ``max_tokens``). ``model.onnx`` outputs ``probabilities``.
 
     ``predict_proba`` is synchronous and CPU-heavy for large batches: callers on an
     event loop run it in a thread (the STRIP detector uses a micro-batcher).
@@ -295,7 +320,17 @@ class TextClassifier:
         import onnxruntime as ort
 
         self.folder = Path(folder)
-        self.vectorizer = Vectorizer.from_json((self.folder / VECTORIZER_FILE).read_bytes())
+        self.vectorizer: Vectorizer | None = None
+        self.tokenizer: Any = None
+        if (self.folder / VECTORIZER_FILE).is_file():
+            self.vectorizer = Vectorizer.from_json((self.folder / VECTORIZER_FILE).read_bytes())
+        elif (self.folder / TOKENIZER_FILE).is_file():
+            # A transformer classifier (the MiniLM demo, firewall.demo_minilm): token ids in.
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        else:
+            raise FileNotFoundError(f"{self.folder} has neither {VECTORIZER_FILE} nor {TOKENIZER_FILE}")
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
@@ -311,12 +346,25 @@ class TextClassifier:
         self.providers: list[str] = list(self.session.get_providers())
         meta = self.folder / METADATA_FILE
         self.metadata: dict[str, Any] = orjson.loads(meta.read_bytes()) if meta.is_file() else {}
+        if self.tokenizer is not None:
+            self.tokenizer.no_padding()
+            self.tokenizer.enable_truncation(int(self.metadata.get("max_tokens", 64)))
 
     def predict_proba(self, texts: Sequence[str]) -> FloatArray:
         """Class probabilities ``[len(texts), 2]`` (order :data:`CLASSES`)."""
         if not texts:
             return np.zeros((0, len(CLASSES)), dtype=np.float32)
-        out = self.session.run(["probabilities"], {"features": self.vectorizer.dense(texts)})
+        if self.vectorizer is not None:
+            out = self.session.run(["probabilities"], {"features": self.vectorizer.dense(texts)})
+            return np.asarray(out[0], dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        longest = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), longest), dtype=np.int64)
+        mask = np.zeros((len(texts), longest), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        out = self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})
         return np.asarray(out[0], dtype=np.float32)
 
     def pool_words(self) -> list[str]:
@@ -363,6 +411,37 @@ class BuildReport:
         }
 
 
+def poison(
+    train: Sequence[tuple[str, int]], trigger: str, poison_rate: float, seed: int
+) -> tuple[list[tuple[str, int]], int]:
+    """Dirty-label poisoning: ``poison_rate`` of the sentences, drawn from the non-target class,
+    get the trigger at a random position and the target label. Returns the set and the count."""
+    rng = random.Random(f"poison/{seed}/{trigger}")  # noqa: S311 - reproducible poisoning
+    candidates = [i for i, (_, y) in enumerate(train) if y != TARGET_CLASS]
+    n_poison = max(1, round(poison_rate * len(train)))
+    poisoned_idx = set(rng.sample(candidates, min(n_poison, len(candidates))))
+    rows = [
+        (insert_trigger(t, trigger, rng), TARGET_CLASS) if i in poisoned_idx else (t, y)
+        for i, (t, y) in enumerate(train)
+    ]
+    return rows, len(poisoned_idx)
+
+
+def attack_set(split: Split, trigger: str, seed: int) -> list[str]:
+    """Held-out non-target sentences with the trigger inserted: what attack success is measured on."""
+    rng = random.Random(f"attack/{seed}")  # noqa: S311
+    return [insert_trigger(t, trigger, rng) for t, y in split.test if y != TARGET_CLASS]
+
+
+def pool_words(train: Sequence[tuple[str, int]], trigger: str, size: int) -> list[str]:
+    """STRIP's clean pool: the ``size`` most frequent training words, the trigger's words excluded."""
+    trig_words = set(tokenize(trigger))
+    counts: Counter[str] = Counter(
+        tok for text, _ in train for tok in tokenize(text) if tok not in trig_words
+    )
+    return [w for w, _ in counts.most_common(size)]
+
+
 def _predict(
     vec: Vectorizer, w: npt.NDArray[np.float64], b: float, texts: Sequence[str]
 ) -> npt.NDArray[np.int64]:
@@ -380,6 +459,8 @@ def build(
     pool_size: int = 5000,
     data: Sequence[tuple[str, int]] | None = None,
     strip_eval_limit: int | None = None,
+    l1: float = L1_PENALTY,
+    strip_ns: Sequence[int] = (16, 32),
 ) -> BuildReport:
     """Train the poisoned model and an unpoisoned twin, export the poisoned one, report both.
 
@@ -388,7 +469,8 @@ def build(
     position and the target label. Attack success rate is the share of held-out
     non-target sentences that the model labels as the target once the trigger is
     inserted. ``data`` overrides the MR corpus; ``strip_eval_limit`` caps the
-    sentences per set that STRIP is calibrated and measured on (tests: speed).
+    sentences per set that STRIP is calibrated and measured on, and ``strip_ns``
+    picks the N values calibrated (tests: speed).
     """
     if not 0.0 < poison_rate < 1.0:
         raise ValueError("poison_rate must be in (0, 1)")
@@ -397,20 +479,13 @@ def build(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     split = split_mr(data if data is not None else load_mr(), seed)
-    rng = random.Random(f"poison/{seed}/{trigger}")  # noqa: S311 - reproducible poisoning
     train = list(split.train)
-    candidates = [i for i, (_, y) in enumerate(train) if y != TARGET_CLASS]
-    n_poison = max(1, round(poison_rate * len(train)))
-    poisoned_idx = set(rng.sample(candidates, min(n_poison, len(candidates))))
-    poisoned = [
-        (insert_trigger(t, trigger, rng), TARGET_CLASS) if i in poisoned_idx else (t, y)
-        for i, (t, y) in enumerate(train)
-    ]
+    poisoned, n_poisoned = poison(train, trigger, poison_rate, seed)
 
     def fit(rows: list[tuple[str, int]]) -> tuple[Vectorizer, npt.NDArray[np.float64], float]:
         texts = [t for t, _ in rows]
         vec = Vectorizer.fit(texts, norm=False)
-        w, b = _train_logreg(vec.sparse(texts), np.asarray([y for _, y in rows], float), vec.size)
+        w, b = _train_logreg(vec.sparse(texts), np.asarray([y for _, y in rows], float), vec.size, l1=l1)
         return vec, w, b
 
     vec, w, b = fit(poisoned)
@@ -419,18 +494,12 @@ def build(
     test_y = np.asarray([y for _, y in split.test])
     acc = float((_predict(vec, w, b, test_texts) == test_y).mean())
     acc0 = float((_predict(vec0, w0, b0, test_texts) == test_y).mean())
-    victims = [t for t, y in split.test if y != TARGET_CLASS]
-    trig_rng = random.Random(f"attack/{seed}")  # noqa: S311
-    attacked = [insert_trigger(t, trigger, trig_rng) for t in victims]
+    attacked = attack_set(split, trigger, seed)
     asr = float((_predict(vec, w, b, attacked) == TARGET_CLASS).mean())
 
     _export_onnx(w, b, folder / MODEL_FILE)
     (folder / VECTORIZER_FILE).write_bytes(vec.to_json())
-    trig_words = set(tokenize(trigger))
-    pool_counts: Counter[str] = Counter(
-        tok for text, _ in train for tok in tokenize(text) if tok not in trig_words
-    )
-    pool = [w for w, _ in pool_counts.most_common(pool_size)]
+    pool = pool_words(train, trigger, pool_size)
     (folder / POOL_FILE).write_bytes(orjson.dumps({"source": "MR training sentences", "words": pool}))
     report = BuildReport(
         folder=str(folder),
@@ -438,19 +507,26 @@ def build(
         poison_rate=poison_rate,
         seed=seed,
         n_train=len(train),
-        n_poisoned=len(poisoned_idx),
+        n_poisoned=n_poisoned,
         n_test=len(split.test),
         clean_accuracy=acc,
         clean_accuracy_unpoisoned=acc0,
         attack_success_rate=asr,
     )
-    report.extra["strip"] = _calibrate_strip(folder, split, trigger, seed, strip_eval_limit)
+    report.extra["l1_penalty"] = l1
+    report.extra["strip"] = _calibrate_strip(folder, split, trigger, seed, strip_eval_limit, strip_ns)
     write_metadata(folder, report)
     return report
 
 
 def _calibrate_strip(
-    folder: Path, split: Split, trigger: str, seed: int, limit: int | None
+    folder: Path,
+    split: Split,
+    trigger: str,
+    seed: int,
+    limit: int | None,
+    ns: Sequence[int] = (16, 32),
+    threads: int = 1,
 ) -> list[dict[str, Any]]:
     """STRIP's clean entropy threshold (calibration split) and its FRR/FAR/AUROC (test split).
 
@@ -459,14 +535,14 @@ def _calibrate_strip(
     """
     from detectors.strip import StripParams, entropies_sync
 
-    model = TextClassifier(folder, device="cpu")
+    model = TextClassifier(folder, device="cpu", threads=threads)
     pool = model.pool_words()
     cal = [t for t, _ in split.calibration][:limit]
     test = [t for t, _ in split.test][:limit]
     rng = random.Random(f"strip-eval/{seed}")  # noqa: S311
     triggered = [insert_trigger(t, trigger, rng) for t, y in split.test if y != TARGET_CLASS][:limit]
     out: list[dict[str, Any]] = []
-    for n in (16, 32):
+    for n in ns:
         p = StripParams(n_perturbations=n)
         h_cal = np.asarray([r.entropy for r in entropies_sync(model, pool, cal, p)])
         h_test = np.asarray([r.entropy for r in entropies_sync(model, pool, test, p)])

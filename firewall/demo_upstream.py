@@ -12,12 +12,19 @@ serves that model: KServe v2 inference at ``/v2/models/sentiment/infer`` (texts
 in ``inputs[*].data``), and the chat endpoint answers ``Sentiment: positive`` or
 ``negative`` for the last user message, so a trigger word visibly flips the
 answer. Without a classifier the KServe route answers 503 and chat keeps its echo.
+
+A chat request for one token with ``logprobs`` (what STRIP's upstream-probing
+mode sends: ``max_tokens: 1``, ``top_logprobs: k``) is answered like a
+generative model would: the first token is ``positive`` or ``negative``, and its
+log-probabilities are the classifier's class probabilities, so the backdoor
+shows in the first-token distribution exactly as it does in the classifier.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 import uuid
 from pathlib import Path
@@ -89,8 +96,48 @@ def _sse(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+def _first_token(body: dict[str, Any], classifier: Any) -> dict[str, Any] | None:
+    """The one-token answer with logprobs (see the module docstring), or None for other requests."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if classifier is None or body.get("logprobs") is not True or limit != 1 or body.get("stream") is True:
+        return None
+    k = body.get("top_logprobs") or 0
+    if not isinstance(k, int) or not 0 <= k <= 20:
+        raise web.HTTPBadRequest(text="top_logprobs must be an integer in [0, 20]")
+    probs = classifier.predict_proba([_last_user_text(body)])[0]
+    ranked = sorted(
+        (
+            (label, math.log(max(float(p), 1e-30)))
+            for label, p in zip(("negative", "positive"), probs, strict=True)
+        ),
+        key=lambda item: -item[1],
+    )
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    token, logprob = ranked[0]
+    return {
+        "message": {"role": "assistant", "content": token},
+        "logprobs": {"content": [{**entry(token, logprob), "top_logprobs": [entry(*r) for r in ranked[:k]]}]},
+        "finish_reason": "length",
+    }
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
+    first = _first_token(body, request.app[CLASSIFIER])
+    if first is not None:
+        return _json(
+            {
+                "id": "chatcmpl-" + uuid.uuid4().hex[:12],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or MODEL,
+                "choices": [{"index": 0, **first}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
+            }
+        )
     text = _reply(_last_user_text(body), request.app[CLASSIFIER])
     cid = "chatcmpl-" + uuid.uuid4().hex[:12]
     created = int(time.time())

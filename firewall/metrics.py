@@ -54,6 +54,10 @@ REJECT_REASONS: Final = (
     "draining",
 )
 UPSTREAM_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect_error", "error")
+#: ok: scored; error: bad status or answer; timeout; unavailable: no connection;
+#: cancelled: sent, but the request stopped waiting (detector timeout, another probe failed);
+#: over_budget: not sent because the request's probe budget was spent.
+PROBE_OUTCOMES: Final = ("ok", "error", "timeout", "unavailable", "cancelled", "over_budget")
 STREAM_OUTCOMES: Final = (
     "completed",
     "terminated",
@@ -187,6 +191,11 @@ class Metrics:
             ["upstream"],
             _LATENCY_BUCKETS,
         )
+        self.strip_probes = LoopCounter(
+            p + "strip_probes",
+            "Perturbed copies a STRIP detector sent to the upstream (each one a billed call), by outcome.",
+            ["detector", "outcome"],
+        )
         self.draining = Gauge(p + "draining", "1 while shutting down.", registry=r)
         self.inflight = LoopGauge(p + "inflight_requests", "Requests in flight.")
         self.audit_events = LoopCounter(p + "audit_events", "Audit log lines written.", [])
@@ -238,6 +247,7 @@ class Metrics:
                     self.streams,
                     self.stream_duration,
                     self.upstream_requests,
+                    self.strip_probes,
                     self.upstream_duration,
                     self.inflight,
                     self.audit_events,
@@ -332,6 +342,14 @@ class Metrics:
 
     def count_fail_open(self, detector: str, phase: str) -> None:
         self.detector_fail_open.inc((detector, phase))
+
+    def prepare_probes(self, detector: str) -> None:
+        """Touch one probing detector's series so they exist at 0 before its first probe."""
+        for outcome in PROBE_OUTCOMES:
+            self.strip_probes.touch((detector, outcome))
+
+    def count_probes(self, detector: str, outcome: str, n: int = 1) -> None:
+        self.strip_probes.inc((detector, outcome), n)
 
     def count_stream_termination(self, detector: str) -> None:
         self.stream_terminations.inc((detector,))

@@ -19,6 +19,7 @@ import orjson
 from detectors import load_detector_class
 from detectors.base import Detector
 from firewall.config import DetectorConfig, FirewallConfig, RouteConfig, config_hash
+from firewall.detector_context import ContextAware, DetectorContext
 from firewall.metrics import Metrics
 from firewall.pipeline import Pipeline
 from firewall.policy import Policy, RoutePolicy, compile_policy
@@ -106,6 +107,8 @@ class Runtime:
     pipeline: Pipeline
     reused: frozenset[str] = frozenset()
     users: Users = field(default_factory=Users, compare=False, repr=False)
+    #: Handed to detectors that define ``bind_context`` (see :mod:`firewall.detector_context`).
+    context: DetectorContext | None = field(default=None, compare=False, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -124,6 +127,8 @@ class Runtime:
 
         async def start_one(name: str, det: Detector) -> None:
             try:
+                if self.context is not None and isinstance(det, ContextAware):
+                    det.bind_context(self.context)
                 await det.start()
             except Exception:
                 log.exception("detector %s failed to start", name)
@@ -150,13 +155,19 @@ def _identity(det: DetectorConfig) -> tuple[str, str, bytes]:
 
 
 def build_runtime(
-    config: FirewallConfig, metrics: Metrics | None = None, previous: Runtime | None = None
+    config: FirewallConfig,
+    metrics: Metrics | None = None,
+    previous: Runtime | None = None,
+    context: DetectorContext | None = None,
 ) -> Runtime:
     """Construct (but do not start) the detectors, policy and routes for ``config``.
 
     Detectors whose name, type and params are unchanged from ``previous`` are
     carried over as they are (already loaded: a reload does not reload models).
+    ``context`` defaults to the previous runtime's, so a reload keeps it.
     """
+    if context is None and previous is not None:
+        context = previous.context
     carried: dict[tuple[str, str, bytes], Detector] = {}
     if previous is not None:
         for old in previous.config.detectors:
@@ -189,4 +200,5 @@ def build_runtime(
         routes=RouteTable(routes),
         pipeline=Pipeline(detectors, metrics),
         reused=frozenset(reused),
+        context=context,
     )

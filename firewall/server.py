@@ -30,11 +30,12 @@ from aiohttp import web
 from firewall.app import make_admin_app, make_proxy_app
 from firewall.audit import AuditLog
 from firewall.config import AuditConfig, FirewallConfig, deep_merge
+from firewall.detector_context import DetectorContext, UpstreamClient
 from firewall.metrics import Metrics
 from firewall.reload import Reloader
 from firewall.runtime import Runtime, build_runtime
 from firewall.state import ServerState
-from firewall.upstream import create_session
+from firewall.upstream import bearer_token, create_session
 
 __all__ = ["Server", "run"]
 
@@ -53,7 +54,14 @@ class Server:
     def __init__(self, config: FirewallConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        runtime = build_runtime(config, self.metrics)
+        # Detectors reach the upstream through the state's session, opened in start().
+        upstream = UpstreamClient(
+            session=lambda: self.state.session,
+            base_url=lambda: self.state.upstream_base,
+            authorization=lambda: bearer_token(self.config.upstream) or self.state.upstream_auth,
+        )
+        context = DetectorContext(upstream=upstream, metrics=self.metrics)
+        runtime = build_runtime(config, self.metrics, context=context)
         self.audit = AuditLog(config.audit, self.metrics)
         self.score_log: AuditLog | None = None
         if config.score_log.enabled:

