@@ -30,8 +30,9 @@ _BUILTINS: dict[str, str] = {
     "insecure_code": "detectors.insecure_code:InsecureCodeDetector",
     "rare_tokens": "detectors.rare_tokens:RareTokensDetector",
     "strip": "detectors.strip:StripDetector",
-    "context_tags": "detectors.context_tags:ContextTagsDetector",
     "perplexity": "detectors.perplexity:PerplexityDetector",
+    "context_tags": "detectors.context_tags:ContextTagsDetector",
+    "out_of_context": "detectors.out_of_context:OutOfContextDetector",
 }
 
 

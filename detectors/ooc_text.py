@@ -1,0 +1,258 @@
+"""Text side of the out-of-context detector: sentence/clause units and the cheap cues.
+
+Pure Python, no models: this is what runs on every request, so it must stay in
+the tens of microseconds for a prompt-sized text. The model side lives in
+:mod:`detectors.out_of_context`.
+
+Splitting rules (why each exists):
+
+* **Code is never a unit.** Fenced blocks (```), inline code and indented code
+  lines are masked first: code is not prose, and a function body is always "out
+  of context" next to the question about it.
+* **Lines and list items are units of their own.** A bulleted list is a set of
+  separate items, not a paragraph; a line break ends a sentence even without a
+  full stop (chat prompts rarely punctuate).
+* **Sentence ends** are ``.``, ``!``, ``?`` (runs included) followed by optional
+  closing quotes or brackets and whitespace; not after a known abbreviation
+  ("e.g.", "Dr.", "vs."), an initial ("J. Smith"), or an ellipsis followed by a
+  lower-case word, and never inside a quotation: a quoted sentence belongs to
+  the sentence that quotes it.
+* **Clauses**: a sentence with a semicolon or a spaced dash is split there when
+  both sides have at least three words: an aside glued on with a semicolon is
+  still an aside.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Cues",
+    "Unit",
+    "cheap_cues",
+    "content_words",
+    "split_units",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """Characters ``[start, end)`` of one sentence, clause or list item (stripped of outer spaces)."""
+
+    start: int
+    end: int
+    kind: str  # "sentence" | "clause" | "item"
+
+
+_FENCE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)", re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_INDENTED = re.compile(r"^(?: {4}|\t).*$", re.MULTILINE)
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)]|\(?[a-z]\))\s+")
+_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
+_CLAUSE = re.compile(r";\s+|\s+(?:--|\u2014|\u2013)\s+")
+_WORD = re.compile(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'\u2019-]*")
+_QUOTES = re.compile(r"\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d")
+
+
+def _wordset(text: str) -> frozenset[str]:
+    """A set from a whitespace-separated word list (long lists read better as text)."""
+    return frozenset(text.split())
+
+
+ABBREVIATIONS = _wordset(
+    """
+    mr mrs ms dr prof sr jr st vs etc eg ie cf al fig figs no nos vol vols pp ed eds inc ltd co
+    corp dept est approx min max jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu
+    fri sat sun mt ft gen gov sen rep rev capt col lt sgt u.s e.g i.e a.m p.m u.k ph.d op cit ca
+    viz
+    """
+)
+
+# Function words: a unit shares "content" with the rest only through words outside this list.
+STOPWORDS = _wordset(
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had
+    has have having he her here hers herself him himself his how i if in into is it its itself just
+    me more most my myself no nor not now of off on once only or other our ours ourselves out over
+    own same she should so some such than that the their theirs them themselves then there these
+    they this those through to too under until up very was we were what when where which while who
+    whom why will with would you your yours yourself yourselves also really even still much many
+    get got one ever never well like make made way thing things lot bit quite rather since though
+    yet however let us may might must shall
+    """
+)
+_FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves i'm i've i'd i'll".split())  # noqa: SIM905
+
+
+def _masked(text: str) -> str:
+    """``text`` with code replaced by NUL characters (same length, so offsets stay valid)."""
+    out = text
+    for pattern in (_FENCE, _INDENTED, _INLINE_CODE):
+        out = pattern.sub(lambda m: "\0" * len(m.group()), out)
+    return out
+
+
+def _protected(text: str) -> list[tuple[int, int]]:
+    return [(m.start() + 1, m.end() - 1) for m in _QUOTES.finditer(text)]
+
+
+def _is_boundary(line: str, match: re.Match[str], quotes: Sequence[tuple[int, int]]) -> bool:
+    end = match.end()
+    if any(a <= match.start() < b for a, b in quotes):
+        return False
+    punct = match.group()
+    nxt = line[end:].lstrip()
+    if not nxt:
+        return True
+    if punct.startswith("."):
+        word = re.search(r"([A-Za-z.]+)\.?$", line[: match.start() + 1].rstrip("."))
+        token = word.group(1).lower().rstrip(".") if word else ""
+        if token in ABBREVIATIONS or (len(token) == 1 and token.isalpha() and nxt[:1].isupper()):
+            return False
+        if punct.startswith("..") and nxt[:1].islower():
+            return False
+    return nxt[:1] not in ",;:"
+
+
+def _strip(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and (text[start].isspace() or text[start] == "\0"):
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] == "\0"):
+        end -= 1
+    return start, end
+
+
+def split_units(text: str, *, clauses: bool = True, min_clause_words: int = 3) -> list[Unit]:
+    """Sentences, clauses and list items of ``text``, code skipped; see the module docstring."""
+    masked = _masked(text)
+    units: list[Unit] = []
+    pos = 0
+    for line in masked.split("\n"):
+        line_start = pos
+        pos += len(line) + 1
+        if "\0" in line and not line.replace("\0", "").strip():
+            continue
+        item = _LIST_ITEM.match(line)
+        if item is not None:
+            s, e = _strip(masked, line_start + item.end(), line_start + len(line))
+            if e > s:
+                units.append(Unit(s, e, "item"))
+            continue
+        quotes = _protected(line)
+        cut = 0
+        pieces: list[tuple[int, int]] = []
+        for m in _END.finditer(line):
+            if _is_boundary(line, m, quotes):
+                pieces.append((cut, m.end()))
+                cut = m.end()
+        pieces.append((cut, len(line)))
+        for a, b in pieces:
+            s, e = _strip(masked, line_start + a, line_start + b)
+            if e <= s or not _WORD.search(masked[s:e]):
+                continue
+            if "\0" in masked[s:e]:
+                # Prose around inline code: keep the prose, the code is masked out of the words.
+                pass
+            units.extend(_clauses(masked, s, e, min_clause_words) if clauses else [Unit(s, e, "sentence")])
+    return units
+
+
+def _clauses(text: str, start: int, end: int, min_words: int) -> list[Unit]:
+    sentence = text[start:end]
+    quotes = _protected(sentence)
+    cuts = [m for m in _CLAUSE.finditer(sentence) if not any(a <= m.start() < b for a, b in quotes)]
+    if not cuts:
+        return [Unit(start, end, "sentence")]
+    bounds = [0, *(x for m in cuts for x in (m.start(), m.end())), len(sentence)]
+    parts = [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)]
+    if any(len(_WORD.findall(sentence[a:b])) < min_words for a, b in parts):
+        return [Unit(start, end, "sentence")]
+    out = []
+    for a, b in parts:
+        s, e = _strip(text, start + a, start + b)
+        if e > s:
+            out.append(Unit(s, e, "clause"))
+    return out
+
+
+def _stem(word: str) -> str:
+    """A crude suffix strip, enough for "movie"/"movies", "watched"/"watching" to meet."""
+    for suffix in ("ing", "ed", "es", "s", "ly"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def words(text: str) -> list[str]:
+    return [w.lower().replace("\u2019", "'") for w in _WORD.findall(text)]
+
+
+def content_words(text: str) -> set[str]:
+    """Stemmed words outside the stop list, three letters or more."""
+    return {_stem(w) for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Cues:
+    """The cheap cues for one unit (see :func:`cheap_cues`)."""
+
+    edge: bool  # first or last unit of the text
+    overlap: float  # share of the unit's content words that the rest also uses (1.0: no content words)
+    no_shared: bool  # the unit has content words and shares none with the rest
+    person_shift: bool  # first-person unit in a text that is otherwise not first-person
+    style_shift: bool  # capitalised unit in otherwise all-lower-case text, or the reverse
+    n_words: int
+
+    @property
+    def score(self) -> float:
+        """How odd the unit looks on cheap cues alone, in [0, 1] (the gate's input)."""
+        s = (
+            0.15 * self.edge
+            + 0.15 * (1.0 - self.overlap)
+            + 0.4 * self.person_shift
+            + 0.3 * self.style_shift
+            + 0.25 * (self.n_words <= 10)  # inserted trigger sentences are short (AddSent: 5 words)
+        )
+        if self.n_words <= 3:
+            s *= 0.5  # "Thanks.", "Hi there!": too short to be out of anything's context
+        return min(s, 1.0)
+
+
+def _style(text: str) -> int:
+    """1: has capital letters, 0: all lower-case, -1: no letters (no opinion)."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return -1
+    return 1 if any(c.isupper() for c in letters) else 0
+
+
+def cheap_cues(text: str, units: Sequence[Unit]) -> list[Cues]:
+    """Cheap cues for every unit against the other units of ``text`` (empty below two units)."""
+    if len(units) < 2:
+        return []
+    unit_words = [words(text[u.start : u.end]) for u in units]
+    contents = [{_stem(w) for w in ws if len(w) >= 3 and w not in STOPWORDS} for ws in unit_words]
+    first = [any(w in _FIRST_PERSON for w in ws) for ws in unit_words]
+    styles = [_style(text[u.start : u.end]) for u in units]
+    out = []
+    last = len(units) - 1
+    for i in range(len(units)):
+        rest_content: set[str] = set().union(*(c for j, c in enumerate(contents) if j != i))
+        mine = contents[i]
+        overlap = len(mine & rest_content) / len(mine) if mine else 1.0
+        others_first = any(f for j, f in enumerate(first) if j != i)
+        other_styles = {s for j, s in enumerate(styles) if j != i and s >= 0}
+        out.append(
+            Cues(
+                edge=i in (0, last),
+                overlap=overlap,
+                no_shared=bool(mine) and overlap == 0.0,
+                person_shift=first[i] and not others_first,
+                style_shift=styles[i] >= 0 and len(other_styles) == 1 and styles[i] not in other_styles,
+                n_words=len(unit_words[i]),
+            )
+        )
+    return out
