@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from firewall.metrics import Metrics
 
 from firewall.types import (
     Action,
@@ -89,6 +92,11 @@ class Detector(abc.ABC):
             params = self.Params.model_validate(params.model_dump())
         self.params = params
         self._ready = False
+        #: The server's metrics, set by the runtime before :meth:`start` (``None`` when a
+        #: detector runs outside a server, e.g. in a test). Detectors that batch pass it to
+        #: their :class:`~firewall.batching.MicroBatcher`, so queue depth, batch sizes and
+        #: waits reach ``/metrics``.
+        self.metrics: Metrics | None = None
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any] | None) -> DetectorParams:

@@ -359,6 +359,7 @@ class OutOfContextDetector(Detector):
             self._run_batch,
             max_batch_size=self.p.max_batch_samples,
             max_wait_ms=self.p.max_wait_ms,
+            metrics=self.metrics,
         )
         await self._batcher.start()
         self._ready = True

@@ -465,6 +465,7 @@ class PerplexityDetector(Detector):
             max_wait_ms=self.p.max_wait_ms,
             max_queue=self.p.max_queue,
             bucket_key=lambda job: job.chars // 4,
+            metrics=self.metrics,
         )
         await self._batcher.start()
         self._ready = True

@@ -285,6 +285,7 @@ class StripDetector(Detector):
             self._run_batch,
             max_batch_size=self.p.max_batch_samples,
             max_wait_ms=self.p.max_wait_ms,
+            metrics=self.metrics,
         )
         await self._batcher.start()
         self._ready = True

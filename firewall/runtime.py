@@ -127,6 +127,7 @@ class Runtime:
 
         async def start_one(name: str, det: Detector) -> None:
             try:
+                det.metrics = metrics
                 if self.context is not None and isinstance(det, ContextAware):
                     det.bind_context(self.context)
                 await det.start()

@@ -67,12 +67,7 @@ NAMESPACE = "demo"  # what Kubernetes service discovery would add; the dashboard
 
 #: Panels whose queries return no series at all in this run, and why (known gaps, not load
 #: gaps). The scrape test asserts they are still empty (a strict xfail), so a fix shows up.
-KNOWN_NO_DATA = {
-    14: "micro-batcher metrics are never recorded: detectors build their MicroBatcher without the "
-    "server's Metrics (the Detector interface has no way to receive them), so the "
-    "trigger_firewall_batch_* series do not exist",
-    15: "same gap as panel 14 (trigger_firewall_batch_run_seconds)",
-}
+KNOWN_NO_DATA: dict[int, str] = {}
 ZWSP = "\u200b"
 
 
