@@ -414,25 +414,8 @@ class StripDetector(Detector):
             return Finding(self.name, 0.0, duration_seconds=time.perf_counter() - started)
         plans = [self.plan(text) for _, text in segs]
         results: list[StripResult] = await self._batcher.submit(plans)
-        best = 0.0
-        reasons: set[str] = set()
-        spans: list[Span] = []
-        for (seg, _), res in zip(segs, results, strict=True):
-            s = self.score_entropy(res.entropy)
-            best = max(best, s)
-            if res.truncated:
-                reasons.add(R_TRUNCATED)
-            if s >= 0.5:
-                reasons.add(R_LOW_ENTROPY)
-                if res.survivors:
-                    reasons.add(R_SURVIVOR)
-                spans.extend(Span(seg, a, b, R_SURVIVOR) for a, b in res.survivors)
-        return Finding(
-            self.name,
-            round(best, 6),
-            reasons=tuple(sorted(reasons)),
-            spans=tuple(spans),
-            duration_seconds=time.perf_counter() - started,
+        return self._finding(
+            [(seg, res) for (seg, _), res in zip(segs, results, strict=True)], set(), started
         )
 
     async def _probe_one(self, sample: Sample) -> Finding:
