@@ -9,6 +9,7 @@ fuzzing that runs.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,32 @@ pytest.importorskip("atheris")
 
 HERE = Path(__file__).resolve().parent
 RUNS = 20000
+#: Growth allowed over the starting footprint before libFuzzer calls it a leak (MB).
+RSS_GROWTH_MB = 2048
+
+
+def _rss_limit_mb() -> int:
+    """libFuzzer's RSS limit for the child: its start plus RSS_GROWTH_MB.
+
+    libFuzzer reads the peak RSS from getrusage, and on Linux a child created by
+    fork + exec inherits the parent's peak: after the model tests the pytest process
+    holds ~3 GB, so a fixed 2 GB limit (libFuzzer's default) fails at the first run.
+    """
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KB on Linux
+    return int(inherited_mb) + RSS_GROWTH_MB
 
 
 @pytest.mark.parametrize("target", ["fuzz_request_parser.py", "fuzz_sse_parser.py"])
 def test_fuzz_target_runs_clean(target: str, tmp_path: Path):
     done = subprocess.run(
-        [sys.executable, str(HERE / target), f"-runs={RUNS}", "-seed=1", f"-artifact_prefix={tmp_path}/"],
+        [
+            sys.executable,
+            str(HERE / target),
+            f"-runs={RUNS}",
+            "-seed=1",
+            f"-rss_limit_mb={_rss_limit_mb()}",
+            f"-artifact_prefix={tmp_path}/",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
