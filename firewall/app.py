@@ -9,6 +9,8 @@ traffic.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import orjson
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -16,6 +18,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from firewall.config import redacted
 from firewall.proxy import handle
 from firewall.state import STATE, ServerState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 __all__ = ["make_admin_app", "make_proxy_app"]
 
@@ -67,10 +71,28 @@ async def effective_config(request: web.Request) -> web.Response:
     )
 
 
+def _metrics_handler(state: ServerState) -> Handler:
+    """``/metrics``, with each detector's readiness read at scrape time.
+
+    Readiness changes between reloads too: a remote (Triton) model server goes down
+    and comes back, and ``trigger_firewall_detector_ready`` (which the
+    DetectorNotReady alert reads) must follow it as ``/readyz`` does.
+    """
+    export = make_aiohttp_handler(state.metrics.registry)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        gauge = state.metrics.detector_ready
+        for name, det in state.runtime.detectors.items():
+            gauge.labels(name).set(1 if det.ready else 0)
+        return await export(request)
+
+    return metrics
+
+
 def make_admin_app(state: ServerState) -> web.Application:
     app = web.Application()
     app[STATE] = state
-    app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
+    app.router.add_get("/metrics", _metrics_handler(state))
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/config", effective_config)

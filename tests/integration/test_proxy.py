@@ -517,6 +517,17 @@ async def test_readyz_waits_for_required_detectors(firewall: FirewallFactory, cl
     assert fw.sample("trigger_firewall_detector_ready", {"detector": "missing"}) == 0
 
 
+async def test_detector_ready_gauge_follows_readiness_at_scrape_time(firewall: FirewallFactory, client):
+    fw = await firewall(detectors=[{"name": "missing", "type": "test_never_ready", "required": False}])
+    det = fw.server.state.runtime.detectors["missing"]
+    line = 'trigger_firewall_detector_ready{detector="missing"}'
+    async with client.get(fw.admin_url + "/metrics") as resp:
+        assert f"{line} 0.0" in await resp.text()
+    det._ready = True  # e.g. its remote model server came back
+    async with client.get(fw.admin_url + "/metrics") as resp:
+        assert f"{line} 1.0" in await resp.text()
+
+
 async def test_admin_endpoints(firewall: FirewallFactory, client):
     fw = await firewall(upstream={"api_key_env": "SOME_KEY_VAR"})
     async with client.get(fw.admin_url + "/readyz") as resp:
