@@ -394,9 +394,7 @@ class _CharModel:
 class _LangModel:
     """Word frequencies, alphabet and character model of one judged language."""
 
-    __slots__ = (
-        "alphabet", "bits_base", "chars", "code", "ident", "short_floor", "top", "vowel_cue", "zipf",
-    )  # fmt: skip
+    __slots__ = ("alphabet", "bits_base", "chars", "code", "ident", "short_floor", "vowel_cue", "zipf")
 
     def __init__(self, code: str, buckets: list[list[str]]) -> None:
         self.code = code
@@ -406,7 +404,6 @@ class _LangModel:
             for word in bucket:
                 zipf[word] = z
         self.zipf = zipf
-        self.top = _top_words(buckets, _TOP_WORDS)
         self.ident = _top_zipf(buckets, _IDENT_WORDS)
 
         train = [w for w, z in zipf.items() if z >= _TRAIN_MIN_ZIPF and w.isalpha()]
