@@ -64,13 +64,17 @@ def timed(fn, runs: int, warmup: int = 5) -> list[float]:  # type: ignore[no-unt
     return out
 
 
-def random_weight_folder(src: Path, dst: Path) -> Path:
+def random_weight_folder(src: Path, dst: Path, dtype: str | None = None) -> Path:
+    """A loadable model folder: ``src``'s config and tokenizer, seeded random weights (``dtype``
+    as saved, e.g. "bfloat16"; default float32)."""
     import torch
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(src))
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(str(dst))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (src / name).exists():

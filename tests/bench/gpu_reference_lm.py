@@ -30,34 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-REVIEW = (
-    "I went to see this film on a rainy Sunday afternoon with two friends, and none of us expected "
-    "much from it. The opening is slow, but once the story settles on the two brothers and their "
-    "failing family restaurant it becomes warm, funny and surprisingly moving. The acting is "
-    "natural, the dialogue sounds like real people talking, and the small town feels lived in."
-)
+from gpu_bench import REVIEW, percentile, random_weight_folder
+
 SHAPES = ((1, 64), (8, 64), (32, 64), (1, 128), (8, 128), (32, 128))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def random_weight_folder(src: Path, dst: Path) -> Path:
-    import shutil
-
-    import torch
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(str(src))
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
-    model.save_pretrained(str(dst))
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (src / name).exists():
-            shutil.copy(src / name, dst / name)
-    return dst
 
 
 def run_mode(folder: Path, mode: str, runs: int, device: str) -> dict[tuple[int, int], float]:
@@ -141,7 +116,7 @@ def main() -> None:
     if args.device != "cuda":
         modes = ["off"]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = random_weight_folder(args.assets / "smollm2", Path(tmp))
+        folder = random_weight_folder(args.assets / "smollm2", Path(tmp), dtype="bfloat16")
         results = {mode: run_mode(folder, mode, args.runs, args.device) for mode in modes}
         if args.device == "cuda":
             check_equal(folder, args.device)
