@@ -48,16 +48,17 @@ def fingerprint(segments: Iterable[Segment], salt: bytes | None = None) -> tuple
 def verdict_record(verdict: Verdict) -> dict[str, Any]:
     """The decision and detector evidence of one phase, as audit fields."""
     return {
-        "mode": verdict.mode.value,
-        "action": verdict.action.value,
-        "effective_action": verdict.effective_action.value,
+        # StrEnum members: orjson writes their values.
+        "mode": verdict.mode,
+        "action": verdict.action,
+        "effective_action": verdict.effective_action,
         "would_block": verdict.would_block,
         "reason_code": verdict.reason,
         "fail_open": list(verdict.fail_open),
         "detectors": [
             {
                 "name": f.detector,
-                "status": f.status.value,
+                "status": f.status,
                 "score": round(f.score, 4) if f.status is FindingStatus.OK else None,
                 "threshold": verdict.thresholds.get(f.detector),
                 "fired": f.detector in verdict.fired,

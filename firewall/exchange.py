@@ -16,7 +16,7 @@ from firewall.audit import verdict_record
 from firewall.metrics import Metrics
 from firewall.runtime import Runtime
 from firewall.state import ServerState
-from firewall.types import FindingStatus, Verdict
+from firewall.types import Action, FindingStatus, Verdict
 
 __all__ = ["Exchange", "record_verdict", "write_audit"]
 
@@ -49,14 +49,15 @@ class Exchange:
 
     def note_log(self, verdict: Verdict | None) -> None:
         """Raise ``allow`` to ``log`` when a verdict logged (monitor-mode blocks too)."""
-        if verdict is not None and self.action == "allow" and verdict.effective_action.value == "log":
+        if verdict is not None and self.action == "allow" and verdict.effective_action is Action.LOG:
             self.action = "log"
 
 
 def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
     """Count a phase's verdict and each detector's outcome."""
-    phase = verdict.phase.value
-    metrics.count_verdict(phase, verdict.effective_action.value, verdict.mode.value, verdict.reason)
+    # StrEnum members serve as label values directly (they are str; ``.value`` is slow).
+    phase = verdict.phase
+    metrics.count_verdict(phase, verdict.effective_action, verdict.mode, verdict.reason)
     for finding in verdict.findings:
         if finding.status is FindingStatus.OK:
             outcome = "fired" if finding.detector in verdict.fired else "not_fired"

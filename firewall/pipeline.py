@@ -38,9 +38,10 @@ class Pipeline:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
         if not rules:
             return []
-        ungated = [r for r in rules if r.gate is None]
         gated = [r for r in rules if r.gate is not None]
-        findings = await self._stage(ungated, sample)
+        if not gated:  # the usual case: one stage, no second pass over the rules
+            return await self._stage(rules, sample)
+        findings = await self._stage([r for r in rules if r.gate is None], sample)
         if gated:
             by_name = {f.detector: f for f in findings}
             to_run: list[DetectorRule] = []
@@ -180,9 +181,9 @@ class Pipeline:
             return
         seconds = time.perf_counter() - start
         if finding.status is FindingStatus.OK:
-            m.observe_detector(finding.detector, phase.value, seconds, finding.score)
+            m.observe_detector(finding.detector, phase, seconds, finding.score)
         else:
-            m.observe_detector(finding.detector, phase.value, seconds, None)
+            m.observe_detector(finding.detector, phase, seconds, None)
             if error_kind:
                 m.count_detector_error(finding.detector, error_kind)
 

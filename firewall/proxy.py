@@ -63,7 +63,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     rid = _request_id(request)
     matched = runtime.routes.match(request.method, request.path)
     route = matched.config.name if matched else "unmatched"
-    mode = matched.policy.mode.value if matched else config.mode.value
+    # StrEnum members are str: no ``.value`` lookups (a Python-level descriptor) on the hot path.
+    mode: str = matched.policy.mode if matched else config.mode
     metrics = state.metrics
     if state.inflight >= config.server.max_concurrency:
         metrics.count_rejected(route, "overloaded", mode)
@@ -206,7 +207,7 @@ async def _screened(
         if model_policy is not policy:
             policy = model_policy
             matched = replace(matched, policy=policy)
-            ex.mode = policy.mode.value
+            ex.mode = policy.mode
             if policy.mode is Mode.OFF:
                 ex.screened = False
                 return await _forward_unscreened(request, state, runtime, ex, raw)

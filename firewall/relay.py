@@ -196,8 +196,10 @@ async def _pump(
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """Up to ``limit`` bytes of the body; the flag says whether the body ended."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return b"", False
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            return b"", False
+        return await resp.read(), True  # bounded by Content-Length: one read, no chunk loop
     buf = bytearray()
     async for chunk in resp.content.iter_any():
         buf += chunk

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from firewall.config import FirewallConfig, config_hash, load_config
 from firewall.errors import ConfigError
+from firewall.heap import freeze_long_lived
 from firewall.runtime import Runtime, build_runtime
 
 if TYPE_CHECKING:
@@ -152,6 +153,8 @@ class Reloader:
         except TimeoutError:
             log.warning("requests under the previous config still running; closing its detectors")
         await old.close(keep=new.detectors)
+        if self.server.freeze_heap:
+            freeze_long_lived()  # reclaim the old runtime's cycles; exempt the new one from collections
 
     async def watch(self, poll_seconds: float) -> None:
         """Poll the config file; reload when its content may have changed."""

@@ -31,6 +31,7 @@ from firewall.app import make_admin_app, make_proxy_app
 from firewall.audit import AuditLog
 from firewall.config import AuditConfig, FirewallConfig, deep_merge
 from firewall.detector_context import DetectorContext, UpstreamClient
+from firewall.heap import freeze_long_lived
 from firewall.metrics import Metrics
 from firewall.reload import Reloader
 from firewall.runtime import Runtime, build_runtime
@@ -51,8 +52,13 @@ class BoundPorts:
 class Server:
     """The sidecar: proxy and admin listeners around one :class:`ServerState`."""
 
-    def __init__(self, config: FirewallConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: FirewallConfig, metrics: Metrics | None = None, *, freeze_heap: bool = False
+    ) -> None:
         self.config = config
+        #: Exempt the long-lived heap from garbage collection after loads (firewall.heap). The
+        #: process entry point sets it; an embedding process (a test run) owns its own heap.
+        self.freeze_heap = freeze_heap
         self.metrics = metrics or Metrics()
         # Detectors reach the upstream through the state's session, opened in start().
         upstream = UpstreamClient(
@@ -125,6 +131,8 @@ class Server:
             },
         )
         await runtime.start(self.metrics)
+        if self.freeze_heap:
+            freeze_long_lived()  # detectors are loaded: what is alive now lives as long as the process
         self.state.started = True
         not_ready = [n for n, d in runtime.detectors.items() if not d.ready]
         if not_ready:
@@ -227,7 +235,7 @@ async def run(
             "demo upstream started",
             extra={"url": demo_url, "backdoored_model": classifier is not None},
         )
-    server = Server(config)
+    server = Server(config, freeze_heap=True)
     reloader = Reloader(server, config_path, overrides=overrides)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -116,7 +116,9 @@ def create_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     """The one shared session: keep-alive pool, connect/read timeouts, raw bodies."""
     connector = aiohttp.TCPConnector(
         limit=config.max_connections,
-        limit_per_host=config.max_connections,
+        # One upstream host: ``limit`` already bounds it, and a per-host limit makes aiohttp
+        # hash the connection key into a per-host set on every acquire and release.
+        limit_per_host=0,
         keepalive_timeout=30,
         enable_cleanup_closed=False,
     )
