@@ -26,13 +26,15 @@ scores high only when three things hold together:
   sentence) is below ``common_zipf``. Frequent words, including chat slang and
   acronyms that people really use as words, never score.
 * **It does not look like a word of the language.** Three cues, each learnt from
-  the language's own word list at start-up: a character 4-gram model gives the
-  token's surprisal in bits per character above that of frequent words of the same
-  length (real rare words, names and most typos are pronounceable; random letter
-  strings are not); Zipf's law of abbreviation (short words are frequent words, so
-  a two- to four-letter token that is rare *for its length* is an abbreviation or
-  a code); and, in languages whose words nearly always carry a vowel, a vowel-less
-  token. Typos of frequent words and letters stretched for emphasis are excused.
+  the language's own word list at start-up: a character 4-gram model weighs the
+  token as a word of the language against an arbitrary string of its letters (a
+  log-likelihood ratio in bits: real rare words, names and most typos are word-like;
+  random letter strings are not), on a stricter scale for a lower-case token in no
+  word list when the text uses capitals, since a name there would be capitalised;
+  Zipf's law of abbreviation (short words are frequent words, so a two- to
+  four-letter token that is rare *for its length* is an abbreviation or a code);
+  and, in languages whose words nearly always carry a vowel, a vowel-less token.
+  Typos of frequent words and letters stretched for emphasis are excused.
 * **It stands out from its context.** The same token is innocent in some places:
   after a number it is a unit ("5 mb"), with a glued full stop before a reference
   it is an abbreviation ("cf. Smith"), in capitals it is an acronym, capitalised
@@ -63,7 +65,6 @@ import asyncio
 import bisect
 import math
 import re
-import statistics
 import threading
 import time
 from collections import Counter
@@ -135,13 +136,20 @@ _IDENT_WORDS = 5_000  # most frequent words per language, with their Zipf values
 _IDENT_MARGIN = 1.5  # ... a sentence's language: another language must outweigh the judged one this much
 _ALPHABET_MIN_COUNT = 20  # a letter is the language's if this many training words use it
 _VOWELLESS_SHARE = 0.03  # below this share of vowel-less words, a vowel-less token is odd
-_BASE_MAX_LEN = 12  # bits-per-character baselines per word length, up to this length ...
-_BASE_SAMPLE = 500  # ... each the median of this many frequent words
+_CORE_LETTER_SHARE = 0.001  # letters this common in the training words are the "random string" model's
 
 # Token weight.
 _CHAR_MIN_LEN = 3  # shorter tokens are judged by frequency and vowels only
-_EXCESS_OK = 1.2  # bits per character above frequent words of the same length: rare words ...
-_EXCESS_ODD = 2.5  # ... and random letter strings; the "word-unlike" scale runs between them
+# Word-unlikeness from the character model: the log-likelihood ratio, in bits, of "an arbitrary
+# string of the language's letters" against "a word of the language". A token is word-unlike
+# from _LLR_OK and fully so at _LLR_ODD (set to flag the same share of the rare words and names
+# of review text as the earlier per-character scale did: about 3 and 0.1 per 1,000 words) ...
+_LLR_OK = 1.2
+_LLR_ODD = 9.0
+# ... except a lower-case token that is in no word list, in text that uses capitals: it is not
+# a name (a name would be capitalised), so the scale starts near the even-odds point.
+_LLR_OK_CASED = -1.0
+_LLR_ODD_CASED = 3.0
 _SHORT_MAX_LEN = 4  # the rare-for-its-length cue applies to tokens this short ...
 _SHORT_TAIL = 0.01  # ... rarer than the rarest 1% of running words of their length ...
 _SHORT_WIDTH = 1.0  # ... by this much Zipf for the full cue
@@ -150,6 +158,8 @@ _OOV_ZIPF = 1.0  # below this a token counts as not in the word list (made_up_to
 _TYPO_ZIPF = 4.5  # one slip (swap, extra, neighbouring key, dropped vowel) from a word this frequent ...
 _TYPO_DROPPED_ZIPF = 5.0  # ... or any letter short of a word this frequent ("aout") ...
 _F_TYPO = 0.4  # ... is a typo: its weight is cut to this
+_TYPO_LONG_LEN = 7  # from this length a random string is almost never one slip from a word, so ...
+_TYPO_LONG_ZIPF = 3.0  # ... one slip from any word this frequent is a typo ("sceenplay")
 _ELONGATED_ZIPF = 3.0  # "sooo" -> "so": a stretched word is a known one ...
 _ELONGATED_BARE_ZIPF = 4.0  # ... and a common one if it has no vowel ("hmmmm" -> "hmm")
 _ELONGATION_MAX_RUNS = 6
@@ -215,7 +225,9 @@ _HEX_RE = re.compile(r"[a-f]{6,}")
 # Regions that are not prose: fenced code blocks (closed or running to the end),
 # inline code, markup tags and lines that look like code.
 _FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.M | re.S)
-_INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
+# Inline code opens and closes outside words: a backtick between letters is an apostrophe
+# ("you`ve", "couldn`t"), common in text typed on some keyboards.
+_INLINE_CODE_RE = re.compile(r"(?<![^\W_])`[^`\n]+`(?![^\W_])")
 _MARKUP_RE = re.compile(r"</?[A-Za-z!][^<>\n]{0,200}>")
 _CODE_CHARS_RE = re.compile(r"[`{};=<>$\\|]|\(\)")
 _LINE_RE = re.compile(r"[^\n]+")
@@ -342,7 +354,7 @@ def _read_wordlist(wordfreq: ModuleType, code: str, wordlist: str) -> list[list[
 class _CharModel:
     """A character n-gram model of a language's word list (interpolated absolute
     discounting, a member of the Kneser-Ney family), asked how word-like a token
-    looks, in bits per character."""
+    looks, in bits."""
 
     __slots__ = ("_counts", "_hist", "_order", "_pad", "_types", "_uni", "_uni_unseen")
 
@@ -372,8 +384,8 @@ class _CharModel:
         self._hist = hist
         self._types = types
 
-    def bits_per_char(self, word: str) -> float:
-        """Average surprisal of ``word`` and its end, in bits per symbol."""
+    def bits(self, word: str) -> float:
+        """Surprisal of ``word`` and its end, in bits."""
         s = self._pad + word + "$"
         order = self._order
         counts, hist, types = self._counts, self._hist, self._types
@@ -388,13 +400,23 @@ class _CharModel:
                     break
                 p = (max(counts.get(h + c, 0) - _DISCOUNT, 0.0) + _DISCOUNT * types[h] * p) / n_h
             total -= math.log2(p)
-        return total / (len(s) - order + 1)
+        return total
 
 
 class _LangModel:
     """Word frequencies, alphabet and character model of one judged language."""
 
-    __slots__ = ("alphabet", "bits_base", "chars", "code", "ident", "short_floor", "vowel_cue", "zipf")
+    __slots__ = (
+        "alphabet",
+        "chars",
+        "code",
+        "ident",
+        "null_bits",
+        "rare_letter_bits",
+        "short_floor",
+        "vowel_cue",
+        "zipf",
+    )
 
     def __init__(self, code: str, buckets: list[list[str]]) -> None:
         self.code = code
@@ -419,19 +441,29 @@ class _LangModel:
         frequent = [w for w in train if zipf[w] >= 3.0 and len(w) >= 2]
         self.vowel_cue = _vowelless_share(frequent) < _VOWELLESS_SHARE
         self.short_floor = _short_floors(zipf)
-        # Shorter words cost more bits per character (the word boundaries weigh more):
-        # a token is compared with the median frequent word of its own length.
-        by_len: dict[int, list[float]] = {}
-        for w in frequent:
-            n = min(len(w), _BASE_MAX_LEN)
-            if n >= _CHAR_MIN_LEN and len(by_len.setdefault(n, [])) < _BASE_SAMPLE:
-                by_len[n].append(self.chars.bits_per_char(w))
-        self.bits_base = {n: statistics.median(b) for n, b in by_len.items() if b}
+        # The alternative to "a word of the language": a string of its letters drawn at
+        # random, each letter as likely as any other. Its alphabet is the letters that make
+        # up at least 0.1% of the training words' letters (English: a-z). A letter the
+        # language rarely uses (English "ä", "é") is as rare in the alternative as in its
+        # words: evidence of a loanword or a name, not of a random string.
+        uses: Counter[str] = Counter()
+        for w in train:
+            uses.update(w)
+        total = sum(uses.values())
+        core = [ch for ch, n in uses.items() if n >= _CORE_LETTER_SHARE * total]
+        self.null_bits = math.log2(max(2, len(core)))
+        self.rare_letter_bits = {
+            ch: -math.log2(n / total) for ch, n in uses.items() if n < _CORE_LETTER_SHARE * total
+        }
 
-    def excess_bits(self, word: str) -> float:
-        """Bits per character above what a frequent word of the same length costs."""
-        base = self.bits_base.get(min(len(word), _BASE_MAX_LEN), 3.0)
-        return self.chars.bits_per_char(word) - base
+    def surprise(self, word: str) -> float:
+        """How much likelier ``word`` is as a random string of the language's letters than as
+        one of its words: the log-likelihood ratio in bits (negative: word-like)."""
+        rare, flat = self.rare_letter_bits, self.null_bits
+        null = (
+            sum(rare.get(ch, flat) for ch in word) if not rare.keys().isdisjoint(word) else len(word) * flat
+        )
+        return self.chars.bits(word) - null
 
 
 class _Probe(NamedTuple):
@@ -642,6 +674,7 @@ class _Static(NamedTuple):
     weight: float  # word-unlikeness x rarity gate, before context
     reason: str
     unit: bool  # frequent enough to be a unit after a number ("5 mb"); a random string is not
+    cased: float  # the weight of the lower-case token in text that uses capitals (it is not a name)
 
 
 class _Found(NamedTuple):
@@ -696,7 +729,7 @@ class RareTokensDetector(Detector):
     """
 
     kind: ClassVar[str] = "rare_tokens"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: word-unlikeness as a likelihood ratio; the cased-text rule
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
     cost: ClassVar[Cost] = Cost.CHEAP
     Params: ClassVar[type[DetectorParams]] = RareTokensParams
@@ -801,9 +834,9 @@ class RareTokensDetector(Detector):
         odd_types = set().union(*runs.values()) if runs else set()
         for f in found:
             factor = f.context
-            others = len(odd_types - runs.get((f.segment, f.chunk), {f.word}))
+            others = odd_types - runs.get((f.segment, f.chunk), {f.word})
             if others:
-                factor *= _F_ONE_OTHER if others == 1 else _F_MANY_OTHERS
+                factor *= _F_ONE_OTHER if len(others) == 1 else _F_MANY_OTHERS
             jargon = (jargon_total - (1 if f.jargon else 0)) / max(1, chunks_total - 1)
             if jargon > _JARGON_FREE:
                 factor *= max(_F_JARGON_MIN, 1.0 - _JARGON_SLOPE * (jargon - _JARGON_FREE))
@@ -939,7 +972,7 @@ class RareTokensDetector(Detector):
                     len(piece) >= 2
                     and not after_apostrophe
                     and self._zipf_any(piece) < self._p.common_zipf
-                    and any(self._static_weight(lang, piece).weight > 0.0 for lang in self._langs)
+                    and any(self._static_weight(lang, piece).cased > 0.0 for lang in self._langs)
                 ):
                     parts.append((pos, pos + len(piece), piece))
                 pos += len(piece)
@@ -955,7 +988,8 @@ class RareTokensDetector(Detector):
             "-" in word,
             word.endswith(("'s", "s'")),
             not _QUOTES.isdisjoint(chunk[:i]) and not _QUOTES.isdisjoint(chunk[j:]),
-            case in (C_UPPER, C_MIXED),
+            # Acronyms and mixed case are jargon; a single capital ("I", "A", an initial) is not.
+            case == C_MIXED or (case == C_UPPER and len(letters) > 1),
         )
 
     def _zipf_any(self, word: str) -> float:
@@ -976,6 +1010,9 @@ class RareTokensDetector(Detector):
         """Weigh each candidate on its own and in its sentence (before the sample-wide factors)."""
         out: list[_Found] = []
         sentence_cache: dict[int, tuple[_LangModel, _Probe | None, bool]] = {}
+        # Does the segment use capitals (a capitalised word, "I", a sentence start)? Then its
+        # names are capitalised, and a lower-case token in no word list is not one.
+        cased = any(info.kind == K_WORD and info.case != C_LOWER for info in scan.infos)
         for k in scan.cands:
             try:
                 self._spend(_COST_CANDIDATE)
@@ -1004,7 +1041,7 @@ class RareTokensDetector(Detector):
                 ):
                     continue
                 st = self._static_weight(lang, part)
-                weight = st.weight
+                weight = st.cased if cased and info.case == C_LOWER else st.weight
                 if weight <= 0.0:
                     continue
                 context = self._context(scan, k, sentence, st.unit)
@@ -1103,7 +1140,7 @@ class RareTokensDetector(Detector):
 
     def _analyse_word(self, lang: _LangModel, word: str) -> _Static:
         """How word-unlike and how rare ``word`` is, before looking at its context."""
-        none = _Static(0.0, "", True)
+        none = _Static(0.0, "", True, 0.0)
         if not lang.alphabet.issuperset(word):
             return none  # another script or alphabet
         z = lang.zipf.get(word, 0.0)
@@ -1116,24 +1153,31 @@ class RareTokensDetector(Detector):
         if unit is not None and z < _OOV_ZIPF:
             if lang.zipf.get(unit.group(1), 0.0) >= self._p.common_zipf:
                 return none  # "haha", "blahblah"
-            return _Static(gate, R_CHAR_RUN, False)
+            return _Static(gate, R_CHAR_RUN, False, gate)
         if len(word) >= 6 and _HEX_RE.fullmatch(word):
             return none  # a hex string made only of a-f
-        odd = 0.0
+        odd = odd_cased = 0.0
         if len(word) >= _CHAR_MIN_LEN:
-            excess = lang.excess_bits(word)
-            odd = min(1.0, max(0.0, (excess - _EXCESS_OK) / (_EXCESS_ODD - _EXCESS_OK)))
+            llr = lang.surprise(word)
+            odd = _ramp(llr, _LLR_OK, _LLR_ODD)
+            # Only a token in no word list gains: a listed rare word is a word, cased or not.
+            odd_cased = _ramp(llr, _LLR_OK_CASED, _LLR_ODD_CASED) if z < _OOV_ZIPF else odd
         floor = lang.short_floor.get(len(word))
         if floor is not None and z < floor:
-            odd = max(odd, min(1.0, (floor - z) / _SHORT_WIDTH))
+            short = min(1.0, (floor - z) / _SHORT_WIDTH)
+            odd, odd_cased = max(odd, short), max(odd_cased, short)
         if lang.vowel_cue and _VOWELS.isdisjoint(word):
-            odd = 1.0
-        elif odd > 0.0 and _is_typo(lang, word):
-            odd *= _F_TYPO
-        weight = odd * gate
-        if weight <= 0.0:
+            odd = odd_cased = 1.0
+        elif odd_cased > 0.0 and _is_typo(lang, word):
+            odd, odd_cased = odd * _F_TYPO, odd_cased * _F_TYPO
+        if odd_cased <= 0.0:
             return none
-        return _Static(weight, R_MADE_UP if z < _OOV_ZIPF else R_RARE, z >= _UNIT_ZIPF)
+        return _Static(odd * gate, R_MADE_UP if z < _OOV_ZIPF else R_RARE, z >= _UNIT_ZIPF, odd_cased * gate)
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    """0 at or below ``lo``, 1 at or above ``hi``, linear between."""
+    return min(1.0, max(0.0, (x - lo) / (hi - lo)))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1198,17 +1242,21 @@ def _is_typo(lang: _LangModel, word: str) -> bool:
     one-edit neighbours, so for them only swapped neighbouring letters count ("teh");
     from four letters a dropped vowel counts too ("lern"), and from five a letter
     typed twice, an extra letter, a neighbouring key or a letter dropped from a very
-    frequent word ("recieve", "compltely", "aout" is four). Only for tokens with a
-    vowel: consonant strings are one inserted vowel away from many words, which
-    says nothing about them."""
+    frequent word ("recieve", "compltely", "aout" is four). From seven letters any
+    of these slips from any ordinary word (Zipf >= 3) counts ("sceenplay"): 1 in
+    17,000 random seven-letter strings and none of 17,500 eight-letter ones are that
+    close to an English word. Only for tokens with a vowel: consonant strings are one
+    inserted vowel away from many words, which says nothing about them."""
     if len(word) < 3 or _VOWELS.isdisjoint(word):
         return False
     zipf = lang.zipf
+    n = len(word)
+    bar = _TYPO_LONG_ZIPF if n >= _TYPO_LONG_LEN else _TYPO_ZIPF
+    dropped_bar = _TYPO_LONG_ZIPF if n >= _TYPO_LONG_LEN else _TYPO_DROPPED_ZIPF
 
     def frequent(w: str) -> bool:
-        return zipf.get(w, 0.0) >= _TYPO_ZIPF
+        return zipf.get(w, 0.0) >= bar
 
-    n = len(word)
     for i in range(n - 1):  # swapped neighbours
         if word[i] != word[i + 1] and frequent(word[:i] + word[i + 1] + word[i] + word[i + 2 :]):
             return True
@@ -1217,7 +1265,7 @@ def _is_typo(lang: _LangModel, word: str) -> bool:
     for i in range(n + 1):  # a dropped letter
         for c in _LETTERS:
             z = zipf.get(word[:i] + c + word[i:], 0.0)
-            if z >= _TYPO_ZIPF and (c in "aeiou" or z >= _TYPO_DROPPED_ZIPF):
+            if z >= bar and (c in "aeiou" or z >= dropped_bar):
                 return True
     if n <= _SHORT_MAX_LEN:
         return False

