@@ -474,12 +474,13 @@ class PerplexityDetector(Detector):
         cfg = self.p.model
         if not self.p.prepare_if_missing or cfg.model_path is not None or cfg.model_id != DEFAULT_MODEL_ID:
             return
-        if read_manifest(model_dir(cfg.model_id, cfg.cache_dir)) is not None:
+        int8 = cfg.dtype == "int8"
+        if not int8 and read_manifest(model_dir(cfg.model_id, cfg.cache_dir)) is not None:
             return
         from firewall.models.prepare import ensure_prepared
 
-        log.warning("detector %s: preparing the reference model on first start", self.name)
-        ensure_prepared(cfg.cache_dir, log.warning)
+        # Returns at once when the folder (and, for int8, its verified int8 graph) is there.
+        ensure_prepared(cfg.cache_dir, log.warning, quantize="int8" if int8 else None)
 
     def _load(self) -> _Scorer:
         from detectors.reference_lm import ReferenceLM

@@ -72,6 +72,7 @@ Item = str | Sequence[int]
 
 _INV_LN2: Final = float(1.0 / np.log(2.0))
 _ONNX_FILE: Final = "model.onnx"
+_INT8_FILE: Final = "model.int8.onnx"  # firewall.models.quantize.INT8_FILE (not imported: it needs onnx)
 _WEIGHTS_FILE: Final = "model.safetensors"
 _TOKENIZER_FILE: Final = "tokenizer.json"
 # A remote model must reproduce the manifest's reference surprisal this closely. Looser than
@@ -105,10 +106,12 @@ class ReferenceLMConfig(BaseModel):
     threads: int | None = Field(
         None, ge=1, le=256, description="Intra-op threads; default min(2, CPUs), sized for a 2-core sidecar."
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
+    dtype: Literal["float32", "bfloat16", "int8"] = Field(
         "float32",
-        description="torch backend only: bf16 needs half the memory and on CPU runs faster where "
-        "AVX512-BF16 exists; it differs from fp32 by ~0.04 bit a token (median; 0.3 max).",
+        description="'bfloat16': torch backend only; half the memory, faster on CPUs with AVX512-BF16, "
+        "~0.04 bit a token from fp32 (median; 0.3 max). 'int8': onnxruntime on CPU only, the "
+        "model.int8.onnx graph made by `trigger-firewall models prepare --quantize int8`; ~1.5x faster "
+        "than fp32 on CPU, ~0.15 bit a token from fp32 (median; see docs/models.md).",
     )
     cuda_graphs: Literal["graphs", "compile", "eager", "off"] = Field(
         "graphs",
@@ -146,6 +149,10 @@ class ReferenceLMConfig(BaseModel):
             raise ValueError("overlap must be smaller than max_tokens")
         if (self.backend == "triton") != (self.triton is not None):
             raise ValueError("backend 'triton' needs a `triton` endpoint, and only it takes one")
+        if self.dtype == "int8" and (self.backend not in ("auto", "onnxruntime") or self.device == "cuda"):
+            raise ValueError(
+                "dtype 'int8' is an onnxruntime CPU graph: use backend auto/onnxruntime, not cuda"
+            )
         return self
 
 
@@ -414,6 +421,11 @@ def _locate(config: ReferenceLMConfig) -> _Files:
     if folder.is_file():
         if folder.suffix != ".onnx":
             raise ModelUnavailable(f"{folder}: expected an .onnx file or a model folder")
+        if config.dtype == "int8":
+            raise ModelUnavailable(
+                f"{folder}: dtype int8 selects {_INT8_FILE} in a prepared folder; to serve this ONNX "
+                "file as it is, leave dtype at float32"
+            )
         tokenizer = next(
             (
                 p / _TOKENIZER_FILE
@@ -427,11 +439,19 @@ def _locate(config: ReferenceLMConfig) -> _Files:
         return _Files(folder, None, tokenizer, None)
     if not folder.is_dir():
         raise ModelUnavailable(f"model path {folder} does not exist; run `{PREPARE_COMMAND}`")
-    onnx = folder / _ONNX_FILE
+    onnx = folder / (_INT8_FILE if config.dtype == "int8" else _ONNX_FILE)
     has_weights = (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
     tokenizer = folder / _TOKENIZER_FILE
     if not tokenizer.is_file():
         raise ModelUnavailable(f"no {_TOKENIZER_FILE} in {folder}")
+    if config.dtype == "int8" and not onnx.is_file():
+        where = f" --cache-dir {config.cache_dir}" if config.cache_dir else ""
+        raise ModelUnavailable(
+            f"dtype int8: no {_INT8_FILE} in {folder}; run `{PREPARE_COMMAND} --quantize int8{where}` "
+            "(seconds when the model is already prepared)"
+        )
+    if config.dtype == "int8":
+        return _Files(onnx, None, tokenizer, manifest)  # no torch fallback: torch has no such graph
     return _Files(onnx if onnx.is_file() else None, folder if has_weights else None, tokenizer, manifest)
 
 
@@ -476,7 +496,8 @@ def _pick_backend(config: ReferenceLMConfig, files: _Files) -> tuple[str, str]:
                     "torch: torch/transformers not installed (pip install 'trigger-firewall[torch]')"
                 )
                 continue
-        cuda = _cuda_for(backend) if config.device != "cpu" else False
+        # int8 is a CPU graph (MatMulInteger); device auto serves it on the CPU even beside a GPU.
+        cuda = _cuda_for(backend) if config.device != "cpu" and config.dtype != "int8" else False
         if config.device == "cuda" and not cuda:
             reasons.append(f"{backend}: device cuda requested but no GPU is visible to it")
             continue
@@ -545,7 +566,7 @@ class ReferenceLM:
             "backend": backend_name,
             "device": device,
             "threads": threads,
-            "dtype": config.dtype if backend_name == "torch" else "float32",
+            "dtype": config.dtype if backend_name == "torch" or config.dtype == "int8" else "float32",
             "model": (
                 backend.client.target
                 if isinstance(backend, TritonSurprisalBackend)

