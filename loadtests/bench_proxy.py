@@ -915,6 +915,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "machine during them (if any quiet round remains; default %(default)s)",
     )
     parser.add_argument("--stream", action="store_true", help="send stream: true requests")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=BENCH_CONFIG.relative_to(REPO_ROOT),
+        help="firewall config for the default command ({config}); see loadtests/ablation/",
+    )
     parser.add_argument("--startup-timeout", type=float, default=30.0)
     parser.add_argument("--output", type=Path, default=None, help="JSON path override")
     args = parser.parse_args(argv)
@@ -993,7 +999,7 @@ def run_bench(args: argparse.Namespace) -> int:
         admin_port=admin_port,
         upstream=upstream_url,
         python=shlex.quote(python),
-        config=shlex.quote(str(BENCH_CONFIG.relative_to(REPO_ROOT))),
+        config=shlex.quote(str(args.config)),
     )
     proxy_cpus, side_cpus = plan_pinning(args.pin)
     upstream = Service(
