@@ -42,19 +42,18 @@ class Pipeline:
         if not gated:  # the usual case: one stage, no second pass over the rules
             return await self._stage(rules, sample)
         findings = await self._stage([r for r in rules if r.gate is None], sample)
-        if gated:
-            by_name = {f.detector: f for f in findings}
-            to_run: list[DetectorRule] = []
-            for rule in gated:
-                assert rule.gate is not None  # noqa: S101 - narrowed by the filter above
-                gate_name, min_score = rule.gate
-                gate = by_name.get(gate_name)
-                if gate is None or gate.status is not FindingStatus.OK or gate.score >= min_score:
-                    to_run.append(rule)
-                else:
-                    findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))
-                    self._record_skip(rule.detector, sample.phase)
-            findings.extend(await self._stage(to_run, sample))
+        by_name = {f.detector: f for f in findings}
+        to_run: list[DetectorRule] = []
+        for rule in gated:
+            assert rule.gate is not None  # noqa: S101 - narrowed by the filter above
+            gate_name, min_score = rule.gate
+            gate = by_name.get(gate_name)
+            if gate is None or gate.status is not FindingStatus.OK or gate.score >= min_score:
+                to_run.append(rule)
+            else:
+                findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))
+                self._record_skip(rule.detector, sample.phase)
+        findings.extend(await self._stage(to_run, sample))
         return findings
 
     @staticmethod

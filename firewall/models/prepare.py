@@ -652,7 +652,8 @@ def prepare_model(
                 say(f"{folder} is already prepared and verified ({elapsed:.1f} s check)")
                 return PrepareResult(folder, manifest, converted=False, timings={"check": elapsed})
             if problem is None:
-                _require(missing_quantize_packages(), "onnx,cpu")
+                # No torch needed here: onnx (in the prepare and demo extras) and the CPU runtime.
+                _require(missing_quantize_packages(), "'onnx>=1.23,<2' 'trigger-firewall[cpu]'")
                 manifest = _add_int8(folder, manifest, say)
                 timings = {
                     "check": elapsed,
@@ -660,7 +661,10 @@ def prepare_model(
                 }
                 return PrepareResult(folder, manifest, converted=False, timings=timings, quantized=True)
             say(f"{folder}: {problem}; preparing again")
-        _require(missing_prepare_packages(formats), "prepare,cpu")
+        _require(
+            missing_prepare_packages(formats),
+            "'trigger-firewall[prepare,cpu]' (torch==2.13.0 is the CPU wheel)",
+        )
         start = time.perf_counter()
         work = models / f".{resolved.model_id}.partial-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
@@ -692,12 +696,12 @@ def prepare_model(
         )
 
 
-def _require(missing: Sequence[str], extras: str) -> None:
+def _require(missing: Sequence[str], install: str) -> None:
+    """Refuse with the ``pip install`` arguments that bring the missing packages."""
     if missing:
         raise ModelUnavailable(
             f"preparing the reference model needs {', '.join(missing)}: "
-            f"pip install 'trigger-firewall[{extras}]' (torch==2.13.0 is the CPU wheel), then run "
-            f"`{PREPARE_COMMAND}`"
+            f"pip install {install}, then run `{PREPARE_COMMAND}`"
         )
 
 

@@ -217,3 +217,25 @@ async def test_first_start_with_dtype_int8_adds_the_int8_graph(
         assert (folder / "model.int8.onnx").is_file()
     finally:
         await det.close()
+
+
+def test_missing_quantize_packages_name_an_install_that_exists(
+    prepared_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal names packages and extras pip can install (there is no ``onnx`` extra)."""
+    import re
+    import tomllib
+
+    from firewall.models import prepare
+
+    _linked_cache(prepared_model_dir, tmp_path)
+    monkeypatch.setattr(prepare, "missing_quantize_packages", lambda: ["onnx"])
+    with pytest.raises(ModelUnavailable, match="needs onnx") as caught:
+        prepare.prepare_model(None, tmp_path, quantize="int8", log_fn=lambda _msg: None)
+    message = str(caught.value)
+    assert "'onnx>=1.23,<2'" in message
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    named = [e for group in re.findall(r"trigger-firewall\[([^\]]+)\]", message) for e in group.split(",")]
+    assert named
+    assert set(named) <= set(extras)
