@@ -36,7 +36,7 @@ from firewall.audit import fingerprint
 from firewall.errors import BodyTooLarge, FirewallError, ProtocolError, UnsupportedEncoding
 from firewall.exchange import Exchange, record_verdict, write_audit
 from firewall.runtime import MatchedRoute, Runtime
-from firewall.state import STATE, ServerState
+from firewall.state import ServerState
 from firewall.types import Mode, Phase, Sample
 
 __all__ = ["handle"]
@@ -48,16 +48,15 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
 
 
-def _request_id(request: web.Request) -> str:
+def _request_id(request: web.BaseRequest) -> str:
     given = request.headers.get("X-Request-Id")
     if given and _REQUEST_ID.match(given):
         return given
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
+async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResponse:
     """Entry point for every request on the proxy port."""
-    state = request.app[STATE]
     runtime = state.runtime  # one snapshot for the whole request, even across a reload
     config = runtime.config
     rid = _request_id(request)
@@ -107,7 +106,7 @@ def _failed(ex: Exchange, exc: FirewallError, runtime: Runtime) -> web.Response:
 
 
 async def _passthrough(
-    request: web.Request, state: ServerState, runtime: Runtime, ex: Exchange
+    request: web.BaseRequest, state: ServerState, runtime: Runtime, ex: Exchange
 ) -> web.StreamResponse:
     if ex.route == "unmatched" and runtime.config.routing.unknown_routes == "deny":
         _reject(state, ex, "unknown_route")
@@ -131,7 +130,7 @@ async def _passthrough(
         return _failed(ex, exc, runtime)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     length = request.content_length
     if length is not None:
         if length > limit:
@@ -177,7 +176,7 @@ def _reject_reason(exc: ProtocolError) -> str:
 
 
 async def _screened(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ServerState,
     runtime: Runtime,
     matched: MatchedRoute,
@@ -259,7 +258,7 @@ async def _screened(
 
 
 async def _forward_unscreened(
-    request: web.Request, state: ServerState, runtime: Runtime, ex: Exchange, raw: bytes
+    request: web.BaseRequest, state: ServerState, runtime: Runtime, ex: Exchange, raw: bytes
 ) -> web.StreamResponse:
     """Forward an already-read body untouched (a model whose override turns screening off)."""
     try:

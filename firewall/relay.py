@@ -75,7 +75,7 @@ def _failure_class(exc: UpstreamError) -> str:
     return "error"
 
 
-def _url(base: str, request: web.Request) -> URL:
+def _url(base: str, request: web.BaseRequest) -> URL:
     raw = request.raw_path
     if not raw.startswith("/"):
         raw = str(request.rel_url)  # absolute-form request target: keep only path and query
@@ -83,7 +83,7 @@ def _url(base: str, request: web.Request) -> URL:
 
 
 async def forward(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ServerState,
     runtime: Runtime,
     ex: Exchange,
@@ -143,7 +143,7 @@ def _sse_headers(resp: aiohttp.ClientResponse, request_id: str, keep_encoding: b
 
 
 async def _relay_untouched(
-    request: web.Request, state: ServerState, resp: aiohttp.ClientResponse, ex: Exchange, is_sse: bool
+    request: web.BaseRequest, state: ServerState, resp: aiohttp.ClientResponse, ex: Exchange, is_sse: bool
 ) -> web.StreamResponse:
     if not is_sse and resp.content_length is not None and resp.content_length <= _SMALL_BODY:
         try:
@@ -244,7 +244,7 @@ def _unscreenable(matched: MatchedRoute, rules: Sequence[DetectorRule], why: str
 
 
 async def _relay_body_screened(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ServerState,
     runtime: Runtime,
     ex: Exchange,
@@ -327,7 +327,7 @@ def _output_block(
 
 
 async def _relay_stream_screened(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ServerState,
     runtime: Runtime,
     ex: Exchange,

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from firewall.app import make_admin_app, make_proxy_app
+from firewall.app import make_admin_app, make_proxy_server
 from firewall.audit import AuditLog
 from firewall.config import AuditConfig, FirewallConfig, deep_merge
 from firewall.detector_context import DetectorContext, UpstreamClient
@@ -76,7 +76,7 @@ class Server:
             )
             self.score_log = AuditLog(sink)
         self.state = ServerState(runtime, self.metrics, self.audit, self.score_log)
-        self._proxy_runner: web.AppRunner | None = None
+        self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._proxy_site: web.TCPSite | None = None
         self.ports = BoundPorts(0, 0)
@@ -106,15 +106,16 @@ class Server:
         await self._admin_runner.setup()
         admin_site = web.TCPSite(self._admin_runner, cfg.admin_host, cfg.admin_port)
         await admin_site.start()
-        self._proxy_runner = web.AppRunner(
-            make_proxy_app(self.state),
+        self._proxy_runner = web.ServerRunner(
+            make_proxy_server(
+                self.state,
+                access_log=None,
+                # Bodies are relayed as the client encoded them: inflating them here would forward
+                # plain bytes under the client's Content-Encoding header (and inflate bombs).
+                auto_decompress=False,
+            ),
             handle_signals=False,
-            access_log=None,
-            handler_cancellation=True,
             shutdown_timeout=1.0,
-            # Bodies are relayed as the client encoded them: inflating them here would forward
-            # plain bytes under the client's Content-Encoding header (and inflate bombs).
-            auto_decompress=False,
         )
         await self._proxy_runner.setup()
         self._proxy_site = web.TCPSite(self._proxy_runner, cfg.host, cfg.port, backlog=1024)
@@ -200,7 +201,7 @@ class Server:
         log.info("stopped")
 
 
-def _bound_port(runner: web.AppRunner) -> int:
+def _bound_port(runner: web.BaseRunner) -> int:
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])

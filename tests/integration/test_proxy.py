@@ -583,3 +583,52 @@ async def test_unreadable_output_follows_fail_mode(firewall: FirewallFactory, up
         )
         == 1
     )
+
+
+async def _raw_exchange(url: str, head: bytes, body: bytes, *, wait_for_continue: bool) -> bytes:
+    """Send a request over a plain socket; with ``wait_for_continue`` the body waits for a 100."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        if wait_for_continue:
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_is_answered_then_screened(
+    firewall: FirewallFactory, upstream: FakeUpstream
+):
+    """curl sends ``Expect: 100-continue`` for large bodies and waits a second without a 100."""
+    fw = await firewall()
+    for text, status in (("What is the capital of France?", b"HTTP/1.1 200 "), (TRIGGER, b"HTTP/1.1 400 ")):
+        body = orjson.dumps(chat_body(text))
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        answer = await _raw_exchange(fw.url, head, body, wait_for_continue=True)
+        assert answer.startswith(status), answer[:80]
+    assert len(upstream.received) == 1  # the blocked one never left
+    assert "expect" not in {k.lower() for k in upstream.received[0]["headers"]}
+
+
+async def test_unknown_expectation_is_417(firewall: FirewallFactory, upstream: FakeUpstream):
+    fw = await firewall()
+    body = orjson.dumps(chat_body("hello"))
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: something-else\r\nConnection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    answer = await _raw_exchange(fw.url, head, body, wait_for_continue=False)
+    assert answer.startswith(b"HTTP/1.1 417 "), answer[:80]
+    assert b'"code":"expectation_failed"' in answer
+    assert upstream.received == []
