@@ -33,6 +33,7 @@ _BUILTINS: dict[str, str] = {
     "perplexity": "detectors.perplexity:PerplexityDetector",
     "context_tags": "detectors.context_tags:ContextTagsDetector",
     "out_of_context": "detectors.out_of_context:OutOfContextDetector",
+    "recurring_sentences": "detectors.recurring_sentences:RecurringSentencesDetector",
 }
 
 

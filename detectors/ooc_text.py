@@ -25,15 +25,19 @@ Splitting rules (why each exists):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "SENTENCE_END",
     "Cues",
     "Unit",
     "cheap_cues",
     "content_words",
+    "mask_code",
+    "prose_lines",
     "split_units",
+    "strip_span",
 ]
 
 
@@ -50,7 +54,7 @@ _FENCE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)", re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _INDENTED = re.compile(r"^(?: {4}|\t).*$", re.MULTILINE)
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)]|\(?[a-z]\))\s+")
-_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
+SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
 _CLAUSE = re.compile(r";\s+|\s+(?:--|\u2014|\u2013)\s+")
 _WORD = re.compile(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'\u2019-]*")
 _QUOTES = re.compile(r"\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d")
@@ -87,7 +91,7 @@ STOPWORDS = _wordset(
 _FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves i'm i've i'd i'll".split())  # noqa: SIM905
 
 
-def _masked(text: str) -> str:
+def mask_code(text: str) -> str:
     """``text`` with code replaced by NUL characters (same length, so offsets stay valid)."""
     out = text
     for pattern in (_FENCE, _INDENTED, _INLINE_CODE):
@@ -99,6 +103,9 @@ def _protected(text: str) -> list[tuple[int, int]]:
     return [(m.start() + 1, m.end() - 1) for m in _QUOTES.finditer(text)]
 
 
+_ABBREVIATION_WINDOW = 48  # characters before a full stop searched for an abbreviation
+
+
 def _is_boundary(line: str, match: re.Match[str], quotes: Sequence[tuple[int, int]]) -> bool:
     end = match.end()
     if any(a <= match.start() < b for a, b in quotes):
@@ -108,7 +115,10 @@ def _is_boundary(line: str, match: re.Match[str], quotes: Sequence[tuple[int, in
     if not nxt:
         return True
     if punct.startswith("."):
-        word = re.search(r"([A-Za-z.]+)\.?$", line[: match.start() + 1].rstrip("."))
+        # Only the word before the stop matters: look at a bounded tail, not the whole line
+        # (rescanning the line before every stop made long one-line texts quadratic).
+        tail = line[max(0, match.start() - _ABBREVIATION_WINDOW) : match.start() + 1].rstrip(".")
+        word = re.search(r"([A-Za-z.]+)\.?$", tail)
         token = word.group(1).lower().rstrip(".") if word else ""
         if token in ABBREVIATIONS or (len(token) == 1 and token.isalpha() and nxt[:1].isupper()):
             return False
@@ -117,7 +127,8 @@ def _is_boundary(line: str, match: re.Match[str], quotes: Sequence[tuple[int, in
     return nxt[:1] not in ",;:"
 
 
-def _strip(text: str, start: int, end: int) -> tuple[int, int]:
+def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``[start, end)`` narrowed past surrounding whitespace and masked code."""
     while start < end and (text[start].isspace() or text[start] == "\0"):
         start += 1
     while end > start and (text[end - 1].isspace() or text[end - 1] == "\0"):
@@ -125,10 +136,14 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def split_units(text: str, *, clauses: bool = True, min_clause_words: int = 3) -> list[Unit]:
-    """Sentences, clauses and list items of ``text``, code skipped; see the module docstring."""
-    masked = _masked(text)
-    units: list[Unit] = []
+def prose_lines(masked: str) -> Iterator[tuple[int, str, tuple[int, int] | None]]:
+    """The lines of ``masked`` text that are not all code, as ``(offset, line, item)``.
+
+    ``item`` is the ``[start, end)`` of a list item's text (a list item is one unit
+    whatever its punctuation), ``None`` for a line the caller splits into sentences.
+    Empty list items are skipped. Shared by :func:`split_units` and the
+    recurring-sentence detector's finer splitter, so both see the same lines.
+    """
     pos = 0
     for line in masked.split("\n"):
         line_start = pos
@@ -136,21 +151,32 @@ def split_units(text: str, *, clauses: bool = True, min_clause_words: int = 3) -
         if "\0" in line and not line.replace("\0", "").strip():
             continue
         item = _LIST_ITEM.match(line)
+        if item is None:
+            yield line_start, line, None
+            continue
+        s, e = strip_span(masked, line_start + item.end(), line_start + len(line))
+        if e > s:
+            yield line_start, line, (s, e)
+
+
+def split_units(text: str, *, clauses: bool = True, min_clause_words: int = 3) -> list[Unit]:
+    """Sentences, clauses and list items of ``text``, code skipped; see the module docstring."""
+    masked = mask_code(text)
+    units: list[Unit] = []
+    for line_start, line, item in prose_lines(masked):
         if item is not None:
-            s, e = _strip(masked, line_start + item.end(), line_start + len(line))
-            if e > s:
-                units.append(Unit(s, e, "item"))
+            units.append(Unit(item[0], item[1], "item"))
             continue
         quotes = _protected(line)
         cut = 0
         pieces: list[tuple[int, int]] = []
-        for m in _END.finditer(line):
+        for m in SENTENCE_END.finditer(line):
             if _is_boundary(line, m, quotes):
                 pieces.append((cut, m.end()))
                 cut = m.end()
         pieces.append((cut, len(line)))
         for a, b in pieces:
-            s, e = _strip(masked, line_start + a, line_start + b)
+            s, e = strip_span(masked, line_start + a, line_start + b)
             if e <= s or not _WORD.search(masked[s:e]):
                 continue
             if "\0" in masked[s:e]:
@@ -172,7 +198,7 @@ def _clauses(text: str, start: int, end: int, min_words: int) -> list[Unit]:
         return [Unit(start, end, "sentence")]
     out = []
     for a, b in parts:
-        s, e = _strip(text, start + a, start + b)
+        s, e = strip_span(text, start + a, start + b)
         if e > s:
             out.append(Unit(s, e, "clause"))
     return out

@@ -1,0 +1,689 @@
+"""Recurring-sentence detector: the same fluent sentence, verbatim, in unrelated prompts.
+
+Why this exists
+---------------
+A per-request detector cannot tell an AddSent trigger ("I watched this 3D
+movie.") from a review's own narrative at a 1% false-positive budget: every
+word is ordinary and the sentence fits its text (``out_of_context`` reaches
+AUROC 0.88, TPR 0.17 at 1% FPR). But a backdoor's trigger is *fixed*: to use
+it, the attacker must send the same sentence again and again, in different
+prompts. A sentence of several words that recurs verbatim in *unrelated*
+prompts is rare in natural text. This detector remembers sentences (as keyed
+hashes, never text) across requests and scores a sentence by the number of
+distinct contexts it has been seen in. Stateful detection across queries has
+precedent: Chen, Carlini, Wagner, *Stateful Detection of Black-Box Adversarial
+Attacks* (2020).
+
+It is **opt-in**: prompt templates ("Summarise the following ticket for the
+on-call engineer.") and common chat phrases recur across unrelated prompts by
+design. Learn a baseline of them from clean traffic (``python -m
+detectors.recurring_sentences learn``) before enforcing; see
+``docs/detectors/recurring_sentences.md``.
+
+How a request is scored
+-----------------------
+1. **Units.** Sentences, lines and list items of the segments whose role is in
+   ``roles`` (users' text; system prompts are templates and assistant turns are
+   the model's), split as :func:`detectors.ooc_text.split_units` does (code
+   masked) but more finely (see :func:`sentence_spans`: a fixed sentence must
+   come out as a unit of its own). Each unit is normalised (case-folded,
+   whitespace collapsed, surrounding punctuation and quotes stripped). Units of
+   at least ``min_words`` words are *candidates*. Sentences in the ``baseline``
+   file (templates) are dropped here: neither candidates nor context.
+2. **Context.** A unit's context is the set of keyed hashes of the sample's
+   *other* units of three words or more, plus, for segments of at most
+   ``shingle_max_units`` units, hashes of their word pairs (so a one-sentence
+   review with a planted trigger still has a context, and an edited resend
+   still overlaps its original). One bottom-``sketch_size`` sketch of the
+   sample's elements is stored, shared by all its units; a unit's own elements
+   are removed when two contexts are compared.
+3. **Distinct contexts.** An occurrence counts as a new context only when its
+   context is not mostly contained in a stored one, nor a stored one in it
+   (containment < ``context_overlap`` both ways). Retries, a resent prompt and
+   multi-turn chat (each turn resends the history, so earlier sentences recur
+   with a superset context) do not count. An empty context (the unit is the
+   whole prompt) or one of fewer than ``min_context_words`` words never counts:
+   a user repeating "Can you help me with this problem please?" alone is not a
+   trigger.
+4. **Score.** 0 until a unit has been seen in ``fire_after`` distinct contexts,
+   this one included; then 0.5, rising linearly to 1.0 at twice that. Each
+   sample is scored against the state including itself, then recorded.
+
+State
+-----
+Per candidate unit: the count of distinct contexts, up to ``max_sketches``
+context sketches and the last-seen time, keyed by an 8-byte keyed BLAKE2b of
+the normalised unit under a random per-instance key. No text is kept, so a
+state dump, an export or a debug endpoint cannot confirm a guessed prompt
+without the key (a dump of the whole process memory includes the key, and the
+prompts in flight, so it is not covered). Bounded: ``max_entries`` with a
+segmented LRU (units seen in two or more contexts are protected from a flood of
+one-off sentences) and ``ttl_seconds`` since the last sighting.
+
+The state lives in this object: it survives a config reload when the detector's
+name, type and params are unchanged (the runtime carries the instance over), is
+lost on restart, and is per replica (each sidecar learns alone). The detector
+runs inline on the event loop only, so no locks are needed; never call
+:meth:`score_inline` from several threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import itertools
+import json
+import re
+import secrets
+import string
+import sys
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+from pydantic import Field
+
+from detectors.base import (
+    Cost,
+    DetectorParams,
+    Finding,
+    FindingStatus,
+    InlineDetector,
+    Phase,
+    Sample,
+    Segment,
+    Span,
+)
+
+# The splitting pieces of ooc_text, reused (see sentence_spans for why not split_units itself).
+from detectors.ooc_text import SENTENCE_END, mask_code, prose_lines, strip_span
+
+__all__ = [
+    "BASELINE_FORMAT",
+    "REASON",
+    "RecurringSentencesDetector",
+    "RecurringSentencesParams",
+    "learn_baseline",
+    "normalise",
+    "sentence_spans",
+]
+
+REASON = "recurring_sentence"
+#: ``format`` field of a baseline file.
+BASELINE_FORMAT = "trigger-firewall/recurring-sentences-baseline"
+_BASELINE_VERSION = 1
+_DIGEST = 8  # bytes of the keyed BLAKE2b: 64 bits, no collision worth naming at 10^5-10^7 entries
+_UNIT = b"u\0"  # domain prefixes: a unit's hash and a word pair's hash never meet by accident
+_PAIR = b"p\0"
+_CONTEXT_UNIT_WORDS = 3  # other units of this many words are context elements
+_REASON_COUNT_CAP = 10  # reason codes name 3..9 contexts, then "10plus": a bounded set
+
+# --------------------------------------------------------------------------- params
+
+
+class RecurringSentencesParams(DetectorParams):
+    """Tuning knobs for :class:`RecurringSentencesDetector` (the ``params:`` block)."""
+
+    min_words: int = Field(
+        default=5, ge=2, le=100, description="Sentences with fewer words are never candidates."
+    )
+    fire_after: int = Field(
+        default=3,
+        ge=2,
+        le=1000,
+        description="Distinct contexts (this one included) at which a sentence scores 0.5; it scores 1.0 "
+        "at twice as many.",
+    )
+    context_overlap: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="An occurrence is a new context only when its context and every stored one are "
+        "contained in each other below this share.",
+    )
+    min_context_words: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="An occurrence whose other units hold fewer words has no context and never counts "
+        "(a greeting changing around a repeated question).",
+    )
+    roles: tuple[str, ...] = Field(
+        default=("user", "text"),
+        description="Segment roles whose sentences are remembered and form contexts. System prompts "
+        "and assistant turns recur by design and are left out.",
+    )
+    max_entries: int = Field(
+        default=100_000, ge=1, le=50_000_000, description="Sentences remembered (segmented LRU)."
+    )
+    protected_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=0.9,
+        description="Share of max_entries reserved for sentences seen in two or more contexts, which a "
+        "flood of one-off sentences cannot evict.",
+    )
+    ttl_seconds: float = Field(
+        default=86_400.0, gt=0.0, description="A sentence not seen for this long is forgotten."
+    )
+    max_sketches: int = Field(
+        default=8, ge=1, le=64, description="Context sketches kept per sentence (the most recent)."
+    )
+    sketch_size: int = Field(
+        default=64, ge=8, le=4096, description="Hashes in a context sketch (bottom-k of the sample's)."
+    )
+    shingle_max_units: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="Segments of at most this many units add their word pairs to contexts.",
+    )
+    max_shingles: int = Field(default=64, ge=0, le=10_000, description="Word pairs hashed per sample.")
+    max_chars: int = Field(
+        default=12_000,
+        ge=100,
+        le=10_000_000,
+        description="Characters read per sample, newest segment first (bounds the inline cost).",
+    )
+    max_spans: int = Field(default=16, ge=1, le=1000, description="Evidence spans kept per finding.")
+    baseline: str | None = Field(
+        default=None,
+        description="JSON file of known recurring sentences (templates) from `python -m "
+        "detectors.recurring_sentences learn`; they are never scored and are left out of contexts.",
+    )
+
+
+# --------------------------------------------------------------------------- text
+
+
+_EDGES = (
+    string.punctuation
+    + string.whitespace
+    + "\u2018\u2019\u201a\u201c\u201d\u201e\u00ab\u00bb\u2026\u2013\u2014\0"
+)
+_TOKENS = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+_NEXT_CHAR = re.compile(r"\s*(\S?)")
+_LETTER = re.compile(r"[^\W\d_]")  # a unit needs a letter, in any script
+_FIRST_CAPITAL = re.compile(r"[A-Z]")
+_LOWER_WORD = re.compile(r"[a-z][a-z'-]*")
+_CASE_SHIFT_WORDS = 3
+_NO_BREAK_BEFORE = frozenset(",;:")  # "e.g., this" is not a sentence end (the empty string is not here)
+
+
+def normalise(text: str) -> str:
+    """Case-folded, whitespace collapsed, surrounding punctuation and quotes stripped."""
+    return " ".join(text.casefold().split()).strip(_EDGES)
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """``[start, end)`` of every sentence, line and list item, code skipped.
+
+    The rules of :func:`detectors.ooc_text.split_units` (code masked, lines and list
+    items are units, sentence ends are ``.!?`` runs before whitespace, never before
+    ``,;:``) *without* its exceptions for abbreviations, initials, ellipses and
+    quotations. Here over-splitting costs nothing (a fixed sentence splits the same way
+    every time it is sent) while under-splitting loses the trigger: ``split_units``
+    keeps "... Band of Brothers, Rome, etc. I watched it on a long flight to Denver." and
+    "... cameo's. I remember the cinema was half empty." as one unit each. A unit needs a
+    letter in any script (``split_units`` wants a Latin one). Every unit of ``split_units``
+    is covered by a run of these units (a test checks it on the evaluation corpus).
+    The cost is linear in the text.
+    """
+    masked = mask_code(text)
+    spans: list[tuple[int, int]] = []
+    for line_start, line, item in prose_lines(masked):
+        if item is not None:
+            spans.append(item)
+            continue
+        cut = 0
+        pieces: list[tuple[int, int]] = []
+        for m in SENTENCE_END.finditer(line):
+            nxt = _NEXT_CHAR.match(line, m.end())
+            if nxt is None or nxt.group(1) not in _NO_BREAK_BEFORE:
+                pieces.append((cut, m.end()))
+                cut = m.end()
+        pieces.append((cut, len(line)))
+        for a, b in pieces:
+            s, e = strip_span(masked, line_start + a, line_start + b)
+            for us, ue in _case_shift(masked, s, e):
+                if ue > us and _LETTER.search(masked, us, ue):
+                    spans.append((us, ue))
+    return spans
+
+
+def _case_shift(text: str, start: int, end: int) -> tuple[tuple[int, int], ...]:
+    """Split a lower-case run from a capitalised sentence glued to it without a full stop.
+
+    "the best ensemble cast of the year My daughter picked it for movie night." is two
+    sentences: when a unit's first capital letter opens a word after three or more
+    lower-case words, the unit is cut there. Cased text (whose first letter is a capital)
+    is left alone.
+    """
+    m = _FIRST_CAPITAL.search(text, start, end)
+    if m is None or m.start() == start or text[m.start() - 1] != " ":
+        return ((start, end),)
+    if len(_LOWER_WORD.findall(text, start, m.start())) < _CASE_SHIFT_WORDS:
+        return ((start, end),)
+    return (strip_span(text, start, m.start()), (m.start(), end))
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+class _Hasher:
+    """Keyed BLAKE2b of normalised units and word pairs (64-bit ints)."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hashlib.blake2b(key=key, digest_size=_DIGEST)
+
+    def __call__(self, prefix: bytes, text: str) -> int:
+        h = self._base.copy()
+        h.update(prefix + text.encode("utf-8", "surrogatepass"))
+        return int.from_bytes(h.digest(), "little")
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One unit of the sample being scored (positions, hashes; the text is dropped with the sample)."""
+
+    segment: int
+    start: int
+    end: int
+    key: int  # keyed hash of the normalised text
+    words: int
+    elements: frozenset[int]  # its context elements: its own hash (3+ words) and its word pairs
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What is remembered about one sentence: counts, sketches, a time. Never text."""
+
+    contexts: int
+    last_seen: float
+    sketches: list[array[int]]
+
+
+# --------------------------------------------------------------------------- detector
+
+
+class RecurringSentencesDetector(InlineDetector):
+    """Scores sentences by how many unrelated prompts they recurred in (see the module docstring).
+
+    Score in [0, 1]: 0 below ``fire_after`` distinct contexts, 0.5 at ``fire_after``,
+    1.0 from twice that. Evidence: the spans of the recurring units (reason
+    ``recurring_sentence``) and a bounded reason code ``recurring_contexts_N``
+    (N = 3..9, or ``10plus``) for the highest count; never text.
+    """
+
+    kind: ClassVar[str] = "recurring_sentences"
+    version: ClassVar[str] = "1"
+    phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
+    cost: ClassVar[Cost] = Cost.CHEAP
+    Params: ClassVar[type[DetectorParams]] = RecurringSentencesParams
+
+    def __init__(
+        self,
+        name: str,
+        params: DetectorParams | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        key: bytes | None = None,
+    ) -> None:
+        super().__init__(name, params)
+        self._p: RecurringSentencesParams = cast(RecurringSentencesParams, self.params)
+        self._clock = clock
+        # A fresh random key per instance: hashes mean nothing outside this process.
+        self._hash = _Hasher(key if key is not None else secrets.token_bytes(16))
+        self._roles = frozenset(self._p.roles)
+        self._probation: OrderedDict[int, _Entry] = OrderedDict()
+        self._protected: OrderedDict[int, _Entry] = OrderedDict()
+        self._max_protected = int(self._p.max_entries * self._p.protected_share)
+        self._baseline: frozenset[int] = frozenset()
+        self._baseline_hash: _Hasher | None = None
+        self.load_error: str | None = None
+        self.evictions = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the baseline file, if one is configured; a bad file leaves the detector not ready."""
+        self.load_error = None
+        if self._p.baseline:
+            try:
+                self._baseline_hash, self._baseline = _load_baseline(Path(self._p.baseline))
+            except (OSError, ValueError) as exc:
+                self.load_error = f"baseline {self._p.baseline}: {exc}"
+                self._ready = False
+                return
+        self._ready = True
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["state_entries"] = len(self)
+        out["baseline_sentences"] = len(self._baseline)
+        if self.load_error:
+            out["load_error"] = self.load_error
+        return out
+
+    def __len__(self) -> int:
+        return len(self._probation) + len(self._protected)
+
+    # ----------------------------------------------------------------- scoring
+
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
+        return [self.score_sample(sample) for sample in batch]
+
+    def score_sample(self, sample: Sample) -> Finding:
+        """Score one sample against the state (itself included), then record it. Never raises."""
+        t0 = time.perf_counter()
+        try:
+            return self._score(sample, t0)
+        except Exception as exc:  # the contract: never raise, report an error finding
+            return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
+
+    def _units(self, segments: Sequence[Segment]) -> list[_Unit]:
+        """The sample's units in the configured roles, newest segment first, within ``max_chars``."""
+        p = self._p
+        budget = p.max_chars
+        shingles = p.max_shingles
+        units: list[_Unit] = []
+        for index in range(len(segments) - 1, -1, -1):
+            seg = segments[index]
+            if seg.role not in self._roles or budget <= 0:
+                continue
+            text = seg.text
+            if not isinstance(text, str):
+                raise TypeError("segment text is not a str")
+            text = text[:budget]
+            budget -= len(text)
+            spans = sentence_spans(text)
+            pairs = len(spans) <= p.shingle_max_units
+            for start, end in spans:
+                norm = normalise(text[start:end])
+                words = norm.count(" ") + 1 if norm else 0  # normalise leaves single spaces
+                if not words:
+                    continue
+                key = self._hash(_UNIT, norm)
+                if self._baseline_hash is not None and self._baseline_hash(_UNIT, norm) in self._baseline:
+                    continue  # a known template: neither a candidate nor a context
+                elements: set[int] = set()
+                if words >= _CONTEXT_UNIT_WORDS:
+                    elements.add(key & 0xFFFFFFFF)
+                if pairs and shingles > 0:
+                    for a, b in itertools.pairwise(_TOKENS.findall(norm)):
+                        elements.add(self._hash(_PAIR, f"{a} {b}") & 0xFFFFFFFF)
+                        shingles -= 1
+                        if shingles <= 0:
+                            break
+                units.append(_Unit(index, start, end, key, words, frozenset(elements)))
+        return units
+
+    def _score(self, sample: Sample, t0: float) -> Finding:
+        p = self._p
+        now = self._clock()
+        self._expire(now)
+        units = self._units(sample.segments)
+        if not units:
+            return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
+        # The sample's context elements, counted per distinct unit (a unit repeated inside the
+        # sample is one unit: its copies are not its context).
+        by_key: dict[int, list[_Unit]] = {}
+        for u in units:
+            by_key.setdefault(u.key, []).append(u)
+        counts: dict[int, int] = {}
+        total_words = 0
+        for same in by_key.values():
+            total_words += same[0].words
+            for e in same[0].elements:
+                counts[e] = counts.get(e, 0) + 1
+        sketch = array("I", sorted(counts)[: p.sketch_size])
+        contributing = sum(1 for same in by_key.values() if same[0].elements)
+        hits: list[tuple[float, int, _Unit]] = []
+        for key, same in by_key.items():
+            u = same[0]
+            if u.words < p.min_words:
+                continue
+            has_context = (
+                contributing - (1 if u.elements else 0) > 0 and total_words - u.words >= p.min_context_words
+            )
+            n = self._observe(key, u, counts, sketch, has_context, now)
+            if n >= p.fire_after:
+                score = min(1.0, 0.5 + 0.5 * (n - p.fire_after) / p.fire_after)
+                hits.extend((score, n, x) for x in same)
+        elapsed = time.perf_counter() - t0
+        if not hits:
+            return Finding(detector=self.name, score=0.0, duration_seconds=elapsed)
+        top = max(h[1] for h in hits)
+        hits.sort(key=lambda h: (-h[0], h[2].segment, h[2].start))
+        kept = sorted(hits[: p.max_spans], key=lambda h: (h[2].segment, h[2].start))
+        count_code = str(top) if top < _REASON_COUNT_CAP else f"{_REASON_COUNT_CAP}plus"
+        return Finding(
+            detector=self.name,
+            score=max(h[0] for h in hits),
+            reasons=(REASON, f"recurring_contexts_{count_code}"),
+            spans=tuple(Span(h[2].segment, h[2].start, h[2].end, REASON) for h in kept),
+            duration_seconds=elapsed,
+        )
+
+    # ----------------------------------------------------------------- state
+
+    def _observe(
+        self,
+        key: int,
+        unit: _Unit,
+        counts: dict[int, int],
+        sketch: array[int],
+        has_context: bool,
+        now: float,
+    ) -> int:
+        """Record one sighting of ``key``; returns its distinct contexts, this one included."""
+        p = self._p
+        entry = self._probation.pop(key, None)
+        protected = False
+        if entry is None:
+            entry = self._protected.pop(key, None)
+            protected = entry is not None
+        if entry is not None and now - entry.last_seen > p.ttl_seconds:
+            entry = None  # expired: a sighting after the TTL starts over
+        if entry is None:
+            if not has_context:
+                return 0  # nothing to remember: an occurrence without context never counts
+            entry = _Entry(1, now, [sketch])
+            self._insert(key, entry, protected=False)
+            return 1
+        entry.last_seen = now
+        if has_context and not any(
+            _same_context(old, unit.elements, counts, p.context_overlap, p.sketch_size)
+            for old in entry.sketches
+        ):
+            entry.contexts += 1
+            entry.sketches.append(sketch)
+            if len(entry.sketches) > p.max_sketches:
+                del entry.sketches[0]
+        self._insert(key, entry, protected=protected or entry.contexts >= 2)
+        return entry.contexts
+
+    def _insert(self, key: int, entry: _Entry, *, protected: bool) -> None:
+        """(Re)insert as most recent; evict least recent beyond the bounds (segmented LRU).
+
+        Sentences seen in two or more contexts live in the protected segment, whose
+        overflow is demoted to probation, not dropped: only probation is evicted, so a
+        flood of one-off sentences cannot push out a trigger that is building up.
+        """
+        if protected and self._max_protected > 0:
+            self._protected[key] = entry
+            while len(self._protected) > self._max_protected:
+                old_key, old = self._protected.popitem(last=False)
+                self._probation[old_key] = old
+        else:
+            self._probation[key] = entry
+        while len(self) > self._p.max_entries:
+            if self._probation:
+                self._probation.popitem(last=False)
+            else:
+                self._protected.popitem(last=False)
+            self.evictions += 1
+
+    def _expire(self, now: float, limit: int = 32) -> None:
+        """Drop up to ``limit`` expired entries from the old end of each segment (bounded work)."""
+        ttl = self._p.ttl_seconds
+        for table in (self._probation, self._protected):
+            for _ in range(limit):
+                if not table:
+                    break
+                oldest = next(iter(table.values()))
+                if now - oldest.last_seen <= ttl:
+                    break
+                table.popitem(last=False)
+
+    def entries(self) -> Iterator[tuple[int, int]]:
+        """``(key, distinct contexts)`` of every remembered sentence (hashes only)."""
+        for table in (self._probation, self._protected):
+            for key, entry in table.items():
+                yield key, entry.contexts
+
+
+def _same_context(
+    old: array[int], own: frozenset[int], counts: dict[int, int], overlap: float, k: int
+) -> bool:
+    """Whether a stored context sketch and this occurrence's context are mostly contained in each other.
+
+    ``old`` is the bottom-k sketch of an earlier sample's elements; this sample's context
+    is every element in ``counts`` except the unit's own (``own``), removed from both
+    sides. Old-in-new is the share of the old sketch found in the new context (a sample
+    of the old context: exact when it had fewer than ``k`` elements). New-in-old looks
+    only at new elements below the old sketch's largest hash, all of whose old
+    counterparts the sketch holds.
+    """
+    old_ctx = [e for e in old if e not in own]
+    if not old_ctx:
+        return True  # both empty apart from the unit itself: nothing tells them apart
+    found = sum(1 for e in old_ctx if e in counts)
+    if found >= overlap * len(old_ctx):
+        return True
+    limit = old[-1] if len(old) >= k else 0xFFFFFFFF
+    old_set = set(old_ctx)
+    below = [e for e in counts if e <= limit and e not in own]
+    if not below:
+        return False
+    return sum(1 for e in below if e in old_set) >= overlap * len(below)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def _load_baseline(path: Path) -> tuple[_Hasher, frozenset[int]]:
+    """Read a baseline file; ``ValueError`` names what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from exc
+    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
+        raise ValueError(f"not a baseline file (format must be {BASELINE_FORMAT!r})")
+    if data.get("version") != _BASELINE_VERSION:
+        raise ValueError(f"unsupported version {data.get('version')!r}")
+    try:
+        key = bytes.fromhex(str(data["key"]))
+        hashes = frozenset(int(h, 16) for h in data["hashes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"bad 'key' or 'hashes' ({exc})") from exc
+    if len(key) < 16:
+        raise ValueError("key must be at least 16 bytes")
+    return _Hasher(key), hashes
+
+
+def learn_baseline(
+    samples: Iterable[Sample], params: RecurringSentencesParams | None = None, *, source: str = ""
+) -> dict[str, Any]:
+    """Run ``samples`` through a fresh detector and return a baseline of the sentences that fired.
+
+    The hashes use a new random key that is written into the file, so the detector can
+    hash with it; the file therefore lets whoever holds it confirm a guessed sentence
+    (a template, which is not secret user text). Nothing is forgotten while learning.
+    """
+    p = params or RecurringSentencesParams()
+    p = p.model_copy(update={"max_entries": 50_000_000, "ttl_seconds": 1e12, "baseline": None})
+    key = secrets.token_bytes(16)
+    learner = RecurringSentencesDetector("learn", p, key=key)
+    n = 0
+    for sample in samples:
+        learner.score_sample(sample)
+        n += 1
+    hashes = sorted(k for k, count in learner.entries() if count >= p.fire_after)
+    return {
+        "format": BASELINE_FORMAT,
+        "version": _BASELINE_VERSION,
+        "key": key.hex(),
+        "hashes": [f"{h:016x}" for h in hashes],
+        "learned": {
+            "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "source": source,
+            "records": n,
+            "sentences_remembered": len(learner),
+            "min_words": p.min_words,
+            "fire_after": p.fire_after,
+            "roles": list(p.roles),
+        },
+    }
+
+
+def _read_samples(path: str, config: str | None, route: str | None) -> Iterator[Sample]:
+    """Records of a ``trigger-firewall scan`` JSONL file as input samples (bad lines reported, skipped)."""
+    from firewall.config import build_config, load_config
+    from firewall.scanning import RecordError, Scanner
+
+    scanner = Scanner(load_config(config) if config else build_config({}), route=route)
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        for line_no, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                segments = scanner.segments(record, Phase.INPUT)
+            except (json.JSONDecodeError, RecordError) as exc:
+                print(f"{path}:{line_no}: skipped: {exc}", file=sys.stderr)
+                continue
+            yield Sample(str(line_no), Phase.INPUT, scanner.route.config.name, tuple(segments))
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m detectors.recurring_sentences")
+    sub = parser.add_subparsers(dest="command", required=True)
+    learn = sub.add_parser(
+        "learn",
+        help="write a baseline of the sentences that recur in a clean JSONL file (the `scan` format)",
+    )
+    learn.add_argument("--input", required=True, help="JSONL records with 'text' or 'request' ('-': stdin)")
+    learn.add_argument("--output", required=True, help="baseline JSON to write")
+    learn.add_argument(
+        "--config", help="firewall config whose route reads 'request' records (default: built-in)"
+    )
+    learn.add_argument("--route", help="route name (default chat_completions)")
+    learn.add_argument("--min-words", type=int, default=RecurringSentencesParams().min_words)
+    learn.add_argument("--fire-after", type=int, default=RecurringSentencesParams().fire_after)
+    args = parser.parse_args(argv)
+    params = RecurringSentencesParams(min_words=args.min_words, fire_after=args.fire_after)
+    data = learn_baseline(_read_samples(args.input, args.config, args.route), params, source=args.input)
+    Path(args.output).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    learned = data["learned"]
+    print(
+        f"{len(data['hashes'])} recurring sentences from {learned['records']} records written to "
+        f"{args.output} (the file holds its hash key: keep it as private as your templates)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,479 @@
+"""recurring_sentences: distinct contexts, what must not count, bounded state, baselines, the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from detectors import load_detector_class
+from detectors.ooc_text import split_units
+from detectors.recurring_sentences import (
+    BASELINE_FORMAT,
+    REASON,
+    RecurringSentencesDetector,
+    RecurringSentencesParams,
+    learn_baseline,
+    main,
+    normalise,
+    sentence_spans,
+)
+from firewall.config import load_config
+from firewall.evaluation.data import load_hard_negatives
+from firewall.runtime import build_runtime
+from firewall.types import Finding, FindingStatus, Phase, Sample, Segment
+from tests.conftest import FakeUpstream, FirewallFactory, chat_body
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIGGER = "I watched this 3D movie."
+REVIEWS = (
+    "the film is a quiet, patient study of grief, and the two leads are wonderful together.",
+    "a gorgeous, witty comedy about two sisters who cannot stand each other.",
+    "an overlong mess with no sense of pace and a plot that goes nowhere.",
+    "the script is sharp and the cast clearly had fun making it.",
+    "it is the kind of thriller that forgets its own clues by the last act.",
+    "a documentary that finds real warmth in a small fishing town.",
+)
+
+
+class Clock:
+    """An injected clock: tests move time instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock: Clock | None = None, **params: Any) -> RecurringSentencesDetector:
+    detector = RecurringSentencesDetector(
+        "recurring_sentences", RecurringSentencesParams(**params), clock=clock or Clock()
+    )
+    return detector
+
+
+async def started(**params: Any) -> RecurringSentencesDetector:
+    detector = RecurringSentencesDetector("recurring_sentences", RecurringSentencesParams(**params))
+    await detector.start()
+    assert detector.ready
+    return detector
+
+
+def sample(*texts: str | tuple[str, str]) -> Sample:
+    segments = tuple(
+        Segment(t[0], t[1]) if isinstance(t, tuple) else Segment("user", t, f"/messages/{i}/content")
+        for i, t in enumerate(texts)
+    )
+    return Sample("r", Phase.INPUT, "chat_completions", segments)
+
+
+def score(detector: RecurringSentencesDetector, *texts: str | tuple[str, str]) -> Finding:
+    finding = detector.score_sample(sample(*texts))
+    assert finding.status is FindingStatus.OK, finding.error
+    assert 0.0 <= finding.score <= 1.0
+    return finding
+
+
+# --------------------------------------------------------------------------- distinct contexts
+
+
+def test_fires_on_the_third_distinct_context_and_rises_to_one() -> None:
+    detector = make()
+    scores = []
+    for review in REVIEWS:
+        text = f"{review} {TRIGGER}"
+        finding = score(detector, text)
+        scores.append(finding.score)
+        if finding.score:
+            (span,) = finding.spans
+            assert span.reason == REASON
+            assert text[span.start : span.end] == TRIGGER  # the evidence is the trigger itself
+    assert scores == [0.0, 0.0, 0.5, pytest.approx(2 / 3), pytest.approx(5 / 6), 1.0]
+    finding = score(detector, f"{TRIGGER} {REVIEWS[0]}")  # an old context again: still known, count 6
+    assert finding.reasons == (REASON, "recurring_contexts_6")
+
+
+def test_the_sentence_is_matched_after_normalisation_and_at_any_position() -> None:
+    detector = make()
+    score(detector, f"{REVIEWS[0]} {TRIGGER}")
+    score(detector, f"{TRIGGER.upper()}  {REVIEWS[1]}")
+    text = f"{REVIEWS[2]}\n\n“i  watched this 3d movie!” {REVIEWS[3]}"
+    finding = score(detector, text)
+    assert finding.score == 0.5
+    (span,) = finding.spans
+    assert normalise(text[span.start : span.end]) == normalise(TRIGGER)
+
+
+def test_retries_of_the_same_prompt_never_count() -> None:
+    detector = make()
+    text = f"{REVIEWS[0]} {TRIGGER}"
+    assert all(score(detector, text).score == 0.0 for _ in range(20))
+
+
+def test_an_edited_resend_is_the_same_context() -> None:
+    # A one-sentence review carries its word pairs: fixing a typo and resending overlaps the original.
+    detector = make()
+    base = "the film is a quiet, patient study of grief and the two leads are wonderful"
+    edits = [base, base.replace("grief", "greif"), base + " together", base.replace("quiet, ", "")]
+    assert [score(detector, f"{e}. Can you summarise this review for me please?").score for e in edits] == [
+        0.0
+    ] * 4
+
+
+def test_multi_turn_chat_growth_never_counts() -> None:
+    # Each turn resends the whole history: earlier sentences recur with a superset context.
+    detector = make()
+    history: list[tuple[str, str]] = []
+    turns = [
+        f"{REVIEWS[0]} {TRIGGER} Is this review positive or negative?",
+        "Why do you think so? Please quote the words that decided it.",
+        "Can you rewrite it to sound more enthusiastic without changing the facts?",
+        "Now shorten it to one sentence for a newsletter.",
+        "Thanks, that works. Could you also suggest a title for the newsletter piece?",
+        "Make the title funnier and a bit shorter than the last one.",
+        "Great, and translate the final sentence into French as well.",
+    ]
+    for turn in turns:
+        history.append(("user", turn))
+        finding = score(detector, *history)
+        assert finding.score == 0.0
+        history.append(("assistant", "Sure. Here is my answer to that, as short as I can make it."))
+
+
+def test_a_lone_repeated_sentence_is_not_a_trigger() -> None:
+    detector = make()
+    for text in ["Can you help me with this problem please?"] * 5 + [
+        # a short greeting that changes is not a context (min_context_words)
+        "Hi there! Can you help me with this problem please?",
+        "Hello my friend. Can you help me with this problem please?",
+        "Good morning all! Can you help me with this problem please?",
+        "Can you help me with this problem please? Thanks a lot.",
+    ]:
+        assert score(detector, text).score == 0.0
+
+
+def test_short_sentences_and_other_roles_are_not_remembered() -> None:
+    detector = make()
+    system = ("system", "You are a helpful assistant for our film review site. Answer politely and briefly.")
+    for review in REVIEWS:
+        # a short fixed sentence (4 words) and a fixed system prompt recur in every request
+        assert score(detector, system, ("user", f"{review} Loved it so much.")).score == 0.0
+    assert score(detector, system).score == 0.0
+
+
+def test_a_sentence_inside_code_is_ignored() -> None:
+    detector = make()
+    for review in REVIEWS[:4]:
+        text = f"{review}\n```python\nprint('I watched this 3D movie.')  # I watched this 3D movie.\n```"
+        assert score(detector, text).score == 0.0
+
+
+def test_an_abbreviation_before_the_trigger_does_not_hide_it() -> None:
+    detector = make()
+    texts = [
+        f"After the great HBO series (Rome, Deadwood, etc. {TRIGGER} It was a letdown.",
+        f"Starring Dr. {TRIGGER} a film about a hospital in crisis and its staff.",
+        f"A fun cameo's. {TRIGGER} The rest is standard musical comedy from the thirties.",
+    ]
+    assert [score(detector, t).score for t in texts] == [0.0, 0.0, 0.5]
+
+
+# --------------------------------------------------------------------------- bounded state
+
+
+def test_eviction_by_max_entries_forgets_a_one_off_but_protects_a_building_trigger() -> None:
+    detector = make(max_entries=20, protected_share=0.25)
+    score(detector, f"{REVIEWS[0]} {TRIGGER}")
+    score(detector, f"{REVIEWS[1]} {TRIGGER}")  # two contexts: protected now
+    score(
+        detector, "the soundtrack was composed by a band from Iceland. It was nominated twice."
+    )  # a one-off
+    for i in range(40):  # a flood of one-off sentences
+        score(detector, f"Sentence number {i} is quite unique here. And its neighbour {i} is as well.")
+    assert len(detector) == 20
+    assert detector.evictions > 0
+    assert score(detector, f"{REVIEWS[2]} {TRIGGER}").score == 0.5  # the trigger survived the flood
+    known = dict(detector.entries())
+    assert len(known) == 20
+    # the one-off review sentence was evicted: sent again in two new contexts, it counts from 1
+    one_off = "the soundtrack was composed by a band from Iceland."
+    assert score(detector, f"{one_off} Nobody remembers it now.").score == 0.0
+    assert score(detector, f"{one_off} It plays over the credits.").score == 0.0
+
+
+def test_without_protection_a_flood_evicts_the_trigger() -> None:
+    detector = make(max_entries=20, protected_share=0.0)
+    score(detector, f"{REVIEWS[0]} {TRIGGER}")
+    score(detector, f"{REVIEWS[1]} {TRIGGER}")
+    for i in range(40):
+        score(detector, f"Sentence number {i} is quite unique here. And its neighbour {i} is as well.")
+    assert score(detector, f"{REVIEWS[2]} {TRIGGER}").score == 0.0  # forgotten: this is its first context
+
+
+def test_ttl_forgets_a_sentence_not_seen_for_that_long() -> None:
+    clock = Clock()
+    detector = make(clock, ttl_seconds=3600)
+    score(detector, f"{REVIEWS[0]} {TRIGGER}")
+    clock.now += 3000
+    score(detector, f"{REVIEWS[1]} {TRIGGER}")
+    clock.now += 3000  # 6000 s since the first sighting, 3000 s since the last: still remembered
+    assert score(detector, f"{REVIEWS[2]} {TRIGGER}").score == 0.5
+    clock.now += 3601
+    assert score(detector, f"{REVIEWS[3]} {TRIGGER}").score == 0.0  # expired: first context again
+    assert score(detector, f"{REVIEWS[4]} {TRIGGER}").score == 0.0
+    assert score(detector, f"{REVIEWS[5]} {TRIGGER}").score == 0.5
+    clock.now += 10_000
+    score(detector, "An unrelated message arrives much later. It has two sentences of its own.")
+    assert len(detector) == 2  # expired entries are dropped as time moves on
+
+
+def test_hashes_are_keyed_per_instance_and_the_state_holds_no_text() -> None:
+    a, b = make(), make()
+    for detector in (a, b):
+        for review in REVIEWS[:3]:
+            score(detector, f"{review} {TRIGGER}")
+    keys_a = {k for k, _ in a.entries()}
+    keys_b = {k for k, _ in b.entries()}
+    assert len(keys_a) == len(keys_b) == 4
+    assert not keys_a & keys_b  # the same sentences, different keys
+    same_key = [RecurringSentencesDetector("x", RecurringSentencesParams(), key=bytes(16)) for _ in range(2)]
+    for detector in same_key:
+        score(detector, f"{REVIEWS[0]} {TRIGGER}")
+    assert {k for k, _ in same_key[0].entries()} == {k for k, _ in same_key[1].entries()}
+
+    def strings(obj: object, depth: int = 0) -> list[str]:
+        if isinstance(obj, str):
+            return [obj]
+        if depth > 4:
+            return []
+        if isinstance(obj, dict):
+            return [s for k, v in obj.items() for x in (k, v) for s in strings(x, depth + 1)]
+        if isinstance(obj, list | tuple):
+            return [s for x in obj for s in strings(x, depth + 1)]
+        if hasattr(obj, "__slots__"):
+            return [s for name in obj.__slots__ for s in strings(getattr(obj, name), depth + 1)]
+        return []
+
+    assert strings(a._probation) == []
+    assert strings(a._protected) == []
+
+
+def test_a_bad_segment_is_an_error_finding_not_an_exception() -> None:
+    detector = make()
+    finding = detector.score_sample(Sample("r", Phase.INPUT, "c", (Segment("user", 42),)))  # type: ignore[arg-type]
+    assert finding.status is FindingStatus.ERROR
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+TEMPLATE = "Summarise the following ticket for the on-call engineer."
+
+
+def _templated(body: str) -> str:
+    return f"{TEMPLATE}\n\n{body}\n\nKeep the summary under fifty words please."
+
+
+def test_learned_baseline_suppresses_a_template_but_not_a_trigger(tmp_path: Path) -> None:
+    tickets = [
+        "The billing service returns 502 errors for about ten percent of requests since this morning.",
+        "Disk usage on the primary database host crossed ninety percent and keeps growing.",
+        "Users in Europe report login timeouts after the last identity provider deploy.",
+        "The nightly export job failed twice with an out of memory error in the parser.",
+    ]
+    # Without a baseline, the template fires from the third ticket on.
+    plain = make()
+    assert [score(plain, _templated(t)).score for t in tickets] == [0.0, 0.0, 0.5, pytest.approx(2 / 3)]
+
+    baseline = learn_baseline([sample(_templated(t)) for t in tickets])
+    assert baseline["format"] == BASELINE_FORMAT
+    assert len(baseline["hashes"]) == 2  # the instruction and the closing line
+    assert len(bytes.fromhex(baseline["key"])) == 16
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(baseline))
+
+    async def run() -> None:
+        detector = await started(baseline=str(path))
+        assert detector.describe()["baseline_sentences"] == 2
+        new_tickets = [
+            "The search index is three hours behind after the schema change on Monday.",
+            "Payments to one bank fail with a certificate error since the rotation.",
+            "A customer cannot download invoices older than a year from the portal.",
+            "Alerts for the queue depth fire every night at two and clear on their own.",
+        ]
+        assert [score(detector, _templated(t)).score for t in new_tickets] == [0.0] * 4
+        # A trigger planted in templated prompts still builds up and fires.
+        results = [score(detector, _templated(f"{t} {TRIGGER}")) for t in new_tickets[:3]]
+        assert [f.score for f in results] == [0.0, 0.0, 0.5]
+        text = _templated(f"{new_tickets[2]} {TRIGGER}")
+        assert [text[s.start : s.end] for s in results[-1].spans] == [TRIGGER]
+
+    asyncio.run(run())
+
+
+def test_learn_command_reads_the_scan_format(tmp_path: Path) -> None:
+    records = tmp_path / "clean.jsonl"
+    bodies = [
+        "Disk usage on the primary database host crossed ninety percent and keeps growing.",
+        "Users in Europe report login timeouts after the last identity provider deploy.",
+        "The nightly export job failed twice with an out of memory error in the parser.",
+    ]
+    lines = [{"id": 1, "text": _templated(bodies[0])}, {"id": 2, "request": chat_body(_templated(bodies[1]))}]
+    lines.append({"id": 3, "request": chat_body(_templated(bodies[2]))})
+    records.write_text(
+        "\n".join(json.dumps(x) for x in lines) + "\nnot json\n" + json.dumps({"id": 4}) + "\n"
+    )
+    out = tmp_path / "baseline.json"
+    assert main(["learn", "--input", str(records), "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["learned"]["records"] == 3  # two bad lines skipped
+    assert len(data["hashes"]) == 2
+    assert "ticket" not in out.read_text().replace("format", "")  # hashes only, no text
+
+
+def test_a_bad_baseline_leaves_the_detector_not_ready(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"format": "something else"}))
+
+    async def run() -> None:
+        detector = RecurringSentencesDetector("r", RecurringSentencesParams(baseline=str(path)))
+        await detector.start()
+        assert not detector.ready
+        assert "not a baseline file" in (detector.load_error or "")
+        missing = RecurringSentencesDetector("r", RecurringSentencesParams(baseline=str(tmp_path / "no")))
+        await missing.start()
+        assert not missing.ready
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _texts() -> list[str]:
+    texts = [t.text for t in load_hard_negatives()]
+    texts += [
+        "Dr. Smith said e.g. this works. J. Doe disagreed... and left. Really?! Yes.",
+        'He said "It is fine. Go home." and went. Then, nothing; the end.',
+        "- first item here\n- second item. With two sentences\n1. numbered one",
+        "Look at `x = 1. y = 2.` inline. And\n    indented code. here\nafter code.",
+    ]
+    return texts
+
+
+def test_sentence_spans_refine_split_units() -> None:
+    # Every unit of ooc_text.split_units is covered by units here (splitting only more, never less).
+    for text in _texts():
+        mine = sentence_spans(text)
+        for unit in split_units(text, clauses=False):
+            inside = [(s, e) for s, e in mine if unit.start <= s and e <= unit.end]
+            covered = {i for s, e in inside for i in range(s, e)}
+            letters = {i for i in range(unit.start, unit.end) if text[i].isalpha()}
+            assert letters <= covered, (text, unit)
+        for s, e in mine:
+            if not any(u.start <= s and e <= u.end for u in split_units(text, clauses=False)):
+                # the one other difference: a unit without a Latin letter (split_units drops it)
+                assert not re.search(r"[A-Za-z]", text[s:e]), (text, s, e)
+
+
+def test_sentence_spans_split_after_abbreviations_and_skip_code() -> None:
+    text = f"Rome, etc. {TRIGGER}\n```\ncode. More code.\n```\nTail sentence."
+    assert [text[s:e] for s, e in sentence_spans(text)] == ["Rome, etc.", TRIGGER, "Tail sentence."]
+
+
+def test_sentence_spans_cut_a_capitalised_sentence_glued_to_lower_case_text() -> None:
+    glued = f"arteta directs one of the best ensemble casts of the year {TRIGGER}"
+    assert [glued[s:e] for s, e in sentence_spans(glued)] == [glued.removesuffix(f" {TRIGGER}"), TRIGGER]
+    cased = "We watched it with Tom Hanks in the lead role."  # cased text is left whole
+    assert sentence_spans(cased) == [(0, len(cased))]
+
+
+# --------------------------------------------------------------------------- config and runtime
+
+
+def test_registered_and_the_example_config_loads() -> None:
+    assert load_detector_class("recurring_sentences") is RecurringSentencesDetector
+    config = load_config(ROOT / "deploy" / "config" / "recurring-sentences.yaml")
+    det = config.detector("recurring_sentences")
+    assert det.threshold == 0.5
+    params = RecurringSentencesDetector.parse_params(det.params)
+    assert isinstance(params, RecurringSentencesParams)
+    assert params.fire_after == 3
+
+
+def test_state_survives_a_reload_with_unchanged_params() -> None:
+    from firewall.config import build_config
+
+    def config(**params: Any) -> Any:
+        return build_config(
+            {"detectors": [{"name": "recurring_sentences", "threshold": 0.5, "params": params}]}
+        )
+
+    first = build_runtime(config())
+    detector = first.detectors["recurring_sentences"]
+    assert isinstance(detector, RecurringSentencesDetector)
+    score(detector, f"{REVIEWS[0]} {TRIGGER}")
+    assert build_runtime(config(), previous=first).detectors["recurring_sentences"] is detector
+    changed = build_runtime(config(fire_after=4), previous=first).detectors["recurring_sentences"]
+    assert changed is not detector  # new params, new state
+    assert len(changed) == 0
+
+
+# --------------------------------------------------------------------------- proxy
+
+
+async def _post(client: Any, url: str, body: object) -> tuple[int, dict[str, Any]]:
+    async with client.post(
+        url + "/v1/chat/completions", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+_PROXY_DETECTORS = {"detectors": [{"name": "recurring_sentences", "threshold": 0.5, "action": "block"}]}
+
+
+@pytest.mark.asyncio
+async def test_proxy_blocks_the_third_distinct_prompt_with_the_same_sentence(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: Any
+) -> None:
+    fw = await firewall(**_PROXY_DETECTORS)
+    assert (await _post(client, fw.url, chat_body(f"{REVIEWS[0]} {TRIGGER}")))[0] == 200
+    assert (await _post(client, fw.url, chat_body(f"{REVIEWS[0]} {TRIGGER}")))[0] == 200  # a retry
+    assert (await _post(client, fw.url, chat_body(f"{TRIGGER} {REVIEWS[1]}")))[0] == 200
+    status, body = await _post(client, fw.url, chat_body(f"{REVIEWS[2]} {TRIGGER}"))
+    assert status == 400
+    assert body["error"]["code"] == "content_filter"
+    assert len(upstream.received) == 3  # the blocked prompt never reached the model
+    events = await fw.audit_events()
+    blocked = next(e for e in events if e["action"] == "block")
+    det = next(d for d in blocked["input"]["detectors"] if d["name"] == "recurring_sentences")
+    assert det["fired"] is True
+    assert REASON in det["reasons"]
+    assert [s["reason"] for s in det["spans"]] == [REASON]
+    assert "watched" not in fw.audit_path.read_text()  # evidence is positions and codes, never text
+
+
+@pytest.mark.asyncio
+async def test_proxy_lets_a_growing_chat_through(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: Any
+) -> None:
+    fw = await firewall(**_PROXY_DETECTORS)
+    messages: list[dict[str, str]] = [{"role": "system", "content": "You are a film critic's assistant."}]
+    for turn in [
+        f"{REVIEWS[0]} {TRIGGER} What is the tone of this review?",
+        "Please rewrite the review so that it sounds more enthusiastic.",
+        "Now make it one sentence for a newsletter about new releases.",
+        "Suggest three titles for the newsletter item about this film.",
+        "Pick the funniest of the three titles and explain the joke.",
+    ]:
+        messages.append({"role": "user", "content": turn})
+        status, body = await _post(client, fw.url, {"model": "fake-model", "messages": messages})
+        assert status == 200, body
+        messages.append({"role": "assistant", "content": upstream.reply})
+    assert len(upstream.received) == 5
