@@ -343,6 +343,16 @@ class _OnnxBackend:
 
 
 class _TorchBackend:
+    """transformers + torch, on CPU or CUDA: the surprisal head in-process.
+
+    The head uses the fused reduction (:mod:`firewall.models.surprisal_torch`; same
+    numbers as the exported graph's, fewer passes over the vocabulary). On CPU it runs
+    ``CPU_CHUNK_ROWS`` token rows at a time, which bounds the transient memory. On CUDA
+    (``cuda_graphs`` other than off/compile) the reduction is compiled into fused kernels
+    when torch.compile works there, and the forward pass replays from bucketed CUDA
+    graphs through :meth:`GraphedSurprisal.run_numpy` (one copy in, one copy out).
+    """
+
     name = "torch"
     has_entropy = True
 
@@ -353,7 +363,12 @@ class _TorchBackend:
         import torch
         import transformers
 
-        from firewall.models.surprisal_torch import SurprisalHead
+        from firewall.models.surprisal_torch import (
+            CPU_CHUNK_ROWS,
+            CUDA_CHUNK_ROWS,
+            SurprisalHead,
+            compiled_reducer,
+        )
 
         hf: Any = transformers  # its loaders are typed for model classes, not paths
         hf.utils.logging.disable_progress_bar()
@@ -362,36 +377,46 @@ class _TorchBackend:
             torch.set_num_threads(threads)  # process-wide: the sidecar runs one model
         torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         model = hf.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
+        model = model.to(device).eval()
         self.torch = torch
         self.device = device
         graphs = config.cuda_graphs if config is not None else "off"
-        self.head: Any
-        if device == "cuda" and graphs != "off":
+        graphed = device == "cuda" and graphs != "off"
+        head = SurprisalHead(
+            model,
+            causal_only=graphed,
+            reduction="fused",
+            chunk_rows=CUDA_CHUNK_ROWS if device == "cuda" else CPU_CHUNK_ROWS,
+        ).eval()
+        self.reducer = "eager"
+        if device == "cuda" and graphs in ("graphs", "eager"):
+            reducer = compiled_reducer(device, int(model.config.vocab_size))
+            if reducer is not None:
+                head.reduce = reducer
+                self.reducer = "compiled"
+        self.head: Any = head
+        self.runner: Any = None  # the GraphedSurprisal serving the head, when graphed
+        if graphed and graphs != "off":  # (the second test narrows the mode's type)
             from firewall.models.cuda_graphs import GraphedSurprisal
 
             assert config is not None  # noqa: S101 - graphs is "off" without a config
             runner = GraphedSurprisal(
-                SurprisalHead(model.to(device).eval(), causal_only=True).eval(),
-                device,
-                max_rows=config.batch_size,
-                max_tokens=config.max_tokens,
-                mode=graphs,
+                head, device, max_rows=config.batch_size, max_tokens=config.max_tokens, mode=graphs
             )
             runner.warmup()
-            self.head = runner
-        else:
-            self.head = SurprisalHead(model.to(device).eval()).eval()
+            self.head = self.runner = runner
 
     def run(self, ids: IntArray, mask: IntArray) -> tuple[FloatArray, FloatArray | None]:
+        if self.runner is not None:
+            both = self.runner.run_numpy(ids, mask)
+            return both[0], both[1]
         torch = self.torch
         with torch.inference_mode():
             t_ids = torch.from_numpy(ids).to(self.device)
             t_mask = torch.from_numpy(mask).to(self.device)
             surprisal, entropy = self.head(t_ids, t_mask)
-            return (
-                surprisal.float().cpu().numpy().astype(np.float32, copy=False),
-                entropy.float().cpu().numpy().astype(np.float32, copy=False),
-            )
+            both = torch.stack((surprisal.float(), entropy.float())).cpu().numpy()  # one copy, one sync
+        return both[0], both[1]
 
 
 # -- the model -----------------------------------------------------------------------
