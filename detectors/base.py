@@ -132,6 +132,15 @@ class Detector(abc.ABC):
         """
         return None
 
+    def state_stats(self) -> tuple[int, int] | None:
+        """``(entries, evictions)`` of state kept across requests; ``None`` for stateless detectors.
+
+        A detector that remembers across requests (``recurring_sentences``) reports how
+        many entries it holds and how many it has evicted so far, so ``/metrics`` shows
+        whether its bound is too small for the traffic (``trigger_firewall_detector_state_*``).
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Static metadata for ``/config`` and the audit log."""
         return {

@@ -372,6 +372,9 @@ class RecurringSentencesDetector(InlineDetector):
             out["load_error"] = self.load_error
         return out
 
+    def state_stats(self) -> tuple[int, int]:
+        return len(self), self.evictions
+
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)
 

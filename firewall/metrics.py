@@ -13,10 +13,12 @@ on every call, which matters at thousands of requests a second on two cores.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from firewall import __version__
 from firewall.loop_metrics import LoopCollector, LoopCounter, LoopGauge, LoopHistogram
@@ -65,6 +67,38 @@ STREAM_OUTCOMES: Final = (
     "upstream_error",
     "incomplete",
 )
+
+
+#: ``(detector, entries, evictions)`` for each detector that keeps state across requests.
+StateSource = Callable[[], Iterable[tuple[str, int, int]]]
+
+
+class DetectorStateCollector(Collector):
+    """Stateful detectors' table sizes and evictions, read from the live detectors at scrape time.
+
+    Read at scrape rather than counted on the request path: the numbers live in the
+    detector already, and a reload that swaps detectors needs no bookkeeping here.
+    """
+
+    def __init__(self) -> None:
+        self.source: StateSource | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        entries = GaugeMetricFamily(
+            PREFIX + "detector_state_entries",
+            "Entries a stateful detector holds across requests (bounded by its max_entries).",
+            labels=["detector"],
+        )
+        evictions = CounterMetricFamily(
+            PREFIX + "detector_state_evictions",
+            "Entries a stateful detector dropped to stay within its bound (since it was loaded).",
+            labels=["detector"],
+        )
+        for name, held, evicted in self.source() if self.source is not None else ():
+            entries.add_metric([name], held)
+            evictions.add_metric([name], evicted)
+        yield entries
+        yield evictions
 
 
 class Metrics:
@@ -255,6 +289,9 @@ class Metrics:
                 ]
             )
         )
+        #: Set by the server to read the live runtime's stateful detectors (see DetectorStateCollector).
+        self.detector_state = DetectorStateCollector()
+        r.register(self.detector_state)
         self.audit_events.touch(())
         self.audit_dropped.touch(())
         self._cache: dict[tuple[object, ...], object] = {}

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,7 @@ class Server:
             )
             self.score_log = AuditLog(sink)
         self.state = ServerState(runtime, self.metrics, self.audit, self.score_log)
+        self.metrics.detector_state.source = self._detector_state
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._proxy_site: web.TCPSite | None = None
@@ -83,6 +84,13 @@ class Server:
         self._stop = asyncio.Event()
         self._fast_stop = False
         self._fast = asyncio.Event()
+
+    def _detector_state(self) -> Iterable[tuple[str, int, int]]:
+        """What the live runtime's stateful detectors hold, for ``/metrics``."""
+        for name, det in self.state.runtime.detectors.items():
+            stats = det.state_stats()
+            if stats is not None:
+                yield name, stats[0], stats[1]
 
     async def start(self) -> BoundPorts:
         """Bind both ports, open the upstream session, then load detectors."""

@@ -457,6 +457,15 @@ async def test_proxy_blocks_the_third_distinct_prompt_with_the_same_sentence(
     assert REASON in det["reasons"]
     assert [s["reason"] for s in det["spans"]] == [REASON]
     assert "watched" not in fw.audit_path.read_text()  # evidence is positions and codes, never text
+    async with client.get(fw.admin_url + "/metrics") as resp:
+        scraped = await resp.text()
+    held = re.search(
+        r'^trigger_firewall_detector_state_entries\{detector="recurring_sentences"\} (\S+)$', scraped, re.M
+    )
+    assert held is not None
+    assert float(held.group(1)) >= 1
+    assert 'trigger_firewall_detector_state_evictions_total{detector="recurring_sentences"} 0.0' in scraped
+    assert 'detector_state_entries{detector="invisible_chars"}' not in scraped  # stateless: no series
 
 
 @pytest.mark.asyncio
