@@ -103,6 +103,9 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        # Half the buffer bound when that is smaller: a small configured buffer must be handed
+        # to the writer before it fills, or events between two timer flushes would be dropped.
+        self._early_flush = min(self.EARLY_FLUSH_BYTES, config.max_buffer_bytes // 2)
         self._ts_second = -1
         self._ts_prefix = ""
 
@@ -166,7 +169,7 @@ class AuditLog:
         self._buf += line
         if self.metrics is not None:
             self.metrics.count_audit()
-        if len(self._buf) >= self.EARLY_FLUSH_BYTES:
+        if len(self._buf) >= self._early_flush:
             self._wake.set()
 
     def _dropped(self, lines: int = 1) -> None:
