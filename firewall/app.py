@@ -8,7 +8,8 @@ catch-all handler; without it the proxy spends about 14 µs less CPU a request
 (``loadtests/bench_proxy.py``, minimal proxy built both ways, 136 against 122
 µs at concurrency 16). What the Application did that the proxy needs is done
 here: aiohttp's 1 MiB request-body cap is lifted (the proxy enforces its own)
-and ``Expect: 100-continue`` is answered. The admin app serves
+and ``Expect: 100-continue`` is answered (in :mod:`firewall.proxy`, where the
+refusal of other expectations is counted). The admin app serves
 ``/metrics``, ``/livez``, ``/readyz`` and ``/config`` on a separate port, bound to
 loopback by default, so probes and scrapes never compete with or leak into model
 traffic.
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.http import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -59,38 +60,9 @@ def make_proxy_server(state: ServerState, **kwargs: Any) -> web.Server:
         )
 
     async def proxy(request: web.BaseRequest) -> web.StreamResponse:
-        if "Expect" in request.headers:
-            refused = await _expect_continue(request)
-            if refused is not None:
-                return refused
         return await handle(request, state)
 
     return web.Server(proxy, request_factory=make_request, handler_cancellation=True, **kwargs)
-
-
-async def _expect_continue(request: web.BaseRequest) -> web.Response | None:
-    """Answer ``Expect: 100-continue`` so a client (curl) sends its body without waiting.
-
-    Any other expectation cannot be met by a proxy that must read the body to screen
-    it: 417, as RFC 9110 section 10.1.1 asks.
-    """
-    expect = request.headers.get("Expect", "")
-    if expect.lower() != "100-continue":
-        return _json(
-            {
-                "error": {
-                    "message": f"Unsupported Expect header: {expect[:64]!r}.",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "expectation_failed",
-                }
-            },
-            status=417,
-        )
-    if request.version == HttpVersion11:
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim response is not part of the answer's size
-    return None
 
 
 def _json(data: object, status: int = 200) -> web.Response:

@@ -54,6 +54,7 @@ REJECT_REASONS: Final = (
     "overloaded",
     "unknown_route",
     "draining",
+    "expectation_failed",
 )
 UPSTREAM_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect_error", "error")
 #: ok: scored; error: bad status or answer; timeout; unavailable: no connection;

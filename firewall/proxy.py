@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from firewall import relay
 from firewall.answers import error_response, firewall_error_response, verdict_response
@@ -76,6 +77,16 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
             retry=True,
             retry_after=config.server.retry_after_seconds,
         )
+    if "Expect" in request.headers and not await _expect_continue(request):
+        metrics.count_rejected(route, "expectation_failed", mode)
+        return error_response(
+            417,
+            f"Unsupported Expect header: {request.headers['Expect'][:64]!r}; only 100-continue is.",
+            code="expectation_failed",
+            error_type="invalid_request_error",
+            request_id=rid,
+            retry=False,
+        )
     ex = Exchange(rid, route, mode, time.perf_counter(), request.method, runtime)
     state.enter()
     runtime.users.enter()
@@ -91,6 +102,21 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
         metrics.observe_request(route, time.perf_counter() - ex.start)
         if ex.screened:
             write_audit(state, ex)
+
+
+async def _expect_continue(request: web.BaseRequest) -> bool:
+    """Answer ``Expect: 100-continue`` so a client (curl) sends its body without waiting.
+
+    Sent after the concurrency check, so an overloaded proxy answers 503 before the
+    client uploads anything. Any other expectation cannot be met by a proxy that must
+    read the body to screen it: the caller answers 417 (RFC 9110, section 10.1.1).
+    """
+    if request.headers["Expect"].lower() != "100-continue":
+        return False
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim response is not part of the answer's size
+    return True
 
 
 def _reject(state: ServerState, ex: Exchange, reason: str) -> None:

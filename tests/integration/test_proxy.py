@@ -632,3 +632,12 @@ async def test_unknown_expectation_is_417(firewall: FirewallFactory, upstream: F
     assert answer.startswith(b"HTTP/1.1 417 "), answer[:80]
     assert b'"code":"expectation_failed"' in answer
     assert upstream.received == []
+    labels = {"route": "chat_completions", "reason": "expectation_failed"}
+    assert fw.sample("trigger_firewall_rejected_requests_total", labels) == 1
+    assert (
+        fw.sample(
+            "trigger_firewall_requests_total",
+            {"route": "chat_completions", "action": "rejected", "mode": "enforce"},
+        )
+        == 1
+    )
