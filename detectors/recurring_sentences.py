@@ -16,8 +16,8 @@ Attacks* (2020).
 
 It is **opt-in**: prompt templates ("Summarise the following ticket for the
 on-call engineer.") and common chat phrases recur across unrelated prompts by
-design. Learn a baseline of them from clean traffic (``python -m
-detectors.recurring_sentences learn``) before enforcing; see
+design. Learn a baseline of them from clean traffic (``trigger-firewall
+learn-baseline``) before enforcing; see
 ``docs/detectors/recurring_sentences.md``.
 
 How a request is scored
@@ -69,7 +69,6 @@ runs inline on the event loop only, so no locks are needed; never call
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import itertools
@@ -77,7 +76,6 @@ import json
 import re
 import secrets
 import string
-import sys
 import time
 from array import array
 from collections import OrderedDict
@@ -193,8 +191,8 @@ class RecurringSentencesParams(DetectorParams):
     max_spans: int = Field(default=16, ge=1, le=1000, description="Evidence spans kept per finding.")
     baseline: str | None = Field(
         default=None,
-        description="JSON file of known recurring sentences (templates) from `python -m "
-        "detectors.recurring_sentences learn`; they are never scored and are left out of contexts.",
+        description="JSON file of known recurring sentences (templates) from `trigger-firewall "
+        "learn-baseline`; they are never scored and are left out of contexts.",
     )
 
 
@@ -635,58 +633,3 @@ def learn_baseline(
             "roles": list(p.roles),
         },
     }
-
-
-def _read_samples(path: str, config: str | None, route: str | None) -> Iterator[Sample]:
-    """Records of a ``trigger-firewall scan`` JSONL file as input samples (bad lines reported, skipped)."""
-    from firewall.config import build_config, load_config
-    from firewall.scanning import RecordError, Scanner
-
-    scanner = Scanner(load_config(config) if config else build_config({}), route=route)
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    try:
-        for line_no, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                segments = scanner.segments(record, Phase.INPUT)
-            except (json.JSONDecodeError, RecordError) as exc:
-                print(f"{path}:{line_no}: skipped: {exc}", file=sys.stderr)
-                continue
-            yield Sample(str(line_no), Phase.INPUT, scanner.route.config.name, tuple(segments))
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detectors.recurring_sentences")
-    sub = parser.add_subparsers(dest="command", required=True)
-    learn = sub.add_parser(
-        "learn",
-        help="write a baseline of the sentences that recur in a clean JSONL file (the `scan` format)",
-    )
-    learn.add_argument("--input", required=True, help="JSONL records with 'text' or 'request' ('-': stdin)")
-    learn.add_argument("--output", required=True, help="baseline JSON to write")
-    learn.add_argument(
-        "--config", help="firewall config whose route reads 'request' records (default: built-in)"
-    )
-    learn.add_argument("--route", help="route name (default chat_completions)")
-    learn.add_argument("--min-words", type=int, default=RecurringSentencesParams().min_words)
-    learn.add_argument("--fire-after", type=int, default=RecurringSentencesParams().fire_after)
-    args = parser.parse_args(argv)
-    params = RecurringSentencesParams(min_words=args.min_words, fire_after=args.fire_after)
-    data = learn_baseline(_read_samples(args.input, args.config, args.route), params, source=args.input)
-    Path(args.output).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    learned = data["learned"]
-    print(
-        f"{len(data['hashes'])} recurring sentences from {learned['records']} records written to "
-        f"{args.output} (the file holds its hash key: keep it as private as your templates)",
-        file=sys.stderr,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_models_parser(sub)
 
+    from firewall.baseline_cli import add_baseline_parser
+
+    add_baseline_parser(sub)
+
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
 
@@ -212,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from firewall.evaluation.cli import run_eval
 
         return run_eval(args)
+    if args.command == "learn-baseline":
+        from firewall.baseline_cli import run_learn_baseline
+
+        return run_learn_baseline(args)
     if args.command == "check-config":
         return _run_check(args)
     if args.command == "config-schema":

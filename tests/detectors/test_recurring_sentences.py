@@ -19,10 +19,10 @@ from detectors.recurring_sentences import (
     RecurringSentencesDetector,
     RecurringSentencesParams,
     learn_baseline,
-    main,
     normalise,
     sentence_spans,
 )
+from firewall.cli import main as cli_main
 from firewall.config import load_config
 from firewall.evaluation.data import load_hard_negatives
 from firewall.runtime import build_runtime
@@ -330,11 +330,47 @@ def test_learn_command_reads_the_scan_format(tmp_path: Path) -> None:
         "\n".join(json.dumps(x) for x in lines) + "\nnot json\n" + json.dumps({"id": 4}) + "\n"
     )
     out = tmp_path / "baseline.json"
-    assert main(["learn", "--input", str(records), "--output", str(out)]) == 0
+    assert cli_main(["learn-baseline", str(records), "--output", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["learned"]["records"] == 3  # two bad lines skipped
     assert len(data["hashes"]) == 2
     assert "ticket" not in out.read_text().replace("format", "")  # hashes only, no text
+
+    # The detector's params come from the firewall config: a word minimum above the
+    # templates' sentence lengths leaves nothing to learn.
+    config = tmp_path / "firewall.yaml"
+    config.write_text(
+        "detectors:\n  - name: templates_seen\n    type: recurring_sentences\n"
+        "    params: {min_words: 40, baseline: /does/not/matter.json}\n"
+    )
+    strict = tmp_path / "strict.json"
+    assert cli_main(["learn-baseline", str(records), "--config", str(config), "-o", str(strict)]) == 0
+    learned = json.loads(strict.read_text())
+    assert learned["learned"]["min_words"] == 40
+    assert learned["hashes"] == []
+
+
+def test_learn_baseline_refuses_an_unknown_or_ambiguous_detector(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = tmp_path / "clean.jsonl"
+    records.write_text(json.dumps({"id": 1, "text": "hello"}) + "\n")
+    config = tmp_path / "firewall.yaml"
+    config.write_text(
+        "detectors:\n  - {name: a, type: recurring_sentences}\n  - {name: b, type: recurring_sentences}\n"
+    )
+    out = str(tmp_path / "baseline.json")
+    assert cli_main(["learn-baseline", str(records), "--config", str(config), "-o", out]) == 2
+    assert "pick one with --detector" in capsys.readouterr().err
+    assert (
+        cli_main(["learn-baseline", str(records), "--config", str(config), "--detector", "c", "-o", out]) == 2
+    )
+    assert "no recurring_sentences detector named 'c'" in capsys.readouterr().err
+    assert (
+        cli_main(["learn-baseline", str(records), "--config", str(config), "--detector", "b", "-o", out]) == 0
+    )
+    assert not (tmp_path / "missing.jsonl").exists()
+    assert cli_main(["learn-baseline", str(tmp_path / "missing.jsonl"), "-o", out]) == 2
 
 
 def test_a_bad_baseline_leaves_the_detector_not_ready(tmp_path: Path) -> None:
