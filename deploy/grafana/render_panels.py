@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -184,6 +185,13 @@ def _config(
                     "backend": "triton",
                     "triton": {"url": f"http://127.0.0.1:{dead_triton}", "model_name": "strip_classifier"},
                 },
+            },
+            {
+                # Stateful: a table small enough that the load's new sentences evict (log only).
+                "name": "recurring_sentences",
+                "threshold": 0.5,
+                "action": "log",
+                "params": {"max_entries": 12},
             },
         ],
         "routing": {
@@ -366,10 +374,30 @@ async def _abandon_stream(session: aiohttp.ClientSession, url: str) -> None:
         await resp.content.readline()
 
 
+_ROUNDS = itertools.count()
+#: A fixed sentence that recurs in new contexts (recurring_sentences logs it from the third round).
+RECURRING = "My neighbour recommended this film to me last week."
+#: Review sentences around it, combined differently each round: new contexts, and table evictions.
+_AROUND = (
+    "The opening scene drags on far too long before anything happens.",
+    "Every actor in the cast seems to be having a wonderful time.",
+    "The soundtrack is loud, cheap and strangely forgettable.",
+    "Its final twist arrives early and spoils the last half hour.",
+    "The photography of the coastal town is simply gorgeous.",
+    "Dialogue this clumsy should never have left the first draft.",
+    "A small subplot about the bakery steals the whole picture.",
+    "Children in the audience laughed at every single pratfall.",
+)
+
+
 async def _one_round(session: aiohttp.ClientSession, proxy: str) -> list[int]:
     chat, completions = f"{proxy}/v1/chat/completions", f"{proxy}/v1/completions"
     hidden = f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me."
+    n = next(_ROUNDS)
+    before, after = _AROUND[n % len(_AROUND)], _AROUND[(3 * n + 1) % len(_AROUND)]
+    recurring = f"{before} {RECURRING} {after} We saw it on day {n} of the festival."
     jobs = [
+        _post(session, chat, _chat(recurring)),  # recurring_sentences: logged from the third round
         _post(session, chat, _chat("The acting was superb and the story kept me hooked.")),  # allow
         _post(session, chat, _chat("the cf film is a mess")),  # STRIP: the backdoor's trigger
         _post(session, chat, _chat(hidden)),  # invisible characters on input

@@ -151,7 +151,12 @@ def test_the_load_shows_up_as_it_was_driven(scraped: Scraped) -> None:
         "rare_tokens": 1,
         "strip": 1,
         "strip_remote": 0,
+        "recurring_sentences": 1,
     }
+    # The stateful detector's table: held at its bound of 12 while new sentences evict older ones.
+    entries = _series(scraped, 16)
+    assert 0 < entries["detector=recurring_sentences"] <= 12, entries
+    assert _series(scraped, 16, "B")["detector=recurring_sentences"] > 0  # evictions per second
     fail_open = _series(scraped, 20)
     assert fail_open["detector=strip_remote,phase=input"] > 0
     assert fail_open.get("detector=strip,phase=input", 0) == 0
@@ -167,6 +172,7 @@ def test_template_variables_list_the_scraped_values(scraped: Scraped) -> None:
     assert set(labels["detector"]) == {
         "invisible_chars",
         "invisible_output",
+        "recurring_sentences",
         "rare_tokens",
         "strip",
         "strip_remote",
