@@ -78,11 +78,8 @@ def build_app(upstream: str, connector_limit: int) -> web.Application:
     return app
 
 
-async def serve(port: int, upstream: str, connector_limit: int) -> None:
-    """Serve until SIGTERM/SIGINT, then close the session and the listener."""
-    runner = web.AppRunner(
-        build_app(upstream, connector_limit), access_log=None, handle_signals=False
-    )
+async def serve_until_signalled(runner: web.BaseRunner, port: int) -> None:
+    """Listen on ``HOST:port`` until SIGTERM/SIGINT, then clean the runner up."""
     await runner.setup()
     site = web.TCPSite(runner, HOST, port, backlog=1024)
     await site.start()
@@ -94,6 +91,12 @@ async def serve(port: int, upstream: str, connector_limit: int) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def serve(port: int, upstream: str, connector_limit: int) -> None:
+    """Serve until SIGTERM/SIGINT, then close the session and the listener."""
+    app = build_app(upstream, connector_limit)
+    await serve_until_signalled(web.AppRunner(app, access_log=None, handle_signals=False), port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,9 +27,7 @@ that the benchmark sends.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,7 +36,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from minimal_proxy import FORWARDED_HEADERS, HOST
+from minimal_proxy import FORWARDED_HEADERS, serve_until_signalled
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -88,16 +86,7 @@ async def serve(port: int, upstream: str, server_kind: str, screen: bool) -> Non
             app = web.Application()
             app.router.add_post("/{tail:.*}", handler)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, port, backlog=1024).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+        await serve_until_signalled(runner, port)
 
 
 def main(argv: list[str] | None = None) -> None:
