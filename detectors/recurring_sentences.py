@@ -14,10 +14,14 @@ distinct contexts it has been seen in. Stateful detection across queries has
 precedent: Chen, Carlini, Wagner, *Stateful Detection of Black-Box Adversarial
 Attacks* (2020).
 
-It is **opt-in**: prompt templates ("Summarise the following ticket for the
-on-call engineer.") and common chat phrases recur across unrelated prompts by
-design. Learn a baseline of them from clean traffic (``trigger-firewall
-learn-baseline``) before enforcing; see
+It is in the built-in defaults with ``action: log``: its first two sightings of a
+trigger always pass, its state is per replica, and an application's own sentences
+can recur. Prompt templates ("Summarise the following ticket for the on-call
+engineer.") recur by design, but at a *fixed place*: first, last, or next to the
+same other sentence. A sentence whose neighbour on one side has been the same in
+every distinct context never scores (``exempt_fixed_position``); a trigger planted
+wherever it fits moves. Learn a baseline of the templates from clean traffic
+(``trigger-firewall learn-baseline``) before turning that rule off or blocking; see
 ``docs/detectors/recurring_sentences.md``.
 
 How a request is scored
@@ -45,7 +49,11 @@ How a request is scored
    whole prompt) or one of fewer than ``min_context_words`` words never counts:
    a user repeating "Can you help me with this problem please?" alone is not a
    trigger.
-4. **Score.** 0 until a unit has been seen in ``fire_after`` distinct contexts,
+4. **Fixed place.** Each entry keeps the unit's neighbour on each side in its
+   segment (the unit before it or the segment's start, the unit after it or the
+   segment's end) while every distinct context agrees. While either side holds,
+   the unit is at a fixed place and does not score.
+5. **Score.** 0 until a unit has been seen in ``fire_after`` distinct contexts,
    this one included; then 0.5, rising linearly to 1.0 at twice that. Each
    sample is scored against the state including itself, then recorded.
 
@@ -120,6 +128,8 @@ _UNIT = b"u\0"  # domain prefixes: a unit's hash and a word pair's hash never me
 _PAIR = b"p\0"
 _CONTEXT_UNIT_WORDS = 3  # other units of this many words are context elements
 _REASON_COUNT_CAP = 10  # reason codes name 3..9 contexts, then "10plus": a bounded set
+_SEGMENT_START = -1  # neighbour markers; unit hashes are non-negative
+_SEGMENT_END = -2
 
 # --------------------------------------------------------------------------- params
 
@@ -189,6 +199,13 @@ class RecurringSentencesParams(DetectorParams):
         description="Characters read per sample, newest segment first (bounds the inline cost).",
     )
     max_spans: int = Field(default=16, ge=1, le=1000, description="Evidence spans kept per finding.")
+    exempt_fixed_position: bool = Field(
+        default=True,
+        description="A sentence whose neighbour on one side has been the same in every distinct context "
+        "(the segment's start or end, or the same other sentence) is taken for a template and never "
+        "scores. Turn off once a baseline of your templates is loaded, to catch triggers that are "
+        "always planted at the same place.",
+    )
     baseline: str | None = Field(
         default=None,
         description="JSON file of known recurring sentences (templates) from `trigger-firewall "
@@ -297,6 +314,8 @@ class _Unit:
     key: int  # keyed hash of the normalised text
     words: int
     elements: frozenset[int]  # its context elements: its own hash (3+ words) and its word pairs
+    left: int  # keyed hash of the unit before it in its segment, or _SEGMENT_START
+    right: int  # keyed hash of the unit after it in its segment, or _SEGMENT_END
 
 
 @dataclass(slots=True)
@@ -306,6 +325,10 @@ class _Entry:
     contexts: int
     last_seen: float
     sketches: list[array[int]]
+    # The neighbour on each side while it has been the same in every distinct context; None
+    # once two contexts disagreed. While either is set the sentence sits at a fixed place.
+    left: int | None
+    right: int | None
 
 
 # --------------------------------------------------------------------------- detector
@@ -406,12 +429,12 @@ class RecurringSentencesDetector(InlineDetector):
             budget -= len(text)
             spans = sentence_spans(text)
             pairs = len(spans) <= p.shingle_max_units
-            for start, end in spans:
-                norm = normalise(text[start:end])
-                words = norm.count(" ") + 1 if norm else 0  # normalise leaves single spaces
-                if not words:
-                    continue
-                key = self._hash(_UNIT, norm)
+            normed = [(start, end, normalise(text[start:end])) for start, end in spans]
+            normed = [x for x in normed if x[2]]
+            keys = [self._hash(_UNIT, norm) for _, _, norm in normed]
+            for i, (start, end, norm) in enumerate(normed):
+                words = norm.count(" ") + 1  # normalise leaves single spaces
+                key = keys[i]
                 if self._baseline_hash is not None and self._baseline_hash(_UNIT, norm) in self._baseline:
                     continue  # a known template: neither a candidate nor a context
                 elements: set[int] = set()
@@ -423,7 +446,9 @@ class RecurringSentencesDetector(InlineDetector):
                         shingles -= 1
                         if shingles <= 0:
                             break
-                units.append(_Unit(index, start, end, key, words, frozenset(elements)))
+                left = keys[i - 1] if i > 0 else _SEGMENT_START
+                right = keys[i + 1] if i + 1 < len(keys) else _SEGMENT_END
+                units.append(_Unit(index, start, end, key, words, frozenset(elements), left, right))
         return units
 
     def _score(self, sample: Sample, t0: float) -> Finding:
@@ -454,8 +479,8 @@ class RecurringSentencesDetector(InlineDetector):
             has_context = (
                 contributing - (1 if u.elements else 0) > 0 and total_words - u.words >= p.min_context_words
             )
-            n = self._observe(key, u, counts, sketch, has_context, now)
-            if n >= p.fire_after:
+            n, fixed = self._observe(key, u, counts, sketch, has_context, now)
+            if n >= p.fire_after and not (fixed and p.exempt_fixed_position):
                 score = min(1.0, 0.5 + 0.5 * (n - p.fire_after) / p.fire_after)
                 hits.extend((score, n, x) for x in same)
         elapsed = time.perf_counter() - t0
@@ -483,8 +508,13 @@ class RecurringSentencesDetector(InlineDetector):
         sketch: array[int],
         has_context: bool,
         now: float,
-    ) -> int:
-        """Record one sighting of ``key``; returns its distinct contexts, this one included."""
+    ) -> tuple[int, bool]:
+        """Record one sighting of ``key``.
+
+        Returns its distinct contexts, this one included, and whether it has sat at a fixed
+        place in all of them (the same neighbour on one side): how a template's sentence
+        recurs, and not how a trigger planted wherever it fits does.
+        """
         p = self._p
         entry = self._probation.pop(key, None)
         protected = False
@@ -495,10 +525,10 @@ class RecurringSentencesDetector(InlineDetector):
             entry = None  # expired: a sighting after the TTL starts over
         if entry is None:
             if not has_context:
-                return 0  # nothing to remember: an occurrence without context never counts
-            entry = _Entry(1, now, [sketch])
+                return 0, False  # nothing to remember: an occurrence without context never counts
+            entry = _Entry(1, now, [sketch], unit.left, unit.right)
             self._insert(key, entry, protected=False)
-            return 1
+            return 1, True
         entry.last_seen = now
         if has_context and not any(
             _same_context(old, unit.elements, counts, p.context_overlap, p.sketch_size)
@@ -508,8 +538,12 @@ class RecurringSentencesDetector(InlineDetector):
             entry.sketches.append(sketch)
             if len(entry.sketches) > p.max_sketches:
                 del entry.sketches[0]
+            if entry.left != unit.left:
+                entry.left = None
+            if entry.right != unit.right:
+                entry.right = None
         self._insert(key, entry, protected=protected or entry.contexts >= 2)
-        return entry.contexts
+        return entry.contexts, entry.left is not None or entry.right is not None
 
     def _insert(self, key: int, entry: _Entry, *, protected: bool) -> None:
         """(Re)insert as most recent; evict least recent beyond the bounds (segmented LRU).
@@ -603,21 +637,36 @@ def _load_baseline(path: Path) -> tuple[_Hasher, frozenset[int]]:
 def learn_baseline(
     samples: Iterable[Sample], params: RecurringSentencesParams | None = None, *, source: str = ""
 ) -> dict[str, Any]:
-    """Run ``samples`` through a fresh detector and return a baseline of the sentences that fired.
+    """The baseline of ``samples``: every candidate sentence seen in ``fire_after`` distinct requests.
+
+    Learning counts distinct *requests* (by the set of their sentences, so a retry or a
+    resend counts once), not distinct contexts as scoring does: a template's sentences
+    share their context with each other, so when the user's part is short, every
+    templated request looks like one context and the template would never be learnt.
+    Clean traffic is assumed: whatever recurs in it is exempt afterwards.
 
     The hashes use a new random key that is written into the file, so the detector can
     hash with it; the file therefore lets whoever holds it confirm a guessed sentence
-    (a template, which is not secret user text). Nothing is forgotten while learning.
+    (a template, which is not secret user text).
     """
     p = params or RecurringSentencesParams()
-    p = p.model_copy(update={"max_entries": 50_000_000, "ttl_seconds": 1e12, "baseline": None})
+    p = p.model_copy(update={"baseline": None})
     key = secrets.token_bytes(16)
-    learner = RecurringSentencesDetector("learn", p, key=key)
+    splitter = RecurringSentencesDetector("learn", p, key=key)
+    # Per sentence, the distinct requests seen (truncated hashes), up to fire_after of them.
+    seen: dict[int, set[int]] = {}
     n = 0
     for sample in samples:
-        learner.score_sample(sample)
         n += 1
-    hashes = sorted(k for k, count in learner.entries() if count >= p.fire_after)
+        units = splitter._units(sample.segments)
+        request = hash(frozenset(u.key for u in units))
+        for u in units:
+            if u.words < p.min_words:
+                continue
+            requests = seen.setdefault(u.key, set())
+            if len(requests) < p.fire_after:
+                requests.add(request)
+    hashes = sorted(k for k, requests in seen.items() if len(requests) >= p.fire_after)
     return {
         "format": BASELINE_FORMAT,
         "version": _BASELINE_VERSION,
@@ -627,7 +676,7 @@ def learn_baseline(
             "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "source": source,
             "records": n,
-            "sentences_remembered": len(learner),
+            "sentences_remembered": len(seen),
             "min_words": p.min_words,
             "fire_after": p.fire_after,
             "roles": list(p.roles),
