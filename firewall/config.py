@@ -207,16 +207,24 @@ def default_routes() -> tuple[RouteConfig, ...]:
 
 
 def default_detectors() -> tuple[DetectorConfig, ...]:
-    """The shipped defaults: the three cheap detectors, blocking.
+    """The shipped defaults: the three cheap detectors blocking, recurring sentences logging.
 
     Thresholds come from ``trigger-firewall eval`` (the project's suite): the
     lowest score that flags at most 1% of its clean texts. Calibrate on your own
     traffic with ``trigger-firewall calibrate`` before relying on them.
+
+    ``recurring_sentences`` (fixed-sentence triggers, which no per-request detector
+    here separates from prose) only logs: it is stateful, its first two sightings of
+    a trigger always pass, and an application's own recurring sentences that move
+    around its prompts would otherwise be blocked. Sentences at a fixed place (how
+    templates recur) never score. Switch it to ``block`` after watching its log, or
+    after learning a baseline (docs/detectors/recurring_sentences.md).
     """
     return (
         DetectorConfig(name="invisible_chars", threshold=0.5, action=Action.BLOCK),
         DetectorConfig(name="rare_tokens", threshold=0.69, action=Action.BLOCK),
         DetectorConfig(name="context_tags", threshold=0.7, action=Action.BLOCK),
+        DetectorConfig(name="recurring_sentences", threshold=0.5, action=Action.LOG),
     )
 
 

@@ -147,8 +147,8 @@ class TriggerFamily:
     """A way of planting a trigger, with where it comes from and who should catch it.
 
     ``expected_by`` names the detector kinds designed to catch the family;
-    ``expected_caught`` says whether the shipped default detectors
-    (``invisible_chars`` and ``rare_tokens``) should. The report prints both
+    ``expected_caught`` says whether the shipped default detectors should
+    (``firewall.config.default_detectors``). The report prints both
     beside the measured rates, so a regression or a gap is visible at a glance.
     """
 
@@ -561,8 +561,8 @@ FAMILIES: dict[str, TriggerFamily] = {
             f'"{ADDSENT_SENTENCE}") inserted at a random sentence boundary',
             "Dai, Chen, Li: A Backdoor Attack Against LSTM-Based Text Classification Systems, "
             "IEEE Access 2019",
-            False,
-            (),
+            True,
+            ("recurring_sentences",),
             _addsent,
         ),
         TriggerFamily(

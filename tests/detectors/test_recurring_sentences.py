@@ -84,7 +84,7 @@ def score(detector: RecurringSentencesDetector, *texts: str | tuple[str, str]) -
 
 
 def test_fires_on_the_third_distinct_context_and_rises_to_one() -> None:
-    detector = make()
+    detector = make(exempt_fixed_position=False)  # always last: see the fixed-position tests
     scores = []
     for review in REVIEWS:
         text = f"{review} {TRIGGER}"
@@ -97,6 +97,45 @@ def test_fires_on_the_third_distinct_context_and_rises_to_one() -> None:
     assert scores == [0.0, 0.0, 0.5, pytest.approx(2 / 3), pytest.approx(5 / 6), 1.0]
     finding = score(detector, f"{TRIGGER} {REVIEWS[0]}")  # an old context again: still known, count 6
     assert finding.reasons == (REASON, "recurring_contexts_6")
+
+
+# --------------------------------------------------------------------------- fixed places
+
+
+def test_a_sentence_always_at_the_same_place_is_taken_for_a_template() -> None:
+    # Always last in its message: the right-hand neighbour (the end) never changes.
+    detector = make()
+    assert [score(detector, f"{r} {TRIGGER}").score for r in REVIEWS] == [0.0] * len(REVIEWS)
+    # Always first, or always right after the same sentence: also a fixed place.
+    intro = "Please read the following review carefully before you answer."
+    first, after = make(), make()
+    for r in REVIEWS:
+        assert score(first, f"{TRIGGER} {r}").score == 0.0
+        assert score(after, f"Some context here. {intro} {r}").score == 0.0
+
+
+def test_a_sentence_that_moves_between_places_fires() -> None:
+    detector = make()
+    texts = [
+        f"{REVIEWS[0]} {TRIGGER}",  # last
+        f"{TRIGGER} {REVIEWS[1]}",  # first: neither neighbour has held
+        f"{REVIEWS[2]} {TRIGGER} {REVIEWS[3]}",  # between two others
+    ]
+    assert [score(detector, t).score for t in texts] == [0.0, 0.0, 0.5]
+    # Once it has moved it stays a candidate, even if it is next seen at an earlier place.
+    assert score(detector, f"{REVIEWS[4]} {TRIGGER}").score == pytest.approx(2 / 3)
+
+
+def test_one_side_moving_is_not_enough_while_the_other_holds() -> None:
+    detector = make()
+    closing = "Tell me what you think of it please."
+    # Always right before the same sentence, after a different review each time.
+    texts = [f"{a} {b} {TRIGGER} {closing}" for a, b in zip(REVIEWS[::2], REVIEWS[1::2], strict=True)]
+    assert [score(detector, t).score for t in texts] == [0.0] * 3
+    assert sorted(n for _, n in detector.entries())[-2:] == [3, 3]  # the trigger and the closing line
+    # The same detector catches it once the right-hand neighbour changes too.
+    text = f"The sound mix was muddy in places. {TRIGGER} The ending surprised everyone in the room."
+    assert score(detector, text).score == pytest.approx(2 / 3)
 
 
 def test_the_sentence_is_matched_after_normalisation_and_at_any_position() -> None:
@@ -188,7 +227,7 @@ def test_an_abbreviation_before_the_trigger_does_not_hide_it() -> None:
 
 
 def test_eviction_by_max_entries_forgets_a_one_off_but_protects_a_building_trigger() -> None:
-    detector = make(max_entries=20, protected_share=0.25)
+    detector = make(max_entries=20, protected_share=0.25, exempt_fixed_position=False)
     score(detector, f"{REVIEWS[0]} {TRIGGER}")
     score(detector, f"{REVIEWS[1]} {TRIGGER}")  # two contexts: protected now
     score(
@@ -218,7 +257,7 @@ def test_without_protection_a_flood_evicts_the_trigger() -> None:
 
 def test_ttl_forgets_a_sentence_not_seen_for_that_long() -> None:
     clock = Clock()
-    detector = make(clock, ttl_seconds=3600)
+    detector = make(clock, ttl_seconds=3600, exempt_fixed_position=False)
     score(detector, f"{REVIEWS[0]} {TRIGGER}")
     clock.now += 3000
     score(detector, f"{REVIEWS[1]} {TRIGGER}")
@@ -287,8 +326,10 @@ def test_learned_baseline_suppresses_a_template_but_not_a_trigger(tmp_path: Path
         "Users in Europe report login timeouts after the last identity provider deploy.",
         "The nightly export job failed twice with an out of memory error in the parser.",
     ]
-    # Without a baseline, the template fires from the third ticket on.
-    plain = make()
+    # The template's sentences sit at fixed places (first and last): the default never scores them.
+    assert [score(make(), _templated(t)).score for t in tickets] == [0.0] * 4
+    # Without that rule and without a baseline, the template fires from the third ticket on.
+    plain = make(exempt_fixed_position=False)
     assert [score(plain, _templated(t)).score for t in tickets] == [0.0, 0.0, 0.5, pytest.approx(2 / 3)]
 
     baseline = learn_baseline([sample(_templated(t)) for t in tickets])
@@ -299,7 +340,9 @@ def test_learned_baseline_suppresses_a_template_but_not_a_trigger(tmp_path: Path
     path.write_text(json.dumps(baseline))
 
     async def run() -> None:
-        detector = await started(baseline=str(path))
+        # With the templates in a baseline, the fixed-place rule can go: the trigger below is
+        # always just before the closing line, a fixed place the rule would take for a template.
+        detector = await started(baseline=str(path), exempt_fixed_position=False)
         assert detector.describe()["baseline_sentences"] == 2
         new_tickets = [
             "The search index is three hours behind after the schema change on Monday.",
@@ -315,6 +358,19 @@ def test_learned_baseline_suppresses_a_template_but_not_a_trigger(tmp_path: Path
         assert [text[s.start : s.end] for s in results[-1].spans] == [TRIGGER]
 
     asyncio.run(run())
+
+
+def test_learning_counts_requests_so_a_template_that_fills_its_own_context_is_learnt() -> None:
+    # The user's part is short (the first one has no words to speak of): every request's
+    # context is mostly the template's other sentence, so scoring sees one context over and
+    # over. Learning counts distinct requests instead; a resent request counts once.
+    template = "Here is a ticket from our queue:\n{}\n\nWhat is the main problem here, if any?"
+    bodies = ["Help!", "Printer jammed again.", "VPN drops hourly.", "Printer jammed again."]
+    baseline = learn_baseline([sample(template.format(b)) for b in bodies])
+    assert len(baseline["hashes"]) == 2
+    assert baseline["learned"]["records"] == 4
+    # Two distinct requests are not enough: fire_after (3) of them are.
+    assert learn_baseline([sample(template.format(b)) for b in bodies[:2]])["hashes"] == []
 
 
 def test_learn_command_reads_the_scan_format(tmp_path: Path) -> None:
@@ -522,3 +578,23 @@ async def test_proxy_lets_a_growing_chat_through(
         assert status == 200, body
         messages.append({"role": "assistant", "content": upstream.reply})
     assert len(upstream.received) == 5
+
+
+@pytest.mark.asyncio
+async def test_builtin_defaults_log_a_moving_sentence_and_pass_a_template(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: Any
+) -> None:
+    fw = await firewall()  # no detectors given: the built-in defaults
+    assert fw.server.config.detector("recurring_sentences").action.value == "log"
+    template = "Summarise the following review for the newsletter.\n\n{}\n\nKeep it under fifty words please."
+    for review in REVIEWS[:4]:
+        assert (await _post(client, fw.url, chat_body(template.format(review))))[0] == 200
+    moving = (f"{REVIEWS[4]} {TRIGGER}", f"{TRIGGER} {REVIEWS[5]}", f"{REVIEWS[0]} {TRIGGER} {REVIEWS[1]}")
+    for text in moving:
+        assert (await _post(client, fw.url, chat_body(text)))[0] == 200  # logged, never blocked
+    assert len(upstream.received) == 7
+    events = await fw.audit_events()
+    assert [e["action"] for e in events] == ["allow"] * 6 + ["log"]  # the template never scores
+    det = next(d for d in events[-1]["input"]["detectors"] if d["name"] == "recurring_sentences")
+    assert det["fired"] is True
+    assert [s["reason"] for s in det["spans"]] == [REASON]

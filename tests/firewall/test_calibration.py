@@ -414,8 +414,8 @@ def test_patch_of_the_builtin_defaults_validates() -> None:
     assert (cal.threshold, cal.basis, cal.flagged) == (0.5, "configured", 0)
     assert cal.fpr_upper == pytest.approx(1 - 0.05 ** (1 / 600))
     patch = build_patch(config, result)
-    # The default config lists the three cheap detectors; rare_tokens and context_tags have no scores
-    # here and keep their values.
+    # The default config lists the three cheap detectors and recurring_sentences; those with no
+    # scores here keep their values (and actions).
     assert patch == {
         "detectors": [
             {"name": "invisible_chars", "threshold": 0.5, "action": "block"},
@@ -425,6 +425,7 @@ def test_patch_of_the_builtin_defaults_validates() -> None:
                 "threshold": config.detector("context_tags").threshold,
                 "action": "block",
             },
+            {"name": "recurring_sentences", "threshold": 0.5, "action": "log"},
         ]
     }
     assert verify_patch({}, patch, result).detector("invisible_chars").threshold == 0.5

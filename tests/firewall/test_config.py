@@ -43,9 +43,16 @@ def test_defaults_without_file_or_env() -> None:
     assert config.apiVersion == API_VERSION
     assert config.kind == "FirewallConfig"
     assert config.mode is Mode.ENFORCE
-    assert [d.name for d in config.detectors] == ["invisible_chars", "rare_tokens", "context_tags"]
+    assert [d.name for d in config.detectors] == [
+        "invisible_chars",
+        "rare_tokens",
+        "context_tags",
+        "recurring_sentences",
+    ]
     assert config.detector("rare_tokens").action is Action.BLOCK
     assert config.detector("context_tags").action is Action.BLOCK
+    # Stateful, and its first sightings always pass: it logs until an operator promotes it.
+    assert config.detector("recurring_sentences").action is Action.LOG
     det = config.detector("invisible_chars")
     assert det.kind == "invisible_chars"
     assert det.enabled

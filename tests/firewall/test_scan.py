@@ -48,7 +48,12 @@ def test_scan_reports_scores_findings_and_skips_bad_lines(
     clean, trig, req = out
     assert clean["flagged"] is False
     assert clean["action"] == "allow"
-    assert clean["scores"] == {"invisible_chars": 0.0, "rare_tokens": 0.0, "context_tags": 0.0}
+    assert clean["scores"] == {
+        "invisible_chars": 0.0,
+        "rare_tokens": 0.0,
+        "context_tags": 0.0,
+        "recurring_sentences": 0.0,
+    }
     assert trig["flagged"] is True
     assert trig["action"] == "block"
     finding = trig["findings"][0]
