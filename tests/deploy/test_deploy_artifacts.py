@@ -39,6 +39,7 @@ EXPECTED_ALERTS = {
     "TriggerFirewallDetectorErrors",
     "TriggerFirewallUpstreamErrors",
     "TriggerFirewallConfigReloadFailed",
+    "TriggerFirewallRecurringSentence",
 }
 TIMEOUT = 120
 TMP = "/tmp"  # noqa: S108 - the container's /tmp mount path, not a file this test writes
