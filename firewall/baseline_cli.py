@@ -36,11 +36,11 @@ def add_baseline_parser(sub: Any) -> argparse.ArgumentParser:
         "learn-baseline",
         help="learn the recurring sentences (templates) of clean traffic for recurring_sentences",
         description="Reads clean JSONL records (the format `scan` reads: 'text' or an OpenAI "
-        "'request' body), runs them through the recurring_sentences detector configured as in "
-        "--config, and writes a baseline of the sentences that recurred in enough distinct "
-        "contexts. Point the detector's `baseline` param at the file. The file holds the hash "
-        "key, so whoever has it can confirm a guessed template sentence: keep it as private as "
-        "your templates. See docs/detectors/recurring_sentences.md.",
+        "'request' body), splits them into sentences as the recurring_sentences detector "
+        "configured in --config does, and writes a baseline of the sentences seen in at least "
+        "its fire_after distinct requests. Point the detector's `baseline` param at the file. "
+        "The file holds the hash key, so whoever has it can confirm a guessed template sentence: "
+        "keep it as private as your templates. See docs/detectors/recurring_sentences.md.",
     )
     parser.add_argument("file", help="clean JSONL records; - for stdin")
     parser.add_argument("--output", "-o", required=True, help="baseline JSON file to write")

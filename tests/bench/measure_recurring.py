@@ -220,7 +220,7 @@ def templated(
     """
     rng = random.Random(f"templates/{seed}")
     choices = TEMPLATES if middle and others else TEMPLATES[:_MIDDLE_TEMPLATE]
-    spare = iter(itertools.cycle(others)) if others else None
+    spare = itertools.cycle(others) if others else None
     out = []
     for t in texts:
         template = rng.choice(choices)
@@ -238,8 +238,8 @@ def template_probe(limit: int, seed: int) -> None:
     learn_texts, live_texts = movie[:limit], movie[limit : 2 * limit]
     others, trig_texts = movie[2 * limit : 3 * limit], movie[3 * limit : 3 * limit + limit // 10]
     live = templated(live_texts, seed + 1, others[: limit // 2])
-    middle = {normalise(TEMPLATES[_MIDDLE_TEMPLATE].split("\n")[1])}
-    is_middle = [any(m in normalise(t) for m in middle) for t in live]
+    middle = normalise(TEMPLATES[_MIDDLE_TEMPLATE].split("\n")[1])
+    is_middle = [middle in normalise(t) for t in live]
 
     learn_samples = [
         _sample(i, t) for i, t in enumerate(templated(learn_texts, seed + 2, others[limit // 2 :]))
