@@ -26,10 +26,10 @@ ENTRY_POINT_GROUP = "trigger_firewall.detectors"
 
 # kind -> "module:Class"; imported lazily so heavy optional dependencies load only when used.
 _BUILTINS: dict[str, str] = {
-    "invisible_chars": "detectors.invisible_chars:InvisibleCharsDetector",
-    "insecure_code": "detectors.insecure_code:InsecureCodeDetector",
-    "rare_tokens": "detectors.rare_tokens:RareTokensDetector",
-    "strip": "detectors.strip:StripDetector",
+    "invisible_chars": "detectors.invisible_chars.detector:InvisibleCharsDetector",
+    "insecure_code": "detectors.insecure_code.detector:InsecureCodeDetector",
+    "rare_tokens": "detectors.rare_tokens.detector:RareTokensDetector",
+    "strip": "detectors.strip.detector:StripDetector",
     "perplexity": "detectors.perplexity:PerplexityDetector",
     "context_tags": "detectors.context_tags:ContextTagsDetector",
     "out_of_context": "detectors.out_of_context:OutOfContextDetector",

@@ -1,7 +1,7 @@
 """The detector interface every built-in and third-party detector implements.
 
 A detector *scores*; it never decides. It receives a batch of samples and returns
-one :class:`~firewall.types.Finding` per sample, in order, with a score in [0, 1]
+one :class:`~firewall.core.types.Finding` per sample, in order, with a score in [0, 1]
 (higher is more suspicious) and evidence as spans and reason codes. Thresholds,
 actions and fail modes live in the policy, so security teams tune them in one
 place.
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from firewall.metrics import Metrics
+    from firewall.observability.metrics import Metrics
 
-from firewall.types import (
+from firewall.core.types import (
     Action,
     Cost,
     Finding,
@@ -94,7 +94,7 @@ class Detector(abc.ABC):
         self._ready = False
         #: The server's metrics, set by the runtime before :meth:`start` (``None`` when a
         #: detector runs outside a server, e.g. in a test). Detectors that batch pass it to
-        #: their :class:`~firewall.batching.MicroBatcher`, so queue depth, batch sizes and
+        #: their :class:`~firewall.core.batching.MicroBatcher`, so queue depth, batch sizes and
         #: waits reach ``/metrics``.
         self.metrics: Metrics | None = None
 

@@ -11,7 +11,7 @@ clauses and list items (:mod:`detectors.ooc_text`) and scores how little each
 unit belongs, with three kinds of evidence:
 
 (a) **Reference LM, sentence-level ONION.** With the project's reference
-    language model (:mod:`detectors.reference_lm`): ``rest_drop``, how much the
+    language model (:mod:`firewall.models.reference_lm`): ``rest_drop``, how much the
     mean surprisal of the *rest* of the text falls when the unit is removed (an
     aside that derails what follows makes the following text harder to predict),
     and ``pmi``, how much the context helps predict the unit (the unit's
@@ -19,7 +19,7 @@ unit belongs, with three kinds of evidence:
     nothing leads up to). The full text, every leave-one-unit-out variant and
     every unit alone go through **one** batched :meth:`ReferenceLM.surprisal_batch`.
 (b) **MiniLM encoder.** The cosine similarity of the unit's embedding to the mean
-    embedding of the other units (:mod:`detectors.sentence_encoder`).
+    embedding of the other units (:mod:`firewall.models.sentence_encoder`).
 (c) **Cheap cues** (:func:`detectors.ooc_text.cheap_cues`): first or last unit,
     no content word shared with the rest, a first-person aside in a text that is
     otherwise not first-person, a casing style that differs from the rest.
@@ -242,7 +242,7 @@ class _Job:
 
 def analyse_sync(lm: Any, encoder: Any, jobs: Sequence[_Job]) -> list[list[UnitFeatures]]:
     """Model features for every job: one LM pass and one encoder pass for all of them together."""
-    from detectors.reference_lm import variants_without
+    from firewall.models.reference_lm import variants_without
 
     lm_items: list[str] = []
     enc_items: list[str] = []
@@ -345,7 +345,7 @@ class OutOfContextDetector(Detector):
         self.model_runs = 0  # samples whose models ran (gate open or sampled): for benchmarks and tests
 
     async def start(self) -> None:
-        from firewall.batching import MicroBatcher
+        from firewall.core.batching import MicroBatcher
 
         try:
             await asyncio.to_thread(self._load)
@@ -365,8 +365,8 @@ class OutOfContextDetector(Detector):
         self._ready = True
 
     def _load(self) -> None:
-        from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
-        from detectors.sentence_encoder import SentenceEncoder
+        from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
+        from firewall.models.sentence_encoder import SentenceEncoder
 
         self._cal = Calibration.load(self.p.calibration_file)
         self._encoder = SentenceEncoder.load(self.p.encoder_path)  # the cheaper check first
@@ -620,8 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--out", help="output JSON (default: the shipped file in detectors/data)")
     args = parser.parse_args(argv)
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
-    from detectors.sentence_encoder import SentenceEncoder
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.sentence_encoder import SentenceEncoder
 
     lm = ReferenceLM.load(ReferenceLMConfig(device="cpu"))
     data = calibrate(lm, SentenceEncoder.load(), n=args.texts, seed=args.seed)

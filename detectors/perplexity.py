@@ -17,7 +17,7 @@ How it scores one text (one segment)
 1. **One forward pass** of the text behind a chat prefix (``<|im_start|>user\\n``,
    so the first word is scored too) gives each token's surprisal ``s`` and the
    entropy ``H`` of the distribution that predicted it
-   (:class:`~detectors.reference_lm.ReferenceLM`; texts longer than its window are
+   (:class:`~firewall.models.reference_lm.ReferenceLM`; texts longer than its window are
    scored in overlapping windows, never truncated, so a trigger at the end of a long
    prompt is scored with the same left context as one at the start).
 2. **Words** (runs of non-space characters) collect their tokens. Per word:
@@ -59,7 +59,7 @@ Serving: the model loads in :meth:`start` (in a thread). When the default model 
 not prepared and ``prepare_if_missing`` is set, :meth:`start` prepares it first
 (:func:`firewall.models.prepare.ensure_prepared`, 1-2 minutes, logged); until then
 the detector is not ready and the route's fail mode applies. All inference runs in
-a :class:`~firewall.batching.MicroBatcher` thread; a full queue sheds the request
+a :class:`~firewall.core.batching.MicroBatcher` thread; a full queue sheds the request
 as an error finding (fail mode) instead of queueing without bound.
 """
 
@@ -88,13 +88,13 @@ from detectors.base import (
     Sample,
     Span,
 )
-from detectors.reference_lm import ReferenceLMConfig
-from firewall.errors import DetectorUnavailable
+from firewall.core.errors import DetectorUnavailable
 from firewall.models.cache import DEFAULT_MODEL_ID, model_dir, read_manifest
+from firewall.models.reference_lm import ReferenceLMConfig
 
 if TYPE_CHECKING:
-    from detectors.reference_lm import ReferenceLM, TokenSurprisal
-    from firewall.batching import MicroBatcher
+    from firewall.core.batching import MicroBatcher
+    from firewall.models.reference_lm import ReferenceLM, TokenSurprisal
 
 __all__ = [
     "REASON_CODES",
@@ -130,7 +130,7 @@ class PerplexityParams(DetectorParams):
 
     model: ReferenceLMConfig = Field(
         default_factory=ReferenceLMConfig,
-        description="Reference model settings (detectors.reference_lm.ReferenceLMConfig): model_path, "
+        description="Reference model settings (firewall.models.reference_lm.ReferenceLMConfig): model_path, "
         "cache_dir, backend, device, threads, dtype, max_tokens (window), overlap, batch_size, ...",
     )
     prepare_if_missing: bool = Field(
@@ -444,7 +444,7 @@ class PerplexityDetector(Detector):
         it); the detector stays not ready, :attr:`error` says why, and every score is an
         error finding, so the route's fail mode applies.
         """
-        from firewall.batching import MicroBatcher
+        from firewall.core.batching import MicroBatcher
 
         self.error = None
         try:
@@ -483,7 +483,7 @@ class PerplexityDetector(Detector):
         ensure_prepared(cfg.cache_dir, log.warning, quantize="int8" if int8 else None)
 
     def _load(self) -> _Scorer:
-        from detectors.reference_lm import ReferenceLM
+        from firewall.models.reference_lm import ReferenceLM
 
         lm = ReferenceLM.load(self.p.model)
         lm.warmup()

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from firewall.cli import main
+from firewall.cli.main import main
 
 raise SystemExit(main())

@@ -938,7 +938,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def firewall_importable() -> tuple[bool, str]:
     """Is the real firewall there? Checked in a child so a broken import cannot hurt us."""
     done = subprocess.run(
-        [sys.executable, "-c", "import firewall.cli"],
+        [sys.executable, "-c", "import firewall.cli.main"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -977,7 +977,7 @@ def run_bench(args: argparse.Namespace) -> int:
         ok, why = firewall_importable()
         if not ok:
             raise BenchError(
-                f"the firewall is not runnable yet (import firewall.cli failed: {why}); "
+                f"the firewall is not runnable yet (import firewall.cli.main failed: {why}); "
                 "pass --firewall-cmd to benchmark another proxy"
             )
     stamp = time.strftime("%Y%m%dT%H%M%S")

@@ -63,7 +63,7 @@ def _child(argv: Sequence[str]) -> int:
 
         minimal_proxy.main(rest)
         return 0
-    from firewall.cli import main
+    from firewall.cli.main import main
 
     return int(main(rest) or 0)
 

@@ -19,9 +19,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from firewall.config import build_config, deep_merge
-from firewall.metrics import Metrics
-from firewall.server import Server
+from firewall.config.schema import build_config, deep_merge
+from firewall.observability.metrics import Metrics
+from firewall.server.lifecycle import Server
 from tests import fake_detectors  # noqa: F401 - registers the test detector types
 
 

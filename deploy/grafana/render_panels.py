@@ -306,7 +306,7 @@ def _prometheus_config(admin_port: int) -> str:
 async def start_stack(workdir: Path, prometheus_bin: str = "prometheus") -> Stack:
     """Start Prometheus, build the demo model, start the firewall; return when the firewall is
     ready and Prometheus has scraped it once."""
-    from firewall.demo_model import build
+    from firewall.demo.model import build
 
     demo = workdir / "demo"
     proxy_port, admin_port, prom_port = _free_port(), _free_port(), _free_port()

@@ -1,8 +1,8 @@
 """Regenerate deploy/helm/trigger-firewall/values.schema.json.
 
 The chart's `config` block is validated by the firewall's own config JSON Schema
-(`firewall.config.json_schema()`), so `helm lint` / `helm install` reject an invalid config
-before it reaches a pod. Run after changing firewall/config.py:
+(`firewall.config.schema.json_schema()`), so `helm lint` / `helm install` reject an invalid config
+before it reaches a pod. Run after changing firewall/config/schema.py:
 
     .venv/bin/python deploy/helm/gen_values_schema.py
 
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from firewall.config import json_schema
+from firewall.config.schema import json_schema
 
 OUT = Path(__file__).parent / "trigger-firewall" / "values.schema.json"
 

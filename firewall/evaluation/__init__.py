@@ -10,9 +10,9 @@
 * :mod:`~firewall.evaluation.metrics`: AUROC, thresholds for a target FPR,
   rates and latency statistics, in pure Python;
 * :mod:`~firewall.evaluation.suite`: runs everything through the proxy's own
-  :class:`~firewall.scanning.Scanner` (``run_suite``, ``thresholds_for_fpr``);
+  :class:`~firewall.offline.scanning.Scanner` (``run_suite``, ``thresholds_for_fpr``);
 * :mod:`~firewall.evaluation.report`: the report as data, table, JSON and plot;
-* :mod:`~firewall.evaluation.cli`: the ``eval`` subcommand.
+* :mod:`~firewall.cli.evaluate`: the ``eval`` subcommand.
 
 Nothing is imported here: the CLI imports this package to build its parser,
 and must stay fast.

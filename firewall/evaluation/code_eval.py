@@ -9,7 +9,7 @@ false-positive rate that decides whether a team can switch enforcement on)?
 The data is ``data/code_answers.jsonl`` (written for this project): assistant answers
 in markdown, in pairs that differ only where the vulnerability is, labelled with
 language, CWE list and category. Every answer is scanned as an **output** through
-:class:`~firewall.scanning.Scanner`, i.e. exactly as the proxy would screen a
+:class:`~firewall.offline.scanning.Scanner`, i.e. exactly as the proxy would screen a
 non-streaming response with this config. When the config has no ``insecure_code``
 detector, one is added with its defaults (threshold 0.5, block), so
 ``eval --suite code`` works out of the box.
@@ -31,11 +31,11 @@ from typing import Any
 
 import orjson
 
-from firewall.config import DetectorConfig, FirewallConfig
-from firewall.errors import ConfigError
+from firewall.config.schema import DetectorConfig, FirewallConfig
+from firewall.core.errors import ConfigError
+from firewall.core.types import FindingStatus, Phase, Segment
 from firewall.evaluation.metrics import percentile
-from firewall.scanning import Scanner
-from firewall.types import FindingStatus, Phase, Segment
+from firewall.offline.scanning import Scanner
 
 __all__ = [
     "CODE_ANSWERS",

@@ -1,6 +1,6 @@
 """Run the evaluation: scan clean and triggered texts through the proxy's own screening path.
 
-Why through :class:`~firewall.scanning.Scanner`: it builds the runtime the server
+Why through :class:`~firewall.offline.scanning.Scanner`: it builds the runtime the server
 builds (same detectors, same compiled policy, cascade and timeouts), so every
 score and every verdict here is the one the proxy would produce for that text,
 and the "policy" numbers are what a deployment with this config would do.
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from firewall import __version__
-from firewall.config import FirewallConfig, config_hash
-from firewall.errors import ConfigError
+from firewall.config.schema import FirewallConfig, config_hash
+from firewall.core.errors import ConfigError
+from firewall.core.types import Action, FindingStatus, Phase, Segment
 from firewall.evaluation.data import SOURCE_HARD_NEGATIVE, CleanText, load_clean
 from firewall.evaluation.metrics import LatencyStats, auroc, rate_at, threshold_for_fpr
 from firewall.evaluation.report import (
@@ -42,8 +43,7 @@ from firewall.evaluation.report import (
     RunInfo,
 )
 from firewall.evaluation.triggers import TriggerFamily, parse_families
-from firewall.scanning import Scanner, ScanOutcome
-from firewall.types import Action, FindingStatus, Phase, Segment
+from firewall.offline.scanning import Scanner, ScanOutcome
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -92,7 +92,7 @@ async def run_suite_async(
     """Run the suite with the detectors ``config`` enables; see the module docstring.
 
     Raises :class:`ValueError` for bad arguments (unknown family, limit < 1),
-    :class:`~firewall.errors.ConfigError` when the route is unknown, detectors
+    :class:`~firewall.core.errors.ConfigError` when the route is unknown, detectors
     fail to load or nothing is screened in ``phase``, and
     :class:`~firewall.evaluation.data.DataUnavailableError` when the clean
     corpus is not installed.

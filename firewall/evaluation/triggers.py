@@ -148,7 +148,7 @@ class TriggerFamily:
 
     ``expected_by`` names the detector kinds designed to catch the family;
     ``expected_caught`` says whether the shipped default detectors should
-    (``firewall.config.default_detectors``). The report prints both
+    (``firewall.config.schema.default_detectors``). The report prints both
     beside the measured rates, so a regression or a gap is visible at a glance.
     """
 

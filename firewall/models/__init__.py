@@ -2,7 +2,7 @@
 
 Light to import: nothing here loads torch or onnxruntime. Preparation lives in
 :mod:`firewall.models.prepare` (needs the ``prepare`` extra), the serving-time
-runtime in :mod:`detectors.reference_lm`.
+runtime in :mod:`firewall.models.reference_lm`.
 """
 
 from __future__ import annotations

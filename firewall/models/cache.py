@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-from firewall.errors import DetectorUnavailable
+from firewall.core.errors import DetectorUnavailable
 
 __all__ = [
     "CACHE_ENV",
@@ -44,7 +44,7 @@ PREPARE_COMMAND: Final = "trigger-firewall models prepare"
 class ModelUnavailable(DetectorUnavailable):
     """The reference model is not prepared, or cannot be loaded with what is installed.
 
-    A subclass of :class:`~firewall.errors.DetectorUnavailable`, so a detector that
+    A subclass of :class:`~firewall.core.errors.DetectorUnavailable`, so a detector that
     hits it is simply not ready and the route's fail mode applies. The message always
     says what to run or install.
     """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firewall.config import RouteConfig
+from firewall.config.schema import RouteConfig
 from firewall.protocols.base import ProtocolAdapter, StreamState
 from firewall.protocols.json_fields import JsonFieldsAdapter
 from firewall.protocols.openai import (

@@ -7,7 +7,7 @@ events that end a blocked stream in that format. ``streaming.py`` stays
 protocol-agnostic by asking the adapter.
 
 Adapters work on already-parsed JSON (orjson output) and raise
-:class:`~firewall.errors.ProtocolError` when a screened body has the wrong shape,
+:class:`~firewall.core.errors.ProtocolError` when a screened body has the wrong shape,
 so the proxy answers 400 instead of forwarding something it could not read.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from firewall.types import Segment
+from firewall.core.types import Segment
 
 __all__ = ["ProtocolAdapter", "StreamState", "error_body", "sse_event"]
 

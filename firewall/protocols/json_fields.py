@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from firewall.errors import ProtocolError
+from firewall.core.errors import ProtocolError
+from firewall.core.types import Segment
 from firewall.protocols.base import ProtocolAdapter, StreamState
-from firewall.types import Segment
 
 __all__ = ["JsonFieldsAdapter", "resolve_pointer"]
 

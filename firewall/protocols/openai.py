@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from firewall.errors import ProtocolError
+from firewall.core.errors import ProtocolError
+from firewall.core.types import Segment
 from firewall.protocols.base import DONE_EVENT, ProtocolAdapter, StreamState, error_body, sse_event
-from firewall.types import Segment
 
 __all__ = [
     "ChatAdapter",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from firewall.batching import MicroBatcher
+from firewall.core.batching import MicroBatcher
 
 CONCURRENCY = (1, 8, 16, 32)
 PROFILES = {"amortising": (0.020, 0.001), "compute-bound": (0.0015, 0.009)}

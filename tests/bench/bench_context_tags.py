@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.context_tags import ContextTagsDetector
-from firewall.types import Phase, Sample, Segment
+from firewall.core.types import Phase, Sample, Segment
 
 _ENGLISH = (
     "please", "summarise", "the", "following", "quarterly", "report", "and", "list",

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from detectors.insecure_code import InsecureCodeDetector
+from detectors.insecure_code.detector import InsecureCodeDetector
+from firewall.core.types import Phase, Sample, Segment
 from firewall.evaluation.code_eval import load_code_answers
-from firewall.types import Phase, Sample, Segment
 
 _PROSE = (
     "To speed up the build, cache the dependencies between runs and split the test suite "

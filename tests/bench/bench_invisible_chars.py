@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from detectors.invisible_chars import InvisibleCharsDetector
-from firewall.types import Phase, Sample, Segment
+from detectors.invisible_chars.detector import InvisibleCharsDetector
+from firewall.core.types import Phase, Sample, Segment
 
 _ENGLISH = (
     "please", "summarise", "the", "following", "quarterly", "report", "and", "list",

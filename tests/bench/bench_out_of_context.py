@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 from detectors.out_of_context import OutOfContextDetector, OutOfContextParams
+from firewall.core.types import FindingStatus, Phase, Sample, Segment
 from firewall.evaluation.data import load_clean
-from firewall.types import FindingStatus, Phase, Sample, Segment
 
 
 def _stats(label: str, ms: list[float]) -> str:

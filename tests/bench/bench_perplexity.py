@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.perplexity import PerplexityDetector, PerplexityParams
-from detectors.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig
+from firewall.core.types import FindingStatus, Phase, Sample, Segment
 from firewall.models.cache import model_dir
-from firewall.types import FindingStatus, Phase, Sample, Segment
+from firewall.models.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig
 
 REVIEW = (
     "I went to see this film on a rainy Sunday afternoon with two friends, and none of us expected "

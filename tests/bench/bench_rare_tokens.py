@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from detectors.rare_tokens import RareTokensDetector
-from firewall.types import Phase, Sample, Segment
+from detectors.rare_tokens.detector import RareTokensDetector
+from firewall.core.types import Phase, Sample, Segment
 
 _PROSE = (
     "The committee met on Tuesday to review the draft budget for next year. Most members "

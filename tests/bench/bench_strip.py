@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from detectors.strip import StripDetector, StripParams
-from firewall.demo_model import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, build, load_mr, split_mr
-from firewall.types import Phase, Sample, Segment
+from detectors.strip.detector import StripDetector, StripParams
+from firewall.core.types import Phase, Sample, Segment
+from firewall.demo.model import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, build, load_mr, split_mr
 
 
 async def bench(label: str, folder: str, texts: list[str], threads: int) -> None:
@@ -53,8 +53,8 @@ def random_minilm(folder: Path, words: list[str]) -> None:
     import transformers
     from tokenizers import Tokenizer
 
-    from detectors.sentence_encoder import default_encoder_dir
-    from firewall.demo_minilm import _export
+    from firewall.demo.minilm import _export
+    from firewall.models.sentence_encoder import default_encoder_dir
 
     encoder = default_encoder_dir()
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]

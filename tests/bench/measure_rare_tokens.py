@@ -55,14 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wordfreq import zipf_frequency
 
-from detectors.rare_tokens import (
+from detectors.rare_tokens.detector import (
     _ELONGATION_RE,
     RECOMMENDED_THRESHOLD,
     RareTokensDetector,
     _is_elongation,
     _is_typo,
 )
-from firewall.types import FindingStatus, Phase, Sample, Segment
+from firewall.core.types import FindingStatus, Phase, Sample, Segment
 
 ROOT = Path(__file__).resolve().parents[2]
 HARD_NEGATIVES = ROOT / "tests" / "detectors" / "fixtures" / "rare_tokens_hard_negatives.jsonl"

@@ -49,9 +49,9 @@ from detectors.recurring_sentences import (
     learn_baseline,
     normalise,
 )
+from firewall.core.types import Finding, Phase, Sample, Segment
 from firewall.evaluation.data import SOURCE_HARD_NEGATIVE, CleanText, load_clean, load_movie_texts
 from firewall.evaluation.triggers import ADDSENT_SENTENCES, FAMILIES
-from firewall.types import Finding, Phase, Sample, Segment
 
 THRESHOLD = 0.5
 RATES = (0.005, 0.02, 0.10)

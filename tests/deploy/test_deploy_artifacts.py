@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from firewall.metrics import Metrics
+from firewall.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -194,7 +194,7 @@ def test_every_dashboard_and_alert_metric_exists_in_the_registry() -> None:
             used.setdefault(name, set()).add(f"alert: {rule['alert']}")
     assert used, "no PromQL found"
     unknown = {name: sorted(where) for name, where in used.items() if name not in known}
-    assert not unknown, f"metrics not in firewall.metrics.Metrics' registry: {unknown}"
+    assert not unknown, f"metrics not in firewall.observability.metrics.Metrics' registry: {unknown}"
 
 
 def test_dashboard_urls_of_alerts_point_at_existing_panels() -> None:

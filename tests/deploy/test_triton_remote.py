@@ -28,7 +28,12 @@ import aiohttp
 import numpy as np
 import pytest
 
-from detectors.remote_triton import (
+from detectors.strip.detector import StripDetector, StripParams
+from firewall.config.schema import build_config
+from firewall.core.types import Action, Cost, FindingStatus, Phase, Sample, Segment
+from firewall.demo.model import BuildReport, TextClassifier, Vectorizer, build
+from firewall.demo.upstream import start_demo_upstream
+from firewall.models.triton import (
     RemoteTextClassifier,
     TritonEndpoint,
     TritonHTTPClient,
@@ -36,14 +41,9 @@ from detectors.remote_triton import (
     TritonUnavailable,
     wait_ready,
 )
-from detectors.strip import StripDetector, StripParams
-from firewall.config import build_config
-from firewall.demo_model import BuildReport, TextClassifier, Vectorizer, build
-from firewall.demo_upstream import start_demo_upstream
-from firewall.pipeline import Pipeline
-from firewall.policy import DetectorRule
-from firewall.server import Server
-from firewall.types import Action, Cost, FindingStatus, Phase, Sample, Segment
+from firewall.screening.pipeline import Pipeline
+from firewall.screening.policy import DetectorRule
+from firewall.server.lifecycle import Server
 from tests.conftest import base_config
 from tests.models.conftest import prepared_model_dir  # noqa: F401 - fixture, prepares the model once
 
@@ -277,7 +277,7 @@ def test_reference_lm_on_triton_matches_onnxruntime(
     tmp_path: Path,
     prepared_model_dir: Path,  # noqa: F811
 ) -> None:
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     triton = _server(tmp_path, demo, ("reference_lm",), prepared_model_dir)
 

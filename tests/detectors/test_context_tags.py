@@ -12,7 +12,7 @@ from detectors.context_tags import (
     ContextTagsDetector,
     ContextTagsParams,
 )
-from firewall.types import Finding, FindingStatus, Phase, Sample, Segment
+from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment
 from tests.conftest import FakeUpstream, FirewallFactory, chat_body
 
 THRESHOLD = RECOMMENDED_THRESHOLD

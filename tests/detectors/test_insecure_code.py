@@ -1,4 +1,4 @@
-"""Tests for detectors.insecure_code and its helpers in detectors/code/.
+"""Tests for detectors.insecure_code.detector and its helpers in detectors/insecure_code/.
 
 Every rule's own safe and unsafe examples (from the YAML packs) run here, inside a fenced
 block as a model would write them. The streaming tests replay whole answers from
@@ -18,13 +18,13 @@ from pydantic import ValidationError
 
 from detectors import load_detector_class
 from detectors.base import Cost, FindingStatus, Phase, Sample, Segment
-from detectors.code.anchors import anchors
-from detectors.code.engine import analyse_block, shannon_entropy
-from detectors.code.extract import extract_blocks, may_contain_code
-from detectors.code.langid import LANGUAGES, canonical_tag, guess_language, identify
-from detectors.code.lines import logical_lines
-from detectors.code.rules import CATEGORIES, INFINITE, RuleError, load_rules, parse_rules
-from detectors.insecure_code import InsecureCodeDetector, InsecureCodeParams
+from detectors.insecure_code.anchors import anchors
+from detectors.insecure_code.detector import InsecureCodeDetector, InsecureCodeParams
+from detectors.insecure_code.engine import analyse_block, shannon_entropy
+from detectors.insecure_code.extract import extract_blocks, may_contain_code
+from detectors.insecure_code.langid import LANGUAGES, canonical_tag, guess_language, identify
+from detectors.insecure_code.lines import logical_lines
+from detectors.insecure_code.rules import CATEGORIES, INFINITE, RuleError, load_rules, parse_rules
 
 CASES = Path(__file__).parent / "code_cases"
 PACK = load_rules()
@@ -661,7 +661,7 @@ def test_eval_cli_code_suite(
 ) -> None:
     import orjson
 
-    from firewall.cli import main
+    from firewall.cli.main import main
     from firewall.evaluation import code_eval
 
     monkeypatch.delenv("TRIGGER_FIREWALL_CONFIG", raising=False)

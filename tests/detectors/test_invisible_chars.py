@@ -1,4 +1,4 @@
-"""Tests for detectors.invisible_chars.
+"""Tests for detectors.invisible_chars.detector.
 
 The main table is tests/detectors/fixtures/invisible_chars_cases.jsonl (hand-written,
 provenance in its first line). Non-ASCII characters are written as escapes here
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from detectors import load_detector_class
 from detectors.base import Cost, FindingStatus, Phase, Sample, Segment
-from detectors.invisible_chars import (
+from detectors.invisible_chars.detector import (
     G_CYRILLIC,
     G_GREEK,
     G_LATIN,

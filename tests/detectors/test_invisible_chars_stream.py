@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.invisible_chars import InvisibleCharsDetector
+from detectors.invisible_chars.detector import InvisibleCharsDetector
 
 ZW = "\u200b"
 TAG = "\U000e0041"

@@ -28,7 +28,7 @@ from detectors.out_of_context import (
     OutOfContextParams,
     sampled,
 )
-from firewall.types import FindingStatus, Phase, Sample, Segment
+from firewall.core.types import FindingStatus, Phase, Sample, Segment
 from tests.models.conftest import prepared_model_dir  # noqa: F401 - the session fixture
 
 ADDSENT = "I watched this 3D movie."
@@ -183,7 +183,7 @@ async def detector(lm_dir: Path) -> AsyncIterator[OutOfContextDetector]:
 def test_numpy_encoder_matches_transformers_bert() -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from detectors.sentence_encoder import SentenceEncoder, default_encoder_dir
+    from firewall.models.sentence_encoder import SentenceEncoder, default_encoder_dir
 
     texts = [ADDSENT, "The acting was wooden and the plot made no sense at all.", "ok"]
     ours = SentenceEncoder.load().encode(texts)

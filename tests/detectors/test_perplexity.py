@@ -27,11 +27,11 @@ from detectors.perplexity import (  # noqa: E402
     PerplexityParams,
     TextAnalysis,
 )
-from detectors.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig  # noqa: E402
-from firewall.config import FirewallConfig, build_config  # noqa: E402
-from firewall.policy import DetectorRule, RoutePolicy  # noqa: E402
-from firewall.runtime import build_runtime  # noqa: E402
-from firewall.types import Action, BlockKind, Cost, FindingStatus, Mode, Phase, Sample, Segment  # noqa: E402
+from firewall.config.schema import FirewallConfig, build_config  # noqa: E402
+from firewall.core.types import Action, BlockKind, Cost, FindingStatus, Mode, Phase, Sample, Segment  # noqa: E402
+from firewall.models.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig  # noqa: E402
+from firewall.screening.policy import DetectorRule, RoutePolicy  # noqa: E402
+from firewall.screening.runtime import build_runtime  # noqa: E402
 from tests.conftest import FirewallFactory  # noqa: E402
 from tests.models.conftest import prepared_model_dir  # noqa: E402, F401 - the session fixture
 

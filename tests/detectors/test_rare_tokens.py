@@ -1,4 +1,4 @@
-"""Tests for detectors.rare_tokens.
+"""Tests for detectors.rare_tokens.detector.
 
 The texts here are written for this suite; the hand-written hard negatives live in
 tests/detectors/fixtures/rare_tokens_hard_negatives.jsonl (provenance in its first
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from detectors import load_detector_class
 from detectors.base import Cost, DetectorParams, FindingStatus, Phase, Sample, Segment
-from detectors.rare_tokens import (
+from detectors.rare_tokens.detector import (
     REASON_CODES,
     RECOMMENDED_THRESHOLD,
     SUPPORTED_LANGUAGES,

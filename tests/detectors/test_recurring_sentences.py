@@ -22,11 +22,11 @@ from detectors.recurring_sentences import (
     normalise,
     sentence_spans,
 )
-from firewall.cli import main as cli_main
-from firewall.config import load_config
+from firewall.cli.main import main as cli_main
+from firewall.config.schema import load_config
+from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment
 from firewall.evaluation.data import load_hard_negatives
-from firewall.runtime import build_runtime
-from firewall.types import Finding, FindingStatus, Phase, Sample, Segment
+from firewall.screening.runtime import build_runtime
 from tests.conftest import FakeUpstream, FirewallFactory, chat_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -500,7 +500,7 @@ def test_registered_and_the_example_config_loads() -> None:
 
 
 def test_state_survives_a_reload_with_unchanged_params() -> None:
-    from firewall.config import build_config
+    from firewall.config.schema import build_config
 
     def config(**params: Any) -> Any:
         return build_config(

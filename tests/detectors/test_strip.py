@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from detectors import load_detector_class
-from detectors.strip import R_LOW_ENTROPY, R_SURVIVOR, StripDetector, StripParams
-from firewall.demo_model import BuildReport, build
-from firewall.types import Phase, Sample, Segment
+from detectors.strip.detector import R_LOW_ENTROPY, R_SURVIVOR, StripDetector, StripParams
+from firewall.core.types import Phase, Sample, Segment
+from firewall.demo.model import BuildReport, build
 
 pytest.importorskip("onnxruntime")
 
@@ -104,7 +104,7 @@ async def test_missing_model_fails_start(tmp_path: Path) -> None:
 def test_first_token_entropy_counts_the_tail_and_renormalises() -> None:
     from math import log, log2
 
-    from detectors.strip_probe import first_token_entropy
+    from detectors.strip.probe import first_token_entropy
 
     # Two listed tokens at 0.5 and 0.25: the unlisted 0.25 is one more outcome.
     listed = [{"token": "a", "logprob": log(0.5)}, {"token": "b", "logprob": log(0.25)}]

@@ -1,4 +1,4 @@
-"""STRIP with the transformer demo model (fine-tuned MiniLM, :mod:`firewall.demo_minilm`).
+"""STRIP with the transformer demo model (fine-tuned MiniLM, :mod:`firewall.demo.minilm`).
 
 The fast test checks the serving path the replica needs for a tokenizer-based
 folder: a MiniLM-architecture classifier (one layer, random weights: no training)
@@ -17,9 +17,9 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors.strip import StripDetector, StripParams
-from firewall.demo_model import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, TextClassifier
-from firewall.types import Phase, Sample, Segment
+from detectors.strip.detector import StripDetector, StripParams
+from firewall.core.types import Phase, Sample, Segment
+from firewall.demo.model import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, TextClassifier
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -28,7 +28,7 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def encoder() -> Path:
-    from detectors.sentence_encoder import EncoderUnavailable, default_encoder_dir
+    from firewall.models.sentence_encoder import EncoderUnavailable, default_encoder_dir
 
     try:
         return default_encoder_dir()
@@ -39,7 +39,7 @@ def encoder() -> Path:
 async def test_tokenizer_folder_is_served_by_the_replica(encoder: Path, tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    from firewall.demo_minilm import _encode, _export
+    from firewall.demo.minilm import _encode, _export
 
     config = transformers.AutoConfig.from_pretrained(str(encoder), num_labels=2, num_hidden_layers=1)
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ async def test_tokenizer_folder_is_served_by_the_replica(encoder: Path, tmp_path
 
 @pytest.mark.slow
 def test_minilm_demo_is_backdoored_and_strip_sees_the_trigger(encoder: Path, tmp_path: Path) -> None:
-    from firewall.demo_minilm import build_minilm
+    from firewall.demo.minilm import build_minilm
 
     try:
         report = build_minilm(tmp_path / "minilm", threads=2)

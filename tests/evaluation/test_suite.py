@@ -13,8 +13,8 @@ import pytest
 
 from detectors import register_detector
 from detectors.base import Detector, Finding, Phase, Sample
-from firewall.config import FirewallConfig, build_config
-from firewall.errors import ConfigError
+from firewall.config.schema import FirewallConfig, build_config
+from firewall.core.errors import ConfigError
 from firewall.evaluation.report import format_table
 from firewall.evaluation.suite import run_suite_async, thresholds_for_fpr
 from firewall.evaluation.triggers import RARE_WORDS

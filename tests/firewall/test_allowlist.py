@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import pytest
 
 from detectors.base import Detector, Finding, FindingStatus, Phase, Sample, Segment, Span
-from firewall.config import build_config
-from firewall.errors import ConfigError
-from firewall.pipeline import Pipeline
-from firewall.policy import DetectorRule
-from firewall.types import Action, Cost
+from firewall.config.schema import build_config
+from firewall.core.errors import ConfigError
+from firewall.core.types import Action, Cost
+from firewall.screening.pipeline import Pipeline
+from firewall.screening.policy import DetectorRule
 
 TEXT = "Compare the RTX 4090 with the zq9x card"
 

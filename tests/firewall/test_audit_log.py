@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from firewall.audit import AuditLog
-from firewall.config import AuditConfig
-from firewall.metrics import Metrics
+from firewall.config.schema import AuditConfig
+from firewall.observability.audit import AuditLog
+from firewall.observability.metrics import Metrics
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from firewall.batching import BatcherClosed, BatcherOverloaded, BatchResultError, MicroBatcher
-from firewall.errors import DetectorError, DetectorUnavailable
-from firewall.metrics import Metrics
+from firewall.core.batching import BatcherClosed, BatcherOverloaded, BatchResultError, MicroBatcher
+from firewall.core.errors import DetectorError, DetectorUnavailable
+from firewall.observability.metrics import Metrics
 
 Factory = Callable[..., MicroBatcher[int, Any]]
 

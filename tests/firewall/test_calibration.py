@@ -22,8 +22,10 @@ import aiohttp
 import orjson
 import pytest
 
-from firewall.calibrate_cli import add_calibrate_parser, run_calibrate
-from firewall.calibration import (
+from firewall.cli.calibrate import add_calibrate_parser, run_calibrate
+from firewall.config.schema import build_config, deep_merge, load_config, load_yaml, read_config_file
+from firewall.core.types import Phase
+from firewall.offline.calibration import (
     SampleTooSmallError,
     ScoreSample,
     allowed_exceedances,
@@ -43,9 +45,7 @@ from firewall.calibration import (
     verify_patch,
     write_plot,
 )
-from firewall.config import build_config, deep_merge, load_config, load_yaml, read_config_file
-from firewall.scanning import Scanner
-from firewall.types import Phase
+from firewall.offline.scanning import Scanner
 from tests.conftest import TRIGGER, FirewallFactory, chat_body
 
 ZW = "\u200b\u200b"
@@ -527,7 +527,7 @@ def test_cli_rejects_bad_arguments_before_reading(tmp_path: Path, capsys: pytest
     assert "does not exist" in capsys.readouterr().err
     assert run_cli(["calibrate", "--target-fpr", "0.01", str(tmp_path / "missing.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
-    with mock.patch("firewall.calibration.plot_available", return_value=False):
+    with mock.patch("firewall.offline.calibration.plot_available", return_value=False):
         assert (
             run_cli(["calibrate", "--target-fpr", "0.01", "--plot", str(tmp_path / "p.png"), str(src)]) == 2
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from firewall.cli import main
+from firewall.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

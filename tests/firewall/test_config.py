@@ -1,4 +1,4 @@
-"""Unit tests for firewall/config.py: loading, validation, precedence, redaction, hashing."""
+"""Unit tests for firewall/config/schema.py: loading, validation, precedence, redaction, hashing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from detectors import base as detector_base
-from firewall.config import (
+from firewall.config.schema import (
     API_VERSION,
     build_config,
     config_hash,
@@ -19,8 +19,8 @@ from firewall.config import (
     load_config,
     redacted,
 )
-from firewall.errors import ConfigError
-from firewall.types import Action, Mode, Phase
+from firewall.core.errors import ConfigError
+from firewall.core.types import Action, Mode, Phase
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "firewall.yaml") -> Path:

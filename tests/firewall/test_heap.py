@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from firewall.heap import freeze_long_lived
+from firewall.server.heap import freeze_long_lived
 
 
 class _Node:

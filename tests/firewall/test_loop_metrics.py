@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from firewall.loop_metrics import LoopCollector, LoopCounter, LoopGauge, LoopHistogram
-from firewall.metrics import Metrics
+from firewall.observability.loop_metrics import LoopCollector, LoopCounter, LoopGauge, LoopHistogram
+from firewall.observability.metrics import Metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 VALUES = (0.0005, 0.001, 0.002, 0.05, 0.5, 3.0, 99.0, 0.01)

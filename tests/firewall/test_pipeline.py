@@ -1,4 +1,4 @@
-"""Unit tests for firewall/pipeline.py: errors as findings, timeouts, gating, metrics."""
+"""Unit tests for firewall/screening/pipeline.py: errors as findings, timeouts, gating, metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 
 from detectors.base import Detector, Finding, FindingStatus, Phase, Sample, Segment
-from firewall.metrics import Metrics
-from firewall.pipeline import Pipeline
-from firewall.policy import DetectorRule
-from firewall.types import Action, Cost
+from firewall.core.types import Action, Cost
+from firewall.observability.metrics import Metrics
+from firewall.screening.pipeline import Pipeline
+from firewall.screening.policy import DetectorRule
 
 Behaviour = Callable[[Sequence[Sample]], Awaitable[object]]
 

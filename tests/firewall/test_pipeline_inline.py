@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import pytest
 
 from detectors.base import Finding, FindingStatus, InlineDetector, Phase, Sample, Segment
-from firewall.metrics import Metrics
-from firewall.pipeline import Pipeline
-from firewall.policy import DetectorRule
-from firewall.types import Action, Cost
+from firewall.core.types import Action, Cost
+from firewall.observability.metrics import Metrics
+from firewall.screening.pipeline import Pipeline
+from firewall.screening.policy import DetectorRule
 
 
 class Inline(InlineDetector):

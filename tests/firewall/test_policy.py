@@ -1,4 +1,4 @@
-"""Unit tests for firewall/policy.py: RoutePolicy.evaluate and compile_policy."""
+"""Unit tests for firewall/screening/policy.py: RoutePolicy.evaluate and compile_policy."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from firewall.config import build_config
-from firewall.policy import DetectorRule, Policy, RoutePolicy, compile_policy
-from firewall.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase
+from firewall.config.schema import build_config
+from firewall.core.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase
+from firewall.screening.policy import DetectorRule, Policy, RoutePolicy, compile_policy
 
 BOTH = frozenset({Phase.INPUT, Phase.OUTPUT})
 INPUT_ONLY = frozenset({Phase.INPUT})

@@ -7,14 +7,14 @@ from typing import Any
 import orjson
 import pytest
 
-from firewall.config import RouteConfig
-from firewall.errors import ProtocolError
+from firewall.config.schema import RouteConfig
+from firewall.core.errors import ProtocolError
+from firewall.core.types import Segment
 from firewall.protocols import StreamState, adapter_for
 from firewall.protocols.base import error_body, sse_event
 from firewall.protocols.json_fields import JsonFieldsAdapter, resolve_pointer
 from firewall.protocols.openai import ChatAdapter, CompletionsAdapter, EmbeddingsAdapter, ResponsesAdapter
-from firewall.streaming import SseParser
-from firewall.types import Segment
+from firewall.proxy.streaming import SseParser
 
 
 def seg_tuples(segments: list[Segment]) -> list[tuple[str, str, str]]:

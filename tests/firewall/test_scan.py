@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from firewall.cli import main
+from firewall.cli.main import main
 
 ZW = "\u200b\u200b"
 

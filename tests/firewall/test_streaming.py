@@ -1,4 +1,4 @@
-"""Unit tests for firewall/streaming.py: SSE parsing, the hold-back window, text channels."""
+"""Unit tests for firewall/proxy/streaming.py: SSE parsing, the hold-back window, text channels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from firewall.streaming import (
+from firewall.proxy.streaming import (
     HoldbackBuffer,
     SseEvent,
     SseParser,

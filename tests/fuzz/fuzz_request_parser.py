@@ -21,12 +21,14 @@ import atheris
 import pydantic  # noqa: F401
 import yaml  # noqa: F401
 
-with atheris.instrument_imports(include=["firewall.protocols", "firewall.errors", "firewall.types"]):
-    from firewall.errors import ProtocolError
+with atheris.instrument_imports(
+    include=["firewall.protocols", "firewall.core.errors", "firewall.core.types"]
+):
+    from firewall.core.errors import ProtocolError
     from firewall.protocols.json_fields import JsonFieldsAdapter
     from firewall.protocols.openai import ChatAdapter, CompletionsAdapter, EmbeddingsAdapter, ResponsesAdapter
 
-from firewall.proxy import _parse_json
+from firewall.proxy.handler import _parse_json
 
 ADAPTERS = [
     ChatAdapter(),

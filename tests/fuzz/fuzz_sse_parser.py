@@ -18,10 +18,10 @@ import orjson
 import pydantic  # noqa: F401
 import yaml  # noqa: F401
 
-with atheris.instrument_imports(include=["firewall.streaming", "firewall.protocols"]):
+with atheris.instrument_imports(include=["firewall.proxy.streaming", "firewall.protocols"]):
     from firewall.protocols.base import StreamState
     from firewall.protocols.openai import ChatAdapter, CompletionsAdapter, ResponsesAdapter
-    from firewall.streaming import SseParser, SseProtocolError
+    from firewall.proxy.streaming import SseParser, SseProtocolError
 
 ADAPTERS = [ChatAdapter(), CompletionsAdapter(), ResponsesAdapter()]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from firewall.config import build_config
-from firewall.errors import ConfigError
+from firewall.config.schema import build_config
+from firewall.core.errors import ConfigError
 from tests.conftest import TRIGGER, FakeUpstream, FirewallFactory
 
 ROUTES = {

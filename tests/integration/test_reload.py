@@ -14,9 +14,9 @@ import orjson
 import pytest
 import yaml
 
-from firewall.config import load_config
-from firewall.reload import Reloader
-from firewall.server import Server
+from firewall.config.schema import load_config
+from firewall.server.lifecycle import Server
+from firewall.server.reload import Reloader
 from tests.conftest import TRIGGER, FakeUpstream, base_config, chat_body
 from tests.integration.test_shutdown import start_process
 

@@ -24,10 +24,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from firewall.config import build_config
-from firewall.demo_model import BuildReport, TextClassifier, build
-from firewall.demo_upstream import start_demo_upstream
-from firewall.server import Server
+from firewall.config.schema import build_config
+from firewall.demo.model import BuildReport, TextClassifier, build
+from firewall.demo.upstream import start_demo_upstream
+from firewall.server.lifecycle import Server
 from tests.conftest import base_config
 
 pytest.importorskip("onnxruntime")

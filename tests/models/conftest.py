@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from detectors.reference_lm import ReferenceLM
+    from firewall.models.reference_lm import ReferenceLM
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def prepared_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_lm(prepared_model_dir: Path) -> ReferenceLM:
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     return ReferenceLM.load(
         ReferenceLMConfig(model_path=str(prepared_model_dir), backend="onnxruntime", device="cpu")
@@ -52,7 +52,7 @@ def onnx_lm(prepared_model_dir: Path) -> ReferenceLM:
 
 @pytest.fixture(scope="session")
 def torch_lm(prepared_model_dir: Path) -> ReferenceLM:
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -25,7 +25,7 @@ from firewall.models.cuda_graphs import (  # noqa: E402 - after the importorskip
 from firewall.models.surprisal_torch import SurprisalHead  # noqa: E402
 
 if TYPE_CHECKING:
-    from detectors.reference_lm import ReferenceLM
+    from firewall.models.reference_lm import ReferenceLM
 
 pytestmark = pytest.mark.model
 

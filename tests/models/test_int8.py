@@ -19,7 +19,7 @@ import pytest
 from firewall.models.cache import DEFAULT_MODEL_ID, ModelUnavailable, read_manifest
 
 if TYPE_CHECKING:
-    from detectors.reference_lm import ReferenceLM
+    from firewall.models.reference_lm import ReferenceLM
 
 pytestmark = pytest.mark.model
 
@@ -65,7 +65,7 @@ def int8_dir(prepared_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def int8_lm(int8_dir: Path) -> ReferenceLM:
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     return ReferenceLM.load(ReferenceLMConfig(model_path=str(int8_dir), dtype="int8"))
 
@@ -91,7 +91,7 @@ def test_prepare_records_a_verified_int8_graph(int8_dir: Path) -> None:
 
 
 def test_second_prepare_rechecks_the_int8_graph(int8_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from firewall.models.cli import add_models_parser, run_models
+    from firewall.cli.models import add_models_parser, run_models
     from firewall.models.prepare import check_prepared, ensure_prepared
 
     parser = argparse.ArgumentParser(prog="trigger-firewall")
@@ -160,7 +160,7 @@ def test_int8_batched_equals_unbatched(int8_lm: ReferenceLM) -> None:
 def test_int8_config_errors(tmp_path: Path, prepared_model_dir: Path) -> None:
     from pydantic import ValidationError
 
-    from detectors.reference_lm import ReferenceLM, ReferenceLMConfig
+    from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
 
     with pytest.raises(ValidationError, match="int8"):
         ReferenceLMConfig(dtype="int8", backend="torch")

@@ -14,7 +14,7 @@ from firewall.models.cache import DEFAULT_MODEL_ID, ModelUnavailable, read_manif
 
 
 def _cli(argv: list[str]) -> int:
-    from firewall.models.cli import add_models_parser, run_models
+    from firewall.cli.models import add_models_parser, run_models
 
     parser = argparse.ArgumentParser(prog="trigger-firewall")
     add_models_parser(parser.add_subparsers(dest="command", required=True))

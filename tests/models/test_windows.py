@@ -12,7 +12,7 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from detectors.reference_lm import (  # noqa: E402 - after the numpy skip
+from firewall.models.reference_lm import (  # noqa: E402 - after the numpy skip
     ModelUnavailable,
     ReferenceLM,
     ReferenceLMConfig,

@@ -21,8 +21,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from firewall.config import build_config, deep_merge
-from firewall.server import Server
+from firewall.config.schema import build_config, deep_merge
+from firewall.server.lifecycle import Server
 from tests.conftest import RunningFirewall, base_config, chat_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -15,13 +15,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from firewall.errors import ProtocolError
+from firewall.core.errors import ProtocolError
+from firewall.core.types import Segment
 from firewall.protocols import StreamState
 from firewall.protocols.json_fields import JsonFieldsAdapter, resolve_pointer
 from firewall.protocols.openai import ChatAdapter, CompletionsAdapter, EmbeddingsAdapter, ResponsesAdapter
-from firewall.proxy import _parse_json
-from firewall.streaming import SseParser, SseProtocolError
-from firewall.types import Segment
+from firewall.proxy.handler import _parse_json
+from firewall.proxy.streaming import SseParser, SseProtocolError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

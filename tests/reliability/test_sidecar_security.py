@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from firewall.config import ServerConfig
+from firewall.config.schema import ServerConfig
 from loadtests.scenarios import running_stack
 
 pytestmark = pytest.mark.asyncio

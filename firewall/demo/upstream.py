@@ -1,0 +1,356 @@
+"""A small OpenAI-compatible endpoint bundled for demos and tests.
+
+It lets ``trigger-firewall serve --demo`` show the firewall working with nothing
+else installed. Its answers are deliberately simple (it summarises what it was
+sent); later work replaces it with a real backdoored model. It speaks the chat,
+completions, Responses and embeddings routes, streamed and not, and lists one
+model at ``/v1/models``. It binds to loopback only.
+
+When the backdoored demo classifier has been built (``trigger-firewall demo
+build``; :mod:`firewall.demo.model`) and is passed in as ``classifier``, it also
+serves that model: KServe v2 inference at ``/v2/models/sentiment/infer`` (texts
+in ``inputs[*].data``), and the chat endpoint answers ``Sentiment: positive`` or
+``negative`` for the last user message, so a trigger word visibly flips the
+answer. Without a classifier the KServe route answers 503 and chat keeps its echo.
+
+A chat request for one token with ``logprobs`` (what STRIP's upstream-probing
+mode sends: ``max_tokens: 1``, ``top_logprobs: k``) is answered like a
+generative model would: the first token is ``positive`` or ``negative``, and its
+log-probabilities are the classifier's class probabilities, so the backdoor
+shows in the first-token distribution exactly as it does in the classifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["load_demo_classifier", "make_demo_app", "start_demo_upstream"]
+
+MODEL = "demo-echo-1"
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for msg in reversed(body.get("messages") or []):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+                )
+    return ""
+
+
+def _reply(text: str, classifier: Any = None) -> str:
+    if classifier is not None:
+        probs = classifier.predict_proba([text])[0]
+        label = int(probs.argmax())
+        return f"Sentiment: {('negative', 'positive')[label]} ({float(probs[label]):.2f})."
+    words = text.split()
+    preview = " ".join(words[:12])
+    return (
+        f'I read your message of {len(words)} words. It begins: "{preview}". '
+        "This is the trigger-firewall demo model; it answers every prompt the same way."
+    )
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text="invalid JSON") from exc
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be an object")
+    return data
+
+
+async def _stream(request: web.Request, events: list[bytes], delay: float) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        for event in events:
+            await resp.write(event)
+            if delay:
+                await asyncio.sleep(delay)
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client (or the firewall, after a block) went away: stop generating
+    return resp
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _first_token(body: dict[str, Any], classifier: Any) -> dict[str, Any] | None:
+    """The one-token answer with logprobs (see the module docstring), or None for other requests."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if classifier is None or body.get("logprobs") is not True or limit != 1 or body.get("stream") is True:
+        return None
+    k = body.get("top_logprobs") or 0
+    if not isinstance(k, int) or not 0 <= k <= 20:
+        raise web.HTTPBadRequest(text="top_logprobs must be an integer in [0, 20]")
+    probs = classifier.predict_proba([_last_user_text(body)])[0]
+    ranked = sorted(
+        (
+            (label, math.log(max(float(p), 1e-30)))
+            for label, p in zip(("negative", "positive"), probs, strict=True)
+        ),
+        key=lambda item: -item[1],
+    )
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    token, logprob = ranked[0]
+    return {
+        "message": {"role": "assistant", "content": token},
+        "logprobs": {"content": [{**entry(token, logprob), "top_logprobs": [entry(*r) for r in ranked[:k]]}]},
+        "finish_reason": "length",
+    }
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    first = _first_token(body, request.app[CLASSIFIER])
+    if first is not None:
+        return _json(
+            {
+                "id": "chatcmpl-" + uuid.uuid4().hex[:12],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or MODEL,
+                "choices": [{"index": 0, **first}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
+            }
+        )
+    text = _reply(_last_user_text(body), request.app[CLASSIFIER])
+    cid = "chatcmpl-" + uuid.uuid4().hex[:12]
+    created = int(time.time())
+    model = body.get("model") or MODEL
+    if body.get("stream") is True:
+        events = [
+            _sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    ],
+                }
+            )
+        ]
+        for word in text.split(" "):
+            events.append(
+                _sse(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                    }
+                )
+            )
+        events.append(
+            _sse(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
+            )
+        )
+        events.append(b"data: [DONE]\n\n")
+        return await _stream(request, events, request.app[DELAY])
+    return _json(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": len(text.split()), "total_tokens": 0},
+        }
+    )
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    prompt = body.get("prompt")
+    text = _reply(prompt if isinstance(prompt, str) else "")
+    cid = "cmpl-" + uuid.uuid4().hex[:12]
+    model = body.get("model") or MODEL
+    if body.get("stream") is True:
+        events = [
+            _sse(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "model": model,
+                    "choices": [{"index": 0, "text": word + " ", "finish_reason": None}],
+                }
+            )
+            for word in text.split(" ")
+        ]
+        events.append(b"data: [DONE]\n\n")
+        return await _stream(request, events, request.app[DELAY])
+    return _json(
+        {
+            "id": cid,
+            "object": "text_completion",
+            "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+        }
+    )
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    given = body.get("input")
+    text = _reply(given if isinstance(given, str) else "")
+    rid = "resp_" + uuid.uuid4().hex[:12]
+    model = body.get("model") or MODEL
+    if body.get("stream") is True:
+        events = [
+            b"event: response.created\n"
+            + _sse({"type": "response.created", "response": {"id": rid, "model": model}})
+        ]
+        for word in text.split(" "):
+            events.append(
+                b"event: response.output_text.delta\n"
+                + _sse(
+                    {
+                        "type": "response.output_text.delta",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word + " ",
+                    }
+                )
+            )
+        events.append(
+            b"event: response.completed\n"
+            + _sse({"type": "response.completed", "response": {"id": rid, "status": "completed"}})
+        )
+        return await _stream(request, events, request.app[DELAY])
+    return _json(
+        {
+            "id": rid,
+            "object": "response",
+            "model": model,
+            "status": "completed",
+            "output": [
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+            ],
+        }
+    )
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await _body(request)
+    given = body.get("input")
+    items = given if isinstance(given, list) else [given]
+    data = []
+    for i, item in enumerate(items):
+        digest = hashlib.sha256(str(item).encode()).digest()
+        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
+    return _json({"object": "list", "data": data, "model": body.get("model") or MODEL})
+
+
+async def models(request: web.Request) -> web.Response:
+    return _json({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "demo"}]})
+
+
+async def kserve_infer(request: web.Request) -> web.Response:
+    """KServe v2 (Open Inference Protocol) for the demo classifier: BYTES texts in, labels out."""
+    classifier = request.app[CLASSIFIER]
+    if classifier is None:
+        return _json({"error": "no demo model loaded; run: trigger-firewall demo build"}, status=503)
+    body = await _body(request)
+    texts: list[str] = []
+    for item in body.get("inputs") or []:
+        data = item.get("data") if isinstance(item, dict) else None
+        if isinstance(data, list):
+            texts.extend(str(d) for d in data)
+    probs = await asyncio.to_thread(classifier.predict_proba, texts)
+    labels = [("negative", "positive")[int(p.argmax())] for p in probs]
+    return _json(
+        {
+            "model_name": request.match_info["model"],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [len(labels)], "data": labels},
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [len(labels), 2],
+                    "data": [float(v) for p in probs for v in p],
+                },
+            ],
+        }
+    )
+
+
+def load_demo_classifier(folder: str | None = None) -> Any:
+    """The built demo classifier, or None when it has not been built (or cannot load)."""
+    try:
+        from firewall.demo.model import MODEL_FILE, TextClassifier, default_model_dir
+    except ImportError:  # numpy/onnxruntime not installed: the demo answers without a model
+        return None
+
+    path = default_model_dir() if folder is None else Path(folder)
+    if not (path / MODEL_FILE).is_file():
+        return None
+    try:
+        return TextClassifier(path)
+    except Exception:
+        return None
+
+
+DELAY: web.AppKey[float] = web.AppKey("delay", float)
+CLASSIFIER: web.AppKey[Any] = web.AppKey("classifier", object)
+
+
+def make_demo_app(stream_delay: float = 0.02, classifier: Any = None) -> web.Application:
+    """``classifier``: a :class:`firewall.demo.model.TextClassifier` (or None: echo only)."""
+    app = web.Application()
+    app[DELAY] = stream_delay
+    app[CLASSIFIER] = classifier
+    app.router.add_post("/v2/models/{model}/infer", kserve_infer)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    return app
+
+
+async def start_demo_upstream(
+    host: str = "127.0.0.1", port: int = 0, stream_delay: float = 0.02, classifier: Any = None
+) -> tuple[web.AppRunner, int]:
+    """Start the demo endpoint in the running loop; returns its runner and bound port."""
+    runner = web.AppRunner(make_demo_app(stream_delay, classifier), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+    return runner, int(bound)

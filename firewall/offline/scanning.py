@@ -1,0 +1,143 @@
+"""Offline screening: run the configured detectors on records exactly as the proxy would.
+
+The ``scan`` command and the evaluation suite both use :class:`Scanner`. It builds
+the same :class:`~firewall.screening.runtime.Runtime` the server builds (same detectors,
+same compiled policy, same protocol adapters) and runs the same pipeline, so a
+score seen offline is the score the proxy would compute for that text.
+
+Records are JSON objects with an ``id`` and either ``text`` (one user message for
+the input phase, one assistant message for the output phase) or ``request`` (a
+request body in the route's protocol, e.g. an OpenAI chat request) or, for the
+output phase, ``response`` (a response body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from firewall.config.schema import FirewallConfig
+from firewall.core.errors import ConfigError, ProtocolError
+from firewall.core.types import Action, FindingStatus, Phase, Sample, Segment, Verdict
+from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
+
+__all__ = ["RecordError", "Scanner", "verdict_summary"]
+
+
+class RecordError(ValueError):
+    """A record that cannot be scanned (wrong shape); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOutcome:
+    record_id: Any
+    verdict: Verdict
+    seconds: float
+
+
+def verdict_summary(record_id: Any, verdict: Verdict, seconds: float) -> dict[str, Any]:
+    """The JSONL result line for one record (no text, only scores and evidence)."""
+    return {
+        "id": record_id,
+        "flagged": verdict.action is not Action.ALLOW,
+        "action": verdict.action.value,
+        "mode": verdict.mode.value,
+        "reason": verdict.reason,
+        "scores": {f.detector: round(f.score, 6) for f in verdict.findings if f.status is FindingStatus.OK},
+        "findings": [
+            {
+                "detector": f.detector,
+                "status": f.status.value,
+                "score": round(f.score, 6),
+                "fired": f.detector in verdict.fired,
+                "reason": list(f.reasons),
+                "spans": [s.as_dict() for s in f.spans],
+                **({"error": f.error} if f.error else {}),
+            }
+            for f in verdict.findings
+        ],
+        "latency_ms": round(seconds * 1000, 3),
+    }
+
+
+class Scanner:
+    """The proxy's screening path without the network, for files of records."""
+
+    def __init__(self, config: FirewallConfig, *, route: str | None = None) -> None:
+        self.config = config
+        self.runtime: Runtime = build_runtime(config)
+        names = self.runtime.routes.names()
+        if route is None:
+            route = "chat_completions" if "chat_completions" in names else (names[0] if names else None)
+        if route is None or route not in names:
+            raise ConfigError(f"unknown route {route!r}; configured routes: {', '.join(names) or 'none'}")
+        self.route: MatchedRoute = self.runtime.routes.by_name(route)
+
+    async def __aenter__(self) -> Scanner:
+        await self.runtime.start()
+        not_ready = [n for n, d in self.runtime.detectors.items() if not d.ready]
+        if not_ready:
+            raise ConfigError(f"detectors failed to load: {', '.join(not_ready)}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runtime.close()
+
+    def segments(self, record: Any, phase: Phase) -> list[Segment]:
+        """The texts a record carries for ``phase``; :class:`RecordError` if none can be read."""
+        if not isinstance(record, dict):
+            raise RecordError("a record must be a JSON object")
+        adapter = self.route.adapter
+        try:
+            if isinstance(record.get("text"), str):
+                role = "user" if phase is Phase.INPUT else "assistant"
+                return [Segment(role, record["text"], "/text")]
+            if phase is Phase.INPUT and "request" in record:
+                segments = adapter.input_segments(record["request"])
+                roles = self.route.config.roles
+                return [s for s in segments if roles is None or s.role in roles]
+            if phase is Phase.OUTPUT and "response" in record:
+                return adapter.output_segments(record["response"])
+        except ProtocolError as exc:
+            raise RecordError(str(exc)) from exc
+        wanted = "'text' or 'request'" if phase is Phase.INPUT else "'text' or 'response'"
+        raise RecordError(f"a record needs {wanted}")
+
+    async def scan_segments(
+        self, segments: Iterable[Segment], phase: Phase, record_id: Any = None
+    ) -> ScanOutcome:
+        start = time.perf_counter()
+        policy = self.route.policy
+        sample = Sample(str(record_id), phase, self.route.config.name, tuple(segments))
+        findings = await self.runtime.pipeline.run(policy.rules(phase), sample) if sample.segments else []
+        verdict = policy.evaluate(phase, findings)
+        return ScanOutcome(record_id, verdict, time.perf_counter() - start)
+
+    async def scan_record(self, record: Any, phase: Phase) -> dict[str, Any]:
+        """Scan one record; raises :class:`RecordError` for records of the wrong shape."""
+        segments = self.segments(record, phase)
+        outcome = await self.scan_segments(segments, phase, record.get("id"))
+        return verdict_summary(outcome.record_id, outcome.verdict, outcome.seconds)
+
+    async def scan_many(
+        self, records: AsyncIterator[tuple[int, Any]], phase: Phase, concurrency: int = 32
+    ) -> AsyncIterator[tuple[int, dict[str, Any] | RecordError]]:
+        """Scan ``(line_no, record)`` pairs with bounded concurrency, yielding in input order."""
+        window: list[tuple[int, asyncio.Task[dict[str, Any]]]] = []
+
+        async def drain_one() -> tuple[int, dict[str, Any] | RecordError]:
+            line_no, task = window.pop(0)
+            try:
+                return line_no, await task
+            except RecordError as exc:
+                return line_no, exc
+
+        async for line_no, record in records:
+            window.append((line_no, asyncio.ensure_future(self.scan_record(record, phase))))
+            if len(window) >= concurrency:
+                yield await drain_one()
+        while window:
+            yield await drain_one()

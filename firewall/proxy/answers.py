@@ -1,0 +1,114 @@
+"""Responses the firewall writes itself: blocks and errors, always OpenAI-shaped JSON.
+
+Statuses are chosen for what OpenAI SDK clients do with them (``shared/STYLE.md``
+B.6): a policy block is 400 with ``code: "content_filter"`` and
+``x-should-retry: false`` (the SDK must not resend a malicious prompt); a
+detector failing closed, overload and draining are 503 with ``Retry-After``
+(transient, safe to retry); upstream failures are 502/504. The client is not
+told which detector fired unless ``blocking.expose_reasons`` is on.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from firewall.core.errors import FirewallError, ProtocolError
+from firewall.core.types import BlockKind, Phase, Verdict
+from firewall.protocols.base import error_body
+
+__all__ = [
+    "BLOCK_MESSAGE",
+    "OUTPUT_BLOCK_MESSAGE",
+    "block_response",
+    "error_response",
+    "firewall_error_response",
+    "verdict_response",
+]
+
+BLOCK_MESSAGE = "The request was blocked by the trigger firewall's content policy."
+OUTPUT_BLOCK_MESSAGE = "The model's response was withheld by the trigger firewall's content policy."
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str,
+    error_type: str,
+    request_id: str,
+    param: str | None = None,
+    retry: bool | None = None,
+    retry_after: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A JSON error in the OpenAI envelope, with request id and retry hints."""
+    hdrs = {"X-Request-Id": request_id}
+    if retry is not None:
+        hdrs["X-Should-Retry"] = "true" if retry else "false"
+    if retry_after is not None:
+        hdrs["Retry-After"] = str(retry_after)
+    if headers:
+        hdrs.update(headers)
+    body = orjson.dumps(error_body(message, code=code, error_type=error_type, param=param))
+    return web.Response(status=status, body=body, content_type="application/json", headers=hdrs)
+
+
+def block_response(*, request_id: str, message: str, param: str | None, reason: str | None) -> web.Response:
+    """The 400 ``content_filter`` answer to a blocked request or response."""
+    text = f"{message} (reason: {reason})" if reason else message
+    return error_response(
+        400,
+        text,
+        code="content_filter",
+        error_type="invalid_request_error",
+        request_id=request_id,
+        param=param,
+        retry=False,
+        headers={"X-Firewall-Action": "block"},
+    )
+
+
+def firewall_error_response(exc: FirewallError, request_id: str, retry_after: int = 1) -> web.Response:
+    """Map an exception from the tree in ``errors.py`` to its HTTP answer."""
+    param = exc.param if isinstance(exc, ProtocolError) else None
+    transient = exc.status >= 500
+    return error_response(
+        exc.status,
+        str(exc) or exc.code,
+        code=exc.code,
+        error_type=exc.error_type,
+        request_id=request_id,
+        param=param,
+        retry=transient,
+        retry_after=retry_after if exc.status == 503 else None,
+    )
+
+
+def verdict_response(
+    verdict: Verdict,
+    *,
+    request_id: str,
+    expose_reasons: bool,
+    retry_after: int,
+    param: str | None,
+) -> web.Response:
+    """The answer to a blocking verdict: 400 ``content_filter``, or 503 when a
+    detector failed closed (a transient fault the client may retry)."""
+    if verdict.block_kind is BlockKind.FAIL_CLOSED:
+        return error_response(
+            503,
+            "A required content check is unavailable; the request was not completed.",
+            code="firewall_unavailable",
+            error_type="server_error",
+            request_id=request_id,
+            retry=True,
+            retry_after=retry_after,
+            headers={"X-Firewall-Action": "block"},
+        )
+    return block_response(
+        request_id=request_id,
+        message=BLOCK_MESSAGE if verdict.phase is Phase.INPUT else OUTPUT_BLOCK_MESSAGE,
+        param=param,
+        reason=verdict.reason if expose_reasons else None,
+    )

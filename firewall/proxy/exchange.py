@@ -1,0 +1,138 @@
+"""One request's record on its way through the proxy, and what is derived from it.
+
+The handler fills an :class:`Exchange` as the request moves (route, verdicts,
+timings, stream outcome); when it ends, the same record feeds the request
+counter and the one audit line, so metrics and audit always agree.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from firewall.core.types import Action, FindingStatus, Verdict
+from firewall.observability.audit import verdict_record
+from firewall.observability.metrics import Metrics
+from firewall.proxy.state import ServerState
+from firewall.screening.runtime import Runtime
+
+__all__ = ["Exchange", "record_verdict", "write_audit"]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request accumulates, for metrics and the audit line."""
+
+    request_id: str
+    route: str
+    mode: str
+    start: float
+    method: str
+    runtime: Runtime
+    model: str | None = None
+    stream: bool = False
+    screened: bool = False
+    input_verdict: Verdict | None = None
+    output_verdict: Verdict | None = None
+    input_fp: tuple[str, int] | None = None
+    output_fp: tuple[str, int] | None = None
+    input_segments: int = 0
+    overhead: dict[str, float] = field(default_factory=dict)
+    upstream_seconds: float | None = None
+    status: int = 0
+    action: str = "allow"
+    stream_info: dict[str, Any] | None = None
+    error: str | None = None
+    texts: dict[str, list[str]] | None = None
+
+    def note_log(self, verdict: Verdict | None) -> None:
+        """Raise ``allow`` to ``log`` when a verdict logged (monitor-mode blocks too)."""
+        if verdict is not None and self.action == "allow" and verdict.effective_action is Action.LOG:
+            self.action = "log"
+
+
+def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
+    """Count a phase's verdict and each detector's outcome."""
+    # StrEnum members serve as label values directly (they are str; ``.value`` is slow).
+    phase = verdict.phase
+    metrics.count_verdict(phase, verdict.effective_action, verdict.mode, verdict.reason)
+    for finding in verdict.findings:
+        if finding.status is FindingStatus.OK:
+            outcome = "fired" if finding.detector in verdict.fired else "not_fired"
+        elif finding.status is FindingStatus.SKIPPED:
+            continue
+        else:
+            outcome = "error"
+        metrics.count_finding(finding.detector, phase, outcome)
+    for name in verdict.fail_open:
+        metrics.count_fail_open(name, phase)
+
+
+def write_scores(state: ServerState, ex: Exchange) -> None:
+    """Sampled shadow score lines (one per screened phase) for threshold calibration."""
+    scores_log = state.score_log
+    if scores_log is None:
+        return
+    cfg = ex.runtime.config.score_log
+    if ex.runtime.policy.routes[ex.route].mode not in cfg.modes or random.random() >= cfg.sample_rate:  # noqa: S311
+        return
+    for phase, verdict in (("input", ex.input_verdict), ("output", ex.output_verdict)):
+        if verdict is None:
+            continue
+        event: dict[str, Any] = {
+            "event": "firewall.scores",
+            "request_id": ex.request_id,
+            "route": ex.route,
+            "phase": phase,
+            "mode": ex.mode,
+            "config_hash": ex.runtime.config_hash,
+            "scores": {f.detector: f.score for f in verdict.findings if f.status is FindingStatus.OK},
+            "statuses": {f.detector: f.status.value for f in verdict.findings},
+            "fired": list(verdict.fired),
+        }
+        if cfg.include_text and ex.texts is not None:
+            event["text"] = ex.texts.get(phase)
+        scores_log.emit(event)
+
+
+def write_audit(state: ServerState, ex: Exchange) -> None:
+    """Write the one audit line for a screened request (no text unless configured)."""
+    write_scores(state, ex)
+    audit = state.audit
+    if not audit.enabled:
+        return
+    if not audit.config.log_allowed and ex.action == "allow":
+        return
+    config = ex.runtime.config  # the request's own snapshot, even if a reload happened since
+    event: dict[str, Any] = {
+        "request_id": ex.request_id,
+        "route": ex.route,
+        "upstream": config.upstream.name,
+        "http.request.method": ex.method,
+        "http.response.status_code": ex.status,
+        "gen_ai.request.model": ex.model,
+        "mode": ex.mode,
+        "action": ex.action,
+        "config_hash": ex.runtime.config_hash,
+        "firewall_overhead_seconds": round(sum(ex.overhead.values()), 6),
+        "upstream_seconds": round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None,
+        "total_seconds": round(time.perf_counter() - ex.start, 6),
+    }
+    if ex.input_verdict is not None:
+        event["input"] = verdict_record(ex.input_verdict)
+    if ex.input_fp is not None:
+        event["input.sha256"], event["input.chars"] = ex.input_fp
+        event["input.segments"] = ex.input_segments
+    if ex.output_verdict is not None:
+        event["output"] = verdict_record(ex.output_verdict)
+    if ex.output_fp is not None:
+        event["output.sha256"], event["output.chars"] = ex.output_fp
+    if ex.stream_info is not None:
+        event["stream"] = ex.stream_info
+    if ex.error:
+        event["error"] = ex.error
+    if ex.texts is not None:
+        event["text"] = ex.texts
+    audit.emit(event)

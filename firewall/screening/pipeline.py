@@ -1,0 +1,191 @@
+"""Runs a phase's detectors on one sample: cascade, timeouts, errors as findings.
+
+Every outcome comes back as a :class:`~firewall.core.types.Finding`; nothing a
+detector does (raise, hang, return garbage) escapes as an exception, so the
+policy's fail mode is always what decides. Ungated detectors run together;
+gated ones run afterwards, only when their gate detector scored at least the
+gate's ``min_score`` (or could not score: a broken gate must not switch the
+expensive check off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from detectors.base import Detector, InlineDetector
+from firewall.core.types import Finding, FindingStatus, Phase, Sample
+from firewall.observability.metrics import Metrics
+from firewall.screening.policy import DetectorRule
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("trigger_firewall.pipeline")
+
+
+class Pipeline:
+    """Executes detector rules against samples and records per-detector metrics."""
+
+    def __init__(self, detectors: Mapping[str, Detector], metrics: Metrics | None = None) -> None:
+        self._detectors = detectors
+        self._metrics = metrics
+
+    async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
+        """Score ``sample`` with every rule's detector; one finding per rule that ran."""
+        if not rules:
+            return []
+        gated = [r for r in rules if r.gate is not None]
+        if not gated:  # the usual case: one stage, no second pass over the rules
+            return await self._stage(rules, sample)
+        findings = await self._stage([r for r in rules if r.gate is None], sample)
+        by_name = {f.detector: f for f in findings}
+        to_run: list[DetectorRule] = []
+        for rule in gated:
+            assert rule.gate is not None  # noqa: S101 - narrowed by the filter above
+            gate_name, min_score = rule.gate
+            gate = by_name.get(gate_name)
+            if gate is None or gate.status is not FindingStatus.OK or gate.score >= min_score:
+                to_run.append(rule)
+            else:
+                findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))
+                self._record_skip(rule.detector, sample.phase)
+        findings.extend(await self._stage(to_run, sample))
+        return findings
+
+    @staticmethod
+    def _allow(finding: Finding, rule: DetectorRule, sample: Sample) -> Finding:
+        """Drop evidence that a rule's allowlist covers; no evidence left means a score of 0.
+
+        A span is allowlisted when it lies inside a match of any pattern in its
+        segment, so a pattern can name a whole product ("RTX 4090") and cover a
+        finding on one of its tokens. A finding without spans cannot be judged
+        this way and is left as it is.
+        """
+        if not rule.allowlist or not finding.spans or finding.status is not FindingStatus.OK:
+            return finding
+        kept = []
+        for span in finding.spans:
+            text = sample.segments[span.segment].text if span.segment < len(sample.segments) else ""
+            covered = any(
+                m.start() <= span.start and span.end <= m.end()
+                for pattern in rule.allowlist
+                for m in pattern.finditer(text)
+            )
+            if not covered:
+                kept.append(span)
+        if len(kept) == len(finding.spans):
+            return finding
+        if kept:
+            return replace(finding, spans=tuple(kept))
+        return replace(finding, score=0.0, spans=(), reasons=("allowlisted",))
+
+    async def _stage(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
+        """Inline detectors run at once, in order; the others run concurrently after them."""
+        findings: list[Finding] = []
+        pending: list[DetectorRule] = []
+        for rule in rules:
+            detector = self._detectors.get(rule.detector)
+            if isinstance(detector, InlineDetector) and detector.ready:
+                found = self._inline(detector, rule.detector, sample, time.perf_counter())
+                findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
+            else:
+                pending.append(rule)
+        if len(pending) == 1:
+            findings.append(self._allow(await self._one(pending[0], sample), pending[0], sample))
+        elif pending:
+            results = await asyncio.gather(*(self._one(r, sample) for r in pending))
+            findings.extend(self._allow(f, r, sample) for f, r in zip(results, pending, strict=True))
+        return findings
+
+    async def _one(self, rule: DetectorRule, sample: Sample) -> Finding:
+        name = rule.detector
+        detector = self._detectors.get(name)
+        start = time.perf_counter()
+        if detector is None or not detector.ready:
+            finding = Finding.failed(name, FindingStatus.ERROR, "detector not ready")
+            self._record(finding, sample.phase, start, error_kind="unavailable")
+            return finding
+        try:
+            async with asyncio.timeout(rule.timeout_seconds):
+                results = await detector.score((sample,))
+        except TimeoutError:
+            finding = Finding.failed(name, FindingStatus.TIMEOUT, "timeout")
+            self._record(finding, sample.phase, start, error_kind="timeout")
+            return finding
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself is being cancelled (client gone, shutdown)
+            # The detector cancelled its own work (e.g. a batcher closing): an error, not our end.
+            finding = Finding.failed(name, FindingStatus.ERROR, "CancelledError")
+            self._record(finding, sample.phase, start, error_kind="exception")
+            return finding
+        except Exception as exc:
+            return self._raised(name, exc, sample, start)
+        return self._finish(name, results, sample, start)
+
+    def _inline(self, detector: InlineDetector, name: str, sample: Sample, start: float) -> Finding:
+        """Run a cheap synchronous detector without a task or timer (see InlineDetector)."""
+        try:
+            results = detector.score_inline((sample,))
+        except Exception as exc:
+            return self._raised(name, exc, sample, start)
+        return self._finish(name, results, sample, start)
+
+    def _raised(self, name: str, exc: Exception, sample: Sample, start: float) -> Finding:
+        """A detector broke its never-raise contract: an error finding, logged and counted."""
+        log.warning(
+            "detector %s raised %s", name, type(exc).__name__, extra={"request_id": sample.request_id}
+        )
+        finding = Finding.failed(name, FindingStatus.ERROR, type(exc).__name__)
+        self._record(finding, sample.phase, start, error_kind="exception")
+        return finding
+
+    def _finish(self, name: str, results: object, sample: Sample, start: float) -> Finding:
+        finding = self._normalise(name, results, time.perf_counter() - start)
+        error_kind = None if finding.status is FindingStatus.OK else "exception"
+        self._record(finding, sample.phase, start, error_kind=error_kind)
+        return finding
+
+    @staticmethod
+    def _normalise(name: str, results: object, seconds: float) -> Finding:
+        """Check the detector kept its contract; a broken result is an error finding."""
+        if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], Finding):
+            return Finding.failed(name, FindingStatus.ERROR, "detector returned a malformed result")
+        found = results[0]
+        score = found.score
+        if found.status is FindingStatus.OK and (
+            not isinstance(score, int | float) or math.isnan(score) or not 0.0 <= score <= 1.0
+        ):
+            return Finding.failed(name, FindingStatus.ERROR, "score outside [0, 1]")
+        if found.detector == name and found.duration_seconds > 0.0 and isinstance(score, float):
+            return found  # already well-formed: skip rebuilding a frozen dataclass on the hot path
+        return Finding(
+            detector=name,
+            score=float(score),
+            status=found.status,
+            reasons=found.reasons,
+            spans=found.spans,
+            duration_seconds=seconds,
+            error=found.error,
+        )
+
+    def _record(self, finding: Finding, phase: Phase, start: float, *, error_kind: str | None) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        seconds = time.perf_counter() - start
+        if finding.status is FindingStatus.OK:
+            m.observe_detector(finding.detector, phase, seconds, finding.score)
+        else:
+            m.observe_detector(finding.detector, phase, seconds, None)
+            if error_kind:
+                m.count_detector_error(finding.detector, error_kind)
+
+    def _record_skip(self, detector: str, phase: Phase) -> None:
+        if self._metrics is not None:
+            self._metrics.count_finding(detector, phase.value, "skipped_by_gate")

@@ -1,0 +1,178 @@
+"""Hot reload: SIGHUP or a changed config file swaps in a new runtime, or keeps the old one.
+
+A reload reads and validates the file (with the same environment and command-line
+overrides as at start), builds a new :class:`~firewall.screening.runtime.Runtime` off the
+request path, loading only the detectors that are new or whose params changed,
+and swaps the server's runtime reference in one assignment. Requests that started
+before the swap finish under the runtime they started with; detectors only the
+old runtime used are closed once those requests are done.
+
+Nothing is half-applied. A config that does not validate, a new required
+detector that does not load, or a change to a setting that needs a restart
+(listen addresses, the upstream, the audit sink) leaves the old runtime serving
+and sets ``trigger_firewall_config_last_reload_successful`` to 0.
+
+Kubernetes updates a ConfigMap volume by swapping a ``..data`` symlink in the
+mounted directory (a ``subPath`` mount never updates), so the watcher compares
+the resolved target, inode, size and mtime of the file, not just its mtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from firewall.config.schema import FirewallConfig, config_hash, load_config
+from firewall.core.errors import ConfigError
+from firewall.screening.runtime import Runtime, build_runtime
+from firewall.server.heap import freeze_long_lived
+
+if TYPE_CHECKING:
+    from firewall.server.lifecycle import Server
+
+__all__ = ["RESTART_SECTIONS", "Reloader"]
+
+log = logging.getLogger("trigger_firewall.reload")
+
+#: Sections whose change needs a restart: sockets, the upstream session, the log sinks.
+RESTART_SECTIONS = ("server", "upstream", "audit", "score_log")
+
+
+def _signature(path: Path) -> tuple[Any, ...] | None:
+    """What changes when the file's content can have changed, symlink swaps included."""
+    try:
+        real = path.resolve()
+        st = real.stat()
+    except OSError:
+        return None
+    return (str(real), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Reloader:
+    """Applies config changes to a running :class:`~firewall.server.lifecycle.Server`."""
+
+    def __init__(
+        self,
+        server: Server,
+        path: str | os.PathLike[str] | None,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.server = server
+        self.path = Path(path) if path else None
+        self.overrides = dict(overrides or {})
+        self.environ = environ
+        self._lock = asyncio.Lock()
+        self._signature = _signature(self.path) if self.path else None
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def trigger(self, reason: str) -> None:
+        """Schedule a reload (SIGHUP handler); overlapping triggers run one after the other."""
+        task = asyncio.get_running_loop().create_task(self.reload(reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self, reason: str) -> bool:
+        """Load, validate and swap; True if the new config is live."""
+        async with self._lock:
+            started = time.perf_counter()
+            metrics = self.server.metrics
+            try:
+                config = self._load()
+                new_runtime = await self._apply(config)
+            except ConfigError as exc:
+                metrics.reload_ok.set(0)
+                metrics.count_reload("failure")
+                log.error(
+                    "config reload rejected; the previous config stays live",
+                    extra={"reason": reason, "errors": str(exc)},
+                )
+                return False
+            metrics.reload_ok.set(1)
+            metrics.reload_ts.set(time.time())
+            metrics.count_reload("success")
+            log.info(
+                "config reloaded",
+                extra={
+                    "reason": reason,
+                    "config_hash": new_runtime.config_hash,
+                    "reused_detectors": sorted(new_runtime.reused),
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
+            return True
+
+    def _load(self) -> FirewallConfig:
+        if self.path is None:
+            raise ConfigError("no config file to reload (started without --config)")
+        self._signature = _signature(self.path)
+        return load_config(self.path, environ=self.environ, overrides=self.overrides)
+
+    async def _apply(self, config: FirewallConfig) -> Runtime:
+        server = self.server
+        old = server.state.runtime
+        changed = [
+            name
+            for name in RESTART_SECTIONS
+            if getattr(config, name).model_dump(mode="json")
+            != getattr(old.config, name).model_dump(mode="json")
+        ]
+        if changed:
+            raise ConfigError(f"changing {', '.join(changed)} requires a restart")
+        if config_hash(config) == old.config_hash:
+            return old
+        new = build_runtime(config, server.metrics, previous=old)
+        await new.start(server.metrics)
+        failed = [
+            d.name
+            for d in config.detectors
+            if d.enabled and d.required and d.name not in new.reused and not new.detectors[d.name].ready
+        ]
+        if failed:
+            await new.close(keep=old.detectors)
+            raise ConfigError(f"required detectors failed to load: {', '.join(failed)}")
+        server.install_runtime(new)
+        retire = asyncio.get_running_loop().create_task(self._retire(old, new))
+        self._background.add(retire)
+        retire.add_done_callback(self._background.discard)
+        return new
+
+    async def _retire(self, old: Runtime, new: Runtime) -> None:
+        """Close the old runtime's own detectors once its last request is done."""
+        timeout = self.server.config.server.shutdown_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                await old.users.wait_idle()
+        except TimeoutError:
+            log.warning("requests under the previous config still running; closing its detectors")
+        await old.close(keep=new.detectors)
+        if self.server.freeze_heap:
+            freeze_long_lived()  # reclaim the old runtime's cycles; exempt the new one from collections
+
+    async def watch(self, poll_seconds: float) -> None:
+        """Poll the config file; reload when its content may have changed."""
+        if self.path is None:
+            return
+        while True:
+            await asyncio.sleep(poll_seconds)
+            current = _signature(self.path)
+            if current is not None and current != self._signature:
+                await self.reload("file changed")
+
+    def start_watching(self, poll_seconds: float) -> None:
+        if self.path is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.watch(poll_seconds))
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
