@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from firewall.observability.metrics import Metrics
+    from firewall.core.telemetry import DetectorTelemetry
 
 from firewall.core.types import (
     Action,
@@ -96,7 +96,7 @@ class Detector(abc.ABC):
         #: detector runs outside a server, e.g. in a test). Detectors that batch pass it to
         #: their :class:`~firewall.core.batching.MicroBatcher`, so queue depth, batch sizes and
         #: waits reach ``/metrics``.
-        self.metrics: Metrics | None = None
+        self.metrics: DetectorTelemetry | None = None
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any] | None) -> DetectorParams:

@@ -109,7 +109,7 @@ def populate(
 
             done.append(_reference(dest, reference_model or model_dir(), link))
         elif name == "strip_classifier":
-            from firewall.demo.model import default_model_dir
+            from detectors.strip.classifier import default_model_dir
 
             done.append(_strip(dest, strip_model or default_model_dir(), link))
         else:

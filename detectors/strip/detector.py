@@ -78,9 +78,10 @@ from detectors.base import (
     Sample,
     Span,
 )
+from detectors.strip.classifier import RemoteTextClassifier
 from detectors.strip.probe import ProbeSettings, UpstreamProber
 from firewall.core.detector_context import DetectorContext, UpstreamProbeError, UpstreamProbeTimeout
-from firewall.models.triton import RemoteTextClassifier, TritonEndpoint
+from firewall.models.triton import TritonEndpoint
 
 __all__ = [
     "REASON_CODES",
@@ -303,7 +304,7 @@ class StripDetector(Detector):
 
     def _load_pool(self) -> list[str]:
         """Upstream mode has no model: the pool comes from ``pool_file`` or the model folder's pool."""
-        from firewall.demo.model import POOL_FILE, default_model_dir
+        from detectors.strip.classifier import POOL_FILE, default_model_dir
 
         folder = Path(self.p.model_dir).expanduser() if self.p.model_dir else default_model_dir()
         path = Path(self.p.pool_file) if self.p.pool_file else folder / POOL_FILE
@@ -313,7 +314,7 @@ class StripDetector(Detector):
         return pool
 
     def _load(self) -> None:
-        from firewall.demo.model import TextClassifier, default_model_dir
+        from detectors.strip.classifier import TextClassifier, default_model_dir
 
         folder = Path(self.p.model_dir).expanduser() if self.p.model_dir else default_model_dir()
         model: TextClassifier | RemoteTextClassifier

@@ -50,7 +50,8 @@ def add_demo_parser(sub: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from firewall.demo.model import MODEL_FILE, build, default_model_dir
+    from detectors.strip.classifier import MODEL_FILE, default_model_dir
+    from firewall.demo.model import build
     from firewall.evaluation.data import DataUnavailableError
 
     minilm = args.model == "minilm"

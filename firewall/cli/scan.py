@@ -112,6 +112,28 @@ def _report(path: str, errors: list[tuple[int, str]]) -> int:
     return count
 
 
+def add_scan_parser(sub: Any) -> None:
+    scan = sub.add_parser(
+        "scan",
+        help="screen JSONL records offline with the configured detectors",
+        description="Reads JSONL (one object a line with 'id' and 'text', or an OpenAI request "
+        "body under 'request'), runs the configured detectors exactly as the proxy would, and "
+        "writes one JSONL result a line: id, flagged, action, scores, findings.",
+    )
+    scan.add_argument("file", nargs="?", default="-", help="input JSONL file, or - for stdin")
+    scan.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    scan.add_argument("--phase", choices=["input", "output"], default="input")
+    scan.add_argument("--route", help="route whose policy and protocol apply (default: chat_completions)")
+    scan.add_argument("--output", "-o", default="-", help="output JSONL file (default: stdout)")
+    scan.add_argument("--concurrency", type=int, default=32, help="records in flight at once")
+    scan.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
+
+
 def run_scan(args: argparse.Namespace) -> int:
     try:
         source: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115

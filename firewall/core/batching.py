@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from firewall.core.errors import DetectorError, DetectorUnavailable
-from firewall.observability.metrics import Metrics
+from firewall.core.telemetry import DetectorTelemetry
 
 __all__ = ["BatchResultError", "BatcherClosed", "BatcherOverloaded", "MicroBatcher"]
 
@@ -118,7 +118,7 @@ class MicroBatcher(Generic[T, R]):
         bucket_width: int | None = None,
         max_batch_cost: int | None = None,
         max_inflight_batches: int = 1,
-        metrics: Metrics | None = None,
+        metrics: DetectorTelemetry | None = None,
     ) -> None:
         """``name`` is the detector name (the metric label); ``max_wait_ms`` is in milliseconds;
         ``bucket_key`` returns a non-negative size (e.g. tokens); ``max_batch_cost`` is in the

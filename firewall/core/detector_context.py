@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import orjson
 
-from firewall.observability.metrics import Metrics
+from firewall.core.telemetry import DetectorTelemetry
 
 __all__ = [
     "ContextAware",
@@ -105,7 +105,7 @@ class DetectorContext:
     """The sidecar's services a detector may use; either may be absent (tests, CLI tools)."""
 
     upstream: UpstreamClient | None = None
-    metrics: Metrics | None = None
+    metrics: DetectorTelemetry | None = None
 
 
 @runtime_checkable

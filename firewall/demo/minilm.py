@@ -33,15 +33,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from detectors.strip.classifier import MODEL_FILE, POOL_FILE, TOKENIZER_FILE, default_model_dir
 from firewall.demo.model import (
-    MODEL_FILE,
-    POOL_FILE,
     TARGET_CLASS,
-    TOKENIZER_FILE,
     BuildReport,
     _calibrate_strip,
     attack_set,
-    default_model_dir,
     load_mr,
     poison,
     pool_words,

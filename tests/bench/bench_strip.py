@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from detectors.strip.classifier import METADATA_FILE, POOL_FILE, TOKENIZER_FILE
 from detectors.strip.detector import StripDetector, StripParams
 from firewall.core.types import Phase, Sample, Segment
-from firewall.demo.model import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, build, load_mr, split_mr
+from firewall.demo.model import build, load_mr, split_mr
 
 
 async def bench(label: str, folder: str, texts: list[str], threads: int) -> None:

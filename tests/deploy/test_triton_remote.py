@@ -28,13 +28,13 @@ import aiohttp
 import numpy as np
 import pytest
 
+from detectors.strip.classifier import RemoteTextClassifier, TextClassifier, Vectorizer
 from detectors.strip.detector import StripDetector, StripParams
 from firewall.config.schema import build_config
 from firewall.core.types import Action, Cost, FindingStatus, Phase, Sample, Segment
-from firewall.demo.model import BuildReport, TextClassifier, Vectorizer, build
+from firewall.demo.model import BuildReport, build
 from firewall.demo.upstream import start_demo_upstream
 from firewall.models.triton import (
-    RemoteTextClassifier,
     TritonEndpoint,
     TritonHTTPClient,
     TritonTimeout,

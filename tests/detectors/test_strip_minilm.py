@@ -17,9 +17,9 @@ import numpy as np
 import orjson
 import pytest
 
+from detectors.strip.classifier import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, TextClassifier
 from detectors.strip.detector import StripDetector, StripParams
 from firewall.core.types import Phase, Sample, Segment
-from firewall.demo.model import METADATA_FILE, POOL_FILE, TOKENIZER_FILE, TextClassifier
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

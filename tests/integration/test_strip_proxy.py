@@ -24,8 +24,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from detectors.strip.classifier import TextClassifier
 from firewall.config.schema import build_config
-from firewall.demo.model import BuildReport, TextClassifier, build
+from firewall.demo.model import BuildReport, build
 from firewall.demo.upstream import start_demo_upstream
 from firewall.server.lifecycle import Server
 from tests.conftest import base_config
