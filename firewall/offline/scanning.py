@@ -1,5 +1,9 @@
 """Offline screening: run the configured detectors on records exactly as the proxy would.
 
+Each record goes through :func:`firewall.screening.screen.screen`, the function the
+proxy calls, with the record's model (its ``model`` field, or the request body's), so
+per-route and per-model overrides give the verdict ``serve`` gives.
+
 The ``scan`` command and the evaluation suite both use :class:`Scanner`. It builds
 the same :class:`~firewall.screening.runtime.Runtime` the server builds (same detectors,
 same compiled policy, same protocol adapters) and runs the same pipeline, so a
@@ -21,8 +25,9 @@ from typing import Any
 
 from firewall.config.schema import FirewallConfig
 from firewall.core.errors import ConfigError, ProtocolError
-from firewall.core.types import Action, FindingStatus, Phase, Sample, Segment, Verdict
+from firewall.core.types import Action, FindingStatus, Phase, Segment, Verdict
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
+from firewall.screening.screen import screen, screened_segments
 
 __all__ = ["RecordError", "Scanner", "verdict_summary"]
 
@@ -96,9 +101,7 @@ class Scanner:
                 role = "user" if phase is Phase.INPUT else "assistant"
                 return [Segment(role, record["text"], "/text")]
             if phase is Phase.INPUT and "request" in record:
-                segments = adapter.input_segments(record["request"])
-                roles = self.route.config.roles
-                return [s for s in segments if roles is None or s.role in roles]
+                return screened_segments(self.route, adapter.input_segments(record["request"]))
             if phase is Phase.OUTPUT and "response" in record:
                 return adapter.output_segments(record["response"])
         except ProtocolError as exc:
@@ -106,20 +109,36 @@ class Scanner:
         wanted = "'text' or 'request'" if phase is Phase.INPUT else "'text' or 'response'"
         raise RecordError(f"a record needs {wanted}")
 
+    def model(self, record: Any) -> str | None:
+        """The model a record is for: its ``model`` field, else its request body's ``model``.
+
+        Per-model overrides apply to it exactly as they do in the proxy.
+        """
+        if not isinstance(record, dict):
+            return None
+        model = record.get("model")
+        if isinstance(model, str):
+            return model
+        request = record.get("request")
+        if isinstance(request, dict):
+            return self.route.adapter.model(request)
+        return None
+
     async def scan_segments(
-        self, segments: Iterable[Segment], phase: Phase, record_id: Any = None
+        self, segments: Iterable[Segment], phase: Phase, record_id: Any = None, model: str | None = None
     ) -> ScanOutcome:
         start = time.perf_counter()
-        policy = self.route.policy
-        sample = Sample(str(record_id), phase, self.route.config.name, tuple(segments))
-        findings = await self.runtime.pipeline.run(policy.rules(phase), sample) if sample.segments else []
-        verdict = policy.evaluate(phase, findings)
+        verdict = await screen(
+            self.runtime, self.route, phase, tuple(segments), model=model, request_id=str(record_id)
+        )
+        if verdict is None:  # nothing to screen: report the policy's verdict on no findings
+            verdict = self.route.for_model(model).policy.evaluate(phase, ())
         return ScanOutcome(record_id, verdict, time.perf_counter() - start)
 
     async def scan_record(self, record: Any, phase: Phase) -> dict[str, Any]:
         """Scan one record; raises :class:`RecordError` for records of the wrong shape."""
         segments = self.segments(record, phase)
-        outcome = await self.scan_segments(segments, phase, record.get("id"))
+        outcome = await self.scan_segments(segments, phase, record.get("id"), self.model(record))
         return verdict_summary(outcome.record_id, outcome.verdict, outcome.seconds)
 
     async def scan_many(

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from firewall.core.types import Segment
+from firewall.core.types import Phase, Segment
 
 __all__ = ["ProtocolAdapter", "StreamState", "error_body", "sse_event"]
 
@@ -60,6 +60,18 @@ class ProtocolAdapter(abc.ABC):
     name: str = "base"
     #: Whether a normal stream of this protocol ends with ``data: [DONE]``.
     uses_done_sentinel: bool = True
+    #: The request field that carries the prompt, named as ``param`` in a block's error body.
+    prompt_param: str | None = None
+    #: Whether this protocol's responses carry text to screen (embeddings answer vectors).
+    has_output_text: bool = True
+
+    def screens(self, phase: Phase) -> bool:
+        """Whether requests (input) or responses (output) of this protocol carry text at all.
+
+        The policy drops a phase's detectors on a route whose adapter says no, so the
+        proxy never reads a body it has nothing to screen in.
+        """
+        return self.has_output_text if phase is Phase.OUTPUT else True
 
     @abc.abstractmethod
     def input_segments(self, body: Any) -> list[Segment]:

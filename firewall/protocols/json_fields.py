@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from firewall.core.errors import ProtocolError
-from firewall.core.types import Segment
+from firewall.core.types import Phase, Segment
 from firewall.protocols.base import ProtocolAdapter, StreamState
 
 __all__ = ["JsonFieldsAdapter", "resolve_pointer"]
@@ -91,6 +91,10 @@ class JsonFieldsAdapter(ProtocolAdapter):
     def __init__(self, input_fields: Sequence[str], output_fields: Sequence[str]) -> None:
         self.input_fields = tuple(input_fields)
         self.output_fields = tuple(output_fields)
+
+    def screens(self, phase: Phase) -> bool:
+        """Only the sides the route names pointers for have text."""
+        return bool(self.output_fields if phase is Phase.OUTPUT else self.input_fields)
 
     def input_segments(self, body: Any) -> list[Segment]:
         return _segments(body, self.input_fields, "user")

@@ -83,6 +83,7 @@ class ChatAdapter(ProtocolAdapter):
     """``/v1/chat/completions``."""
 
     name = "openai_chat"
+    prompt_param = "messages"
 
     def input_segments(self, body: Any) -> list[Segment]:
         data = _require_dict(body)
@@ -209,6 +210,7 @@ class CompletionsAdapter(ProtocolAdapter):
     """``/v1/completions`` (legacy text completions)."""
 
     name = "openai_completions"
+    prompt_param = "prompt"
 
     def input_segments(self, body: Any) -> list[Segment]:
         data = _require_dict(body)
@@ -278,6 +280,7 @@ class ResponsesAdapter(ProtocolAdapter):
     """``/v1/responses`` (the Responses API)."""
 
     name = "openai_responses"
+    prompt_param = "input"
     uses_done_sentinel = False
 
     def input_segments(self, body: Any) -> list[Segment]:
@@ -375,6 +378,8 @@ class EmbeddingsAdapter(ProtocolAdapter):
     """``/v1/embeddings``: input only; vectors carry no text to screen."""
 
     name = "openai_embeddings"
+    prompt_param = "input"
+    has_output_text = False
 
     def input_segments(self, body: Any) -> list[Segment]:
         data = _require_dict(body)

@@ -24,7 +24,6 @@ import itertools
 import os
 import re
 import time
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -32,13 +31,14 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from firewall.core.errors import BodyTooLarge, FirewallError, ProtocolError, UnsupportedEncoding
-from firewall.core.types import Mode, Phase, Sample
+from firewall.core.types import Mode, Phase
 from firewall.observability.audit import fingerprint
 from firewall.proxy import relay
 from firewall.proxy.answers import error_response, firewall_error_response, verdict_response
 from firewall.proxy.exchange import Exchange, record_verdict, write_audit
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
+from firewall.screening.screen import screen, screened_segments
 
 __all__ = ["handle"]
 
@@ -227,28 +227,22 @@ async def _screened(
         _reject(state, ex, _reject_reason(exc))
         return firewall_error_response(exc, ex.request_id)
     ex.model = matched.adapter.model(body)
-    if policy.models:
-        model_policy = policy.for_model(ex.model)
-        if model_policy is not policy:
-            policy = model_policy
-            matched = replace(matched, policy=policy)
-            ex.mode = policy.mode
-            if policy.mode is Mode.OFF:
-                ex.screened = False
-                return await _forward_unscreened(request, state, runtime, ex, raw)
-    roles = matched.config.roles
-    if roles is not None:
-        segments = [s for s in segments if s.role in roles]
+    resolved = matched.for_model(ex.model)
+    if resolved is not matched:
+        matched = resolved
+        policy = matched.policy
+        ex.mode = policy.mode
+        if policy.mode is Mode.OFF:
+            ex.screened = False
+            return await _forward_unscreened(request, state, runtime, ex, raw)
+    segments = screened_segments(matched, segments)
     ex.stream = matched.adapter.wants_stream(body)
     ex.input_segments = len(segments)
     if config.audit.capture_text or (config.score_log.enabled and config.score_log.include_text):
         ex.texts = {"input": [s.text for s in segments]}
 
-    rules = policy.rules(Phase.INPUT)
-    verdict = None
-    if rules and segments:
-        sample = Sample(ex.request_id, Phase.INPUT, ex.route, tuple(segments), ex.model)
-        verdict = policy.evaluate(Phase.INPUT, await runtime.pipeline.run(rules, sample))
+    verdict = await screen(runtime, matched, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id)
+    if verdict is not None:
         ex.input_verdict = verdict
         ex.input_fp = fingerprint(segments, state.audit.salt)
         record_verdict(state.metrics, verdict)
@@ -263,7 +257,7 @@ async def _screened(
             request_id=ex.request_id,
             expose_reasons=config.blocking.expose_reasons,
             retry_after=config.server.retry_after_seconds,
-            param=_param(matched),
+            param=matched.adapter.prompt_param,
         )
         ex.status = response.status
         return response
@@ -291,12 +285,3 @@ async def _forward_unscreened(
         return await relay.forward(request, state, runtime, ex, raw, screen=None)
     except FirewallError as exc:
         return _failed(ex, exc, runtime)
-
-
-def _param(matched: MatchedRoute) -> str | None:
-    return {
-        "openai_chat": "messages",
-        "openai_completions": "prompt",
-        "openai_responses": "input",
-        "openai_embeddings": "input",
-    }.get(matched.config.protocol)

@@ -33,7 +33,7 @@ from yarl import URL
 from detectors.base import Detector
 from firewall.config.schema import StreamConfig
 from firewall.core.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from firewall.core.types import BlockKind, Finding, FindingStatus, Mode, Phase, Sample, Segment, Verdict
+from firewall.core.types import BlockKind, Mode, Phase, Segment, Verdict
 from firewall.observability.audit import fingerprint
 from firewall.protocols.base import StreamState
 from firewall.proxy.answers import OUTPUT_BLOCK_MESSAGE, verdict_response
@@ -41,8 +41,8 @@ from firewall.proxy.exchange import Exchange, record_verdict
 from firewall.proxy.state import ServerState
 from firewall.proxy.streaming import HoldbackBuffer, SseParser, SseProtocolError, TextChannels
 from firewall.proxy.upstream import bearer_token, code_class, request_headers, response_headers
-from firewall.screening.policy import DetectorRule
 from firewall.screening.runtime import MatchedRoute, Runtime
+from firewall.screening.screen import screen, unscreenable
 
 __all__ = ["forward"]
 
@@ -224,23 +224,11 @@ def _decode_body(data: bytes, encoding: str, limit: int) -> bytes | None:
 
 
 async def _screen(
-    runtime: Runtime,
-    matched: MatchedRoute,
-    ex: Exchange,
-    rules: Sequence[DetectorRule],
-    segments: Sequence[Segment],
+    runtime: Runtime, matched: MatchedRoute, ex: Exchange, segments: Sequence[Segment]
 ) -> Verdict:
-    if segments:
-        sample = Sample(ex.request_id, Phase.OUTPUT, ex.route, tuple(segments), ex.model)
-        findings = await runtime.pipeline.run(rules, sample)
-    else:
-        findings = []
-    return matched.policy.evaluate(Phase.OUTPUT, findings)
-
-
-def _unscreenable(matched: MatchedRoute, rules: Sequence[DetectorRule], why: str) -> Verdict:
-    findings = [Finding.failed(r.detector, FindingStatus.ERROR, why) for r in rules]
-    return matched.policy.evaluate(Phase.OUTPUT, findings)
+    """The output verdict; with no text to screen, the policy's verdict on no findings."""
+    verdict = await screen(runtime, matched, Phase.OUTPUT, segments, model=ex.model, request_id=ex.request_id)
+    return verdict if verdict is not None else matched.policy.evaluate(Phase.OUTPUT, ())
 
 
 async def _relay_body_screened(
@@ -253,7 +241,6 @@ async def _relay_body_screened(
 ) -> web.StreamResponse:
     config = runtime.config
     limit = config.server.max_response_bytes
-    rules = matched.policy.rules(Phase.OUTPUT)
     try:
         data, complete = await _read_limited(resp, limit)
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -261,7 +248,7 @@ async def _relay_body_screened(
     t0 = time.perf_counter()
     body: Any = None
     if not complete:
-        verdict = _unscreenable(matched, rules, "response too large to screen")
+        verdict = unscreenable(matched, Phase.OUTPUT, "response too large to screen")
     else:
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
         plain = _decode_body(data, encoding, limit)
@@ -270,13 +257,13 @@ async def _relay_body_screened(
         except orjson.JSONDecodeError:
             body = None
         if body is None:
-            verdict = _unscreenable(matched, rules, "response not readable as JSON")
+            verdict = unscreenable(matched, Phase.OUTPUT, "response not readable as JSON")
         else:
             segments = matched.adapter.output_segments(body)
             if ex.texts is not None:
                 ex.texts["output"] = [s.text for s in segments]
             ex.output_fp = fingerprint(segments, state.audit.salt)
-            verdict = await _screen(runtime, matched, ex, rules, segments)
+            verdict = await _screen(runtime, matched, ex, segments)
     ex.output_verdict = verdict
     record_verdict(state.metrics, verdict)
     ex.overhead["output"] = time.perf_counter() - t0
@@ -361,7 +348,7 @@ async def _relay_stream_screened(
         t0 = time.perf_counter()
         suffix = "#final" if final else ""
         segs = [Segment("assistant", text, f"/channels/{ch}{suffix}") for ch, text in channels.texts()]
-        result = await _screen(runtime, matched, ex, rules, segs)
+        result = await _screen(runtime, matched, ex, segs)
         scan_seconds += time.perf_counter() - t0
         return result
 

@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 from firewall.config.schema import DetectorOverride, FirewallConfig, RouteConfig
 from firewall.core.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase, Verdict
+from firewall.protocols import adapter_for
 
 __all__ = ["DetectorRule", "Policy", "RoutePolicy", "compile_policy"]
 
@@ -164,6 +165,7 @@ def _route_policy(
     capabilities: Mapping[str, tuple[frozenset[Phase], Cost]],
     model: str | None = None,
 ) -> RoutePolicy:
+    adapter = adapter_for(route)  # what the route's protocol can carry decides its phases
     per_phase: dict[Phase, list[DetectorRule]] = {Phase.INPUT: [], Phase.OUTPUT: []}
     model_override = route.models.get(model) if model is not None else None
     for det in config.detectors:
@@ -177,12 +179,9 @@ def _route_policy(
         supported, cost = capabilities[det.name]
         phases = set(det.phases) if det.phases is not None else set(supported)
         phases &= supported
-        if not route.screen_output or route.protocol == "openai_embeddings":
+        if not route.screen_output:
             phases.discard(Phase.OUTPUT)
-        if route.protocol == "json" and not route.output_fields:
-            phases.discard(Phase.OUTPUT)
-        if route.protocol == "json" and not route.input_fields:
-            phases.discard(Phase.INPUT)
+        phases = {p for p in phases if adapter.screens(p)}
         on_error = det.on_error if override is None or override.on_error is None else override.on_error
         rule = DetectorRule(
             detector=det.name,

@@ -35,9 +35,27 @@ _PARAM = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 
 @dataclass(frozen=True, slots=True)
 class MatchedRoute:
+    """A configured route with its adapter and compiled policy.
+
+    ``models`` holds the same route under each per-model override's policy, built
+    once at config load, so resolving a request's model allocates nothing.
+    """
+
     config: RouteConfig
     adapter: ProtocolAdapter
     policy: RoutePolicy
+    models: Mapping[str, MatchedRoute] = field(default_factory=dict, compare=False, repr=False)
+
+    def for_model(self, model: str | None) -> MatchedRoute:
+        """This route as it applies to requests for ``model`` (itself when no override names it)."""
+        if model is None or not self.models:
+            return self
+        return self.models.get(model, self)
+
+
+def _matched(config: RouteConfig, adapter: ProtocolAdapter, policy: RoutePolicy) -> MatchedRoute:
+    models = {name: MatchedRoute(config, adapter, p) for name, p in policy.models.items()}
+    return MatchedRoute(config, adapter, policy, models)
 
 
 class RouteTable:
@@ -189,10 +207,7 @@ def build_runtime(
             detectors[det.name] = cls(det.name, cls.parse_params(det.params))
         capabilities[det.name] = (cls.phases, cls.cost)
     policy = compile_policy(config, capabilities)
-    routes = {
-        r.name: MatchedRoute(config=r, adapter=adapter_for(r), policy=policy.for_route(r.name))
-        for r in config.routing.routes
-    }
+    routes = {r.name: _matched(r, adapter_for(r), policy.for_route(r.name)) for r in config.routing.routes}
     return Runtime(
         config=config,
         config_hash=config_hash(config),

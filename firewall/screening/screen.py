@@ -1,0 +1,58 @@
+"""The one screening path: route, phase, segments and model in; a verdict out.
+
+The proxy (request bodies), the relay (response bodies and streams), ``scan``,
+``calibrate`` and ``eval`` all call :func:`screen`, so the per-model and per-route
+overrides, the role filter and the policy are applied the same way everywhere: a
+record scanned offline gets the verdict ``serve`` would give it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment, Verdict
+from firewall.screening.runtime import MatchedRoute, Runtime
+
+__all__ = ["screen", "screened_segments", "unscreenable"]
+
+
+def screened_segments(route: MatchedRoute, segments: list[Segment]) -> list[Segment]:
+    """The request segments a route screens: all of them, or those of its configured roles."""
+    roles = route.config.roles
+    if roles is None:
+        return segments
+    return [s for s in segments if s.role in roles]
+
+
+async def screen(
+    runtime: Runtime,
+    route: MatchedRoute,
+    phase: Phase,
+    segments: Sequence[Segment],
+    *,
+    model: str | None = None,
+    request_id: str = "",
+) -> Verdict | None:
+    """Run ``phase``'s detectors on ``segments`` and decide, under ``model``'s policy.
+
+    Returns ``None`` when nothing was screened: the policy (after the model's
+    overrides) has no detector for this phase, or there is no text. Callers that
+    must report a verdict anyway evaluate an empty list of findings.
+    """
+    policy = route.for_model(model).policy
+    rules = policy.rules(phase)
+    if not rules or not segments:
+        return None
+    sample = Sample(request_id, phase, route.config.name, tuple(segments), model)
+    return policy.evaluate(phase, await runtime.pipeline.run(rules, sample))
+
+
+def unscreenable(route: MatchedRoute, phase: Phase, why: str, *, model: str | None = None) -> Verdict:
+    """The verdict for text that exists but cannot be read (too large, not JSON).
+
+    Every detector of the phase is recorded as failed with ``why``, so each one's
+    fail mode decides: fail-closed detectors block, the others fail open.
+    """
+    policy = route.for_model(model).policy
+    findings = [Finding.failed(r.detector, FindingStatus.ERROR, why) for r in policy.rules(phase)]
+    return policy.evaluate(phase, findings)

@@ -1,0 +1,1 @@
+"""Load, soak and benchmark tooling for the firewall (not collected by pytest)."""
