@@ -80,7 +80,15 @@ class Reloader:
         task.add_done_callback(self._background.discard)
 
     async def reload(self, reason: str) -> bool:
-        """Load, validate and swap; True if the new config is live."""
+        """Load, validate and swap; True if the new config is live.
+
+        Without a config file (started from defaults, env and flags) there is nothing
+        that can have changed: the request is logged and ignored, and the reload metrics
+        stay as they are, so a SIGHUP sent to every pod never fires the reload alert.
+        """
+        if self.path is None:
+            log.info("reload requested without a config file: nothing to reload", extra={"reason": reason})
+            return False
         async with self._lock:
             started = time.perf_counter()
             metrics = self.server.metrics
@@ -110,10 +118,11 @@ class Reloader:
             return True
 
     def _load(self) -> FirewallConfig:
-        if self.path is None:
-            raise ConfigError("no config file to reload (started without --config)")
-        self._signature = _signature(self.path)
-        return load_config(self.path, environ=self.environ, overrides=self.overrides)
+        path = self.path
+        if path is None:  # reload() returns before this; kept so the type is narrowed honestly
+            raise ConfigError("no config file to reload")
+        self._signature = _signature(path)
+        return load_config(path, environ=self.environ, overrides=self.overrides)
 
     async def _apply(self, config: FirewallConfig) -> Runtime:
         server = self.server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import orjson
 import pytest
 import yaml
 
-from firewall.config.schema import load_config
+from firewall.config.schema import build_config, load_config
 from firewall.server.lifecycle import Server
 from firewall.server.reload import Reloader
 from tests.conftest import TRIGGER, FakeUpstream, base_config, chat_body
@@ -88,6 +89,32 @@ async def test_reload_applies_new_policy_and_reuses_loaded_detectors(
         assert (await resp.json())["config"]["mode"] == "monitor"
 
 
+async def test_reload_without_a_config_file_is_a_logged_no_op(
+    upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A SIGHUP to a firewall started from defaults and flags must not count as a failed
+    reload: that would set last_reload_successful to 0 and page someone for nothing."""
+    server = Server(build_config(config_data(upstream, tmp_path / "audit.jsonl")))
+    await server.start()
+    reloader = Reloader(server, None)
+    try:
+        before = server.state.runtime
+        with caplog.at_level(logging.INFO, logger="trigger_firewall.reload"):
+            assert await reloader.reload("SIGHUP") is False
+        assert server.state.runtime is before
+        metrics = server.metrics.registry
+        assert metrics.get_sample_value("trigger_firewall_config_last_reload_successful") == 1
+        for result in ("success", "failure"):
+            labels = {"result": result}
+            assert (metrics.get_sample_value("trigger_firewall_config_reloads_total", labels) or 0) == 0
+        assert any("nothing to reload" in r.getMessage() for r in caplog.records)
+    finally:
+        await reloader.close()
+        server.request_stop()
+        server.request_stop()
+        await server.shutdown()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -143,8 +170,9 @@ async def test_reload_under_load_loses_nothing_and_never_mixes_configs(
     await asyncio.gather(*clients)
     assert sent == answered > 0
     assert set(statuses) <= {200, 400}
-    running.server.audit._wake.set()
-    await asyncio.sleep(0.5)
+    async with asyncio.timeout(5):
+        await running.server.state.wait_idle()
+    await running.server.audit.flush()
     events = [orjson.loads(line) for line in running.audit.read_text().splitlines()]
     assert len(events) == sent
     for event in events:
