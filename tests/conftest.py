@@ -154,14 +154,17 @@ class RunningFirewall:
         value = self.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
 
+    async def flush_logs(self) -> None:
+        """Wait for requests in flight to finish (a handler writes its audit line last),
+        then write what the audit and score logs have queued."""
+        async with asyncio.timeout(5):
+            await self.server.state.wait_idle()
+        await self.server.audit.flush()
+        if self.server.score_log is not None:
+            await self.server.score_log.flush()
+
     async def audit_events(self) -> list[dict[str, Any]]:
-        # Flush the buffered writer, then read what reached the file.
-        self.server.audit._wake.set()
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-            if not self.server.audit._buf:
-                break
-        await asyncio.sleep(0.05)
+        await self.flush_logs()
         text = self.audit_path.read_text() if self.audit_path.exists() else ""
         return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 

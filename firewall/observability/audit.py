@@ -102,6 +102,10 @@ class AuditLog:
         self._stream: IO[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Held while buffered bytes are taken and written, so flush() and the writer task
+        # never interleave two halves of the buffer and flush() returns only once its bytes
+        # (and any write already under way) are on the stream.
+        self._writing = asyncio.Lock()
         self._closing = False
         # Half the buffer bound when that is smaller: a small configured buffer must be handed
         # to the writer before it fills, or events between two timer flushes would be dropped.
@@ -189,8 +193,12 @@ class AuditLog:
                 async with asyncio.timeout(self.FLUSH_INTERVAL):
                     await self._wake.wait()
             self._wake.clear()
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        async with self._writing:
             if not self._buf:
-                continue
+                return
             data = bytes(self._buf)
             self._buf.clear()
             try:
@@ -198,3 +206,11 @@ class AuditLog:
             except OSError as exc:
                 log.error("audit log write failed (%s); %d bytes lost", exc, len(data))
                 self._dropped(data.count(b"\n"))
+
+    async def flush(self) -> None:
+        """Write every event queued so far; returns once they are on the stream.
+
+        For tests and tools that read the log back; the server itself never waits on it.
+        """
+        if self._stream is not None:
+            await self._write_pending()

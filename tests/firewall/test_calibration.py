@@ -9,7 +9,6 @@ stated confidence) on fresh samples, over fixed seeds.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import random
 import sys
@@ -282,11 +281,7 @@ async def test_reads_the_score_log_the_proxy_writes(
         async with client.post(fw.url + "/v1/chat/completions", data=orjson.dumps(chat_body(text))) as resp:
             assert resp.status == 200
     assert fw.server.score_log is not None
-    for _ in range(100):  # the log is written by a background task: wait for all six lines
-        fw.server.score_log._wake.set()
-        await asyncio.sleep(0.02)
-        if log.exists() and len(log.read_bytes().splitlines()) >= 2 * len(prompts):
-            break
+    await fw.flush_logs()
     raw = log.read_bytes().splitlines()
     inputs = read_sample(raw, Phase.INPUT)
     assert inputs.bad == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import orjson
@@ -15,12 +14,7 @@ pytestmark = pytest.mark.asyncio
 
 async def read_lines(fw, path: Path) -> list[dict]:
     assert fw.server.score_log is not None
-    fw.server.score_log._wake.set()
-    for _ in range(50):
-        await asyncio.sleep(0.02)
-        if not fw.server.score_log._buf and path.exists():
-            break
-    await asyncio.sleep(0.05)
+    await fw.flush_logs()
     return [orjson.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
