@@ -32,7 +32,7 @@ Each candidate span found by one precompiled regular expression is scored as
 
 Cost: one regex pass per segment; Python runs only per candidate. A 200-word
 prompt costs a few microseconds without candidates and tens with some (see
-``tests/bench/bench_context_tags.py``). Evidence is positions and reason codes;
+``loadtests/bench/bench_context_tags.py``). Evidence is positions and reason codes;
 no text is copied into the finding.
 """
 

@@ -56,7 +56,7 @@ pre-scan splits the text on whitespace and looks every chunk up in a cache of
 chunk analyses; a prompt without an odd token (nearly all of them) costs about
 0.1 microseconds a word. Only when a candidate exists is the text scanned for
 offsets, sentences and code, and the candidates judged in context. See
-``tests/bench/bench_rare_tokens.py`` and ``docs/detectors/rare_tokens.md``.
+``loadtests/bench/bench_rare_tokens.py`` and ``docs/detectors/rare_tokens.md``.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ _HIDDEN_PATH_MODEL_TYPES: Final = frozenset({"llama", "mistral", "qwen2", "qwen3
 CPU_CHUNK_ROWS: Final = 256
 #: On CUDA: unchunked. Each chunk re-reads the whole output embedding (57 MB in bf16 for
 #: SmolLM2, more than an H100's 50 MB L2), so chunks small enough to keep their
-#: temporaries in L2 pay that read many times; tests/bench/gpu_reference_lm.py measures both.
+#: temporaries in L2 pay that read many times; loadtests/bench/gpu_reference_lm.py measures both.
 CUDA_CHUNK_ROWS: Final[int | None] = None
 
 

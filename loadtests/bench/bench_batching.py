@@ -16,7 +16,7 @@ batcher (max 32 a batch, 5 ms max wait) and an unbatched one (max 1 a batch).
 It prints throughput, p50/p99 latency, the mean batch size and the speed-up.
 Run from the repository root:
 
-    .venv/bin/python tests/bench/bench_batching.py [--items 96]
+    .venv/bin/python -m loadtests.bench.bench_batching [--items 96]
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from firewall.core.batching import MicroBatcher
 
@@ -59,7 +55,9 @@ class SyntheticModel:
         return items
 
 
-async def measure(fixed: float, per_item: float, concurrency: int, items: int, batched: bool) -> Result:
+async def measure(
+    fixed: float, per_item: float, concurrency: int, items: int, batched: bool
+) -> Result:
     model = SyntheticModel(fixed, per_item)
     batcher: MicroBatcher[int, int] = MicroBatcher(
         "bench", model, max_batch_size=32 if batched else 1, max_wait_ms=5 if batched else 0
@@ -88,7 +86,10 @@ async def measure(fixed: float, per_item: float, concurrency: int, items: int, b
 
 async def main(items: int) -> None:
     print("SYNTHETIC MODEL: run_batch sleeps fixed + per_item x n; no real inference is measured.")
-    print(f"{items} items per cell; batched = max 32 a batch, 5 ms max wait; unbatched = max 1 a batch.")
+    print(
+        f"{items} items per cell; batched = max 32 a batch, 5 ms max wait; "
+        "unbatched = max 1 a batch."
+    )
     for profile, (fixed, per_item) in PROFILES.items():
         print(f"\n{profile}: run_batch(n) = {fixed * 1000:g} ms + {per_item * 1000:g} ms x n")
         print(

@@ -3,7 +3,7 @@
 The detector runs inline on the event loop for every request, so its per-call
 cost matters. Run from the repository root:
 
-    .venv/bin/python tests/bench/bench_context_tags.py
+    .venv/bin/python -m loadtests.bench.bench_context_tags
 
 It prints p50/p99 microseconds per call (single calls, after a warm-up) for
 200-word prompts: plain prose (the fast path finds nothing), prose dense with
@@ -16,11 +16,7 @@ innocent), a triggered prompt, and an adversarial prompt of 5,000 candidates
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.context_tags import ContextTagsDetector
 from firewall.core.types import Phase, Sample, Segment

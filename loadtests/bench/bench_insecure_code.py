@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python tests/bench/bench_insecure_code.py
+    .venv/bin/python -m loadtests.bench.bench_insecure_code
 
 It prints, per case, the detector's cost per call (median and p95 of single calls, best
 effort on a shared machine): a prose-only answer (the fast path), a 60-line Python and a
@@ -16,12 +16,8 @@ All texts are written here or come from firewall/evaluation/data/code_answers.js
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.insecure_code.detector import InsecureCodeDetector
 from firewall.core.types import Phase, Sample, Segment
@@ -184,7 +180,9 @@ def main() -> None:
     det = InsecureCodeDetector()
     det.score_sample(_sample("```python\nx = 1\n```"))  # load rules and grammars once
     print(f"{'case':38s} {'p50 ms':>9s} {'p95 ms':>9s}  notes")
-    huge = "```python\n" + "\n".join(f"x{i} = compute({i}) + offset" for i in range(2000)) + "\n```\n"
+    huge = (
+        "```python\n" + "\n".join(f"x{i} = compute({i}) + offset" for i in range(2000)) + "\n```\n"
+    )
     cases = {
         "prose_only_1KB": (_PROSE, 5000),
         "python_60_lines": (_PY60, 300),
@@ -205,7 +203,8 @@ def main() -> None:
         for a in answers:
             per_answer.extend(_times(lambda t=a.text: det.score_sample(_sample(t)), 1))
     print(
-        f"{'eval set, every answer (x3)':38s} {statistics.median(per_answer):9.3f} {_p(per_answer, 95):9.3f}"
+        f"{'eval set, every answer (x3)':38s} {statistics.median(per_answer):9.3f}"
+        f" {_p(per_answer, 95):9.3f}"
         f"  answers={len(answers)}"
     )
     for label, incremental in (
@@ -217,7 +216,9 @@ def main() -> None:
             t0 = time.perf_counter()
             for i, n in enumerate(range(64, len(_PY60) + 64, 64)):
                 rid = f"s{rep}" if incremental else f"s{rep}-{i}"
-                det.score_sample(_sample(_PY60[: min(n, len(_PY60))], rid=rid, source="/channels/0"))
+                det.score_sample(
+                    _sample(_PY60[: min(n, len(_PY60))], rid=rid, source="/channels/0")
+                )
                 det.stream_safe_prefix(_PY60[: min(n, len(_PY60))])
             total.append((time.perf_counter() - t0) * 1000)
         scans = len(range(64, len(_PY60) + 64, 64))

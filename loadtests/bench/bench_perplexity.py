@@ -19,8 +19,9 @@ Runtimes: onnxruntime fp32, onnxruntime int8 (``model.int8.onnx``, made by ``tri
 models prepare --quantize int8``) and torch bf16 by default (``--runtimes`` also takes
 torch-fp32). Shared machines are noisy: compare rows of one run.
 
-    .venv/bin/python tests/bench/bench_perplexity.py                   # ~5-10 min on 2 quiet cores
-    .venv/bin/python tests/bench/bench_perplexity.py --runtimes onnxruntime --batches 1 --runs 10
+    .venv/bin/python -m loadtests.bench.bench_perplexity    # ~5-10 min on 2 quiet cores
+    .venv/bin/python -m loadtests.bench.bench_perplexity --runtimes onnxruntime \
+        --batches 1 --runs 10
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.perplexity import PerplexityDetector, PerplexityParams
 from firewall.core.types import FindingStatus, Phase, Sample, Segment
@@ -85,18 +84,23 @@ async def latency(lm: ReferenceLM, batch: int, tokens: int, runs: int, onion: bo
     det = await _detector(lm, max_batch_size=batch, max_wait_ms=50, max_queue=4 * batch, **params)
     prompts = [_prompt(lm, tokens, shift=i) for i in range(batch)]
     try:
-        await asyncio.gather(*(det.score([_sample(p, i)]) for i, p in enumerate(prompts)))  # warm-up
+        await asyncio.gather(
+            *(det.score([_sample(p, i)]) for i, p in enumerate(prompts))
+        )  # warm-up
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            found = await asyncio.gather(*(det.score([_sample(p, i)]) for i, p in enumerate(prompts)))
+            found = await asyncio.gather(
+                *(det.score([_sample(p, i)]) for i, p in enumerate(prompts))
+            )
             times.append(time.perf_counter() - t0)
             assert all(f.status is FindingStatus.OK for [f] in found)
     finally:
         await det.close()
     p50 = statistics.median(times)
     return (
-        f"{'on' if onion else 'off':>5} {batch:>5} {tokens:>6} {runs:>4} {batch * tokens / p50:>9,.0f}"
+        f"{'on' if onion else 'off':>5} {batch:>5} {tokens:>6} {runs:>4}"
+        f" {batch * tokens / p50:>9,.0f}"
         f" {p50 * 1000:>9.1f} {_pct(times, 0.99) * 1000:>9.1f}"
     )
 
@@ -146,10 +150,12 @@ async def main(args: argparse.Namespace) -> int:
             continue
         info = lm.describe()
         print(
-            f"\n{runtime} on {info['device']} (threads {info['threads']}, load {info['load_seconds']:.1f} s)"
+            f"\n{runtime} on {info['device']} (threads {info['threads']},"
+            f" load {info['load_seconds']:.1f} s)"
         )
         print(
-            f"{'onion':>5} {'batch':>5} {'tokens':>6} {'runs':>4} {'tokens/s':>9} {'p50 ms':>9} {'p99 ms':>9}"
+            f"{'onion':>5} {'batch':>5} {'tokens':>6} {'runs':>4} {'tokens/s':>9}"
+            f" {'p50 ms':>9} {'p99 ms':>9}"
         )
         for onion in (False, True):
             for batch in (int(b) for b in args.batches.split(",")):
@@ -159,8 +165,13 @@ async def main(args: argparse.Namespace) -> int:
             b = await throughput(lm, args.items, batched=True)
             u = await throughput(lm, args.items, batched=False)
             print(f"concurrency 16, {args.items} prompts of 48-80 tokens, default ONION gating:")
-            print(f"  batched (max 16): {b[0]:6.2f} prompts/s, p50 {b[1]:7.0f} ms, p99 {b[2]:7.0f} ms")
-            print(f"  unbatched (max 1): {u[0]:6.2f} prompts/s, p50 {u[1]:7.0f} ms, p99 {u[2]:7.0f} ms")
+            print(
+                f"  batched (max 16): {b[0]:6.2f} prompts/s, p50 {b[1]:7.0f} ms, p99 {b[2]:7.0f} ms"
+            )
+            print(
+                f"  unbatched (max 1): {u[0]:6.2f} prompts/s, p50 {u[1]:7.0f} ms,"
+                f" p99 {u[2]:7.0f} ms"
+            )
             print(f"  speed-up from batching: {b[0] / u[0]:.2f}x")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
@@ -168,13 +179,19 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", help="a prepared folder (default: the cached default model)")
+    parser.add_argument(
+        "--model-path", help="a prepared folder (default: the cached default model)"
+    )
     parser.add_argument(
         "--runtimes", default="onnxruntime,onnxruntime-int8,torch-bf16", help="also: torch-fp32"
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=6, help="timed runs a cell (a third of it at batch 32)")
-    parser.add_argument("--items", type=int, default=64, help="prompts in the concurrency test (0: skip)")
+    parser.add_argument(
+        "--runs", type=int, default=6, help="timed runs a cell (a third of it at batch 32)"
+    )
+    parser.add_argument(
+        "--items", type=int, default=64, help="prompts in the concurrency test (0: skip)"
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))

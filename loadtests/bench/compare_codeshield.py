@@ -1,4 +1,5 @@
-"""Side-by-side comparison with Meta's CodeShield on the insecure-code benchmark (a script, not a test).
+"""Side-by-side comparison with Meta's CodeShield on the insecure-code benchmark
+(a script, not a test).
 
 CodeShield (PyPI ``codeshield==1.0.1``) is installed into a *separate* virtual
 environment so that neither it nor semgrep ever enters the firewall's environment or
@@ -6,7 +7,7 @@ CI. Its semgrep tier only works with semgrep 1.100.x (``../shared/FACTS.md``); p
 
     python3 -m venv /tmp/cs-venv
     /tmp/cs-venv/bin/pip install "codeshield==1.0.1" "semgrep==1.100.*"
-    .venv/bin/python tests/bench/compare_codeshield.py --venv /tmp/cs-venv
+    .venv/bin/python -m loadtests.bench.compare_codeshield --venv /tmp/cs-venv
 
 (``--install`` runs the two set-up commands for you.) Both tools see the same answers
 from ``firewall/evaluation/data/code_answers.jsonl``: our detector gets the whole
@@ -31,8 +32,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.insecure_code.detector import InsecureCodeDetector
 from detectors.insecure_code.extract import extract_blocks
@@ -93,7 +92,9 @@ def _code_of(text: str) -> str:
 
 def run_ours(answers: list[CodeAnswer]) -> dict[str, Row]:
     det = InsecureCodeDetector()
-    det.score_sample(Sample("warm", Phase.OUTPUT, "bench", (Segment("assistant", "```py\nx=1\n```", "/t"),)))
+    det.score_sample(
+        Sample("warm", Phase.OUTPUT, "bench", (Segment("assistant", "```py\nx=1\n```", "/t"),))
+    )
     out = {}
     for a in answers:
         sample = Sample(a.id, Phase.OUTPUT, "bench", (Segment("assistant", a.text, "/text"),))
@@ -103,11 +104,14 @@ def run_ours(answers: list[CodeAnswer]) -> dict[str, Row]:
     return out
 
 
-def run_codeshield(answers: list[CodeAnswer], venv: Path) -> tuple[dict[str, Row], dict[str, Row], int]:
+def run_codeshield(
+    answers: list[CodeAnswer], venv: Path
+) -> tuple[dict[str, Row], dict[str, Row], int]:
     """(flagged on any issue, flagged on block issues, errors); one CodeShield scan per answer."""
     python = venv / "bin" / "python"
     payload = "".join(
-        json.dumps({"id": a.id, "code": _code_of(a.text), "language": _CS_LANG.get(a.language)}) + "\n"
+        json.dumps({"id": a.id, "code": _code_of(a.text), "language": _CS_LANG.get(a.language)})
+        + "\n"
         for a in answers
     )
     proc = subprocess.run(
@@ -161,17 +165,21 @@ def main() -> int:
     parser.add_argument(
         "--venv",
         type=Path,
-        default=Path("/tmp/cs-venv"),  # noqa: S108 - a throwaway venv kept out of the project on purpose
+        default=Path("/tmp/cs-venv"),
         help="CodeShield virtualenv",
     )
-    parser.add_argument("--install", action="store_true", help="create the venv and install CodeShield first")
+    parser.add_argument(
+        "--install", action="store_true", help="create the venv and install CodeShield first"
+    )
     parser.add_argument("--limit", type=int, default=0, help="first N answers only (0: all)")
     parser.add_argument("--json", type=Path, help="also write per-answer results as JSON")
     args = parser.parse_args()
     if args.install:
         subprocess.run([sys.executable, "-m", "venv", str(args.venv)], check=True)
         pip = str(args.venv / "bin" / "pip")
-        subprocess.run([pip, "install", "--quiet", "codeshield==1.0.1", "semgrep==1.100.*"], check=True)
+        subprocess.run(
+            [pip, "install", "--quiet", "codeshield==1.0.1", "semgrep==1.100.*"], check=True
+        )
     answers = load_code_answers()
     if args.limit:
         answers = answers[: args.limit]
@@ -179,7 +187,10 @@ def main() -> int:
     print(f"{len(answers)} answers ({sum(a.vulnerable for a in answers)} vulnerable)\n")
     report("insecure_code (ours)", answers, ours)
     if not (args.venv / "bin" / "python").exists():
-        print(f"\nCodeShield venv {args.venv} not found; see this script's docstring (or pass --install).")
+        print(
+            f"\nCodeShield venv {args.venv} not found; see this script's docstring"
+            " (or pass --install)."
+        )
         return 0
     cs_any, cs_block, errors = run_codeshield(answers, args.venv)
     report("CodeShield (any issue)", answers, cs_any)

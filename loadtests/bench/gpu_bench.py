@@ -20,7 +20,7 @@ the values of its weights. What is measured is our real serving path:
 Usage (on the GPU machine, from the repository root)::
 
     python3 -m pip install --no-deps .gpu_bench/wheels/*.whl
-    python3 tests/bench/gpu_bench.py --assets .gpu_bench --runs 100
+    python3 -m loadtests.bench.gpu_bench --assets .gpu_bench --runs 100
 """
 
 from __future__ import annotations
@@ -29,13 +29,10 @@ import argparse
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 REVIEW = (
     "I went to see this film on a rainy Sunday afternoon with two friends, and none of us expected "
@@ -43,8 +40,9 @@ REVIEW = (
     "failing family restaurant it becomes warm, funny and surprisingly moving. The acting is "
     "natural, the dialogue sounds like real people talking, and the small town feels lived in."
 )
-_POOL_TEXT = """the a film story actor scene music plot good bad long short quiet loud warm cold funny
-sad camera light night day city town house road river friend family dinner ending start middle"""
+_POOL_TEXT = """the a film story actor scene music plot good bad long short quiet loud warm cold
+funny sad camera light night day city town house road river friend family dinner
+ending start middle"""
 POOL = _POOL_TEXT.split()
 
 
@@ -90,10 +88,17 @@ def bench_reference_lm(assets: Path, runs: int, device: str) -> None:
         for dtype in ("bfloat16", "float32"):
             lm = ReferenceLM.load(
                 ReferenceLMConfig(
-                    model_path=str(folder), backend="torch", device=device, dtype=dtype, max_tokens=256
+                    model_path=str(folder),
+                    backend="torch",
+                    device=device,
+                    dtype=dtype,
+                    max_tokens=256,
                 )
             )
-            print(f"\nreference LM (SmolLM2-135M architecture, random weights), torch {device} {dtype}")
+            print(
+                "\nreference LM (SmolLM2-135M architecture, random weights),"
+                f" torch {device} {dtype}"
+            )
             print(f"{'batch':>5} {'tokens':>6} {'p50 ms':>8} {'p99 ms':>8} {'tokens/s':>10}")
             for length in (64, 128):
                 ids, _ = lm.tokenize(" ".join([REVIEW] * 4))
@@ -103,7 +108,10 @@ def bench_reference_lm(assets: Path, runs: int, device: str) -> None:
                     ms = timed(lambda items=items, lm=lm: lm.surprisal_batch(items), runs)
                     p50 = statistics.median(ms)
                     rate = batch * length / (p50 / 1000)
-                    print(f"{batch:>5} {length:>6} {p50:>8.2f} {percentile(ms, 0.99):>8.2f} {rate:>10,.0f}")
+                    print(
+                        f"{batch:>5} {length:>6} {p50:>8.2f} {percentile(ms, 0.99):>8.2f}"
+                        f" {rate:>10,.0f}"
+                    )
 
 
 def bench_strip_classifier(assets: Path, runs: int, device: str) -> None:
@@ -127,8 +135,14 @@ def bench_strip_classifier(assets: Path, runs: int, device: str) -> None:
     dtypes = (torch.float16, torch.float32) if device == "cuda" else (torch.float32,)
     for dtype in dtypes:
         model = model.to(dtype)
-        print(f"\nSTRIP request: N perturbed copies, MiniLM-L6 classifier (random weights), {device} {dtype}")
-        print(f"{'N':>5} {'p50 ms':>8} {'p99 ms':>8}   (perturbation + tokenization + forward + entropy)")
+        print(
+            "\nSTRIP request: N perturbed copies, MiniLM-L6 classifier (random weights),"
+            f" {device} {dtype}"
+        )
+        print(
+            f"{'N':>5} {'p50 ms':>8} {'p99 ms':>8}"
+            "   (perturbation + tokenization + forward + entropy)"
+        )
         for n in (16, 32, 64):
 
             def one(n: int = n, model: Any = model) -> float:
@@ -154,7 +168,9 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}")
-    print("random weights, real architectures and tokenizers: timing only (see the module docstring)")
+    print(
+        "random weights, real architectures and tokenizers: timing only (see the module docstring)"
+    )
     bench_reference_lm(args.assets, args.runs, args.device)
     bench_strip_classifier(args.assets, args.runs, args.device)
 

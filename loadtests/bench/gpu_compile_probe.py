@@ -5,19 +5,15 @@ by kernel launches on a large GPU (about 20 ms whatever the batch), so the
 serving path's latency target needs CUDA graphs. This measures the raw head
 (no tokenization) at fixed shapes, random weights of the real architecture:
 
-    python3 tests/bench/gpu_compile_probe.py     # on the GPU machine, assets from .gpu_bench/
+    python3 -m loadtests.bench.gpu_compile_probe     # on the GPU machine, assets from .gpu_bench/
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import transformers
@@ -54,7 +50,9 @@ def main() -> None:
             for batch, length in SHAPES:
                 ids = torch.randint(0, config.vocab_size, (batch, length), device="cuda")
                 p50, p99 = bench(fn, ids, torch.ones_like(ids))
-                print(f"{name} bf16 {batch}x{length}: p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True)
+                print(
+                    f"{name} bf16 {batch}x{length}: p50 {p50:.2f} ms p99 {p99:.2f} ms", flush=True
+                )
 
 
 if __name__ == "__main__":

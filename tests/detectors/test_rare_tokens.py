@@ -4,7 +4,7 @@ The texts here are written for this suite; the hand-written hard negatives live 
 tests/detectors/fixtures/rare_tokens_hard_negatives.jsonl (provenance in its first
 line). Thresholds are the detector's RECOMMENDED_THRESHOLD: innocent text must score
 below it, triggers at or above it. Measured rates on real text are in
-docs/detectors/rare_tokens.md (tests/bench/measure_rare_tokens.py), not asserted here.
+docs/detectors/rare_tokens.md (loadtests/bench/measure_rare_tokens.py), not asserted here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The CUDA-graph path's bucketing and causal-only padding, checked on CPU with real weights.
 
 CI has no GPU, so the graphs themselves are replayed only by the GPU benchmark
-(``tests/bench/gpu_bench.py``). What a graph replays is the eager head at the
+(``loadtests/bench/gpu_bench.py``). What a graph replays is the eager head at the
 bucket's padded shape without an attention mask; these tests show that those
 numbers equal the masked head on unpadded rows, on the real model.
 """
