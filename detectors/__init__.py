@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from detectors.base import Detector
@@ -38,7 +38,7 @@ _BUILTINS: dict[str, str] = {
 
 
 # Detectors registered in-process (embedding applications, tests); checked after the built-ins.
-_REGISTERED: dict[str, type[Detector]] = {}
+_REGISTERED: dict[str, type[Detector[Any]]] = {}
 
 
 class UnknownDetectorError(LookupError):
@@ -49,7 +49,7 @@ def builtin_kinds() -> list[str]:
     return sorted(_BUILTINS)
 
 
-def register_detector(kind: str, cls: type[Detector]) -> None:
+def register_detector(kind: str, cls: type[Detector[Any]]) -> None:
     """Register a detector class in-process, for applications that embed the firewall.
 
     Packaged third-party detectors should use the entry-point group instead.
@@ -59,13 +59,13 @@ def register_detector(kind: str, cls: type[Detector]) -> None:
     _REGISTERED[kind] = cls
 
 
-def _import(target: str) -> type[Detector]:
+def _import(target: str) -> type[Detector[Any]]:
     module_name, _, attr = target.partition(":")
-    cls: type[Detector] = getattr(importlib.import_module(module_name), attr)
+    cls: type[Detector[Any]] = getattr(importlib.import_module(module_name), attr)
     return cls
 
 
-def load_detector_class(kind: str) -> type[Detector]:
+def load_detector_class(kind: str) -> type[Detector[Any]]:
     """Return the class registered for ``kind``; raise :class:`UnknownDetectorError`."""
     if kind in _BUILTINS:
         return _import(_BUILTINS[kind])
@@ -73,7 +73,7 @@ def load_detector_class(kind: str) -> type[Detector]:
         return _REGISTERED[kind]
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == kind:
-            loaded: type[Detector] = ep.load()
+            loaded: type[Detector[Any]] = ep.load()
             return loaded
     known = ", ".join(builtin_kinds())
     raise UnknownDetectorError(f"unknown detector type {kind!r} (built-in types: {known})")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -68,12 +68,17 @@ class DetectorParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Detector(abc.ABC):
-    """Base class for detectors.
+P = TypeVar("P", bound=DetectorParams)
 
-    Subclasses set the class attributes and implement :meth:`score`. ``name`` is
-    the configured instance name (a route may run two instances of one type with
-    different params); ``kind`` is the registry key.
+
+class Detector(abc.ABC, Generic[P]):
+    """Base class for detectors, generic over their params model.
+
+    Subclasses name their params model twice, as the type argument (for the type
+    checker: ``self.params`` is then typed, no casts) and as ``Params`` (for
+    validation at run time), set the class attributes and implement :meth:`score`.
+    ``name`` is the configured instance name (a route may run two instances of one
+    type with different params); ``kind`` is the registry key.
     """
 
     kind: ClassVar[str]
@@ -90,7 +95,8 @@ class Detector(abc.ABC):
             # Params of another model (e.g. the base class's, from generic code): validate
             # them into this detector's own model, so unknown keys still fail.
             params = self.Params.model_validate(params.model_dump())
-        self.params = params
+        # The one cast: ``Params`` is the runtime twin of ``P`` (a ClassVar cannot be generic).
+        self.params: P = cast(P, params)
         self._ready = False
         #: The server's metrics, set by the runtime before :meth:`start` (``None`` when a
         #: detector runs outside a server, e.g. in a test). Detectors that batch pass it to
@@ -153,7 +159,7 @@ class Detector(abc.ABC):
         }
 
 
-class InlineDetector(Detector):
+class InlineDetector(Detector[P]):
     """A detector cheap enough to run synchronously on the event loop.
 
     For pure-CPU detectors that cost microseconds (character classes, frequency

@@ -42,7 +42,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple, cast
+from typing import ClassVar, NamedTuple
 
 from pydantic import Field
 
@@ -388,7 +388,7 @@ class ContextTagsParams(DetectorParams):
 # --------------------------------------------------------------------------- detector
 
 
-class ContextTagsDetector(InlineDetector):
+class ContextTagsDetector(InlineDetector[ContextTagsParams]):
     """Scores tag-shaped spans (control tokens, wrapped codes, caps switches, date lines) in context.
 
     Score in [0, 1]: a clear tag in prose 0.85-0.95, recognised markup and code
@@ -404,7 +404,6 @@ class ContextTagsDetector(InlineDetector):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        self._p: ContextTagsParams = cast(ContextTagsParams, self.params)
 
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
         return [self.score_sample(sample) for sample in batch]
@@ -414,7 +413,7 @@ class ContextTagsDetector(InlineDetector):
         t0 = time.perf_counter()
         try:
             hits: list[_Hit] = []
-            budget = self._p.max_candidates
+            budget = self.params.max_candidates
             for index, seg in enumerate(sample.segments):
                 text = seg.text
                 if not isinstance(text, str):
@@ -430,7 +429,7 @@ class ContextTagsDetector(InlineDetector):
 
     def _scan(self, index: int, text: str, role: str, budget: int, hits: list[_Hit]) -> int:
         ctx = _Context(text, role)
-        for kind, start, end in _candidates(text, self._p.check_caps, self._p.check_dates, budget):
+        for kind, start, end in _candidates(text, self.params.check_caps, self.params.check_dates, budget):
             if budget <= 0:
                 break
             budget -= 1
@@ -548,7 +547,7 @@ class ContextTagsDetector(InlineDetector):
         left, right = ctx.line(start, end)
         if ctx.has("header", start, end) or _RECORD.search(left + right):
             score *= D_DATE_HEADER
-        if self._p.system_dates_ok and ctx.role in {"system", "developer"}:
+        if self.params.system_dates_ok and ctx.role in {"system", "developer"}:
             score *= D_SYSTEM
         return score
 
@@ -558,9 +557,9 @@ class ContextTagsDetector(InlineDetector):
         if not hits:
             return Finding(detector=self.name, score=0.0, duration_seconds=elapsed)
         score = max(h.score for h in hits)
-        report = [h for h in hits if h.score >= self._p.min_span_score]
+        report = [h for h in hits if h.score >= self.params.min_span_score]
         report.sort(key=lambda h: (-h.score, h.segment, h.start))
-        report = sorted(report[: self._p.max_spans], key=lambda h: (h.segment, h.start))
+        report = sorted(report[: self.params.max_spans], key=lambda h: (h.segment, h.start))
         return Finding(
             detector=self.name,
             score=min(1.0, max(0.0, score)),

@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -323,7 +323,7 @@ def _reasons(f: UnitFeatures, contrib: dict[str, float]) -> set[str]:
     return out
 
 
-class OutOfContextDetector(Detector):
+class OutOfContextDetector(Detector[OutOfContextParams]):
     """Sentence-level out-of-context scoring, cheap cues first, models behind them."""
 
     kind: ClassVar[str] = "out_of_context"
@@ -334,7 +334,6 @@ class OutOfContextDetector(Detector):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        self.p: OutOfContextParams = cast(OutOfContextParams, self.params)
         self._lm: Any = None
         self._encoder: Any = None
         self._cal: Calibration | None = None
@@ -355,8 +354,8 @@ class OutOfContextDetector(Detector):
         self._batcher = MicroBatcher(
             self.name,
             self._run_batch,
-            max_batch_size=self.p.max_batch_samples,
-            max_wait_ms=self.p.max_wait_ms,
+            max_batch_size=self.params.max_batch_samples,
+            max_wait_ms=self.params.max_wait_ms,
             metrics=self.metrics,
         )
         await self._batcher.start()
@@ -366,15 +365,15 @@ class OutOfContextDetector(Detector):
         from firewall.models.reference_lm import ReferenceLM, ReferenceLMConfig
         from firewall.models.sentence_encoder import SentenceEncoder
 
-        self._cal = Calibration.load(self.p.calibration_file)
-        self._encoder = SentenceEncoder.load(self.p.encoder_path)  # the cheaper check first
+        self._cal = Calibration.load(self.params.calibration_file)
+        self._encoder = SentenceEncoder.load(self.params.encoder_path)  # the cheaper check first
         self._lm = ReferenceLM.load(
             ReferenceLMConfig(
-                model_path=self.p.lm_path,
-                cache_dir=self.p.lm_cache_dir,
-                backend=self.p.lm_backend,
-                device=self.p.device,
-                threads=self.p.threads,
+                model_path=self.params.lm_path,
+                cache_dir=self.params.lm_cache_dir,
+                backend=self.params.lm_backend,
+                device=self.params.device,
+                threads=self.params.threads,
             )
         )
         self._lm.warmup()
@@ -408,7 +407,7 @@ class OutOfContextDetector(Detector):
         """Per-unit features of raw texts (models forced by default): for tests, tools and reports."""
         if self._batcher is None:
             raise RuntimeError(f"detector not started{': ' + self.load_error if self.load_error else ''}")
-        jobs = [plan(t, self.p)[0] for t in texts]
+        jobs = [plan(t, self.params)[0] for t in texts]
         todo = [j for j in jobs if j is not None]
         feats = iter(await self._batcher.submit(todo) if todo and force else [])
         return [next(feats) if j is not None else [] for j in jobs]
@@ -428,7 +427,7 @@ class OutOfContextDetector(Detector):
         cheap_best = 0.0
         multi_unit = False
         for seg, segment in enumerate(sample.segments):
-            job, cues, truncated = plan(segment.text, self.p)
+            job, cues, truncated = plan(segment.text, self.params)
             if truncated:
                 reasons.add(R_TRUNCATED)
             if job is None:
@@ -436,7 +435,7 @@ class OutOfContextDetector(Detector):
             multi_unit = True
             top = max(cues[i].score for i in job.modelled)  # only units with enough context
             cheap_best = max(cheap_best, top)
-            if top >= self.p.gate_min_cue or sampled(segment.text, self.p.sample_rate):
+            if top >= self.params.gate_min_cue or sampled(segment.text, self.params.sample_rate):
                 gated.append((seg, job))
         if not gated:
             # Cues alone never reach the threshold: the score shows how close the gate came.
@@ -444,7 +443,7 @@ class OutOfContextDetector(Detector):
                 reasons.add(R_MODELS_SKIPPED)
             return Finding(
                 self.name,
-                round(min(cheap_best, self.p.cheap_only_cap), 6),
+                round(min(cheap_best, self.params.cheap_only_cap), 6),
                 reasons=tuple(sorted(reasons)),
                 duration_seconds=time.perf_counter() - started,
             )

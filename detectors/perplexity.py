@@ -72,7 +72,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -414,7 +414,7 @@ class _Job:
         return sum(len(t) for _, _, t in self.segments)
 
 
-class PerplexityDetector(Detector):
+class PerplexityDetector(Detector[PerplexityParams]):
     """Surprisal spikes, next-token disturbance and ONION on the top-k words, batched off the loop."""
 
     kind: ClassVar[str] = "perplexity"
@@ -429,7 +429,6 @@ class PerplexityDetector(Detector):
         """``lm``: an already loaded reference model to use instead of loading one in :meth:`start`
         (one model shared by several detectors, or by a test session); ``params.model`` is then unused."""
         super().__init__(name, params)
-        self.p: PerplexityParams = cast(PerplexityParams, self.params)
         self._lm = lm
         self._scorer: _Scorer | None = None
         self._batcher: MicroBatcher[_Job, list[TextAnalysis | str]] | None = None
@@ -449,7 +448,7 @@ class PerplexityDetector(Detector):
         self.error = None
         try:
             if self._lm is not None:
-                scorer = _Scorer(self._lm, self.p)
+                scorer = _Scorer(self._lm, self.params)
             else:
                 await asyncio.to_thread(self._prepare_if_missing)
                 scorer = await asyncio.to_thread(self._load)
@@ -461,9 +460,9 @@ class PerplexityDetector(Detector):
         self._batcher = MicroBatcher(
             self.name,
             scorer_batch(scorer),
-            max_batch_size=self.p.max_batch_size,
-            max_wait_ms=self.p.max_wait_ms,
-            max_queue=self.p.max_queue,
+            max_batch_size=self.params.max_batch_size,
+            max_wait_ms=self.params.max_wait_ms,
+            max_queue=self.params.max_queue,
             bucket_key=lambda job: job.chars // 4,
             metrics=self.metrics,
         )
@@ -471,8 +470,12 @@ class PerplexityDetector(Detector):
         self._ready = True
 
     def _prepare_if_missing(self) -> None:
-        cfg = self.p.model
-        if not self.p.prepare_if_missing or cfg.model_path is not None or cfg.model_id != DEFAULT_MODEL_ID:
+        cfg = self.params.model
+        if (
+            not self.params.prepare_if_missing
+            or cfg.model_path is not None
+            or cfg.model_id != DEFAULT_MODEL_ID
+        ):
             return
         int8 = cfg.dtype == "int8"
         if not int8 and read_manifest(model_dir(cfg.model_id, cfg.cache_dir)) is not None:
@@ -485,9 +488,9 @@ class PerplexityDetector(Detector):
     def _load(self) -> _Scorer:
         from firewall.models.reference_lm import ReferenceLM
 
-        lm = ReferenceLM.load(self.p.model)
+        lm = ReferenceLM.load(self.params.model)
         lm.warmup()
-        return _Scorer(lm, self.p)
+        return _Scorer(lm, self.params)
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -547,13 +550,13 @@ class PerplexityDetector(Detector):
                     status=FindingStatus.ERROR,
                     reasons=(res,),
                     duration_seconds=seconds,
-                    error=f"segment {seg} is longer than {self.p.max_tokens_per_segment} tokens",
+                    error=f"segment {seg} is longer than {self.params.max_tokens_per_segment} tokens",
                 )
             best = max(best, res.score)
             for word in res.words:
-                if word.score < self.p.evidence_min_score:
+                if word.score < self.params.evidence_min_score:
                     continue
-                confirmed = word.onion is not None and word.onion >= self.p.onion_min_gain
+                confirmed = word.onion is not None and word.onion >= self.params.onion_min_gain
                 reason = R_ONION if confirmed else R_SPIKE
                 reasons.add(reason)
                 if word.next >= 0.5 * word.peak:

@@ -90,7 +90,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -334,7 +334,7 @@ class _Entry:
 # --------------------------------------------------------------------------- detector
 
 
-class RecurringSentencesDetector(InlineDetector):
+class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
     """Scores sentences by how many unrelated prompts they recurred in (see the module docstring).
 
     Score in [0, 1]: 0 below ``fire_after`` distinct contexts, 0.5 at ``fire_after``,
@@ -358,14 +358,13 @@ class RecurringSentencesDetector(InlineDetector):
         key: bytes | None = None,
     ) -> None:
         super().__init__(name, params)
-        self._p: RecurringSentencesParams = cast(RecurringSentencesParams, self.params)
         self._clock = clock
         # A fresh random key per instance: hashes mean nothing outside this process.
         self._hash = _Hasher(key if key is not None else secrets.token_bytes(16))
-        self._roles = frozenset(self._p.roles)
+        self._roles = frozenset(self.params.roles)
         self._probation: OrderedDict[int, _Entry] = OrderedDict()
         self._protected: OrderedDict[int, _Entry] = OrderedDict()
-        self._max_protected = int(self._p.max_entries * self._p.protected_share)
+        self._max_protected = int(self.params.max_entries * self.params.protected_share)
         self._baseline: frozenset[int] = frozenset()
         self._baseline_hash: _Hasher | None = None
         self.load_error: str | None = None
@@ -376,11 +375,11 @@ class RecurringSentencesDetector(InlineDetector):
     async def start(self) -> None:
         """Load the baseline file, if one is configured; a bad file leaves the detector not ready."""
         self.load_error = None
-        if self._p.baseline:
+        if self.params.baseline:
             try:
-                self._baseline_hash, self._baseline = _load_baseline(Path(self._p.baseline))
+                self._baseline_hash, self._baseline = _load_baseline(Path(self.params.baseline))
             except (OSError, ValueError) as exc:
-                self.load_error = f"baseline {self._p.baseline}: {exc}"
+                self.load_error = f"baseline {self.params.baseline}: {exc}"
                 self._ready = False
                 return
         self._ready = True
@@ -414,7 +413,7 @@ class RecurringSentencesDetector(InlineDetector):
 
     def _units(self, segments: Sequence[Segment]) -> list[_Unit]:
         """The sample's units in the configured roles, newest segment first, within ``max_chars``."""
-        p = self._p
+        p = self.params
         budget = p.max_chars
         shingles = p.max_shingles
         units: list[_Unit] = []
@@ -452,7 +451,7 @@ class RecurringSentencesDetector(InlineDetector):
         return units
 
     def _score(self, sample: Sample, t0: float) -> Finding:
-        p = self._p
+        p = self.params
         now = self._clock()
         self._expire(now)
         units = self._units(sample.segments)
@@ -515,7 +514,7 @@ class RecurringSentencesDetector(InlineDetector):
         place in all of them (the same neighbour on one side): how a template's sentence
         recurs, and not how a trigger planted wherever it fits does.
         """
-        p = self._p
+        p = self.params
         entry = self._probation.pop(key, None)
         protected = False
         if entry is None:
@@ -559,7 +558,7 @@ class RecurringSentencesDetector(InlineDetector):
                 self._probation[old_key] = old
         else:
             self._probation[key] = entry
-        while len(self) > self._p.max_entries:
+        while len(self) > self.params.max_entries:
             if self._probation:
                 self._probation.popitem(last=False)
             else:
@@ -568,7 +567,7 @@ class RecurringSentencesDetector(InlineDetector):
 
     def _expire(self, now: float, limit: int = 32) -> None:
         """Drop up to ``limit`` expired entries from the old end of each segment (bounded work)."""
-        ttl = self._p.ttl_seconds
+        ttl = self.params.ttl_seconds
         for table in (self._probation, self._protected):
             for _ in range(limit):
                 if not table:

@@ -50,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -188,7 +188,7 @@ class _Lru:
             self._data.clear()
 
 
-class InsecureCodeDetector(Detector):
+class InsecureCodeDetector(Detector[InsecureCodeParams]):
     """Scores assistant answers for vulnerable code; see the module docstring."""
 
     kind: ClassVar[str] = "insecure_code"
@@ -199,12 +199,11 @@ class InsecureCodeDetector(Detector):
 
     def __init__(self, name: str = "insecure_code", params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        self._p: InsecureCodeParams = cast(InsecureCodeParams, self.params)  # validated by the base class
         self._pack: RulePack | None = None
-        self._streams = _Lru(self._p.stream_cache_size)
+        self._streams = _Lru(self.params.stream_cache_size)
         self._pool: ThreadPoolExecutor | None = None
-        self._disabled = frozenset(self._p.disabled_rules)
-        self._languages = frozenset(self._p.languages) if self._p.languages is not None else None
+        self._disabled = frozenset(self.params.disabled_rules)
+        self._languages = frozenset(self.params.languages) if self.params.languages is not None else None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -220,7 +219,7 @@ class InsecureCodeDetector(Detector):
 
     async def start(self) -> None:
         pack = self.pack
-        self._pool = ThreadPoolExecutor(max_workers=self._p.workers, thread_name_prefix="insecure-code")
+        self._pool = ThreadPoolExecutor(max_workers=self.params.workers, thread_name_prefix="insecure-code")
         loop = asyncio.get_running_loop()
         # Compile every language's tables and parsers once, in the loop and in the pool.
         await loop.run_in_executor(self._pool, self._warm, pack)
@@ -254,7 +253,7 @@ class InsecureCodeDetector(Detector):
         out: list[Finding | None] = [None] * len(batch)
         heavy: list[int] = []
         for i, sample in enumerate(batch):
-            if sample.phase is Phase.INPUT and not self._p.screen_input:
+            if sample.phase is Phase.INPUT and not self.params.screen_input:
                 out[i] = Finding(detector=self.name, score=0.0, status=FindingStatus.SKIPPED)
             elif self._pool is None or self._cheap(sample):
                 out[i] = self.score_sample(sample)
@@ -272,10 +271,10 @@ class InsecureCodeDetector(Detector):
 
     def _cheap(self, sample: Sample) -> bool:
         """Small enough to run on the loop: no code at all, or little new code."""
-        budget = self._p.inline_chars
+        budget = self.params.inline_chars
         for seg in sample.segments:
             text = seg.text
-            if not may_contain_code(text[: self._p.max_text_chars]):
+            if not may_contain_code(text[: self.params.max_text_chars]):
                 continue
             if self._is_stream(seg.source):
                 state = self._streams.get((sample.request_id, self._stream_key(seg.source)))
@@ -298,17 +297,17 @@ class InsecureCodeDetector(Detector):
             return Finding.failed(self.name, FindingStatus.ERROR, f"{type(exc).__name__}: {exc}"[:200])
 
     def _is_stream(self, source: str) -> bool:
-        return source.startswith(self._p.stream_sources) and not source.endswith(self._p.final_suffix)
+        return source.startswith(self.params.stream_sources) and not source.endswith(self.params.final_suffix)
 
     def _stream_key(self, source: str) -> str:
-        return source.removesuffix(self._p.final_suffix)
+        return source.removesuffix(self.params.final_suffix)
 
     def _segment(self, request_id: str, index: int, text: str, source: str) -> list[_Evidence]:
-        text = text[: self._p.max_text_chars]
+        text = text[: self.params.max_text_chars]
         if not may_contain_code(text):
             return []
         streaming = self._is_stream(source)
-        cached = source.startswith(self._p.stream_sources)
+        cached = source.startswith(self.params.stream_sources)
         state = self._streams.get((request_id, self._stream_key(source))) if cached else _StreamState()
         if state.resume > len(text):  # not the same stream (a reused request id): start over
             state = _StreamState()
@@ -358,7 +357,7 @@ class InsecureCodeDetector(Detector):
             rule = pack.by_id(hit.rule)
             weight = rule.weight
             if block.kind == "inline" and rule.category != "hardcoded_secret":
-                weight *= self._p.inline_weight
+                weight *= self.params.inline_weight
             s, e = _row_span(raw, starts, hit.first, hit.last)
             out.append(_Evidence(weight, rule.id, index, block.start + s, block.start + e))
         return out
@@ -396,7 +395,7 @@ class InsecureCodeDetector(Detector):
         best: dict[str, float] = {}
         for ev in evidence:
             best[ev.rule] = max(best.get(ev.rule, 0.0), ev.weight)
-        keep = sorted(evidence, key=lambda e: (-e.weight, e.segment, e.start))[: self._p.max_spans]
+        keep = sorted(evidence, key=lambda e: (-e.weight, e.segment, e.start))[: self.params.max_spans]
         spans = tuple(
             Span(segment=e.segment, start=e.start, end=e.end, reason=e.rule)
             for e in sorted(keep, key=lambda e: (e.segment, e.start, e.end, e.rule))
@@ -450,7 +449,7 @@ class InsecureCodeDetector(Detector):
         lang = canonical_tag(tag)
         if lang is None:
             if not tag or tag in ("code", "text", "plaintext"):
-                return _HOLD_BLOCK if self._p.hold_untagged else _HOLD_LINE
+                return _HOLD_BLOCK if self.params.hold_untagged else _HOLD_LINE
             return _HOLD_LINE  # a data/config language (yaml, json, ini): line rules only
         return _HOLD_BLOCK if lang in _deep_languages(self.pack) else _HOLD_LINE
 

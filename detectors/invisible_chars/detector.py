@@ -51,7 +51,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar, Literal, NamedTuple, cast
+from typing import ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
@@ -887,7 +887,7 @@ def _flag_tag_spec(text: str, i: int, j: int) -> str | None:
 _HOLD_CATEGORIES = frozenset({"Cf", "Cc", "Mn", "Me", "Co", "Cn", "Cs"})
 
 
-class InvisibleCharsDetector(InlineDetector):
+class InvisibleCharsDetector(InlineDetector[InvisibleCharsParams]):
     """Scores invisible, bidi, tag, variation-selector and homoglyph triggers.
 
     Score in [0, 1]: clear triggers >= 0.9, ambiguous strays about 0.6, legitimate
@@ -902,9 +902,7 @@ class InvisibleCharsDetector(InlineDetector):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        p = cast(InvisibleCharsParams, self.params)  # the base class validated params into Params
-        self._p: InvisibleCharsParams = p
-        self._enabled: frozenset[str] = frozenset(p.categories)
+        self._enabled: frozenset[str] = frozenset(self.params.categories)
 
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
         return [self.score_sample(sample) for sample in batch]
@@ -934,7 +932,7 @@ class InvisibleCharsDetector(InlineDetector):
         t0 = time.perf_counter()
         try:
             events: list[_Event] = []
-            budget = self._p.analysis_budget
+            budget = self.params.analysis_budget
             for index, seg in enumerate(sample.segments):
                 text = seg.text
                 # Fast path: pure-ASCII text cannot contain any of our characters.
@@ -961,7 +959,7 @@ class InvisibleCharsDetector(InlineDetector):
                 break
         if st.bidi:
             self._pair_bidi(st)
-        if self._p.check_confusables and not st.stopped:
+        if self.params.check_confusables and not st.stopped:
             self._scan_mixed_words(st)
         return st
 
@@ -1046,13 +1044,13 @@ class InvisibleCharsDetector(InlineDetector):
     def _run_weight(self, hidden: int, in_word: bool) -> float:
         if hidden >= _STEGO_RUN:
             return W_STEGO
-        if hidden >= self._p.zero_width_min_run:
+        if hidden >= self.params.zero_width_min_run:
             return W_RUN
         return W_IN_WORD if in_word else W_STRAY
 
     def _char_legit(self, text: str, i: int, cp: int, c: int, s: int, e: int) -> bool:
         """Is the candidate ``text[i]`` legitimate in its immediate context?"""
-        p = self._p
+        p = self.params
         prev = text[i - 1] if i > 0 else ""
         nxt = text[i + 1] if i + 1 < len(text) else ""
         if c == C_ZW:
@@ -1093,7 +1091,7 @@ class InvisibleCharsDetector(InlineDetector):
 
     def _tag_run_legit(self, text: str, i: int, j: int) -> bool:
         """An RGI subdivision flag: U+1F3F4, tag letters, CANCEL TAG (UTS #51)."""
-        if not self._p.allow_emoji_sequences or i == 0 or ord(text[i - 1]) != WAVING_BLACK_FLAG:
+        if not self.params.allow_emoji_sequences or i == 0 or ord(text[i - 1]) != WAVING_BLACK_FLAG:
             return False
         return _flag_tag_spec(text, i, j) in _RGI_FLAG_TAGS
 
@@ -1101,7 +1099,7 @@ class InvisibleCharsDetector(InlineDetector):
         text = st.text
         weight = W_STEGO if j - i >= _STEGO_RUN else W_TAG
         if (
-            self._p.allow_emoji_sequences
+            self.params.allow_emoji_sequences
             and i > 0
             and ord(text[i - 1]) == WAVING_BLACK_FLAG
             and _flag_tag_spec(text, i, j) is not None
@@ -1140,7 +1138,7 @@ class InvisibleCharsDetector(InlineDetector):
         """LRM / RLM / ALM: normal in RTL text, a hidden character inside an LTR word."""
         single = j - i == 1
         rtl_neighbour = _RTL.has(prev_vis) or _RTL.has(next_vis)
-        if single and self._p.allow_rtl_bidi and st.has_rtl() and (not in_word or rtl_neighbour):
+        if single and self.params.allow_rtl_bidi and st.has_rtl() and (not in_word or rtl_neighbour):
             weight = W_MARK_RTL
         elif in_word or (not single and not st.has_rtl()):
             weight = W_IN_WORD
@@ -1186,7 +1184,7 @@ class InvisibleCharsDetector(InlineDetector):
 
     def _pair_event(self, st: _Seg, opener: int, closer: int) -> None:
         rtl_inside = st.pat.rtl.search(st.text, opener + 1, closer) is not None
-        weight = W_BIDI_RTL if self._p.allow_rtl_bidi and rtl_inside else W_BIDI
+        weight = W_BIDI_RTL if self.params.allow_rtl_bidi and rtl_inside else W_BIDI
         self._emit(st, weight, R_BIDI, opener, opener + 1)
         self._emit(st, weight, R_BIDI, closer, closer + 1)
 
@@ -1264,7 +1262,7 @@ class InvisibleCharsDetector(InlineDetector):
         if sum(1 for e in events if e.weight >= W_STRAY) >= _MANY_EVENTS:
             # Many scattered invisibles (e.g. zero-width bits between words).
             score = max(score, W_MANY)
-        keep = sorted(events, key=lambda e: (-e.weight, e.segment, e.start))[: self._p.max_spans]
+        keep = sorted(events, key=lambda e: (-e.weight, e.segment, e.start))[: self.params.max_spans]
         spans = tuple(
             Span(segment=e.segment, start=e.start, end=e.end, reason=e.reason)
             for e in sorted(keep, key=lambda e: (e.segment, e.start, e.end, e.reason))

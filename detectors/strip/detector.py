@@ -62,7 +62,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -253,7 +253,7 @@ def _seed_for(seed: int, text: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest(), "big")
 
 
-class StripDetector(Detector):
+class StripDetector(Detector[StripParams]):
     """STRIP perturbation entropy against a local replica of the protected classifier."""
 
     kind: ClassVar[str] = "strip"
@@ -264,7 +264,6 @@ class StripDetector(Detector):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        self.p: StripParams = cast(StripParams, self.params)  # validated by the base class
         self._model: Any = None
         self._pool: list[str] = []
         self._h_max = 1.0
@@ -282,21 +281,21 @@ class StripDetector(Detector):
     async def start(self) -> None:
         from firewall.core.batching import MicroBatcher
 
-        if self.p.mode == "upstream":
+        if self.params.mode == "upstream":
             if self._context is None:
                 raise RuntimeError("mode 'upstream' needs the firewall runtime's upstream client")
             self._pool = await asyncio.to_thread(self._load_pool)
-            self._prober = UpstreamProber(self.name, self.p.probe, self._context)
+            self._prober = UpstreamProber(self.name, self.params.probe, self._context)
             self._h_max = self._prober.h_max
-            self._clean_q = self.p.probe.clean_entropy_q
+            self._clean_q = self.params.probe.clean_entropy_q
             self._ready = True
             return
         await asyncio.to_thread(self._load)
         self._batcher = MicroBatcher(
             f"{self.name}",
             self._run_batch,
-            max_batch_size=self.p.max_batch_samples,
-            max_wait_ms=self.p.max_wait_ms,
+            max_batch_size=self.params.max_batch_samples,
+            max_wait_ms=self.params.max_wait_ms,
             metrics=self.metrics,
         )
         await self._batcher.start()
@@ -306,8 +305,8 @@ class StripDetector(Detector):
         """Upstream mode has no model: the pool comes from ``pool_file`` or the model folder's pool."""
         from detectors.strip.classifier import POOL_FILE, default_model_dir
 
-        folder = Path(self.p.model_dir).expanduser() if self.p.model_dir else default_model_dir()
-        path = Path(self.p.pool_file) if self.p.pool_file else folder / POOL_FILE
+        folder = Path(self.params.model_dir).expanduser() if self.params.model_dir else default_model_dir()
+        path = Path(self.params.pool_file) if self.params.pool_file else folder / POOL_FILE
         pool = _read_pool(path) if path.is_file() else []
         if not pool:
             raise RuntimeError(f"no clean word pool: set pool_file (no {path})")
@@ -316,20 +315,20 @@ class StripDetector(Detector):
     def _load(self) -> None:
         from detectors.strip.classifier import TextClassifier, default_model_dir
 
-        folder = Path(self.p.model_dir).expanduser() if self.p.model_dir else default_model_dir()
+        folder = Path(self.params.model_dir).expanduser() if self.params.model_dir else default_model_dir()
         model: TextClassifier | RemoteTextClassifier
-        if self.p.triton is not None:
-            model = RemoteTextClassifier(folder, self.p.triton, detector=self.name)
+        if self.params.triton is not None:
+            model = RemoteTextClassifier(folder, self.params.triton, detector=self.name)
         else:
-            model = TextClassifier(folder, device=self.p.device, threads=self.p.threads)
-        self._pool = _read_pool(Path(self.p.pool_file)) if self.p.pool_file else model.pool_words()
+            model = TextClassifier(folder, device=self.params.device, threads=self.params.threads)
+        self._pool = _read_pool(Path(self.params.pool_file)) if self.params.pool_file else model.pool_words()
         if not self._pool:
             raise RuntimeError(f"no clean word pool: {folder} has no pool.json and no pool_file is set")
         n_classes = int(model.predict_proba(["warm up"]).shape[1])
         self._h_max = math.log2(n_classes)
         cals = model.metadata.get("strip") if isinstance(model.metadata, dict) else None
         for cal in cals if isinstance(cals, list) else []:
-            if isinstance(cal, dict) and _matches(cal, self.p):
+            if isinstance(cal, dict) and _matches(cal, self.params):
                 self._clean_q = float(cal["clean_entropy_q"])
         self._model = model
 
@@ -358,15 +357,15 @@ class StripDetector(Detector):
     # -- scoring -----------------------------------------------------------------
 
     def plan(self, text: str) -> _Plan:
-        rng = random.Random(_seed_for(self.p.seed, text))  # noqa: S311 - perturbation, not security
+        rng = random.Random(_seed_for(self.params.seed, text))  # noqa: S311 - perturbation, not security
         return perturb(
             text,
             self._pool,
-            n=self.p.n_perturbations,
-            replace_rate=self.p.replace_rate,
-            superimpose=self.p.superimpose_words,
+            n=self.params.n_perturbations,
+            replace_rate=self.params.replace_rate,
+            superimpose=self.params.superimpose_words,
             rng=rng,
-            max_words=self.p.max_words,
+            max_words=self.params.max_words,
         )
 
     def _run_batch(self, items: list[list[_Plan]]) -> list[list[StripResult]]:
@@ -379,7 +378,7 @@ class StripDetector(Detector):
             results = []
             for plan in plans:
                 n = len(plan.copies)
-                results.append(strip_entropy(plan, probs[i : i + n], self.p.attribution_margin))
+                results.append(strip_entropy(plan, probs[i : i + n], self.params.attribution_margin))
                 i += n
             out.append(results)
         return out
@@ -423,7 +422,7 @@ class StripDetector(Detector):
         """Upstream mode: user segments, last first, while the request's probe budget lasts."""
         assert self._prober is not None  # noqa: S101 - checked by score()
         started = time.perf_counter()
-        budget = self.p.probe.budget
+        budget = self.params.probe.budget
         results: list[tuple[int, StripResult]] = []
         reasons: set[str] = set()
         segs = [(i, s.text) for i, s in enumerate(sample.segments) if s.role == "user" and s.text.strip()]
@@ -445,7 +444,7 @@ class StripDetector(Detector):
                 return Finding.failed(self.name, FindingStatus.TIMEOUT, str(exc))
             except UpstreamProbeError as exc:
                 return Finding.failed(self.name, FindingStatus.ERROR, str(exc))
-            results.append((seg, strip_from_entropies(plan, np.asarray(ent), self.p.attribution_margin)))
+            results.append((seg, strip_from_entropies(plan, np.asarray(ent), self.params.attribution_margin)))
         return self._finding(results, reasons, started)
 
     def _finding(self, results: list[tuple[int, StripResult]], reasons: set[str], started: float) -> Finding:

@@ -419,7 +419,7 @@ async def _relay_stream_screened(
 
 
 def _safe_prefixes(
-    detectors: Sequence[Detector], channels: TextChannels, stream: StreamConfig
+    detectors: Sequence[Detector[Any]], channels: TextChannels, stream: StreamConfig
 ) -> dict[str, int]:
     """Per channel, how many leading characters may reach the client now.
 

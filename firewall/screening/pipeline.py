@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from detectors.base import Detector, InlineDetector
 from firewall.core.types import Finding, FindingStatus, Phase, Sample
@@ -30,7 +31,7 @@ log = logging.getLogger("trigger_firewall.pipeline")
 class Pipeline:
     """Executes detector rules against samples and records per-detector metrics."""
 
-    def __init__(self, detectors: Mapping[str, Detector], metrics: Metrics | None = None) -> None:
+    def __init__(self, detectors: Mapping[str, Detector[Any]], metrics: Metrics | None = None) -> None:
         self._detectors = detectors
         self._metrics = metrics
 
@@ -128,7 +129,7 @@ class Pipeline:
             return self._raised(name, exc, sample, start)
         return self._finish(name, results, sample, start)
 
-    def _inline(self, detector: InlineDetector, name: str, sample: Sample, start: float) -> Finding:
+    def _inline(self, detector: InlineDetector[Any], name: str, sample: Sample, start: float) -> Finding:
         """Run a cheap synchronous detector without a task or timer (see InlineDetector)."""
         try:
             results = detector.score_inline((sample,))

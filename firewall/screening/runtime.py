@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -120,7 +121,7 @@ class Runtime:
     config: FirewallConfig
     config_hash: str
     policy: Policy
-    detectors: Mapping[str, Detector]
+    detectors: Mapping[str, Detector[Any]]
     routes: RouteTable
     pipeline: Pipeline
     reused: frozenset[str] = frozenset()
@@ -143,7 +144,7 @@ class Runtime:
         A failure is logged and leaves that detector not ready.
         """
 
-        async def start_one(name: str, det: Detector) -> None:
+        async def start_one(name: str, det: Detector[Any]) -> None:
             try:
                 det.metrics = metrics
                 if self.context is not None and isinstance(det, ContextAware):
@@ -156,7 +157,7 @@ class Runtime:
 
         await asyncio.gather(*(start_one(n, d) for n, d in self.detectors.items() if n not in self.reused))
 
-    async def close(self, keep: Mapping[str, Detector] | None = None) -> None:
+    async def close(self, keep: Mapping[str, Detector[Any]] | None = None) -> None:
         """Close the detectors, except those (by identity) that a newer runtime still uses."""
         kept = {id(d) for d in (keep or {}).values()}
         for name, det in self.detectors.items():
@@ -187,12 +188,12 @@ def build_runtime(
     """
     if context is None and previous is not None:
         context = previous.context
-    carried: dict[tuple[str, str, bytes], Detector] = {}
+    carried: dict[tuple[str, str, bytes], Detector[Any]] = {}
     if previous is not None:
         for old in previous.config.detectors:
             if old.name in previous.detectors:
                 carried[_identity(old)] = previous.detectors[old.name]
-    detectors: dict[str, Detector] = {}
+    detectors: dict[str, Detector[Any]] = {}
     reused: set[str] = set()
     capabilities: dict[str, tuple[frozenset[Phase], Cost]] = {}
     for det in config.detectors:

@@ -187,7 +187,7 @@ def word_scale(det: RareTokensDetector, reviews: list[str]) -> None:
         return (
             len(word) >= 3
             and lang.alphabet.issuperset(word)
-            and lang.zipf.get(word, 0.0) < det._p.common_zipf
+            and lang.zipf.get(word, 0.0) < det.params.common_zipf
             and not _VOWELS_RE.fullmatch(word)
             and not _is_typo(lang, word)
             and not (_ELONGATION_RE.search(word) and _is_elongation(lang, word))

@@ -273,7 +273,7 @@ async def test_cheap_path_runs_no_model(detector: OutOfContextDetector) -> None:
     assert single.score == 0.0
     assert single.reasons == ()
     assert detector.model_runs == runs  # neither opened the gate
-    assert plain.score <= detector.p.cheap_only_cap
+    assert plain.score <= detector.params.cheap_only_cap
     assert R_MODELS_SKIPPED in plain.reasons
 
 

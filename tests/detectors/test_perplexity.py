@@ -115,7 +115,7 @@ async def test_onion_ranks_the_trigger_first(lm: ReferenceLM) -> None:
             assert by_gain.span == span, (text, words)
             assert words[0].span == span
             assert by_gain.onion is not None
-            assert by_gain.onion >= det.p.onion_min_gain
+            assert by_gain.onion >= det.params.onion_min_gain
     finally:
         await det.close()
 
@@ -313,7 +313,7 @@ async def test_first_start_prepares_a_missing_model(
     try:
         assert det.ready
         assert (tmp_path / "models" / "smollm2-135m-instruct-q4_1" / "manifest.json").is_file()
-        assert any("preparing the reference model" in r.getMessage() for r in caplog.records)
+        assert any("preparing it now" in r.getMessage() for r in caplog.records)
         [finding] = await det.score([_sample(_insert(BASES[0], "cf")[0])])
         assert finding.score >= 0.5
     finally:
