@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Final, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,7 +24,7 @@ from prometheus_client.registry import Collector
 from firewall import __version__
 from firewall.observability.loop_metrics import LoopCollector, LoopCounter, LoopGauge, LoopHistogram
 
-__all__ = ["PREFIX", "Metrics"]
+__all__ = ["METRICS", "PREFIX", "Metrics"]
 
 _M = TypeVar("_M", Counter, Histogram, Gauge)
 
@@ -102,194 +103,293 @@ class DetectorStateCollector(Collector):
         yield evictions
 
 
+_Family = LoopCounter | LoopHistogram | LoopGauge | Counter | Gauge | Histogram
+
+
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    """One metric: the :class:`Metrics` attribute it lives in, its kind, name, help and labels.
+
+    ``Loop*`` kinds are the event-loop-only fast metrics (no locks, see
+    :mod:`firewall.observability.loop_metrics`) for the request path; the
+    prometheus-client kinds are for metrics written from other threads (batchers).
+    """
+
+    attr: str
+    kind: type[_Family]
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+    def build(self, registry: CollectorRegistry) -> _Family:
+        name = PREFIX + self.name
+        if self.kind is LoopCounter:
+            return LoopCounter(name, self.help, self.labels)
+        if self.kind is LoopHistogram:
+            assert self.buckets is not None  # noqa: S101 - the table below gives every histogram buckets
+            return LoopHistogram(name, self.help, self.labels, self.buckets)
+        if self.kind is LoopGauge:
+            return LoopGauge(name, self.help)
+        if self.kind is Histogram:
+            assert self.buckets is not None  # noqa: S101
+            return Histogram(name, self.help, self.labels, buckets=self.buckets, registry=registry)
+        if self.kind is Counter:
+            return Counter(name, self.help, self.labels, registry=registry)
+        return Gauge(name, self.help, self.labels, registry=registry)
+
+
+#: Every metric the firewall exports, in exposition order. The README's metric list and the
+#: dashboard (tests/deploy checks both) name these.
+METRICS: Final[tuple[_Declared, ...]] = (
+    _Declared(
+        "requests",
+        LoopCounter,
+        "requests",
+        "Requests received, by outcome (allow/log/block/error/rejected).",
+        ("route", "action", "mode"),
+    ),
+    _Declared(
+        "rejected",
+        LoopCounter,
+        "rejected_requests",
+        "Requests answered by the firewall before screening, by reason.",
+        ("route", "reason"),
+    ),
+    _Declared(
+        "request_duration",
+        LoopHistogram,
+        "request_duration_seconds",
+        "End-to-end time through the proxy (streams: until the last byte).",
+        ("route",),
+        _LATENCY_BUCKETS,
+    ),
+    _Declared(
+        "overhead",
+        LoopHistogram,
+        "overhead_seconds",
+        "Time the firewall added for screening, excluding upstream time.",
+        ("route", "phase"),
+        _OVERHEAD_BUCKETS,
+    ),
+    _Declared(
+        "verdicts",
+        LoopCounter,
+        "verdicts",
+        "Policy decisions per phase, with the bounded reason code.",
+        ("phase", "action", "mode", "reason"),
+    ),
+    _Declared(
+        "detector_duration",
+        LoopHistogram,
+        "detector_duration_seconds",
+        "Time one detector took for one sample.",
+        ("detector", "phase"),
+        _OVERHEAD_BUCKETS,
+    ),
+    _Declared(
+        "detector_score",
+        LoopHistogram,
+        "detector_score",
+        "Distribution of detector scores in [0, 1] (higher is more suspicious).",
+        ("detector", "phase"),
+        _SCORE_BUCKETS,
+    ),
+    _Declared(
+        "detector_findings",
+        LoopCounter,
+        "detector_findings",
+        "Detector outcomes: fired, not_fired, skipped_by_gate, error.",
+        ("detector", "phase", "outcome"),
+    ),
+    _Declared(
+        "detector_errors",
+        LoopCounter,
+        "detector_errors",
+        "Detector failures by kind (timeout, exception, unavailable).",
+        ("detector", "kind"),
+    ),
+    _Declared(
+        "detector_fail_open",
+        LoopCounter,
+        "detector_fail_open",
+        "Requests let through only because a failing detector is configured fail_open.",
+        ("detector", "phase"),
+    ),
+    _Declared(
+        "detector_ready", Gauge, "detector_ready", "1 when the detector is loaded and warmed.", ("detector",)
+    ),
+    _Declared(
+        "batch_size",
+        Histogram,
+        "batch_size",
+        "Items per micro-batch handed to a model detector's batch function.",
+        ("detector",),
+        _BATCH_SIZE_BUCKETS,
+    ),
+    _Declared(
+        "batch_queue_wait",
+        Histogram,
+        "batch_queue_wait_seconds",
+        "Time an item waited in a micro-batcher queue, from submit to the start of its batch.",
+        ("detector",),
+        _BATCH_SECONDS_BUCKETS,
+    ),
+    _Declared(
+        "batch_run",
+        Histogram,
+        "batch_run_seconds",
+        "Time one micro-batch took to run (the model forward pass, off the event loop).",
+        ("detector",),
+        _BATCH_SECONDS_BUCKETS,
+    ),
+    _Declared(
+        "batch_queue_depth",
+        Gauge,
+        "batch_queue_depth",
+        "Items waiting in a micro-batcher queue (not counting the batch in flight).",
+        ("detector",),
+    ),
+    _Declared(
+        "batch_shed",
+        Counter,
+        "batch_shed_total",
+        "Items a micro-batcher refused at once because its queue was full (load shedding).",
+        ("detector",),
+    ),
+    _Declared(
+        "stream_terminations",
+        LoopCounter,
+        "stream_terminations",
+        "Streams stopped mid-way by an output detector.",
+        ("detector",),
+    ),
+    _Declared(
+        "streams", LoopCounter, "streams", "Streamed responses by how they ended.", ("route", "outcome")
+    ),
+    _Declared(
+        "stream_duration",
+        LoopHistogram,
+        "stream_duration_seconds",
+        "Duration of streamed responses.",
+        ("route",),
+        _STREAM_BUCKETS,
+    ),
+    _Declared(
+        "upstream_requests",
+        LoopCounter,
+        "upstream_requests",
+        "Requests sent upstream, by status class or failure.",
+        ("upstream", "code_class"),
+    ),
+    _Declared(
+        "upstream_duration",
+        LoopHistogram,
+        "upstream_duration_seconds",
+        "Upstream time to response headers.",
+        ("upstream",),
+        _LATENCY_BUCKETS,
+    ),
+    _Declared(
+        "strip_probes",
+        LoopCounter,
+        "strip_probes",
+        "Perturbed copies a STRIP detector sent to the upstream (each one a billed call), by outcome.",
+        ("detector", "outcome"),
+    ),
+    _Declared("draining", Gauge, "draining", "1 while shutting down.", ()),
+    _Declared("inflight", LoopGauge, "inflight_requests", "Requests in flight.", ()),
+    _Declared("audit_events", LoopCounter, "audit_events", "Audit log lines written.", ()),
+    _Declared(
+        "audit_dropped",
+        LoopCounter,
+        "audit_dropped",
+        "Audit log lines dropped because the writer fell behind (buffer full or I/O error).",
+        (),
+    ),
+    _Declared(
+        "reload_ok",
+        Gauge,
+        "config_last_reload_successful",
+        "1 if the last config load or reload succeeded.",
+        (),
+    ),
+    _Declared(
+        "reloads",
+        Counter,
+        "config_reloads_total",
+        "Config reload attempts by result (success, failure).",
+        ("result",),
+    ),
+    _Declared(
+        "reload_ts",
+        Gauge,
+        "config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful config load or reload.",
+        (),
+    ),
+    _Declared("config_info", Gauge, "config_info", "The live config (value 1).", ("config_hash",)),
+    _Declared(
+        "build_info",
+        Gauge,
+        "build_info",
+        "Build and runtime versions (value 1).",
+        ("version", "python_version"),
+    ),
+)
+
+
 class Metrics:
-    """Holds the metric objects; components receive it instead of using globals."""
+    """Holds the metric objects; components receive it instead of using globals.
+
+    The attributes are built from :data:`METRICS`, one per row.
+    """
+
+    requests: LoopCounter
+    rejected: LoopCounter
+    request_duration: LoopHistogram
+    overhead: LoopHistogram
+    verdicts: LoopCounter
+    detector_duration: LoopHistogram
+    detector_score: LoopHistogram
+    detector_findings: LoopCounter
+    detector_errors: LoopCounter
+    detector_fail_open: LoopCounter
+    detector_ready: Gauge
+    batch_size: Histogram
+    batch_queue_wait: Histogram
+    batch_run: Histogram
+    batch_queue_depth: Gauge
+    batch_shed: Counter
+    stream_terminations: LoopCounter
+    streams: LoopCounter
+    stream_duration: LoopHistogram
+    upstream_requests: LoopCounter
+    upstream_duration: LoopHistogram
+    strip_probes: LoopCounter
+    draining: Gauge
+    inflight: LoopGauge
+    audit_events: LoopCounter
+    audit_dropped: LoopCounter
+    reload_ok: Gauge
+    reloads: Counter
+    reload_ts: Gauge
+    config_info: Gauge
+    build_info: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        p = PREFIX
-        self.requests = LoopCounter(
-            p + "requests",
-            "Requests received, by outcome (allow/log/block/error/rejected).",
-            ["route", "action", "mode"],
-        )
-        self.rejected = LoopCounter(
-            p + "rejected_requests",
-            "Requests answered by the firewall before screening, by reason.",
-            ["route", "reason"],
-        )
-        self.request_duration = LoopHistogram(
-            p + "request_duration_seconds",
-            "End-to-end time through the proxy (streams: until the last byte).",
-            ["route"],
-            _LATENCY_BUCKETS,
-        )
-        self.overhead = LoopHistogram(
-            p + "overhead_seconds",
-            "Time the firewall added for screening, excluding upstream time.",
-            ["route", "phase"],
-            _OVERHEAD_BUCKETS,
-        )
-        self.verdicts = LoopCounter(
-            p + "verdicts",
-            "Policy decisions per phase, with the bounded reason code.",
-            ["phase", "action", "mode", "reason"],
-        )
-        self.detector_duration = LoopHistogram(
-            p + "detector_duration_seconds",
-            "Time one detector took for one sample.",
-            ["detector", "phase"],
-            _OVERHEAD_BUCKETS,
-        )
-        self.detector_score = LoopHistogram(
-            p + "detector_score",
-            "Distribution of detector scores in [0, 1] (higher is more suspicious).",
-            ["detector", "phase"],
-            _SCORE_BUCKETS,
-        )
-        self.detector_findings = LoopCounter(
-            p + "detector_findings",
-            "Detector outcomes: fired, not_fired, skipped_by_gate, error.",
-            ["detector", "phase", "outcome"],
-        )
-        self.detector_errors = LoopCounter(
-            p + "detector_errors",
-            "Detector failures by kind (timeout, exception, unavailable).",
-            ["detector", "kind"],
-        )
-        self.detector_fail_open = LoopCounter(
-            p + "detector_fail_open",
-            "Requests let through only because a failing detector is configured fail_open.",
-            ["detector", "phase"],
-        )
-        self.detector_ready = Gauge(
-            p + "detector_ready", "1 when the detector is loaded and warmed.", ["detector"], registry=r
-        )
-        self.batch_size = Histogram(
-            p + "batch_size",
-            "Items per micro-batch handed to a model detector's batch function.",
-            ["detector"],
-            buckets=_BATCH_SIZE_BUCKETS,
-            registry=r,
-        )
-        self.batch_queue_wait = Histogram(
-            p + "batch_queue_wait_seconds",
-            "Time an item waited in a micro-batcher queue, from submit to the start of its batch.",
-            ["detector"],
-            buckets=_BATCH_SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.batch_run = Histogram(
-            p + "batch_run_seconds",
-            "Time one micro-batch took to run (the model forward pass, off the event loop).",
-            ["detector"],
-            buckets=_BATCH_SECONDS_BUCKETS,
-            registry=r,
-        )
-        self.batch_queue_depth = Gauge(
-            p + "batch_queue_depth",
-            "Items waiting in a micro-batcher queue (not counting the batch in flight).",
-            ["detector"],
-            registry=r,
-        )
-        self.batch_shed = Counter(
-            p + "batch_shed_total",
-            "Items a micro-batcher refused at once because its queue was full (load shedding).",
-            ["detector"],
-            registry=r,
-        )
-        self.stream_terminations = LoopCounter(
-            p + "stream_terminations",
-            "Streams stopped mid-way by an output detector.",
-            ["detector"],
-        )
-        self.streams = LoopCounter(
-            p + "streams",
-            "Streamed responses by how they ended.",
-            ["route", "outcome"],
-        )
-        self.stream_duration = LoopHistogram(
-            p + "stream_duration_seconds",
-            "Duration of streamed responses.",
-            ["route"],
-            _STREAM_BUCKETS,
-        )
-        self.upstream_requests = LoopCounter(
-            p + "upstream_requests",
-            "Requests sent upstream, by status class or failure.",
-            ["upstream", "code_class"],
-        )
-        self.upstream_duration = LoopHistogram(
-            p + "upstream_duration_seconds",
-            "Upstream time to response headers.",
-            ["upstream"],
-            _LATENCY_BUCKETS,
-        )
-        self.strip_probes = LoopCounter(
-            p + "strip_probes",
-            "Perturbed copies a STRIP detector sent to the upstream (each one a billed call), by outcome.",
-            ["detector", "outcome"],
-        )
-        self.draining = Gauge(p + "draining", "1 while shutting down.", registry=r)
-        self.inflight = LoopGauge(p + "inflight_requests", "Requests in flight.")
-        self.audit_events = LoopCounter(p + "audit_events", "Audit log lines written.", [])
-        self.audit_dropped = LoopCounter(
-            p + "audit_dropped",
-            "Audit log lines dropped because the writer fell behind (buffer full or I/O error).",
-            [],
-        )
-        self.reload_ok = Gauge(
-            p + "config_last_reload_successful",
-            "1 if the last config load or reload succeeded.",
-            registry=r,
-        )
-        self.reloads = Counter(
-            p + "config_reloads_total",
-            "Config reload attempts by result (success, failure).",
-            ["result"],
-            registry=r,
-        )
+        on_loop: list[LoopCounter | LoopHistogram | LoopGauge] = []
+        for declared in METRICS:
+            metric = declared.build(r)
+            setattr(self, declared.attr, metric)
+            if isinstance(metric, LoopCounter | LoopHistogram | LoopGauge):
+                on_loop.append(metric)
+        r.register(LoopCollector(on_loop))
         for result in ("success", "failure"):
             self.reloads.labels(result)
-        self.reload_ts = Gauge(
-            p + "config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config load or reload.",
-            registry=r,
-        )
-        self.config_info = Gauge(p + "config_info", "The live config (value 1).", ["config_hash"], registry=r)
-        self.build_info = Gauge(
-            p + "build_info",
-            "Build and runtime versions (value 1).",
-            ["version", "python_version"],
-            registry=r,
-        )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        r.register(
-            LoopCollector(
-                [
-                    self.requests,
-                    self.rejected,
-                    self.request_duration,
-                    self.overhead,
-                    self.verdicts,
-                    self.detector_duration,
-                    self.detector_score,
-                    self.detector_findings,
-                    self.detector_errors,
-                    self.detector_fail_open,
-                    self.stream_terminations,
-                    self.streams,
-                    self.stream_duration,
-                    self.upstream_requests,
-                    self.strip_probes,
-                    self.upstream_duration,
-                    self.inflight,
-                    self.audit_events,
-                    self.audit_dropped,
-                ]
-            )
-        )
         #: Set by the server to read the live runtime's stateful detectors (see DetectorStateCollector).
         self.detector_state = DetectorStateCollector()
         r.register(self.detector_state)
