@@ -37,8 +37,6 @@ from firewall.core.detector_context import (
     DetectorContext,
     UpstreamClient,
     UpstreamProbeError,
-    UpstreamProbeTimeout,
-    UpstreamProbeUnavailable,
 )
 
 __all__ = ["ProbeSettings", "UpstreamProber", "first_token_entropy"]
@@ -136,14 +134,8 @@ class UpstreamProber:
                     s.path, body, timeout_s=s.timeout_seconds, probe=self.detector
                 )
                 entropy = first_token_entropy(_top_logprobs(answer), s.top_logprobs)
-            except UpstreamProbeTimeout:
-                self.count("timeout")
-                raise
-            except UpstreamProbeUnavailable:
-                self.count("unavailable")
-                raise
-            except UpstreamProbeError:
-                self.count("error")
+            except UpstreamProbeError as exc:
+                self.count(exc.reason)  # timeout, unavailable or error: the class says which
                 raise
             except asyncio.CancelledError:
                 self.count("cancelled")  # sent (and maybe billed), answer never read

@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import orjson
 
+from firewall.core.errors import UpstreamProbeError, UpstreamProbeTimeout, UpstreamProbeUnavailable
 from firewall.core.telemetry import DetectorTelemetry
 
 __all__ = [
@@ -35,18 +36,6 @@ __all__ = [
     "UpstreamProbeTimeout",
     "UpstreamProbeUnavailable",
 ]
-
-
-class UpstreamProbeError(Exception):
-    """A detector's call to the upstream failed (bad status, unreadable answer)."""
-
-
-class UpstreamProbeTimeout(UpstreamProbeError):
-    """The upstream did not answer a detector's call in time."""
-
-
-class UpstreamProbeUnavailable(UpstreamProbeError):
-    """No connection to the upstream (refused, reset, no session yet)."""
 
 
 class UpstreamClient:

@@ -9,8 +9,6 @@ enough to diff between runs.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -20,6 +18,15 @@ from typing import Any
 
 from firewall.evaluation.data import SOURCE_HARD_NEGATIVE, SOURCE_IMDB, SOURCE_MR
 from firewall.evaluation.metrics import LatencyStats
+from firewall.offline.plotting import (
+    PLOT_INSTALL_HINT,
+    PlotUnavailableError,
+    figure,
+    finish_panel,
+    plot_available,
+    save,
+    share_hist,
+)
 
 __all__ = [
     "PLOT_INSTALL_HINT",
@@ -37,7 +44,6 @@ __all__ = [
     "write_plot",
 ]
 
-PLOT_INSTALL_HINT = "pip install matplotlib"
 
 #: Clean-set breakdowns reported for false-positive rates, in display order.
 CleanGroupNames: dict[str, str] = {
@@ -400,14 +406,6 @@ def _latency_line(label: str, stats: LatencyStats, width: int) -> str:
 # --------------------------------------------------------------------------- plot
 
 
-class PlotUnavailableError(RuntimeError):
-    """matplotlib is not installed; the message says what to install."""
-
-
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
 def write_plot(report: Report, path: str | Path) -> None:
     """Histogram of clean vs triggered scores per detector, with both thresholds marked.
 
@@ -415,34 +413,17 @@ def write_plot(report: Report, path: str | Path) -> None:
     Counts are normalised per group and the y axis is logarithmic, so a 1%
     tail of clean scores stays visible next to 2,000 triggered texts.
     """
-    # Imported by name: matplotlib is optional, and mypy must pass with or without it.
-    try:
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
-    except ImportError as exc:
-        raise PlotUnavailableError(
-            f"--plot needs matplotlib, which is not installed; install it with: {PLOT_INSTALL_HINT}"
-        ) from exc
-
     detectors = report.detectors
-    fig, axes = plt.subplots(len(detectors), 1, figsize=(11, 3.2 * len(detectors)), squeeze=False)
+    fig, panels = figure(len(detectors), 11)
     bins = [i / 40 for i in range(41)]
-    for ax, det in zip((row[0] for row in axes), detectors, strict=True):
+    for ax, det in zip(panels, detectors, strict=True):
         clean = report.clean.valid(det.name)
         if clean:
-            ax.hist(clean, bins=bins, weights=[1 / len(clean)] * len(clean), color="0.75", label="clean")
+            share_hist(ax, clean, bins, color="0.75", label="clean")
         for fam in report.families:
             scores = report.triggered[fam.name].valid(det.name)
             if scores:
-                ax.hist(
-                    scores,
-                    bins=bins,
-                    weights=[1 / len(scores)] * len(scores),
-                    histtype="step",
-                    linewidth=1.2,
-                    label=fam.name,
-                )
+                share_hist(ax, scores, bins, histtype="step", linewidth=1.2, label=fam.name)
         if det.configured_threshold is not None:
             ax.axvline(det.configured_threshold, color="red", linewidth=1, label="configured threshold")
         if det.target_threshold is not None:
@@ -453,12 +434,7 @@ def write_plot(report: Report, path: str | Path) -> None:
                 linewidth=1,
                 label=f"threshold @ {_pct_label(report.info.target_fpr)} FPR",
             )
-        ax.set_yscale("log")
-        ax.set_xlim(0, 1)
-        ax.set_title(det.name)
-        ax.set_xlabel("score")
-        ax.set_ylabel("share of texts")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=110)
-    plt.close(fig)
+        finish_panel(
+            ax, det.name, "share of texts", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+        )
+    save(fig, path)

@@ -67,8 +67,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
-import importlib.util
 import math
 import random
 import time
@@ -82,8 +80,18 @@ import orjson
 import yaml
 
 from firewall.config.schema import FirewallConfig, build_config, deep_merge
+from firewall.core.errors import FirewallError
 from firewall.core.types import FindingStatus, Phase, Segment
 from firewall.evaluation.metrics import rate_at, threshold_for_fpr
+from firewall.offline.plotting import (
+    PLOT_INSTALL_HINT,
+    PlotUnavailableError,
+    figure,
+    finish_panel,
+    plot_available,
+    save,
+    share_hist,
+)
 from firewall.offline.scanning import RecordError, Scanner
 
 __all__ = [
@@ -127,19 +135,17 @@ BOUND_FACTOR: Final = 2.0
 DEFAULT_TPR_LIMIT: Final = 200
 #: Wall-time budget of the TPR scans; what is scanned by then is reported (with its n).
 DEFAULT_TPR_SECONDS: Final = 45.0
-PLOT_INSTALL_HINT: Final = "pip install matplotlib"
 #: Bad lines printed one by one before the rest are only counted.
 MAX_REPORTED_BAD_LINES: Final = 100
 
 _SCANNABLE = ("text", "request", "response")
 
 
-class SampleTooSmallError(ValueError):
+class SampleTooSmallError(FirewallError):
     """The clean sample cannot support the requested FPR; the message names the minimum n."""
 
-
-class PlotUnavailableError(RuntimeError):
-    """matplotlib is not installed; the message says what to install."""
+    code = "sample_too_small"
+    reason = "sample_too_small"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -1057,10 +1063,6 @@ def verify_patch(
 # --------------------------------------------------------------------------- the plot
 
 
-def plot_available() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
 def write_plot(sample: ScoreSample, result: CalibrationResult, path: str | Path) -> None:
     """Clean score distributions per detector, with the calibrated and current thresholds marked.
 
@@ -1068,41 +1070,20 @@ def write_plot(sample: ScoreSample, result: CalibrationResult, path: str | Path)
     which is exactly what the threshold trades, stays visible next to the bulk at
     0. With per-route results each route is a step line with its own threshold.
     """
-    # Imported by name: matplotlib is optional, and mypy must pass with or without it.
-    try:
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
-    except ImportError as exc:
-        raise PlotUnavailableError(
-            f"--plot needs matplotlib, which is not installed; install it with: {PLOT_INSTALL_HINT}"
-        ) from exc
     names = list(result.pooled)
-    fig, axes = plt.subplots(len(names), 1, figsize=(10, 3.2 * len(names)), squeeze=False)
+    fig, panels = figure(len(names), 10)
     bins = [i / 50 for i in range(51)]
     for index, name in enumerate(names):
-        ax = axes[index][0]
+        ax = panels[index]
         cal = result.pooled[name]
         clean = sample.scores[name]
-        ax.hist(
-            clean,
-            bins=bins,
-            weights=[1 / len(clean)] * len(clean),
-            color="0.75",
-            label=f"clean (n={len(clean):,})",
-        )
+        share_hist(ax, clean, bins, color="0.75", label=f"clean (n={len(clean):,})")
         for route, cals in sorted(result.routes.items()):
             route_cal = cals.get(name)
             if route_cal is None:
                 continue
             scores = sample.by_route[route][name]
-            drawn = ax.hist(
-                scores,
-                bins=bins,
-                weights=[1 / len(scores)] * len(scores),
-                histtype="step",
-                label=f"route {route}",
-            )
+            drawn = share_hist(ax, scores, bins, histtype="step", label=f"route {route}")
             if route_cal.threshold is not None:
                 color = drawn[2][0].get_edgecolor() if drawn[2] else None
                 ax.axvline(route_cal.threshold, linestyle=":", color=color, linewidth=1)
@@ -1116,12 +1097,6 @@ def write_plot(sample: ScoreSample, result: CalibrationResult, path: str | Path)
                 linewidth=1,
                 label=f"calibrated {cal.threshold:.6g} (FPR <= {cal.fpr_upper:.2%})",
             )
-        ax.set_yscale("log")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{name}: clean scores, {result.phase.value} phase, target FPR {result.target_fpr:g}")
-        ax.set_xlabel("score")
-        ax.set_ylabel("share of clean texts")
-        ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=110)
-    plt.close(fig)
+        title = f"{name}: clean scores, {result.phase.value} phase, target FPR {result.target_fpr:g}"
+        finish_panel(ax, title, "share of clean texts", loc="upper right")
+    save(fig, path)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firewall.config.schema import FirewallConfig
-from firewall.core.errors import ConfigError, ProtocolError
+from firewall.core.errors import ConfigError, FirewallError, ProtocolError
 from firewall.core.types import Action, FindingStatus, Phase, Segment, Verdict
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
 from firewall.screening.screen import screen, screened_segments
@@ -32,8 +32,11 @@ from firewall.screening.screen import screen, screened_segments
 __all__ = ["RecordError", "Scanner", "verdict_summary"]
 
 
-class RecordError(ValueError):
+class RecordError(FirewallError):
     """A record that cannot be scanned (wrong shape); the message says why."""
+
+    code = "invalid_record"
+    reason = "invalid_record"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,14 @@ import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from firewall.core.errors import BodyTooLarge, FirewallError, ProtocolError, UnsupportedEncoding
+from firewall.core.errors import (
+    BodyTooLarge,
+    FirewallError,
+    InvalidJson,
+    InvalidUtf8,
+    ProtocolError,
+    UnsupportedEncoding,
+)
 from firewall.core.types import Mode, Phase
 from firewall.observability.audit import fingerprint
 from firewall.proxy import relay
@@ -170,14 +177,6 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     return bytes(buf)
 
 
-class _BadUtf8(ProtocolError):
-    pass
-
-
-class _BadJson(ProtocolError):
-    pass
-
-
 def _parse_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
@@ -185,20 +184,8 @@ def _parse_json(raw: bytes) -> Any:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _BadUtf8("Request body is not valid UTF-8.") from exc
-        raise _BadJson(f"Request body is not valid JSON: {exc.msg}.") from exc
-
-
-def _reject_reason(exc: ProtocolError) -> str:
-    if isinstance(exc, BodyTooLarge):
-        return "body_too_large"
-    if isinstance(exc, UnsupportedEncoding):
-        return "unsupported_encoding"
-    if isinstance(exc, _BadUtf8):
-        return "invalid_utf8"
-    if isinstance(exc, _BadJson):
-        return "invalid_json"
-    return "invalid_request"
+            raise InvalidUtf8("Request body is not valid UTF-8.") from exc
+        raise InvalidJson(f"Request body is not valid JSON: {exc.msg}.") from exc
 
 
 async def _screened(
@@ -224,7 +211,7 @@ async def _screened(
         segments = matched.adapter.input_segments(body)
     except ProtocolError as exc:
         ex.screened = False
-        _reject(state, ex, _reject_reason(exc))
+        _reject(state, ex, exc.reason)
         return firewall_error_response(exc, ex.request_id)
     ex.model = matched.adapter.model(body)
     resolved = matched.for_model(ex.model)

@@ -67,14 +67,6 @@ def _client_error(exc: BaseException) -> UpstreamError:
     return UpstreamError(f"The upstream model endpoint failed ({type(exc).__name__}).")
 
 
-def _failure_class(exc: UpstreamError) -> str:
-    if isinstance(exc, UpstreamTimeout):
-        return "timeout"
-    if isinstance(exc, UpstreamConnectError):
-        return "connect_error"
-    return "error"
-
-
 def _url(base: str, request: web.BaseRequest) -> URL:
     raw = request.raw_path
     if not raw.startswith("/"):
@@ -118,7 +110,7 @@ async def forward(
         )
     except (aiohttp.ClientError, TimeoutError) as exc:
         err = _client_error(exc)
-        state.metrics.count_upstream(upstream, _failure_class(err), None)
+        state.metrics.count_upstream(upstream, err.reason, None)
         raise err from exc
     ex.upstream_seconds = time.perf_counter() - t0
     state.metrics.count_upstream(upstream, code_class(resp.status), ex.upstream_seconds)

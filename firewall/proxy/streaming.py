@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from firewall.core.errors import UpstreamError
+
 __all__ = ["HoldbackBuffer", "SseEvent", "SseParser", "SseProtocolError", "TextChannels"]
 
 # A line ending (CRLF, lone CR, lone LF) followed by another: the blank line that ends an event.
@@ -25,8 +27,10 @@ _TERMINATOR = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE = re.compile(r"\r\n|\r|\n")
 
 
-class SseProtocolError(ValueError):
+class SseProtocolError(UpstreamError):
     """The upstream stream broke the SSE framing (e.g. an event larger than allowed)."""
+
+    reason = "invalid_sse"
 
 
 @dataclass(frozen=True, slots=True)
