@@ -1,2 +1,3 @@
 """Rare-token spikes: words that are neither language nor code in the text around them.
-The detector is :mod:`detectors.rare_tokens.detector`."""
+The detector is :mod:`detectors.rare_tokens.detector`; its data and helpers are in
+``tables``, ``language`` and ``scan``."""

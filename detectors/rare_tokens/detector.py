@@ -57,21 +57,26 @@ chunk analyses; a prompt without an odd token (nearly all of them) costs about
 0.1 microseconds a word. Only when a candidate exists is the text scanned for
 offsets, sentences and code, and the candidates judged in context. See
 ``loadtests/bench/bench_rare_tokens.py`` and ``docs/detectors/rare_tokens.md``.
+
+Layout
+------
+This module holds the params model, the detector and its scoring: tokenising, judging
+candidates in their sentence and the sample-wide factors. The rest of the package:
+
+* :mod:`detectors.rare_tokens.tables`: reason codes, languages, calibration constants,
+  regexes and chunk kinds;
+* :mod:`detectors.rare_tokens.language`: the word lists, character models and probes
+  built from wordfreq, and the typo and elongation checks against a language's words;
+* :mod:`detectors.rare_tokens.scan`: a segment split into chunks (``_Scan``), the records
+  passed between judging stages, and the code, markup and sentence helpers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import math
-import re
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import islice
-from types import ModuleType
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -85,6 +90,101 @@ from detectors.base import (
     Sample,
     Span,
 )
+from detectors.rare_tokens.language import (
+    _ident_weight,
+    _is_elongation as _is_elongation,
+    _is_typo as _is_typo,
+    _lang_model,
+    _LangModel,
+    _Probe,
+    _probe,
+    _require_wordfreq,
+)
+from detectors.rare_tokens.scan import (
+    _case_of,
+    _Chunk,
+    _Found,
+    _Hit,
+    _looks_like_code,
+    _markup_masks,
+    _odd_runs,
+    _OutOfBudget,
+    _Scan,
+    _shouting,
+    _Static,
+    _trail_kind,
+)
+from detectors.rare_tokens.tables import (
+    _CACHE_LIMIT,
+    _CHAR_MIN_LEN,
+    _CODE_CHARS_RE,
+    _COST_CANDIDATE,
+    _COST_CHUNK,
+    _COST_WORD,
+    _ELONGATION_RE as _ELONGATION_RE,
+    _F_ABBREV_DOT,
+    _F_ABBREV_REF,
+    _F_COMPOUND,
+    _F_FOREIGN,
+    _F_JARGON_MIN,
+    _F_MANY_OTHERS,
+    _F_NO_NEIGHBOUR,
+    _F_ONE_NEIGHBOUR,
+    _F_ONE_OTHER,
+    _F_OPENER,
+    _F_POSSESSIVE,
+    _F_QUOTED,
+    _F_SHORT,
+    _F_TITLE,
+    _F_TYPO,
+    _FENCE_RE,
+    _HEX_RE,
+    _IDENT_MARGIN,
+    _INLINE_CODE_RE,
+    _JARGON_FREE,
+    _JARGON_SLOPE,
+    _LEAD_PUNCT,
+    _LINE_RE,
+    _LLR_ODD,
+    _LLR_ODD_CASED,
+    _LLR_OK,
+    _LLR_OK_CASED,
+    _NEIGHBOUR_ZIPF,
+    _NUMBER_RE,
+    _OOV_ZIPF,
+    _PIECE_RE,
+    _QUOTES,
+    _REPEAT_UNIT_RE,
+    _SENTENCE_END,
+    _SHORT_WIDTH,
+    _SHORT_WORDS,
+    _TRAIL_PUNCT,
+    _UNIT_ZIPF,
+    _VOWELS,
+    _WORD_RE,
+    _ZIPF_FADE,
+    C_LOWER,
+    C_MIXED,
+    C_TITLE,
+    C_UPPER,
+    DEFAULT_PROBE_LANGUAGES,
+    K_CLITIC,
+    K_NUM,
+    K_OTHER,
+    K_PUNCT,
+    K_WORD,
+    R_CHAR_RUN,
+    R_MADE_UP,
+    R_RARE,
+    R_TRUNCATED,
+    REASON_CODES,
+    RECOMMENDED_THRESHOLD,
+    SUPPORTED_LANGUAGES,
+    T_CLAUSE,
+    T_DOT,
+    T_END,
+    T_NONE,
+)
 
 __all__ = [
     "DEFAULT_PROBE_LANGUAGES",
@@ -94,162 +194,6 @@ __all__ = [
     "RareTokensDetector",
     "RareTokensParams",
 ]
-
-# --------------------------------------------------------------------------- reasons
-
-R_RARE = "rare_token"  # in the word list (an abbreviation, say), used where it does not fit
-R_MADE_UP = "made_up_token"  # not in the language's word list at all, and not word-like
-R_CHAR_RUN = "char_run"  # a short unit repeated ("xqxqxq"), not a word stretched for emphasis
-R_TRUNCATED = "scan_truncated"  # the sample was longer than max_words: the rest was not judged
-
-#: Every reason code this detector can emit.
-REASON_CODES: tuple[str, ...] = (R_CHAR_RUN, R_MADE_UP, R_RARE, R_TRUNCATED)
-
-#: The policy threshold this detector was calibrated for (see the docs for the numbers).
-RECOMMENDED_THRESHOLD = 0.55
-
-#: Space-delimited languages written in an alphabet (Latin, Cyrillic, Greek) for which
-#: wordfreq ships a word list. Abjads and scripts written without spaces are not judged.
-SUPPORTED_LANGUAGES: tuple[str, ...] = (
-    "bg", "ca", "cs", "da", "de", "el", "en", "es", "fi", "fil", "fr", "hu", "id", "is",
-    "it", "lt", "lv", "mk", "ms", "nb", "nl", "pl", "pt", "ro", "ru", "sh", "sk", "sl",
-    "sv", "tr", "uk",
-)  # fmt: skip
-
-#: Languages recognised (and then left alone) when a sentence is written in them.
-DEFAULT_PROBE_LANGUAGES: tuple[str, ...] = (
-    "ca", "cs", "da", "de", "en", "es", "fi", "fr", "hu", "id", "it", "nb", "nl", "pl",
-    "pt", "ro", "sv", "tr",
-)  # fmt: skip
-
-# --------------------------------------------------------------------------- calibration
-# Token weight = word-unlikeness x rarity gate; the score multiplies it by context
-# factors. Set on real clean text (movie reviews) against inserted triggers, then
-# checked on hand-written hard negatives: see docs/detectors/rare_tokens.md.
-
-# Language data.
-_TRAIN_MIN_ZIPF = 1.5  # words that train the character model (about 160k English types)
-_ORDER = 4  # character 4-grams ...
-_DISCOUNT = 0.75  # ... with interpolated absolute discounting
-_TOP_WORDS = 3000  # most frequent words per language: a foreign sentence's own words
-_IDENT_WORDS = 5_000  # most frequent words per language, with their Zipf values, to tell ...
-_IDENT_MARGIN = 1.5  # ... a sentence's language: another language must outweigh the judged one this much
-_ALPHABET_MIN_COUNT = 20  # a letter is the language's if this many training words use it
-_VOWELLESS_SHARE = 0.03  # below this share of vowel-less words, a vowel-less token is odd
-_CORE_LETTER_SHARE = 0.001  # letters this common in the training words are the "random string" model's
-
-# Token weight.
-_CHAR_MIN_LEN = 3  # shorter tokens are judged by frequency and vowels only
-# Word-unlikeness from the character model: the log-likelihood ratio, in bits, of "an arbitrary
-# string of the language's letters" against "a word of the language". A token is word-unlike
-# from _LLR_OK and fully so at _LLR_ODD (set to flag the same share of the rare words and names
-# of review text as the earlier per-character scale did: about 3 and 0.1 per 1,000 words) ...
-_LLR_OK = 1.2
-_LLR_ODD = 9.0
-# ... except a lower-case token that is in no word list, in text that uses capitals: it is not
-# a name (a name would be capitalised), so the scale starts near the even-odds point.
-_LLR_OK_CASED = -1.0
-_LLR_ODD_CASED = 3.0
-_SHORT_MAX_LEN = 4  # the rare-for-its-length cue applies to tokens this short ...
-_SHORT_TAIL = 0.01  # ... rarer than the rarest 1% of running words of their length ...
-_SHORT_WIDTH = 1.0  # ... by this much Zipf for the full cue
-_ZIPF_FADE = 0.3  # the rarity gate falls from 1 to 0 over the last 0.3 Zipf below common_zipf
-_OOV_ZIPF = 1.0  # below this a token counts as not in the word list (made_up_token)
-_TYPO_ZIPF = 4.5  # one slip (swap, extra, neighbouring key, dropped vowel) from a word this frequent ...
-_TYPO_DROPPED_ZIPF = 5.0  # ... or any letter short of a word this frequent ("aout") ...
-_F_TYPO = 0.4  # ... is a typo: its weight is cut to this
-_TYPO_LONG_LEN = 7  # from this length a random string is almost never one slip from a word, so ...
-_TYPO_LONG_ZIPF = 3.0  # ... one slip from any word this frequent is a typo ("sceenplay")
-_ELONGATED_ZIPF = 3.0  # "sooo" -> "so": a stretched word is a known one ...
-_ELONGATED_BARE_ZIPF = 4.0  # ... and a common one if it has no vowel ("hmmmm" -> "hmm")
-_ELONGATION_MAX_RUNS = 6
-
-# Context factors.
-_NEIGHBOUR_ZIPF = 3.0  # a neighbour this frequent is an ordinary word of fluent text
-_F_ONE_NEIGHBOUR = 0.85  # only one side is an ordinary word (clause edge)
-_F_NO_NEIGHBOUR = 0.7  # neither side is (between punctuation, alone on a line)
-_UNIT_ZIPF = 3.0  # after a number, a word-list entry this frequent is a unit: not judged
-_F_ABBREV_REF = 0.35  # glued full stop, then more text on the line: "cf. Smith" ...
-_F_ABBREV_DOT = 0.8  # ... or at the end of the line or text: maybe just a full stop
-_F_QUOTED = 0.5  # in quotes on its own: mentioned, not used ("we write 'tq' for thanks")
-_F_OPENER = 0.5  # first word of the segment, then a comma or colon: "thx, ...", "btw: ..."
-_F_TITLE = 0.6  # capitalised first word of a sentence (names start sentences too)
-_F_POSSESSIVE = 0.5  # "solondz's film": a noun, most often a name
-_F_COMPOUND = 0.8  # part of a hyphenated compound
-_F_FOREIGN = 0.85  # a vowel-less token in a sentence of another (probe) language
-_SHORT_WORDS = 3  # fewer other words than this in the whole sample ...
-_F_SHORT = 0.6  # ... leave no context to stand out from ("ok brb")
-_ODD_WEIGHT = 0.25  # candidates this odd count as the text's own odd tokens; with ...
-_F_ONE_OTHER = 0.7  # ... one other odd word type in the sample ...
-_F_MANY_OTHERS = 0.5  # ... or more, odd tokens are the register of the text (jargon, chat)
-_JARGON_FREE = 0.12  # share of identifier/number/acronym chunks that is ordinary prose ...
-_JARGON_SLOPE = 1.5  # ... beyond it every further 10% takes 15% off ...
-_F_JARGON_MIN = 0.5  # ... down to this floor
-
-_VOWELS = frozenset(
-    "aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿāăąēĕėęěīį\u0131ōőœūůűųȧ"  # Latin (\u0131: Turkish dotless i)
-    "аеёиоуыэюяіїєѣъ"  # Cyrillic (ъ is a vowel in Bulgarian)
-    "αεηιουωάέήίόύώϊϋΐΰ"  # Greek
-)
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_QWERTY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-
-
-def _keyboard_neighbours() -> dict[str, str]:
-    pos = {c: (r, i) for r, row in enumerate(_QWERTY_ROWS) for i, c in enumerate(row)}
-    return {
-        c: "".join(d for d, (r2, i2) in pos.items() if d != c and abs(r2 - r) <= 1 and abs(i2 - i) <= 1)
-        for c, (r, i) in pos.items()
-    }
-
-
-_KEY_NEIGHBOURS = _keyboard_neighbours()
-
-# --------------------------------------------------------------------------- regexes
-
-_CHUNK_RE = re.compile(r"\S+")
-# Letters with internal apostrophes or hyphens: "don't", "sci-fi", "jean-luc".
-_WORD_RE = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
-_PIECE_RE = re.compile(r"[^'\-]+|['\-]")
-_NUMBER_RE = re.compile(r"[-+\u2212]?[$\u20ac\u00a3]?\d[\d.,:/%x\u00d7]*")
-_LEAD_PUNCT = frozenset("\"'([{<*_~\u201c\u2018\u00ab\u00bf\u00a1\u201e\u2039")
-_TRAIL_PUNCT = frozenset("\"')]}>*_~.,;:!?\u2026\u201d\u2019\u00bb\u203a")
-_QUOTES = frozenset("\"'\u201c\u201d\u2018\u2019\u00ab\u00bb\u2039\u203a\u201e")
-_CLOSERS = "\"')]}*_~\u201d\u2019\u00bb\u203a"
-_SENTENCE_END = frozenset(".!?\u2026")
-_ELONGATION_RE = re.compile(r"(.)\1\1|(.)\2.*(.)\3")  # a run of three, or two doubled letters
-_RUN_RE = re.compile(r"(.)\1*")
-_REPEAT_UNIT_RE = re.compile(r"(.{2,3}?)\1+")
-_HEX_RE = re.compile(r"[a-f]{6,}")
-
-# Regions that are not prose: fenced code blocks (closed or running to the end),
-# inline code, markup tags and lines that look like code.
-_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.M | re.S)
-# Inline code opens and closes outside words: a backtick between letters is an apostrophe
-# ("you`ve", "couldn`t"), common in text typed on some keyboards.
-_INLINE_CODE_RE = re.compile(r"(?<![^\W_])`[^`\n]+`(?![^\W_])")
-_MARKUP_RE = re.compile(r"</?[A-Za-z!][^<>\n]{0,200}>")
-_CODE_CHARS_RE = re.compile(r"[`{};=<>$\\|]|\(\)")
-_LINE_RE = re.compile(r"[^\n]+")
-_CODE_START_RE = re.compile(
-    r"[ \t]*(?:\$ |> ?\$ |>>> |#!|//|/\*|<\?|#include\b|#define\b|@@ |"
-    r"(?:def|class|import|from|return|function|const|let|var|func|package|using|public|private|"
-    r"static|SELECT|INSERT|UPDATE|DELETE|CREATE|sudo|pip|npm|git|docker|kubectl|cd|ls|echo|export)"
-    r"\s+\S+.*[=(){}\[\];:.,/\-]|.*(?:[;{]|\)\s*:|=>|->)\s*$)"
-)
-_CODE_CHAR_RE = re.compile(r"[{}\[\]();=<>|&$\\]")
-_INDENTED_RE = re.compile(r"(?: {4}|\t)\S")
-
-# Chunk kinds, letter cases and trailing punctuation.
-K_WORD, K_NUM, K_PUNCT, K_OTHER, K_CLITIC = 0, 1, 2, 3, 4
-C_LOWER, C_TITLE, C_UPPER, C_MIXED = 0, 1, 2, 3
-T_NONE, T_CLAUSE, T_DOT, T_END = 0, 1, 2, 3
-
-_CACHE_LIMIT = 200_000  # entries per cache before it is cleared (bounds memory)
-_COST_CHUNK = 1  # analysis-budget units (about 3 us each): a chunk not seen before ...
-_COST_WORD = 50  # ... an odd-looking word not seen before (character model, typo search) ...
-_COST_CANDIDATE = 4  # ... and judging a candidate in context
-
 
 # --------------------------------------------------------------------------- params
 
@@ -326,395 +270,6 @@ class RareTokensParams(DetectorParams):
         if probes != self.probe_languages:
             object.__setattr__(self, "probe_languages", probes)  # frozen model: set once here
         return self
-
-
-# --------------------------------------------------------------------------- language data
-
-
-def _require_wordfreq() -> ModuleType:
-    try:
-        import wordfreq
-    except ImportError as exc:
-        raise RuntimeError(
-            "the rare_tokens detector needs the 'wordfreq' package (pip install wordfreq==3.1.1)"
-        ) from exc
-    module: ModuleType = wordfreq
-    return module
-
-
-def _read_wordlist(wordfreq: ModuleType, code: str, wordlist: str) -> list[list[str]]:
-    """wordfreq's list for ``code``: buckets of words, bucket i at Zipf 9 - i/100."""
-    paths: dict[str, str] = wordfreq.available_languages(wordlist)
-    if code not in paths:
-        raise RuntimeError(f"wordfreq has no {wordlist!r} word list for language {code!r}")
-    buckets: list[list[str]] = wordfreq.read_cBpack(paths[code])
-    return buckets
-
-
-class _CharModel:
-    """A character n-gram model of a language's word list (interpolated absolute
-    discounting, a member of the Kneser-Ney family), asked how word-like a token
-    looks, in bits."""
-
-    __slots__ = ("_counts", "_hist", "_order", "_pad", "_types", "_uni", "_uni_unseen")
-
-    def __init__(self, words: Iterable[str], order: int = _ORDER) -> None:
-        self._order = order
-        self._pad = pad = "^" * (order - 1)
-        grams: Counter[str] = Counter()
-        for w in words:
-            s = pad + w + "$"
-            # Every n-gram of length 1..order that ends inside the word or on "$".
-            grams.update([s[i:j] for j in range(order, len(s) + 1) for i in range(j - order, j)])
-        hist: dict[str, int] = {}
-        types: dict[str, int] = {}
-        uni: dict[str, int] = {}
-        for g, n in grams.items():
-            if len(g) == 1:
-                uni[g] = n
-                continue
-            h = g[:-1]
-            hist[h] = hist.get(h, 0) + n
-            types[h] = types.get(h, 0) + 1
-        total = sum(uni.values())
-        symbols = len(uni) + 1
-        self._uni = {c: (n + 1) / (total + symbols) for c, n in uni.items()}
-        self._uni_unseen = 1 / (total + symbols)
-        self._counts = {g: n for g, n in grams.items() if len(g) > 1}
-        self._hist = hist
-        self._types = types
-
-    def bits(self, word: str) -> float:
-        """Surprisal of ``word`` and its end, in bits."""
-        s = self._pad + word + "$"
-        order = self._order
-        counts, hist, types = self._counts, self._hist, self._types
-        total = 0.0
-        for j in range(order - 1, len(s)):
-            c = s[j]
-            p = self._uni.get(c, self._uni_unseen)
-            for k in range(1, order):
-                h = s[j - k : j]
-                n_h = hist.get(h, 0)
-                if n_h == 0:
-                    break
-                p = (max(counts.get(h + c, 0) - _DISCOUNT, 0.0) + _DISCOUNT * types[h] * p) / n_h
-            total -= math.log2(p)
-        return total
-
-
-class _LangModel:
-    """Word frequencies, alphabet and character model of one judged language."""
-
-    __slots__ = (
-        "alphabet",
-        "chars",
-        "code",
-        "ident",
-        "null_bits",
-        "rare_letter_bits",
-        "short_floor",
-        "vowel_cue",
-        "zipf",
-    )
-
-    def __init__(self, code: str, buckets: list[list[str]]) -> None:
-        self.code = code
-        zipf: dict[str, float] = {}
-        for index, bucket in enumerate(buckets):
-            z = 9.0 - index / 100.0
-            for word in bucket:
-                zipf[word] = z
-        self.zipf = zipf
-        self.ident = _top_zipf(buckets, _IDENT_WORDS)
-
-        train = [w for w, z in zipf.items() if z >= _TRAIN_MIN_ZIPF and w.isalpha()]
-        letters: Counter[str] = Counter()
-        for w in train:
-            letters.update(set(w))
-        self.alphabet = frozenset(ch for ch, n in letters.items() if n >= _ALPHABET_MIN_COUNT)
-        train = [w for w in train if self.alphabet.issuperset(w)]
-        self.chars = _CharModel(train)
-
-        # A vowel-less token is odd where vowel-less words are rare among the frequent
-        # ones (about 1% in the supported languages: abbreviations).
-        frequent = [w for w in train if zipf[w] >= 3.0 and len(w) >= 2]
-        self.vowel_cue = _vowelless_share(frequent) < _VOWELLESS_SHARE
-        self.short_floor = _short_floors(zipf)
-        # The alternative to "a word of the language": a string of its letters drawn at
-        # random, each letter as likely as any other. Its alphabet is the letters that make
-        # up at least 0.1% of the training words' letters (English: a-z). A letter the
-        # language rarely uses (English "ä", "é") is as rare in the alternative as in its
-        # words: evidence of a loanword or a name, not of a random string.
-        uses: Counter[str] = Counter()
-        for w in train:
-            uses.update(w)
-        total = sum(uses.values())
-        core = [ch for ch, n in uses.items() if n >= _CORE_LETTER_SHARE * total]
-        self.null_bits = math.log2(max(2, len(core)))
-        self.rare_letter_bits = {
-            ch: -math.log2(n / total) for ch, n in uses.items() if n < _CORE_LETTER_SHARE * total
-        }
-
-    def surprise(self, word: str) -> float:
-        """How much likelier ``word`` is as a random string of the language's letters than as
-        one of its words: the log-likelihood ratio in bits (negative: word-like)."""
-        rare, flat = self.rare_letter_bits, self.null_bits
-        null = (
-            sum(rare.get(ch, flat) for ch in word) if not rare.keys().isdisjoint(word) else len(word) * flat
-        )
-        return self.chars.bits(word) - null
-
-
-class _Probe(NamedTuple):
-    """What is kept of a language that is recognised but not judged."""
-
-    top: frozenset[str]  # its most frequent words
-    ident: dict[str, float]  # its frequent words with their Zipf values, to tell a sentence's language
-    vowel_cue: bool  # whether its words nearly always carry a vowel
-
-
-def _vowelless_share(words: Iterable[str]) -> float:
-    longer = [w for w in words if len(w) >= 2]
-    if not longer:
-        return 1.0
-    return sum(1 for w in longer if _VOWELS.isdisjoint(w)) / len(longer)
-
-
-def _short_floors(zipf: dict[str, float]) -> dict[int, float]:
-    """Per word length up to _SHORT_MAX_LEN, the Zipf value below which only _SHORT_TAIL
-    of the language's running words of that length fall.
-
-    Zipf's law of abbreviation: short words are frequent words. A two- to four-letter
-    token that is rare *for its length* is an abbreviation, a code or an inserted
-    token, whereas a rare long word is usually just a rare word.
-    """
-    by_len: dict[int, list[float]] = {}
-    for w, z in zipf.items():
-        if 2 <= len(w) <= _SHORT_MAX_LEN and w.isalpha():
-            by_len.setdefault(len(w), []).append(z)
-    floors: dict[int, float] = {}
-    for n, zs in by_len.items():
-        zs.sort()
-        mass = [10.0 ** (z - 9.0) for z in zs]
-        total = sum(mass)
-        acc = 0.0
-        for z, m in zip(zs, mass, strict=True):
-            acc += m
-            if acc >= _SHORT_TAIL * total:
-                floors[n] = z
-                break
-    return floors
-
-
-def _top_zipf(buckets: list[list[str]], n: int) -> dict[str, float]:
-    """The ``n`` most frequent alphabetic words with their Zipf values."""
-    out: dict[str, float] = {}
-    for index, bucket in enumerate(buckets):
-        z = 9.0 - index / 100.0
-        for w in bucket:
-            if w.isalpha():
-                out[w] = z
-        if len(out) >= n:
-            break
-    return out
-
-
-def _ident_weight(ident: dict[str, float], words: Iterable[str]) -> float:
-    """How much a set of words reads as one language: the sum of their Zipf values in it.
-
-    Counting only the very top words misjudges a sentence of plain but less frequent
-    English words ("a sexy, surprising romance") as Portuguese, where "a" and "romance"
-    are top words; weighing by frequency over a longer list does not.
-    """
-    get = ident.get
-    return sum(get(w, 0.0) for w in words)
-
-
-def _top_words(buckets: list[list[str]], n: int) -> frozenset[str]:
-    out: list[str] = []
-    for bucket in buckets:
-        out.extend(w for w in bucket if w.isalpha())
-        if len(out) >= n:
-            break
-    return frozenset(out[:n])
-
-
-# Built once per process and language: several detector instances (or a restart of
-# one) share them. Guarded by a lock because start() builds them in worker threads.
-_LANG_CACHE: dict[str, _LangModel] = {}
-_PROBE_CACHE: dict[str, _Probe] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _lang_model(wordfreq: ModuleType, code: str) -> _LangModel:
-    with _CACHE_LOCK:
-        model = _LANG_CACHE.get(code)
-        if model is None:
-            model = _LANG_CACHE[code] = _LangModel(code, _read_wordlist(wordfreq, code, "best"))
-        return model
-
-
-def _probe(wordfreq: ModuleType, code: str) -> _Probe:
-    with _CACHE_LOCK:
-        probe = _PROBE_CACHE.get(code)
-        if probe is None:
-            buckets = _read_wordlist(wordfreq, code, "small")
-            top = _top_words(buckets, _TOP_WORDS)
-            probe = _PROBE_CACHE[code] = _Probe(
-                top, _top_zipf(buckets, _IDENT_WORDS), _vowelless_share(top) < _VOWELLESS_SHARE
-            )
-        return probe
-
-
-# --------------------------------------------------------------------------- chunks
-
-
-class _Chunk(NamedTuple):
-    """What one whitespace-separated chunk is (cached per distinct chunk string)."""
-
-    kind: int  # K_*
-    case: int  # C_* of the word
-    z: float  # Zipf of the lower-cased word (best judged language); 0 if unknown
-    word: str  # the lower-cased word without surrounding punctuation ("" if not a word)
-    lead: bool  # punctuation before the word
-    trail: int  # T_* punctuation after the word
-    upper_first: bool  # starts with a capital, a digit or an opening bracket
-    parts: tuple[tuple[int, int, str], ...]  # odd sub-words: (start, end, lower-case)
-    compound: bool  # a hyphenated compound
-    possessive: bool  # ends in "'s" or "s'"
-    quoted: bool  # quotation marks on both sides
-    jargon: bool  # identifier, number, acronym: counts towards the jargon share
-
-
-_OTHER = _Chunk(K_OTHER, C_MIXED, 0.0, "", False, T_NONE, False, (), False, False, False, True)
-
-
-class _Scan:
-    """One segment split into chunks. Offsets, code regions, line breaks and sentence
-    bounds are looked at only around candidates, so the per-chunk work is two regex
-    passes and a cache look-up."""
-
-    __slots__ = (
-        "_ranges",
-        "cands",
-        "chunks",
-        "index",
-        "infos",
-        "masks",
-        "starts",
-        "stopped_at",
-        "text",
-    )
-
-    def __init__(self, index: int, text: str, budget: int, masks: list[tuple[int, int]]) -> None:
-        self.index = index
-        self.text = text
-        matches = list(islice(_CHUNK_RE.finditer(text), budget + 1))
-        self.chunks: list[str] = [m.group() for m in matches]
-        self.starts: list[int] = [m.start() for m in matches]
-        self.masks = masks  # sorted, merged character ranges that are not prose
-        self.infos: list[_Chunk] = []  # chunk analyses; _OTHER inside the masks
-        self.cands: list[int] = []  # chunks with odd parts, outside the masks
-        self._ranges: list[range] = []  # the last sentence range found
-        self.stopped_at: int | None = None  # offset where a budget ran out
-        if len(matches) > budget:
-            self.truncate(budget)
-
-    def truncate(self, n: int) -> None:
-        """Keep the first ``n`` chunks; the rest of the segment is not judged."""
-        if n < len(self.chunks):
-            self.stopped_at = self.starts[n]
-            del self.chunks[n:], self.starts[n:], self.infos[n:]
-
-    def apply_masks(self) -> int:
-        """Replace the analyses of chunks that touch a masked range; return how many."""
-        starts, chunks, infos = self.starts, self.chunks, self.infos
-        masked = 0
-        for ms, me in self.masks:
-            i = max(0, bisect.bisect_right(starts, ms) - 1)
-            if i < len(starts) and starts[i] + len(chunks[i]) <= ms:
-                i += 1
-            while i < len(starts) and starts[i] < me:
-                if infos[i] is not _OTHER:
-                    infos[i] = _OTHER
-                    masked += 1
-                i += 1
-        return masked
-
-    def newline_before(self, i: int) -> bool:
-        if i == 0:
-            return False
-        return self.text.find("\n", self.starts[i - 1] + len(self.chunks[i - 1]), self.starts[i]) >= 0
-
-    def breaks_before(self, i: int) -> bool:
-        """Does a sentence (or line) end between chunk i-1 and chunk i?"""
-        return i == 0 or self.infos[i - 1].trail >= T_DOT or self.newline_before(i)
-
-    def sentence_range(self, k: int) -> range:
-        """The chunks of k's sentence (candidates are visited in order: one range cached)."""
-        if self._ranges and k in self._ranges[-1]:
-            return self._ranges[-1]
-        lo = k
-        while not self.breaks_before(lo):
-            lo -= 1
-        hi = k + 1
-        while hi < len(self.chunks) and not self.breaks_before(hi):
-            hi += 1
-        r = range(lo, hi)
-        self._ranges[:] = [r]
-        return r
-
-
-class _OutOfBudget(Exception):
-    """The sample's analysis budget ran out (internal; never leaves the detector)."""
-
-
-class _Static(NamedTuple):
-    weight: float  # word-unlikeness x rarity gate, before context
-    reason: str
-    unit: bool  # frequent enough to be a unit after a number ("5 mb"); a random string is not
-    cased: float  # the weight of the lower-case token in text that uses capitals (it is not a name)
-
-
-class _Found(NamedTuple):
-    weight: float
-    context: float  # product of the sentence-level context factors
-    reason: str
-    word: str
-    jargon: bool
-    segment: int
-    chunk: int
-    start: int
-    end: int
-
-
-class _Hit(NamedTuple):
-    score: float
-    reason: str
-    segment: int
-    start: int
-    end: int
-
-
-def _case_of(word: str) -> int:
-    if word.islower():
-        return C_LOWER
-    if word.isupper():
-        return C_UPPER
-    if word[0].isupper() and word[1:].islower():
-        return C_TITLE
-    return C_MIXED
-
-
-def _trail_kind(tail: str) -> int:
-    if not tail:
-        return T_NONE
-    if tail.rstrip(_CLOSERS) == ".":
-        return T_DOT
-    if not _SENTENCE_END.isdisjoint(tail):
-        return T_END
-    return T_CLAUSE
 
 
 # --------------------------------------------------------------------------- detector
@@ -1177,102 +732,3 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
 def _ramp(x: float, lo: float, hi: float) -> float:
     """0 at or below ``lo``, 1 at or above ``hi``, linear between."""
     return min(1.0, max(0.0, (x - lo) / (hi - lo)))
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _odd_runs(found: Iterable[_Found]) -> dict[tuple[int, int], set[str]]:
-    """The odd word types of each run of adjacent odd chunks, keyed by (segment, chunk)."""
-    runs: dict[tuple[int, int], set[str]] = {}
-    for f in sorted((f for f in found if f.weight >= _ODD_WEIGHT), key=lambda f: (f.segment, f.chunk)):
-        key = (f.segment, f.chunk)
-        words = runs.get(key) or runs.get((f.segment, f.chunk - 1)) or set()
-        words.add(f.word)
-        runs[key] = words
-    return runs
-
-
-def _markup_masks(text: str) -> list[tuple[int, int]]:
-    if "<" not in text:
-        return []
-    return [m.span() for m in _MARKUP_RE.finditer(text)]
-
-
-def _looks_like_code(line: str) -> bool:
-    if _CODE_START_RE.match(line):
-        return True
-    if _INDENTED_RE.match(line) and _CODE_CHAR_RE.search(line):
-        return True
-    n = len(_CODE_CHAR_RE.findall(line))
-    return n >= 3 and n >= 0.08 * len(line.replace(" ", ""))
-
-
-def _shouting(scan: _Scan, sentence: range) -> bool:
-    """Is the sentence written in capitals (then capitals are not acronyms)?"""
-    words = [info for info in map(scan.infos.__getitem__, sentence) if info.kind == K_WORD]
-    upper = sum(1 for w in words if w.case == C_UPPER)
-    return len(words) >= 3 and upper >= 0.6 * len(words)
-
-
-def _is_elongation(lang: _LangModel, word: str) -> bool:
-    """Letters stretched for emphasis ("sooo", "hmmmm", "scaarrryyy"): one or two
-    letters for every repeated run give a known word, or it is one letter repeated."""
-    runs = [m.group() for m in _RUN_RE.finditer(word)]
-    if len(runs) == 1:
-        return True  # "zzzzz", "aaaa"
-    repeated = [i for i, r in enumerate(runs) if len(r) > 1]
-    if len(repeated) > _ELONGATION_MAX_RUNS:
-        return False
-    for mask in range(1 << len(repeated)):
-        pieces = [r[0] for r in runs]
-        for bit, i in enumerate(repeated):
-            if mask >> bit & 1:
-                pieces[i] = runs[i][:2]
-        target = "".join(pieces)
-        z = lang.zipf.get(target, 0.0)
-        if z >= _ELONGATED_ZIPF and (z >= _ELONGATED_BARE_ZIPF or not _VOWELS.isdisjoint(target)):
-            return True
-    return False
-
-
-def _is_typo(lang: _LangModel, word: str) -> bool:
-    """One slip away from a frequent word. Short tokens (three letters) have many
-    one-edit neighbours, so for them only swapped neighbouring letters count ("teh");
-    from four letters a dropped vowel counts too ("lern"), and from five a letter
-    typed twice, an extra letter, a neighbouring key or a letter dropped from a very
-    frequent word ("recieve", "compltely", "aout" is four). From seven letters any
-    of these slips from any ordinary word (Zipf >= 3) counts ("sceenplay"): 1 in
-    17,000 random seven-letter strings and none of 17,500 eight-letter ones are that
-    close to an English word. Only for tokens with a vowel: consonant strings are one
-    inserted vowel away from many words, which says nothing about them."""
-    if len(word) < 3 or _VOWELS.isdisjoint(word):
-        return False
-    zipf = lang.zipf
-    n = len(word)
-    bar = _TYPO_LONG_ZIPF if n >= _TYPO_LONG_LEN else _TYPO_ZIPF
-    dropped_bar = _TYPO_LONG_ZIPF if n >= _TYPO_LONG_LEN else _TYPO_DROPPED_ZIPF
-
-    def frequent(w: str) -> bool:
-        return zipf.get(w, 0.0) >= bar
-
-    for i in range(n - 1):  # swapped neighbours
-        if word[i] != word[i + 1] and frequent(word[:i] + word[i + 1] + word[i] + word[i + 2 :]):
-            return True
-    if n < _SHORT_MAX_LEN:
-        return False
-    for i in range(n + 1):  # a dropped letter
-        for c in _LETTERS:
-            z = zipf.get(word[:i] + c + word[i:], 0.0)
-            if z >= bar and (c in "aeiou" or z >= dropped_bar):
-                return True
-    if n <= _SHORT_MAX_LEN:
-        return False
-    for i in range(n):  # an extra letter typed
-        if frequent(word[:i] + word[i + 1 :]):
-            return True
-    for i in range(n):  # a neighbouring key
-        for c in _KEY_NEIGHBOURS.get(word[i], ""):
-            if frequent(word[:i] + c + word[i + 1 :]):
-                return True
-    return any(frequent(word[:i] + word[i - 1] + word[i:]) for i in range(1, n))  # a letter not doubled
