@@ -1,7 +1,7 @@
 """Responses the firewall writes itself: blocks and errors, always OpenAI-shaped JSON.
 
-Statuses are chosen for what OpenAI SDK clients do with them (``shared/STYLE.md``
-B.6): a policy block is 400 with ``code: "content_filter"`` and
+Statuses are chosen for what OpenAI SDK clients do with them (openai-python's
+``_base_client._should_retry``): a policy block is 400 with ``code: "content_filter"`` and
 ``x-should-retry: false`` (the SDK must not resend a malicious prompt); a
 detector failing closed, overload and draining are 503 with ``Retry-After``
 (transient, safe to retry); upstream failures are 502/504. The client is not

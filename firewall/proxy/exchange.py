@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from firewall.core.types import Action, FindingStatus, Verdict
@@ -18,7 +19,23 @@ from firewall.observability.metrics import Metrics
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import Runtime
 
-__all__ = ["Exchange", "record_verdict", "write_audit"]
+__all__ = ["Exchange", "Outcome", "record_verdict", "write_audit"]
+
+
+class Outcome(StrEnum):
+    """What happened to one request: the ``action`` label of ``trigger_firewall_requests_total``.
+
+    A verdict's :class:`~firewall.core.types.Action` is one of allow, log and block;
+    a request can also end in an error (the firewall or the upstream failed) or be
+    rejected before screening (bad body, overload). Members are ``str``, so they are
+    label values and audit fields as they are.
+    """
+
+    ALLOW = "allow"
+    LOG = "log"
+    BLOCK = "block"
+    ERROR = "error"
+    REJECTED = "rejected"
 
 
 @dataclass(slots=True)
@@ -42,15 +59,15 @@ class Exchange:
     overhead: dict[str, float] = field(default_factory=dict)
     upstream_seconds: float | None = None
     status: int = 0
-    action: str = "allow"
+    action: Outcome = Outcome.ALLOW
     stream_info: dict[str, Any] | None = None
     error: str | None = None
     texts: dict[str, list[str]] | None = None
 
     def note_log(self, verdict: Verdict | None) -> None:
         """Raise ``allow`` to ``log`` when a verdict logged (monitor-mode blocks too)."""
-        if verdict is not None and self.action == "allow" and verdict.effective_action is Action.LOG:
-            self.action = "log"
+        if verdict is not None and self.action is Outcome.ALLOW and verdict.effective_action is Action.LOG:
+            self.action = Outcome.LOG
 
 
 def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
@@ -103,7 +120,7 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
     audit = state.audit
     if not audit.enabled:
         return
-    if not audit.config.log_allowed and ex.action == "allow":
+    if not audit.config.log_allowed and ex.action is Outcome.ALLOW:
         return
     config = ex.runtime.config  # the request's own snapshot, even if a reload happened since
     event: dict[str, Any] = {

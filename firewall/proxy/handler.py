@@ -42,7 +42,7 @@ from firewall.core.types import Mode, Phase
 from firewall.observability.audit import fingerprint
 from firewall.proxy import relay
 from firewall.proxy.answers import error_response, firewall_error_response, verdict_response
-from firewall.proxy.exchange import Exchange, record_verdict, write_audit
+from firewall.proxy.exchange import Exchange, Outcome, record_verdict, write_audit
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
 from firewall.screening.screen import screen, screened_segments
@@ -104,7 +104,7 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
     finally:
         runtime.users.leave()
         state.leave()
-        if ex.action != "rejected":
+        if ex.action is not Outcome.REJECTED:
             metrics.count_request(route, ex.action, ex.mode)
         metrics.observe_request(route, time.perf_counter() - ex.start)
         if ex.screened:
@@ -127,12 +127,12 @@ async def _expect_continue(request: web.BaseRequest) -> bool:
 
 
 def _reject(state: ServerState, ex: Exchange, reason: str) -> None:
-    ex.action = "rejected"
+    ex.action = Outcome.REJECTED
     state.metrics.count_rejected(ex.route, reason, ex.mode)
 
 
 def _failed(ex: Exchange, exc: FirewallError, runtime: Runtime) -> web.Response:
-    ex.action = "error"
+    ex.action = Outcome.ERROR
     ex.status = exc.status
     ex.error = exc.code
     return firewall_error_response(exc, ex.request_id, runtime.config.server.retry_after_seconds)
@@ -238,7 +238,7 @@ async def _screened(
     state.metrics.observe_overhead(ex.route, "input", ex.overhead["input"])
 
     if verdict is not None and verdict.blocks:
-        ex.action = "block"
+        ex.action = Outcome.BLOCK
         response = verdict_response(
             verdict,
             request_id=ex.request_id,

@@ -37,7 +37,7 @@ from firewall.core.types import BlockKind, Mode, Phase, Segment, Verdict
 from firewall.observability.audit import fingerprint
 from firewall.protocols.base import StreamState
 from firewall.proxy.answers import OUTPUT_BLOCK_MESSAGE, verdict_response
-from firewall.proxy.exchange import Exchange, record_verdict
+from firewall.proxy.exchange import Exchange, Outcome, record_verdict
 from firewall.proxy.state import ServerState
 from firewall.proxy.streaming import HoldbackBuffer, SseParser, SseProtocolError, TextChannels
 from firewall.proxy.upstream import bearer_token, code_class, request_headers, response_headers
@@ -277,7 +277,7 @@ def _output_block(
     state: ServerState, ex: Exchange, verdict: Verdict, matched: MatchedRoute, body: Any
 ) -> web.Response:
     config = ex.runtime.config
-    ex.action = "block"
+    ex.action = Outcome.BLOCK
     if config.blocking.response_style == "content_filter" and verdict.block_kind is BlockKind.POLICY:
         filtered = matched.adapter.filtered_response(body, OUTPUT_BLOCK_MESSAGE)
         try:
@@ -449,7 +449,7 @@ def _finish_stream(
         record_verdict(metrics, verdict)
         ex.note_log(verdict)
         if outcome == "terminated":
-            ex.action = "block"
+            ex.action = Outcome.BLOCK
     for name in terminated_by:
         metrics.count_stream_termination(name)
     ex.overhead["output"] = scan_seconds
