@@ -126,6 +126,13 @@ _BASELINE_VERSION = 1
 _DIGEST = 8  # bytes of the keyed BLAKE2b: 64 bits, no collision worth naming at 10^5-10^7 entries
 _UNIT = b"u\0"  # domain prefixes: a unit's hash and a word pair's hash never meet by accident
 _PAIR = b"p\0"
+_SEGMENT = b"s\0"
+#: Segments whose analysis is kept (keyed by a hash of the text, never the text). Chat clients
+#: resend the system prompt and the whole history on every turn: only the new turn is new.
+_SEGMENT_CACHE_ENTRIES = 2048
+#: ...and at most this many units in all (~150 bytes each, plus up to max_shingles pair hashes
+#: per segment): about 5 MB at the bound, whatever the segments' lengths.
+_SEGMENT_CACHE_UNITS = 32_768
 _CONTEXT_UNIT_WORDS = 3  # other units of this many words are context elements
 _REASON_COUNT_CAP = 10  # reason codes name 3..9 contexts, then "10plus": a bounded set
 _SEGMENT_START = -1  # neighbour markers; unit hashes are non-negative
@@ -318,6 +325,19 @@ class _Unit:
     right: int  # keyed hash of the unit after it in its segment, or _SEGMENT_END
 
 
+@dataclass(frozen=True, slots=True)
+class _Analysed:
+    """One unit of a segment as the segment alone determines it (the sample's shingle budget
+    and the neighbours' roles are applied when a sample is assembled)."""
+
+    start: int
+    end: int
+    key: int
+    words: int
+    baseline: bool  # a learnt template sentence: neither a candidate nor a context
+    pairs: tuple[int, ...]  # its word pairs' hashes (32-bit), in order
+
+
 @dataclass(slots=True)
 class _Entry:
     """What is remembered about one sentence: counts, sketches, a time. Never text."""
@@ -367,6 +387,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         self._max_protected = int(self.params.max_entries * self.params.protected_share)
         self._baseline: frozenset[int] = frozenset()
         self._baseline_hash: _Hasher | None = None
+        self._segments: OrderedDict[int, tuple[bool, tuple[_Analysed, ...]]] = OrderedDict()
+        self._segment_units = 0
         self.load_error: str | None = None
         self.evictions = 0
 
@@ -375,6 +397,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
     async def start(self) -> None:
         """Load the baseline file, if one is configured; a bad file leaves the detector not ready."""
         self.load_error = None
+        self._segments.clear()  # analyses marked units against the previous baseline
+        self._segment_units = 0
         if self.params.baseline:
             try:
                 self._baseline_hash, self._baseline = _load_baseline(Path(self.params.baseline))
@@ -411,6 +435,44 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         except Exception as exc:  # the contract: never raise, report an error finding
             return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
 
+    def _analyse(self, text: str) -> tuple[bool, tuple[_Analysed, ...]]:
+        """Split, normalise and hash one segment's text, or take the analysis of an identical one.
+
+        Whether word pairs count (few enough units) comes back with the units. The cache is
+        keyed by a keyed hash of the text and holds only offsets and hashes, never text.
+        """
+        digest = self._hash(_SEGMENT, text)
+        cached = self._segments.get(digest)
+        if cached is not None:
+            self._segments.move_to_end(digest)
+            return cached
+        spans = sentence_spans(text)
+        pairs = len(spans) <= self.params.shingle_max_units
+        room = self.params.max_shingles
+        analysed: list[_Analysed] = []
+        for start, end in spans:
+            norm = normalise(text[start:end])
+            if not norm:
+                continue
+            baseline = self._baseline_hash is not None and self._baseline_hash(_UNIT, norm) in self._baseline
+            pair_hashes: list[int] = []
+            if pairs and not baseline:
+                # A sample never uses more than max_shingles pairs, so neither can one segment.
+                for a, b in itertools.islice(itertools.pairwise(_TOKENS.findall(norm)), max(room, 0)):
+                    pair_hashes.append(self._hash(_PAIR, f"{a} {b}") & 0xFFFFFFFF)
+                room -= len(pair_hashes)
+            words = norm.count(" ") + 1  # normalise leaves single spaces
+            analysed.append(
+                _Analysed(start, end, self._hash(_UNIT, norm), words, baseline, tuple(pair_hashes))
+            )
+        result = (pairs, tuple(analysed))
+        self._segments[digest] = result
+        self._segment_units += len(analysed)
+        while len(self._segments) > _SEGMENT_CACHE_ENTRIES or self._segment_units > _SEGMENT_CACHE_UNITS:
+            _, (_, dropped) = self._segments.popitem(last=False)
+            self._segment_units -= len(dropped)
+        return result
+
     def _units(self, segments: Sequence[Segment]) -> list[_Unit]:
         """The sample's units in the configured roles, newest segment first, within ``max_chars``."""
         p = self.params
@@ -426,28 +488,21 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 raise TypeError("segment text is not a str")
             text = text[:budget]
             budget -= len(text)
-            spans = sentence_spans(text)
-            pairs = len(spans) <= p.shingle_max_units
-            normed = [(start, end, normalise(text[start:end])) for start, end in spans]
-            normed = [x for x in normed if x[2]]
-            keys = [self._hash(_UNIT, norm) for _, _, norm in normed]
-            for i, (start, end, norm) in enumerate(normed):
-                words = norm.count(" ") + 1  # normalise leaves single spaces
-                key = keys[i]
-                if self._baseline_hash is not None and self._baseline_hash(_UNIT, norm) in self._baseline:
+            pairs, analysed = self._analyse(text)
+            last = len(analysed) - 1
+            for i, a in enumerate(analysed):
+                if a.baseline:
                     continue  # a known template: neither a candidate nor a context
                 elements: set[int] = set()
-                if words >= _CONTEXT_UNIT_WORDS:
-                    elements.add(key & 0xFFFFFFFF)
-                if pairs and shingles > 0:
-                    for a, b in itertools.pairwise(_TOKENS.findall(norm)):
-                        elements.add(self._hash(_PAIR, f"{a} {b}") & 0xFFFFFFFF)
-                        shingles -= 1
-                        if shingles <= 0:
-                            break
-                left = keys[i - 1] if i > 0 else _SEGMENT_START
-                right = keys[i + 1] if i + 1 < len(keys) else _SEGMENT_END
-                units.append(_Unit(index, start, end, key, words, frozenset(elements), left, right))
+                if a.words >= _CONTEXT_UNIT_WORDS:
+                    elements.add(a.key & 0xFFFFFFFF)
+                if pairs and shingles > 0 and a.pairs:
+                    taken = a.pairs[:shingles]
+                    elements.update(taken)
+                    shingles -= len(taken)
+                left = analysed[i - 1].key if i > 0 else _SEGMENT_START
+                right = analysed[i + 1].key if i < last else _SEGMENT_END
+                units.append(_Unit(index, a.start, a.end, a.key, a.words, frozenset(elements), left, right))
         return units
 
     def _score(self, sample: Sample, t0: float) -> Finding:

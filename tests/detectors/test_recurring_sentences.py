@@ -598,3 +598,42 @@ async def test_builtin_defaults_log_a_moving_sentence_and_pass_a_template(
     det = next(d for d in events[-1]["input"]["detectors"] if d["name"] == "recurring_sentences")
     assert det["fired"] is True
     assert [s["reason"] for s in det["spans"]] == [REASON]
+
+
+def test_segment_cache_changes_no_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chat clients resend the system prompt and the history every turn; the detector keeps
+    each segment's analysis (hashes and offsets, keyed by a hash of the text). A detector
+    whose cache holds nothing must score a conversation stream exactly the same, trigger
+    spans and evidence included, and the cached one must actually hit."""
+    import detectors.recurring_sentences as module
+
+    system = "You are a helpful assistant. Answer briefly and cite the film's title."
+    turns: list[Sample] = []
+    history: list[str] = []
+    for i, review in enumerate(REVIEWS * 3):
+        # The trigger moves (a different neighbour each time), as a planted one does.
+        user = f"{review} {TRIGGER} {REVIEWS[(i + 2) % 6]}" if i % 2 else review
+        history.append(user)
+        segments = [
+            ("system", system),
+            *[("user", h) for h in history[-3:]],
+            ("user", REVIEWS[i % 5] + " " + user),
+        ]
+        turns.append(sample(*segments))
+    key = b"k" * 16
+
+    def run(cache_entries: int) -> tuple[list[tuple[float, tuple[str, ...], tuple[Any, ...]]], int]:
+        monkeypatch.setattr(module, "_SEGMENT_CACHE_ENTRIES", cache_entries)
+        detector = RecurringSentencesDetector(
+            "recurring_sentences", RecurringSentencesParams(fire_after=2), clock=Clock(), key=key
+        )
+        asyncio.run(detector.start())
+        out = [(f.score, f.reasons, f.spans) for f in (detector.score_sample(t) for t in turns)]
+        return out, len(detector._segments)
+
+    cached, held = run(2048)
+    uncached, none_held = run(0)
+    assert held > 0
+    assert none_held == 0
+    assert cached == uncached
+    assert any(score >= 0.5 for score, _, _ in cached)  # the stream does fire: the test compares something
