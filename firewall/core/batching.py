@@ -13,7 +13,7 @@ at most a short delay so that later arrivals can join it, and a batch that is
 already full leaves at once. The delay is latency traded for throughput; under
 load, batches fill up while the model is busy and the delay costs nothing. How
 much a batch saves depends on the hardware: a GPU batch of 32 costs little
-more than a batch of 1, while on CPU (shared/FACTS.md: ~0.1 s at 1x64 tokens,
+more than a batch of 1, while on CPU (docs/models.md: ~0.1 s at 1x64 tokens,
 ~2.9 s at 32x64) the main wins are one model call at a time and bounded,
 off-loop inference.
 

@@ -4,7 +4,7 @@ A backdoor trigger is usually a token that does not belong where it stands: a
 rare word or abbreviation dropped into fluent text. A small reference language
 model measures exactly that: the surprisal ``-log2 p(token | left context)`` of an
 inserted trigger (" cf", " bb") is 20-30 bits against a sentence median near 5,
-and the token after it spikes too (shared/FACTS.md). This module turns text into
+and the token after it spikes too (docs/detectors/perplexity.md). This module turns text into
 those numbers; the detectors built on it (max-token surprisal, ONION
 leave-one-word-out) decide what they mean.
 

@@ -3,7 +3,7 @@
 Why this exists
 ---------------
 On a 2-core sidecar the reference language model costs ~100 ms a request and a GB of
-memory per pod (shared/FACTS.md). At fleet scale the heavy models belong on a shared GPU
+memory per pod (docs/models.md). At fleet scale the heavy models belong on a shared GPU
 server that batches across pods: NVIDIA Triton, which speaks the KServe v2 ("Open
 Inference") protocol and runs the same ONNX files the sidecar would run in-process
 (``deploy/triton/model_repository``). This module is the sidecar's side of that: a small

@@ -1,6 +1,6 @@
 """Every Prometheus metric the firewall exports, defined once on an injected registry.
 
-Names follow the catalogue in ``shared/STYLE.md`` (B.1): the
+Names follow Prometheus' naming practice: the
 ``trigger_firewall_`` prefix, base units, ``_total`` counters, histograms with
 buckets chosen per metric, and bounded labels only. Labels carry route names,
 detector names, phases, actions, modes and reason codes from config, never
@@ -40,7 +40,8 @@ _OVERHEAD_BUCKETS: Final = (
 _SCORE_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _STREAM_BUCKETS: Final = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 _BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128)
-# A CPU forward pass costs ~0.1 s at batch 1 and several seconds at batch 32 (shared/FACTS.md).
+# A CPU forward pass of the reference LM costs ~0.1 s at batch 1 and several seconds at batch 32
+# (docs/models.md).
 _BATCH_SECONDS_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip

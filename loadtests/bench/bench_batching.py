@@ -7,7 +7,7 @@ forward pass whose fixed cost a batch shares. Two profiles are measured:
 * ``amortising``: 20 ms fixed + 1 ms an item, roughly a small model on a GPU,
   where a batch of 32 costs little more than a batch of 1;
 * ``compute-bound``: 1.5 ms fixed + 9 ms an item, the shape of the CPU numbers in
-  shared/FACTS.md (onnxruntime fp32: ~105 ms at 1x64 tokens, ~2.9 s at 32x64)
+  docs/models.md (onnxruntime fp32: ~105 ms at 1x64 tokens, ~2.9 s at 32x64)
   scaled down ten times, where batching buys little throughput.
 
 For each, closed-loop clients (1, 8, 16, 32 at once, each submitting its next

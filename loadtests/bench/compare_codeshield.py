@@ -3,7 +3,7 @@
 
 CodeShield (PyPI ``codeshield==1.0.1``) is installed into a *separate* virtual
 environment so that neither it nor semgrep ever enters the firewall's environment or
-CI. Its semgrep tier only works with semgrep 1.100.x (``../shared/FACTS.md``); pin it:
+CI. Its semgrep tier only works with semgrep 1.100.x (1.185 silently scans nothing); pin it:
 
     python3 -m venv /tmp/cs-venv
     /tmp/cs-venv/bin/pip install "codeshield==1.0.1" "semgrep==1.100.*"
