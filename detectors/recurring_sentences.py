@@ -651,18 +651,18 @@ def _same_context(
     only at new elements below the old sketch's largest hash, all of whose old
     counterparts the sketch holds.
     """
-    old_ctx = [e for e in old if e not in own]
+    # Set operations run in C; a sketch holds distinct hashes, so sizes are counts.
+    old_ctx = set(old)
+    old_ctx -= own
     if not old_ctx:
         return True  # both empty apart from the unit itself: nothing tells them apart
-    found = sum(1 for e in old_ctx if e in counts)
-    if found >= overlap * len(old_ctx):
+    if len(old_ctx & counts.keys()) >= overlap * len(old_ctx):
         return True
     limit = old[-1] if len(old) >= k else 0xFFFFFFFF
-    old_set = set(old_ctx)
     below = [e for e in counts if e <= limit and e not in own]
     if not below:
         return False
-    return sum(1 for e in below if e in old_set) >= overlap * len(below)
+    return sum(1 for e in below if e in old_ctx) >= overlap * len(below)
 
 
 # --------------------------------------------------------------------------- baseline
