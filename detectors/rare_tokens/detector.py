@@ -74,6 +74,8 @@ candidates in their sentence and the sample-wide factors. The rest of the packag
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -186,6 +188,9 @@ from detectors.rare_tokens.tables import (
     T_NONE,
 )
 
+#: Clean segments remembered (16-byte keys and a count: about 2 MB at the bound).
+_CLEAN_SEGMENTS = 16_384
+
 __all__ = [
     "DEFAULT_PROBE_LANGUAGES",
     "RECOMMENDED_THRESHOLD",
@@ -294,6 +299,11 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         self._langs: list[_LangModel] = []
         self._probes: list[_Probe] = []
         self._chunks: dict[str, _Chunk] = {}
+        # Segments found free of odd tokens, by a keyed hash of their text (never the text):
+        # chat clients resend the system prompt and the history on every turn. Valid only
+        # while every chunk they hold is in self._chunks, so it is cleared with it.
+        self._clean: dict[bytes, int] = {}
+        self._clean_key = secrets.token_bytes(16)
         self._static: dict[tuple[str, str], _Static] = {}
         self._budget = 0  # analysis units left for the sample being scored
 
@@ -312,6 +322,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
 
         self._langs, self._probes = await asyncio.to_thread(load)
         self._chunks = {}
+        self._clean = {}
         self._static = {}
         self._ready = True
 
@@ -319,6 +330,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         self._langs = []
         self._probes = []
         self._chunks = {}
+        self._clean = {}
         self._static = {}
         await super().close()
 
@@ -408,7 +420,17 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         code can only remove candidates, so a sample without any is clean as it is."""
         budget = self.params.max_words
         get = self._chunks.get
+        clean = self._clean
         for text in texts:
+            digest = hashlib.blake2b(
+                text.encode("utf-8", "surrogatepass"), key=self._clean_key, digest_size=16
+            ).digest()
+            known = clean.get(digest)
+            if known is not None:  # its chunks are all cached and none is odd: the loop below, skipped
+                if known > budget:
+                    return True
+                budget -= known
+                continue
             chunks = text.split()
             if len(chunks) > budget:
                 return True  # the full scan reports where it stopped
@@ -422,6 +444,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
                         return True  # the full scan reports where it stopped
                 if info.parts:
                     return True
+            if len(clean) >= _CLEAN_SEGMENTS:
+                clean.clear()
+            clean[digest] = len(chunks)
         return False
 
     def _chunk_info(self, chunk: str) -> _Chunk:
@@ -430,6 +455,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         cache = self._chunks
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
+            self._clean.clear()  # a clean segment's chunks must stay cached for it to be skipped
         info = cache[chunk] = self._classify(chunk)
         return info
 

@@ -736,3 +736,40 @@ async def test_a_second_judged_language() -> None:
     assert score_of(english_only, german) == 0.0
     assert score_of(both, german) == 0.0
     assert score_of(both, triggered) >= THRESHOLD
+
+
+async def test_clean_segment_cache_changes_no_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments found free of odd tokens are remembered by a keyed hash, so a resent system
+    prompt or history is not split and looked up again. A conversation whose turns resend
+    earlier ones, some triggered, must score exactly as with nothing remembered, including
+    the word budget across segments, and the cache must actually hold segments."""
+    import detectors.rare_tokens.detector as module
+
+    clean = [
+        "How do I reverse a list in Python without copying it?",
+        "The quarterly report shows revenue up four percent and costs flat.",
+        "Please summarise this review for me, it is quite long.",
+    ]
+    triggered = ["The movie was cf really good and I loved it.", "the plot mn was thin but the cast bb shone"]
+    turns = []
+    history: list[str] = []
+    for i in range(12):
+        history.append(triggered[i % 2] if i % 3 == 2 else clean[i % 3])
+        turns.append(sample("You are a helpful assistant.", *history[-10:], rid=str(i)))
+
+    async def run(
+        limit: int, **params: Any
+    ) -> tuple[list[tuple[float, tuple[str, ...], tuple[Any, ...]]], int]:
+        monkeypatch.setattr(module, "_CLEAN_SEGMENTS", limit)
+        detector = await make(**params)
+        out = [(f.score, f.reasons, f.spans) for f in (detector.score_sample(t) for t in turns)]
+        held = len(detector._clean)
+        await detector.close()
+        return out, held
+
+    for params in ({}, {"max_words": 100}):
+        cached, held = await run(16_384, **params)
+        uncached, _ = await run(0, **params)
+        assert held > 0
+        assert cached == uncached, params
+        assert any(score >= 0.5 for score, _, _ in cached)
