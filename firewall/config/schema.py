@@ -93,6 +93,13 @@ class UpstreamConfig(_Model):
     api_key_env: str | None = Field(
         None, description="Name of an environment variable whose value is sent as a Bearer token."
     )
+    request_id_header: str | None = Field(
+        "X-Request-Id",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$",
+        description="Header that carries the firewall's request id (a UUID) upstream when the client "
+        "sent none under that name; null sends none. A client's own well-formed X-Request-Id is "
+        "forwarded as it is.",
+    )
 
 
 class DetectorConfig(_Model):

@@ -63,6 +63,13 @@ class Exchange:
     stream_info: dict[str, Any] | None = None
     error: str | None = None
     texts: dict[str, list[str]] | None = None
+    #: The client's own X-Request-Id when it is a plain token (audit: client_request_id).
+    client_request_id: str | None = None
+
+    @property
+    def reply_id(self) -> str:
+        """The X-Request-Id answered to the client: its own when it sent one, else the firewall's."""
+        return self.client_request_id or self.request_id
 
     def note_log(self, verdict: Verdict | None) -> None:
         """Raise ``allow`` to ``log`` when a verdict logged (monitor-mode blocks too)."""
@@ -101,6 +108,7 @@ def write_scores(state: ServerState, ex: Exchange) -> None:
         event: dict[str, Any] = {
             "event": "firewall.scores",
             "request_id": ex.request_id,
+            "client_request_id": ex.client_request_id,
             "route": ex.route,
             "phase": phase,
             "mode": ex.mode,
@@ -125,6 +133,7 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
     config = ex.runtime.config  # the request's own snapshot, even if a reload happened since
     event: dict[str, Any] = {
         "request_id": ex.request_id,
+        "client_request_id": ex.client_request_id,
         "route": ex.route,
         "upstream": config.upstream.name,
         "http.request.method": ex.method,

@@ -20,9 +20,6 @@ The path of a request:
 
 from __future__ import annotations
 
-import itertools
-import os
-import re
 import time
 from typing import Any
 
@@ -43,31 +40,21 @@ from firewall.observability.audit import fingerprint
 from firewall.proxy import relay
 from firewall.proxy.answers import error_response, firewall_error_response, verdict_response
 from firewall.proxy.exchange import Exchange, Outcome, record_verdict, write_audit
+from firewall.proxy.request_ids import client_request_id, new_request_id
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
 from firewall.screening.screen import screen, screened_segments
 
 __all__ = ["handle"]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-# Generated ids: 64 random bits per process, then a counter (unique across a fleet of
-# sidecars, and a tenth of the cost of uuid4 on the hot path).
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count(1)
-
-
-def _request_id(request: web.BaseRequest) -> str:
-    given = request.headers.get("X-Request-Id")
-    if given and _REQUEST_ID.match(given):
-        return given
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
 
 async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResponse:
     """Entry point for every request on the proxy port."""
     runtime = state.runtime  # one snapshot for the whole request, even across a reload
     config = runtime.config
-    rid = _request_id(request)
+    rid = new_request_id()
+    client_rid = client_request_id(request.headers.get("X-Request-Id"))
+    reply_id = client_rid or rid
     matched = runtime.routes.match(request.method, request.path)
     route = matched.config.name if matched else "unmatched"
     # StrEnum members are str: no ``.value`` lookups (a Python-level descriptor) on the hot path.
@@ -80,7 +67,7 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
             "The firewall is at its concurrency limit; retry shortly.",
             code="overloaded",
             error_type="server_error",
-            request_id=rid,
+            request_id=reply_id,
             retry=True,
             retry_after=config.server.retry_after_seconds,
         )
@@ -91,10 +78,12 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
             f"Unsupported Expect header: {request.headers['Expect'][:64]!r}; only 100-continue is.",
             code="expectation_failed",
             error_type="invalid_request_error",
-            request_id=rid,
+            request_id=reply_id,
             retry=False,
         )
-    ex = Exchange(rid, route, mode, time.perf_counter(), request.method, runtime)
+    ex = Exchange(
+        rid, route, mode, time.perf_counter(), request.method, runtime, client_request_id=client_rid
+    )
     state.enter()
     runtime.users.enter()
     try:
@@ -135,7 +124,7 @@ def _failed(ex: Exchange, exc: FirewallError, runtime: Runtime) -> web.Response:
     ex.action = Outcome.ERROR
     ex.status = exc.status
     ex.error = exc.code
-    return firewall_error_response(exc, ex.request_id, runtime.config.server.retry_after_seconds)
+    return firewall_error_response(exc, ex.reply_id, runtime.config.server.retry_after_seconds)
 
 
 async def _passthrough(
@@ -148,7 +137,7 @@ async def _passthrough(
             f"Route {request.method} {request.path} is not served by this firewall.",
             code="unknown_route",
             error_type="invalid_request_error",
-            request_id=ex.request_id,
+            request_id=ex.reply_id,
             retry=False,
         )
     body: Any = None
@@ -212,7 +201,7 @@ async def _screened(
     except ProtocolError as exc:
         ex.screened = False
         _reject(state, ex, exc.reason)
-        return firewall_error_response(exc, ex.request_id)
+        return firewall_error_response(exc, ex.reply_id)
     ex.model = matched.adapter.model(body)
     resolved = matched.for_model(ex.model)
     if resolved is not matched:
@@ -241,7 +230,7 @@ async def _screened(
         ex.action = Outcome.BLOCK
         response = verdict_response(
             verdict,
-            request_id=ex.request_id,
+            request_id=ex.reply_id,
             expose_reasons=config.blocking.expose_reasons,
             retry_after=config.server.retry_after_seconds,
             param=matched.adapter.prompt_param,

@@ -94,6 +94,7 @@ async def forward(
         request.headers,
         request_id=ex.request_id,
         client_ip=request.remote,
+        request_id_header=config.upstream.request_id_header,
         extra=extra_headers,
         identity_encoding=screen is not None,
         authorization=bearer_token(config.upstream) or state.upstream_auth,
@@ -143,10 +144,10 @@ async def _relay_untouched(
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _client_error(exc) from exc
         headers = response_headers(resp.headers)
-        headers["X-Request-Id"] = ex.request_id
+        headers["X-Request-Id"] = ex.reply_id
         return web.Response(status=resp.status, body=data, headers=headers)
-    headers = _sse_headers(resp, ex.request_id, True) if is_sse else response_headers(resp.headers)
-    headers["X-Request-Id"] = ex.request_id
+    headers = _sse_headers(resp, ex.reply_id, True) if is_sse else response_headers(resp.headers)
+    headers["X-Request-Id"] = ex.reply_id
     out = web.StreamResponse(status=resp.status, headers=headers)
     await out.prepare(request)
     await _pump(state, resp, out, ex, prefix=b"", is_sse=is_sse)
@@ -264,7 +265,7 @@ async def _relay_body_screened(
     if verdict.blocks:
         return _output_block(state, ex, verdict, matched, body)
     headers = response_headers(resp.headers)
-    headers["X-Request-Id"] = ex.request_id
+    headers["X-Request-Id"] = ex.reply_id
     if complete:
         return web.Response(status=resp.status, body=data, headers=headers)
     out = web.StreamResponse(status=resp.status, headers=headers)
@@ -292,11 +293,11 @@ def _output_block(
                 status=200,
                 body=payload,
                 content_type="application/json",
-                headers={"X-Request-Id": ex.request_id, "X-Firewall-Action": "block"},
+                headers={"X-Request-Id": ex.reply_id, "X-Firewall-Action": "block"},
             )
     response = verdict_response(
         verdict,
-        request_id=ex.request_id,
+        request_id=ex.reply_id,
         expose_reasons=config.blocking.expose_reasons,
         retry_after=config.server.retry_after_seconds,
         param=None,
@@ -324,7 +325,7 @@ async def _relay_stream_screened(
     parser = SseParser()
     channels = TextChannels()
     stream_state = StreamState()
-    out = web.StreamResponse(status=resp.status, headers=_sse_headers(resp, ex.request_id, False))
+    out = web.StreamResponse(status=resp.status, headers=_sse_headers(resp, ex.reply_id, False))
     await out.prepare(request)
     started = time.perf_counter()
     scan_seconds = 0.0

@@ -17,6 +17,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from firewall.config.schema import UpstreamConfig
+from firewall.proxy.request_ids import client_request_id
 
 __all__ = [
     "HOP_BY_HOP",
@@ -58,20 +59,32 @@ def request_headers(
     *,
     request_id: str,
     client_ip: str | None,
+    request_id_header: str | None = "X-Request-Id",
     extra: Iterable[tuple[str, str]] = (),
     identity_encoding: bool = False,
     authorization: str | None = None,
 ) -> CIMultiDict[str]:
-    """Headers to send upstream: the client's, cleaned, plus tracing and firewall marks."""
+    """Headers to send upstream: the client's, cleaned, plus tracing and firewall marks.
+
+    The upstream sees what the client sent, less hop-by-hop headers, forged
+    ``X-Firewall-*`` marks and a malformed ``X-Request-Id``, plus, as documented: the
+    firewall's request id under ``request_id_header`` when the client sent no such
+    header, ``X-Forwarded-For``, ``Accept-Encoding: identity`` on screened routes, the
+    configured credentials and the fail-open mark.
+    """
     drop = _REQUEST_DROP | _connection_listed(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
         # X-Firewall-* headers are the firewall's own marks to the upstream: a client must
         # not be able to forge them (e.g. pretend a request was screened or failed open).
-        if lower not in drop and not lower.startswith("x-firewall-"):
-            out.add(name, value)
-    out["X-Request-Id"] = request_id
+        if lower in drop or lower.startswith("x-firewall-"):
+            continue
+        if lower == "x-request-id" and client_request_id(value) is None:
+            continue  # not a plain token: never forwarded (or echoed)
+        out.add(name, value)
+    if request_id_header and request_id_header not in out:
+        out[request_id_header] = request_id
     if client_ip:
         prior = incoming.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip

@@ -86,7 +86,7 @@ async def test_serve_and_scan_agree_on_every_record(
     served: dict[str, dict[str, Any]] = {}
     for event in await fw.audit_events():
         verdict = event["input"]
-        served[event["request_id"]] = _summary(
+        served[event["client_request_id"]] = _summary(
             verdict["action"], verdict["mode"], verdict["reason_code"], verdict["detectors"]
         )
 
