@@ -166,7 +166,18 @@ class HoldbackBuffer:
 
     @property
     def scan_due(self) -> bool:
-        return self.total - self.scanned >= self.scan_every
+        """Whether the relay should screen now.
+
+        Until some text has reached the client, at every upstream chunk that adds text:
+        time to the first token is what a user feels, and detectors that judge text
+        with little look-ahead (``stream_safe_prefix``) can release a first word at
+        once. After that, every ``scan_every_chars`` new characters, which bounds the
+        cost of rescanning a growing text.
+        """
+        new = self.total - self.scanned
+        if self.released_chars == 0:
+            return new > 0
+        return new >= self.scan_every
 
     @property
     def held_chars(self) -> int:

@@ -320,10 +320,24 @@ def test_every_channel_an_event_touches_must_be_safe() -> None:
     ("scan_every", "added", "due"),
     [(5, 4, False), (5, 5, True), (5, 6, True), (1, 0, False), (1, 1, True)],
 )
-def test_scan_due(scan_every: int, added: int, due: bool) -> None:
+def test_scan_due_after_first_release(scan_every: int, added: int, due: bool) -> None:
     hb = HoldbackBuffer(scan_every_chars=scan_every)
+    hb.add(b"w", (("0", 3),))
+    assert hb.mark_scanned({"0": 3}) == b"w"  # the first text went out
+    hb.add(b"x", (("0", 3 + added),))
+    assert hb.scan_due is due
+
+
+@pytest.mark.parametrize(("added", "due"), [(0, False), (1, True), (4, True)])
+def test_scan_due_at_every_chunk_until_text_went_out(added: int, due: bool) -> None:
+    """Time to first content: before anything was released, any new text is worth a scan."""
+    hb = HoldbackBuffer(scan_every_chars=64)
     hb.add(b"x", (("0", added),))
     assert hb.scan_due is due
+    if due:
+        assert hb.mark_scanned({"0": 0}) == b""  # held (e.g. an open code block): still nothing out
+        hb.add(b"y", (("0", added + 1),))
+        assert hb.scan_due  # so the next chunk is scanned too
 
 
 def test_events_without_text_keep_their_place() -> None:
