@@ -241,7 +241,19 @@ class StreamConfig(_Model):
     holdback_chars: int = Field(
         256, ge=0, description="Text kept back until this much later text has been scanned."
     )
-    scan_every_chars: int = Field(64, ge=1, description="Scan cadence, in new characters.")
+    scan_every_chars: int = Field(
+        64,
+        ge=1,
+        description="Screen at least every this many new characters, whatever scan_interval_ms says.",
+    )
+    scan_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="Screen at most this often while text arrives (the first words are screened at once); "
+        "0 screens after every upstream read that adds text, so text goes out as the model writes it. "
+        "Each pass rereads the text so far: raise it when output detectors are expensive.",
+    )
     max_holdback_chars: int = Field(
         16384,
         ge=0,

@@ -322,6 +322,8 @@ async def _relay_stream_screened(
     enforce = matched.policy.mode is Mode.ENFORCE
     detectors = [runtime.detectors[r.detector] for r in rules if r.detector in runtime.detectors]
     hold = HoldbackBuffer(config.stream.scan_every_chars)
+    scan_interval = config.stream.scan_interval_ms / 1000
+    last_scan = 0.0
     parser = SseParser()
     channels = TextChannels()
     stream_state = StreamState()
@@ -363,7 +365,10 @@ async def _relay_stream_screened(
                     hold.add(event.raw, tuple(positions.items()))
                     if not enforce:
                         await out.write(hold.release_all())
-                if hold.scan_due:
+                if hold.scan_due or (
+                    hold.total > hold.scanned and time.perf_counter() - last_scan >= scan_interval
+                ):
+                    last_scan = time.perf_counter()
                     verdict = await scan()
                     if verdict.blocks:
                         break

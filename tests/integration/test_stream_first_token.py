@@ -1,4 +1,4 @@
-"""Time to first content: the first words of a stream reach the client before the next chunk.
+"""Streams go out as the model writes them: each chunk's words reach the client before the next.
 
 The relay used to screen a stream every ``scan_every_chars`` (64) characters, so with any
 output detector on (the defaults screen output with ``invisible_chars``) nothing reached
@@ -6,9 +6,12 @@ the client until the model had generated 64 characters: +240 ms in front of a re
 server. Now the relay screens at every chunk until text has gone out, and detectors that
 judge with little look-ahead release it at once.
 
-The upstream here sends one chunk and then waits until the *client* says it has seen
-that chunk's text. If the firewall held it, the upstream would wait in vain (and give up
-after a few seconds): the test checks who opened the gate.
+After the first words it rescanned every 64 characters, so the rest came in bursts of
+about 16 tokens. Now it screens after every upstream read (``stream.scan_interval_ms: 0``).
+
+The upstream here sends one chunk at a time and waits until the *client* says it has
+seen that chunk's text. If the firewall held it, the upstream would wait in vain (and
+give up after a few seconds): the test checks who opened each gate.
 """
 
 from __future__ import annotations
@@ -39,23 +42,29 @@ def chunk(text: str | None, finish: str | None = None) -> bytes:
 
 class GatedUpstream:
     def __init__(self) -> None:
-        self.seen_by_client = asyncio.Event()
-        self.gave_up = False
-        self.first = "Sure"
-        self.rest = [" thing:", " here", " is", " the", " answer."]
+        self.words = ["Sure", " thing:", " here", " is", " the", " answer."]
+        self.seen = 0  # words the client has seen so far
+        self.changed = asyncio.Event()
+        self.gave_up: list[int] = []
+
+    def client_saw(self, text: str) -> None:
+        while self.seen < len(self.words) and text.endswith("".join(self.words[: self.seen + 1])):
+            self.seen += 1
+        self.changed.set()
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(chunk(self.first))
-        try:
-            async with asyncio.timeout(3):
-                await self.seen_by_client.wait()
-        except TimeoutError:
-            self.gave_up = True
-        for text in self.rest:
-            await resp.write(chunk(text))
+        for index, word in enumerate(self.words):
+            await resp.write(chunk(word))
+            try:
+                async with asyncio.timeout(3):
+                    while self.seen <= index:
+                        self.changed.clear()
+                        await self.changed.wait()
+            except TimeoutError:
+                self.gave_up.append(index)
         await resp.write(chunk(None, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -75,7 +84,7 @@ async def gated() -> AsyncIterator[tuple[GatedUpstream, str]]:
 
 
 @pytest.mark.parametrize("with_insecure_code", [False, True])
-async def test_first_words_go_out_before_the_model_sends_more(
+async def test_each_chunk_goes_out_before_the_model_sends_more(
     firewall: FirewallFactory, gated: tuple[GatedUpstream, str], client, with_insecure_code: bool
 ):
     upstream, url = gated
@@ -93,6 +102,6 @@ async def test_first_words_go_out_before_the_model_sends_more(
             delta = orjson.loads(line[6:])["choices"][0]["delta"].get("content")
             if delta:
                 text += delta
-                upstream.seen_by_client.set()
-    assert not upstream.gave_up, "the first chunk was held until the upstream sent more"
-    assert text == upstream.first + "".join(upstream.rest)
+                upstream.client_saw(text)
+    assert upstream.gave_up == [], "chunks were held until the upstream sent more"
+    assert text == "".join(upstream.words)
