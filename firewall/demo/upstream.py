@@ -41,14 +41,38 @@ MODEL = "demo-echo-1"
 def _last_user_text(body: dict[str, Any]) -> str:
     for msg in reversed(body.get("messages") or []):
         if isinstance(msg, dict) and msg.get("role") == "user":
-            content = msg.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-                )
+            return _text_of(msg.get("content"))
     return ""
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _usage(prompt: str, completion: str) -> dict[str, int]:
+    """Token counts as the demo counts tokens (whitespace-separated words), consistent in sum."""
+    prompt_tokens = len(prompt.split())
+    completion_tokens = len(completion.split())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _chat_prompt(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    return " ".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``: a final chunk with empty choices carries the usage."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _reply(text: str, classifier: Any = None) -> str:
@@ -135,7 +159,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "created": int(time.time()),
                 "model": body.get("model") or MODEL,
                 "choices": [{"index": 0, **first}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
+                "usage": _usage(_chat_prompt(body), str(first.get("message", {}).get("content", ""))),
             }
         )
     text = _reply(_last_user_text(body), request.app[CLASSIFIER])
@@ -179,6 +203,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 }
             )
         )
+        if _wants_usage(body):
+            events.append(
+                _sse(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": _usage(_chat_prompt(body), text),
+                    }
+                )
+            )
         events.append(b"data: [DONE]\n\n")
         return await _stream(request, events, request.app[DELAY])
     return _json(
@@ -190,7 +227,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": len(text.split()), "total_tokens": 0},
+            "usage": _usage(_chat_prompt(body), text),
         }
     )
 
@@ -213,6 +250,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
             )
             for word in text.split(" ")
         ]
+        if _wants_usage(body):
+            events.append(
+                _sse(
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "model": model,
+                        "choices": [],
+                        "usage": _usage(prompt if isinstance(prompt, str) else "", text),
+                    }
+                )
+            )
         events.append(b"data: [DONE]\n\n")
         return await _stream(request, events, request.app[DELAY])
     return _json(
@@ -221,6 +270,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "object": "text_completion",
             "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+            "usage": _usage(prompt if isinstance(prompt, str) else "", text),
         }
     )
 
