@@ -167,55 +167,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     model = body.get("model") or MODEL
     if body.get("stream") is True:
-        events = [
-            _sse(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                    ],
-                }
-            )
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+            return _sse({**head, "choices": choices, **extra})
+
+        events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        events += [
+            chunk([{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}])
+            for word in text.split(" ")
         ]
-        for word in text.split(" "):
-            events.append(
-                _sse(
-                    {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
-                    }
-                )
-            )
-        events.append(
-            _sse(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                }
-            )
-        )
+        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         if _wants_usage(body):
-            events.append(
-                _sse(
-                    {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": _usage(_chat_prompt(body), text),
-                    }
-                )
-            )
+            events.append(chunk([], usage=_usage(_chat_prompt(body), text)))
         events.append(b"data: [DONE]\n\n")
         return await _stream(request, events, request.app[DELAY])
     return _json(
