@@ -27,7 +27,7 @@ from firewall.config.schema import FirewallConfig
 from firewall.core.errors import ConfigError, FirewallError, ProtocolError
 from firewall.core.types import Action, FindingStatus, Phase, Segment, Verdict
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
-from firewall.screening.screen import screen, screened_segments
+from firewall.screening.screen import screen_or_pass, screened_segments
 
 __all__ = ["RecordError", "Scanner", "verdict_summary"]
 
@@ -131,11 +131,9 @@ class Scanner:
         self, segments: Iterable[Segment], phase: Phase, record_id: Any = None, model: str | None = None
     ) -> ScanOutcome:
         start = time.perf_counter()
-        verdict = await screen(
+        verdict = await screen_or_pass(
             self.runtime, self.route, phase, tuple(segments), model=model, request_id=str(record_id)
         )
-        if verdict is None:  # nothing to screen: report the policy's verdict on no findings
-            verdict = self.route.for_model(model).policy.evaluate(phase, ())
         return ScanOutcome(record_id, verdict, time.perf_counter() - start)
 
     async def scan_record(self, record: Any, phase: Phase) -> dict[str, Any]:

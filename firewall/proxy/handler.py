@@ -4,7 +4,8 @@ One handler serves every path (no middleware chain: each layer costs
 microseconds on the hot path, and the order of steps is clearer in one place).
 The path of a request:
 
-1. Take a request id (the client's ``x-request-id`` when well-formed) and the
+1. Name the request with the firewall's own UUID (a client's well-formed
+   ``x-request-id`` is kept apart, see :mod:`firewall.proxy.request_ids`) and take the
    current runtime snapshot; refuse with 503 past ``server.max_concurrency``.
 2. Unmatched paths pass through untouched, or get 404 with ``unknown_routes: deny``.
 3. Screened routes: read the body within ``server.max_request_bytes`` (413),

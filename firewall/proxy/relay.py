@@ -42,7 +42,7 @@ from firewall.proxy.state import ServerState
 from firewall.proxy.streaming import HoldbackBuffer, SseParser, SseProtocolError, TextChannels
 from firewall.proxy.upstream import bearer_token, code_class, request_headers, response_headers
 from firewall.screening.runtime import MatchedRoute, Runtime
-from firewall.screening.screen import screen, unscreenable
+from firewall.screening.screen import screen_or_pass, unscreenable
 
 __all__ = ["forward"]
 
@@ -94,6 +94,7 @@ async def forward(
         request.headers,
         request_id=ex.request_id,
         client_ip=request.remote,
+        client_request_id=ex.client_request_id,
         request_id_header=config.upstream.request_id_header,
         extra=extra_headers,
         identity_encoding=screen is not None,
@@ -220,8 +221,9 @@ async def _screen(
     runtime: Runtime, matched: MatchedRoute, ex: Exchange, segments: Sequence[Segment]
 ) -> Verdict:
     """The output verdict; with no text to screen, the policy's verdict on no findings."""
-    verdict = await screen(runtime, matched, Phase.OUTPUT, segments, model=ex.model, request_id=ex.request_id)
-    return verdict if verdict is not None else matched.policy.evaluate(Phase.OUTPUT, ())
+    return await screen_or_pass(
+        runtime, matched, Phase.OUTPUT, segments, model=ex.model, request_id=ex.request_id
+    )
 
 
 async def _relay_body_screened(

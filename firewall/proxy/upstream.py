@@ -17,7 +17,6 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from firewall.config.schema import UpstreamConfig
-from firewall.proxy.request_ids import client_request_id
 
 __all__ = [
     "HOP_BY_HOP",
@@ -59,6 +58,7 @@ def request_headers(
     *,
     request_id: str,
     client_ip: str | None,
+    client_request_id: str | None = None,
     request_id_header: str | None = "X-Request-Id",
     extra: Iterable[tuple[str, str]] = (),
     identity_encoding: bool = False,
@@ -67,7 +67,8 @@ def request_headers(
     """Headers to send upstream: the client's, cleaned, plus tracing and firewall marks.
 
     The upstream sees what the client sent, less hop-by-hop headers, forged
-    ``X-Firewall-*`` marks and a malformed ``X-Request-Id``, plus, as documented: the
+    ``X-Firewall-*`` marks and an ``X-Request-Id`` that is not a plain token (the
+    handler passes the client's validated one as ``client_request_id``), plus, as documented: the
     firewall's request id under ``request_id_header`` when the client sent no such
     header, ``X-Forwarded-For``, ``Accept-Encoding: identity`` on screened routes, the
     configured credentials and the fail-open mark.
@@ -80,9 +81,11 @@ def request_headers(
         # not be able to forge them (e.g. pretend a request was screened or failed open).
         if lower in drop or lower.startswith("x-firewall-"):
             continue
-        if lower == "x-request-id" and client_request_id(value) is None:
-            continue  # not a plain token: never forwarded (or echoed)
+        if lower == "x-request-id":
+            continue  # forwarded below, only as the handler validated it
         out.add(name, value)
+    if client_request_id is not None:
+        out["X-Request-Id"] = client_request_id
     if request_id_header and request_id_header not in out:
         out[request_id_header] = request_id
     if client_ip:

@@ -74,12 +74,6 @@ class RoutePolicy:
         }
         object.__setattr__(self, "_thresholds", thresholds)
 
-    def for_model(self, model: str | None) -> RoutePolicy:
-        """The policy for requests to ``model`` on this route (the route's own if no override)."""
-        if model is None or not self.models:
-            return self
-        return self.models.get(model, self)
-
     def rules(self, phase: Phase) -> tuple[DetectorRule, ...]:
         if self.mode is Mode.OFF:
             return ()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment, Verdict
 from firewall.screening.runtime import MatchedRoute, Runtime
 
-__all__ = ["screen", "screened_segments", "unscreenable"]
+__all__ = ["screen", "screen_or_pass", "screened_segments", "unscreenable"]
 
 
 def screened_segments(route: MatchedRoute, segments: list[Segment]) -> list[Segment]:
@@ -45,6 +45,26 @@ async def screen(
         return None
     sample = Sample(request_id, phase, route.config.name, tuple(segments), model)
     return policy.evaluate(phase, await runtime.pipeline.run(rules, sample))
+
+
+async def screen_or_pass(
+    runtime: Runtime,
+    route: MatchedRoute,
+    phase: Phase,
+    segments: Sequence[Segment],
+    *,
+    model: str | None = None,
+    request_id: str = "",
+) -> Verdict:
+    """:func:`screen`, or when nothing was screened the policy's verdict on no findings.
+
+    For callers that report a verdict for every record or response (``scan``, the
+    relay's output phase); the proxy's input phase records none when nothing ran.
+    """
+    verdict = await screen(runtime, route, phase, segments, model=model, request_id=request_id)
+    if verdict is not None:
+        return verdict
+    return route.for_model(model).policy.evaluate(phase, ())
 
 
 def unscreenable(route: MatchedRoute, phase: Phase, why: str, *, model: str | None = None) -> Verdict:
