@@ -38,9 +38,7 @@ no text is copied into the finding.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +56,7 @@ from detectors.base import (
     Sample,
     Span,
 )
+from detectors.segment_memory import SegmentMemory
 
 __all__ = ["RECOMMENDED_THRESHOLD", "REASON_CODES", "ContextTagsDetector", "ContextTagsParams"]
 
@@ -413,8 +412,7 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
         # Segments that gave no hit, by a keyed hash of role and text (never the text) and the
         # candidate budget they started with, mapped to the budget they left: the scan is a
         # pure function of those, and chat clients resend the system prompt and the history.
-        self._clean: dict[tuple[bytes, int], int] = {}
-        self._clean_key = secrets.token_bytes(16)
+        self._clean: SegmentMemory[int] = SegmentMemory(_CLEAN_SEGMENTS)
 
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
         return [self.score_sample(sample) for sample in batch]
@@ -431,11 +429,7 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                     raise TypeError("segment text is not a str")
                 if budget <= 0:
                     continue
-                digest = hashlib.blake2b(
-                    f"{seg.role}\0{text}".encode("utf-8", "surrogatepass"),
-                    key=self._clean_key,
-                    digest_size=16,
-                ).digest()
+                digest = self._clean.digest(f"{seg.role}\0{text}")
                 left = self._clean.get((digest, budget))
                 if left is not None:
                     budget = left
@@ -443,9 +437,7 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                 found = len(hits)
                 after = self._scan(index, text, seg.role, budget, hits)
                 if len(hits) == found:
-                    if len(self._clean) >= _CLEAN_SEGMENTS:
-                        self._clean.clear()
-                    self._clean[(digest, budget)] = after
+                    self._clean.put((digest, budget), after)
                 budget = after
             return self._finding(hits, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding

@@ -74,8 +74,6 @@ candidates in their sentence and the sample-wide factors. The rest of the packag
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -187,6 +185,7 @@ from detectors.rare_tokens.tables import (
     T_END,
     T_NONE,
 )
+from detectors.segment_memory import SegmentMemory
 
 #: Clean segments remembered (16-byte keys and a count: about 2 MB at the bound).
 _CLEAN_SEGMENTS = 16_384
@@ -302,8 +301,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         # Segments found free of odd tokens, by a keyed hash of their text (never the text):
         # chat clients resend the system prompt and the history on every turn. Valid only
         # while every chunk they hold is in self._chunks, so it is cleared with it.
-        self._clean: dict[bytes, int] = {}
-        self._clean_key = secrets.token_bytes(16)
+        self._clean: SegmentMemory[int] = SegmentMemory(_CLEAN_SEGMENTS)
         self._static: dict[tuple[str, str], _Static] = {}
         self._budget = 0  # analysis units left for the sample being scored
 
@@ -322,7 +320,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
 
         self._langs, self._probes = await asyncio.to_thread(load)
         self._chunks = {}
-        self._clean = {}
+        self._clean.clear()
         self._static = {}
         self._ready = True
 
@@ -330,7 +328,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         self._langs = []
         self._probes = []
         self._chunks = {}
-        self._clean = {}
+        self._clean.clear()
         self._static = {}
         await super().close()
 
@@ -422,9 +420,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         get = self._chunks.get
         clean = self._clean
         for text in texts:
-            digest = hashlib.blake2b(
-                text.encode("utf-8", "surrogatepass"), key=self._clean_key, digest_size=16
-            ).digest()
+            digest = clean.digest(text)
             known = clean.get(digest)
             if known is not None:  # its chunks are all cached and none is odd: the loop below, skipped
                 if known > budget:
@@ -444,9 +440,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
                         return True  # the full scan reports where it stopped
                 if info.parts:
                     return True
-            if len(clean) >= _CLEAN_SEGMENTS:
-                clean.clear()
-            clean[digest] = len(chunks)
+            clean.put(digest, len(chunks))
         return False
 
     def _chunk_info(self, chunk: str) -> _Chunk:
