@@ -189,7 +189,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from firewall.core.errors import ConfigError
     from firewall.core.types import Phase
     from firewall.offline.calibration import (
-        PLOT_INSTALL_HINT,
         PlotUnavailableError,
         build_patch,
         format_table,
@@ -200,15 +199,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         verify_patch,
         write_plot,
     )
+    from firewall.offline.plotting import PLOT_MISSING
 
     for problem in (_check_output(args.patch, "--patch"), _check_output(args.plot, "--plot")):
         if problem:
             return _fail(problem)
     if args.plot and not plot_available():
-        return _fail(
-            f"--plot needs matplotlib, which is not installed; install it with: {PLOT_INSTALL_HINT} "
-            "(or run without --plot)"
-        )
+        return _fail(f"{PLOT_MISSING} (or run without --plot)")
     try:
         config = load_config(args.config)
         base = read_config_file(args.config) if args.config else {}

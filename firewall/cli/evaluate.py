@@ -116,7 +116,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from firewall.core.types import Phase
     from firewall.evaluation.data import DataUnavailableError
     from firewall.evaluation.report import (
-        PLOT_INSTALL_HINT,
         PlotUnavailableError,
         format_table,
         plot_available,
@@ -124,6 +123,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     from firewall.evaluation.suite import run_suite
     from firewall.evaluation.triggers import parse_families
+    from firewall.offline.plotting import PLOT_MISSING
 
     try:
         families = parse_families(args.families)
@@ -133,10 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem)
     if args.plot and not plot_available():
-        return _fail(
-            f"--plot needs matplotlib, which is not installed; install it with: {PLOT_INSTALL_HINT} "
-            "(or run without --plot)"
-        )
+        return _fail(f"{PLOT_MISSING} (or run without --plot)")
     try:
         config = load_config(args.config)
     except ConfigError as exc:

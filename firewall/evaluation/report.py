@@ -19,7 +19,6 @@ from typing import Any
 from firewall.evaluation.data import SOURCE_HARD_NEGATIVE, SOURCE_IMDB, SOURCE_MR
 from firewall.evaluation.metrics import LatencyStats
 from firewall.offline.plotting import (
-    PLOT_INSTALL_HINT,
     PlotUnavailableError,
     figure,
     finish_panel,
@@ -29,7 +28,6 @@ from firewall.offline.plotting import (
 )
 
 __all__ = [
-    "PLOT_INSTALL_HINT",
     "CleanGroupNames",
     "DetectorResult",
     "FamilyCell",

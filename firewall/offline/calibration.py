@@ -84,7 +84,6 @@ from firewall.core.errors import FirewallError
 from firewall.core.types import FindingStatus, Phase, Segment
 from firewall.evaluation.metrics import rate_at, threshold_for_fpr
 from firewall.offline.plotting import (
-    PLOT_INSTALL_HINT,
     PlotUnavailableError,
     figure,
     finish_panel,
@@ -99,7 +98,6 @@ __all__ = [
     "DEFAULT_CONFIDENCE",
     "DEFAULT_TPR_LIMIT",
     "DEFAULT_TPR_SECONDS",
-    "PLOT_INSTALL_HINT",
     "CalibrationResult",
     "DetectorCalibration",
     "FamilyTPR",

@@ -18,6 +18,7 @@ from firewall.core.errors import FirewallError
 
 __all__ = [
     "PLOT_INSTALL_HINT",
+    "PLOT_MISSING",
     "PlotUnavailableError",
     "figure",
     "finish_panel",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 PLOT_INSTALL_HINT: Final = "pip install matplotlib"
+#: What a command says when ``--plot`` is asked for without matplotlib.
+PLOT_MISSING: Final = f"--plot needs matplotlib, which is not installed; install it with: {PLOT_INSTALL_HINT}"
 
 
 class PlotUnavailableError(FirewallError):
@@ -46,9 +49,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         return importlib.import_module("matplotlib.pyplot")
     except ImportError as exc:
-        raise PlotUnavailableError(
-            f"--plot needs matplotlib, which is not installed; install it with: {PLOT_INSTALL_HINT}"
-        ) from exc
+        raise PlotUnavailableError(PLOT_MISSING) from exc
 
 
 def figure(panels: int, width: float) -> tuple[Any, list[Any]]:
