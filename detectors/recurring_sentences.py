@@ -86,7 +86,7 @@ import secrets
 import string
 import time
 from array import array
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +133,9 @@ _SEGMENT_CACHE_ENTRIES = 2048
 #: ...and at most this many units in all (~150 bytes each, plus up to max_shingles pair hashes
 #: per segment): about 5 MB at the bound, whatever the segments' lengths.
 _SEGMENT_CACHE_UNITS = 32_768
+#: Whole samples whose units and context are kept: an identical resend skips the assembly.
+_SAMPLE_CACHE_ENTRIES = 512
+_SAMPLE_CACHE_UNITS = 16_384
 _CONTEXT_UNIT_WORDS = 3  # other units of this many words are context elements
 _REASON_COUNT_CAP = 10  # reason codes name 3..9 contexts, then "10plus": a bounded set
 _SEGMENT_START = -1  # neighbour markers; unit hashes are non-negative
@@ -336,6 +339,20 @@ class _Analysed:
     words: int
     baseline: bool  # a learnt template sentence: neither a candidate nor a context
     pairs: tuple[int, ...]  # its word pairs' hashes (32-bit), in order
+    # Its context elements when the sample's pair budget takes all its pairs (the usual
+    # case), built once per segment text instead of once per request.
+    elements: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A sample's units and context as its texts alone determine them (see ``_prepare``)."""
+
+    # Per distinct candidate unit: its occurrences in the sample, and whether it has a context.
+    candidates: tuple[tuple[tuple[_Unit, ...], bool], ...]
+    counts: dict[int, int]  # the sample's context elements, counted per distinct unit
+    sketch: array[int]  # bottom-k of the elements: what is stored as this context (never mutated)
+    units: int
 
 
 @dataclass(slots=True)
@@ -389,6 +406,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         self._baseline_hash: _Hasher | None = None
         self._segments: OrderedDict[int, tuple[bool, tuple[_Analysed, ...]]] = OrderedDict()
         self._segment_units = 0
+        self._samples: OrderedDict[tuple[tuple[int, int], ...], _Prepared] = OrderedDict()
+        self._sample_units = 0
         self.load_error: str | None = None
         self.evictions = 0
 
@@ -399,6 +418,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         self.load_error = None
         self._segments.clear()  # analyses marked units against the previous baseline
         self._segment_units = 0
+        self._samples.clear()
+        self._sample_units = 0
         if self.params.baseline:
             try:
                 self._baseline_hash, self._baseline = _load_baseline(Path(self.params.baseline))
@@ -435,13 +456,13 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         except Exception as exc:  # the contract: never raise, report an error finding
             return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
 
-    def _analyse(self, text: str) -> tuple[bool, tuple[_Analysed, ...]]:
+    def _analyse(self, text: str, digest: int) -> tuple[bool, tuple[_Analysed, ...]]:
         """Split, normalise and hash one segment's text, or take the analysis of an identical one.
 
         Whether word pairs count (few enough units) comes back with the units. The cache is
-        keyed by a keyed hash of the text and holds only offsets and hashes, never text.
+        keyed by ``digest``, a keyed hash of the text, and holds only offsets and hashes,
+        never text.
         """
-        digest = self._hash(_SEGMENT, text)
         cached = self._segments.get(digest)
         if cached is not None:
             self._segments.move_to_end(digest)
@@ -462,9 +483,9 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                     pair_hashes.append(self._hash(_PAIR, f"{a} {b}") & 0xFFFFFFFF)
                 room -= len(pair_hashes)
             words = norm.count(" ") + 1  # normalise leaves single spaces
-            analysed.append(
-                _Analysed(start, end, self._hash(_UNIT, norm), words, baseline, tuple(pair_hashes))
-            )
+            key = self._hash(_UNIT, norm)
+            elements = frozenset(_own_elements(key, words, pair_hashes))
+            analysed.append(_Analysed(start, end, key, words, baseline, tuple(pair_hashes), elements))
         result = (pairs, tuple(analysed))
         self._segments[digest] = result
         self._segment_units += len(analysed)
@@ -473,12 +494,11 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             self._segment_units -= len(dropped)
         return result
 
-    def _units(self, segments: Sequence[Segment]) -> list[_Unit]:
-        """The sample's units in the configured roles, newest segment first, within ``max_chars``."""
-        p = self.params
-        budget = p.max_chars
-        shingles = p.max_shingles
-        units: list[_Unit] = []
+    def _texts(self, segments: Sequence[Segment]) -> list[tuple[int, str, int]]:
+        """``(index, text, digest)`` of the segments read: the configured roles, newest first,
+        within ``max_chars``."""
+        budget = self.params.max_chars
+        read: list[tuple[int, str, int]] = []
         for index in range(len(segments) - 1, -1, -1):
             seg = segments[index]
             if seg.role not in self._roles or budget <= 0:
@@ -488,52 +508,94 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 raise TypeError("segment text is not a str")
             text = text[:budget]
             budget -= len(text)
-            pairs, analysed = self._analyse(text)
+            read.append((index, text, self._hash(_SEGMENT, text)))
+        return read
+
+    def _units(self, segments: Sequence[Segment]) -> list[_Unit]:
+        """The sample's units in the configured roles, newest segment first, within ``max_chars``."""
+        return self._units_of(self._texts(segments))
+
+    def _units_of(self, texts: Sequence[tuple[int, str, int]]) -> list[_Unit]:
+        shingles = self.params.max_shingles
+        units: list[_Unit] = []
+        for index, text, digest in texts:
+            pairs, analysed = self._analyse(text, digest)
+            # The pair budget is shared by the sample's segments, newest first: while it holds
+            # all of a segment's pairs, the units' prebuilt elements are the answer.
+            whole = not pairs or shingles >= sum(len(a.pairs) for a in analysed if not a.baseline)
             last = len(analysed) - 1
             for i, a in enumerate(analysed):
                 if a.baseline:
                     continue  # a known template: neither a candidate nor a context
-                elements: set[int] = set()
-                if a.words >= _CONTEXT_UNIT_WORDS:
-                    elements.add(a.key & 0xFFFFFFFF)
-                if pairs and shingles > 0 and a.pairs:
-                    taken = a.pairs[:shingles]
-                    elements.update(taken)
+                if whole:
+                    elements = a.elements
+                    if pairs:
+                        shingles -= len(a.pairs)
+                else:
+                    taken = a.pairs[: max(shingles, 0)]
                     shingles -= len(taken)
+                    elements = frozenset(_own_elements(a.key, a.words, taken))
                 left = analysed[i - 1].key if i > 0 else _SEGMENT_START
                 right = analysed[i + 1].key if i < last else _SEGMENT_END
-                units.append(_Unit(index, a.start, a.end, a.key, a.words, frozenset(elements), left, right))
+                units.append(_Unit(index, a.start, a.end, a.key, a.words, elements, left, right))
         return units
 
-    def _score(self, sample: Sample, t0: float) -> Finding:
-        p = self.params
-        now = self._clock()
-        self._expire(now)
-        units = self._units(sample.segments)
+    def _prepare(self, segments: Sequence[Segment]) -> _Prepared | None:
+        """What a sample's units and context are, before the state is consulted.
+
+        It depends only on the texts read (and the params and baseline, fixed for the
+        instance), so a sample identical to a recent one (a retry, a resent prompt, a
+        templated batch) takes the earlier result: keyed by the segments' keyed hashes,
+        holding hashes and offsets only. ``None``: no units.
+        """
+        texts = self._texts(segments)
+        memo_key = tuple((index, digest) for index, _, digest in texts)
+        prepared = self._samples.get(memo_key)
+        if prepared is not None:
+            self._samples.move_to_end(memo_key)
+            return prepared
+        units = self._units_of(texts)
         if not units:
-            return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
+            return None
+        p = self.params
         # The sample's context elements, counted per distinct unit (a unit repeated inside the
         # sample is one unit: its copies are not its context).
         by_key: dict[int, list[_Unit]] = {}
         for u in units:
             by_key.setdefault(u.key, []).append(u)
-        counts: dict[int, int] = {}
-        total_words = 0
-        for same in by_key.values():
-            total_words += same[0].words
-            for e in same[0].elements:
-                counts[e] = counts.get(e, 0) + 1
-        sketch = array("I", sorted(counts)[: p.sketch_size])
-        contributing = sum(1 for same in by_key.values() if same[0].elements)
-        hits: list[tuple[float, int, _Unit]] = []
-        for key, same in by_key.items():
-            u = same[0]
-            if u.words < p.min_words:
-                continue
-            has_context = (
-                contributing - (1 if u.elements else 0) > 0 and total_words - u.words >= p.min_context_words
+        firsts = [same[0] for same in by_key.values()]
+        counts = dict(Counter(itertools.chain.from_iterable(u.elements for u in firsts)))
+        total_words = sum(u.words for u in firsts)
+        contributing = sum(1 for u in firsts if u.elements)
+        candidates = tuple(
+            (
+                tuple(same),
+                contributing - (1 if same[0].elements else 0) > 0
+                and total_words - same[0].words >= p.min_context_words,
             )
-            n, fixed = self._observe(key, u, counts, sketch, has_context, now)
+            for same in by_key.values()
+            if same[0].words >= p.min_words
+        )
+        prepared = _Prepared(candidates, counts, array("I", sorted(counts)[: p.sketch_size]), len(units))
+        self._samples[memo_key] = prepared
+        self._sample_units += prepared.units
+        while len(self._samples) > _SAMPLE_CACHE_ENTRIES or self._sample_units > _SAMPLE_CACHE_UNITS:
+            _, dropped = self._samples.popitem(last=False)
+            self._sample_units -= dropped.units
+        return prepared
+
+    def _score(self, sample: Sample, t0: float) -> Finding:
+        p = self.params
+        now = self._clock()
+        self._expire(now)
+        prepared = self._prepare(sample.segments)
+        if prepared is None:
+            return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
+        counts, sketch = prepared.counts, prepared.sketch
+        hits: list[tuple[float, int, _Unit]] = []
+        for same, has_context in prepared.candidates:
+            u = same[0]
+            n, fixed = self._observe(u.key, u, counts, sketch, has_context, now)
             if n >= p.fire_after and not (fixed and p.exempt_fixed_position):
                 score = min(1.0, 0.5 + 0.5 * (n - p.fire_after) / p.fire_after)
                 hits.extend((score, n, x) for x in same)
@@ -584,9 +646,14 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             self._insert(key, entry, protected=False)
             return 1, True
         entry.last_seen = now
-        if has_context and not any(
-            _same_context(old, unit.elements, counts, p.context_overlap, p.sketch_size)
-            for old in entry.sketches
+        # An identical sketch is the same context (a resend, a retry): no need to compare sets.
+        if (
+            has_context
+            and sketch not in entry.sketches
+            and not any(
+                _same_context(old, unit.elements, counts, p.context_overlap, p.sketch_size)
+                for old in entry.sketches
+            )
         ):
             entry.contexts += 1
             entry.sketches.append(sketch)
@@ -613,7 +680,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 self._probation[old_key] = old
         else:
             self._probation[key] = entry
-        while len(self) > self.params.max_entries:
+        limit = self.params.max_entries
+        while len(self._probation) + len(self._protected) > limit:
             if self._probation:
                 self._probation.popitem(last=False)
             else:
@@ -637,6 +705,14 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         for table in (self._probation, self._protected):
             for key, entry in table.items():
                 yield key, entry.contexts
+
+
+def _own_elements(key: int, words: int, pairs: Sequence[int]) -> set[int]:
+    """A unit's own context elements: its hash (when it has enough words) and its word pairs."""
+    own = set(pairs)
+    if words >= _CONTEXT_UNIT_WORDS:
+        own.add(key & 0xFFFFFFFF)
+    return own
 
 
 def _same_context(
