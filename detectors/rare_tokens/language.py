@@ -10,6 +10,7 @@ frequent word, a word stretched for emphasis). The detector only asks these ques
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import Counter
@@ -46,6 +47,9 @@ __all__ = [
     "_short_floors", "_top_zipf", "_ident_weight", "_top_words", "_LANG_CACHE", "_PROBE_CACHE",
     "_CACHE_LOCK", "_lang_model", "_probe", "_is_elongation", "_is_typo",
 ]  # fmt: skip
+
+#: Letters of a token that the character model reads (see ``_LangModel.surprise``).
+_SURPRISE_MAX_CHARS = 256
 
 # --------------------------------------------------------------------------- language data
 
@@ -130,6 +134,7 @@ class _LangModel:
         "chars",
         "code",
         "ident",
+        "longest",
         "null_bits",
         "rare_letter_bits",
         "short_floor",
@@ -145,6 +150,10 @@ class _LangModel:
             for word in bucket:
                 zipf[word] = z
         self.zipf = zipf
+        # One slip changes a word's length by at most one: a token two letters longer than
+        # every listed word is no typo, so the typo search stops there instead of costing
+        # time quadratic in the token's length (a 400 KB made-up "word" in a request).
+        self.longest = max(map(len, zipf), default=0)
         self.ident = _top_zipf(buckets, _IDENT_WORDS)
 
         train = [w for w, z in zipf.items() if z >= _TRAIN_MIN_ZIPF and w.isalpha()]
@@ -177,7 +186,12 @@ class _LangModel:
 
     def surprise(self, word: str) -> float:
         """How much likelier ``word`` is as a random string of the language's letters than as
-        one of its words: the log-likelihood ratio in bits (negative: word-like)."""
+        one of its words: the log-likelihood ratio in bits (negative: word-like).
+
+        Only the first ``_SURPRISE_MAX_CHARS`` letters are read: the character model costs
+        a few microseconds a letter in Python, and a token of a thousand letters is no word
+        whatever its tail says, while a 400 KB one would hold the event loop for seconds."""
+        word = word[:_SURPRISE_MAX_CHARS]
         rare, flat = self.rare_letter_bits, self.null_bits
         null = (
             sum(rare.get(ch, flat) for ch in word) if not rare.keys().isdisjoint(word) else len(word) * flat
@@ -289,9 +303,13 @@ def _probe(wordfreq: ModuleType, code: str) -> _Probe:
 def _is_elongation(lang: _LangModel, word: str) -> bool:
     """Letters stretched for emphasis ("sooo", "hmmmm", "scaarrryyy"): one or two
     letters for every repeated run give a known word, or it is one letter repeated."""
-    runs = [m.group() for m in _RUN_RE.finditer(word)]
+    # Each run gives at least one letter of the target word: more runs than the longest
+    # listed word has letters cannot shrink to one, so stop reading there (a 1 MB token).
+    runs = [m.group() for m in itertools.islice(_RUN_RE.finditer(word), lang.longest + 1)]
     if len(runs) == 1:
         return True  # "zzzzz", "aaaa"
+    if len(runs) > lang.longest:
+        return False
     repeated = [i for i, r in enumerate(runs) if len(r) > 1]
     if len(repeated) > _ELONGATION_MAX_RUNS:
         return False
@@ -317,7 +335,7 @@ def _is_typo(lang: _LangModel, word: str) -> bool:
     17,000 random seven-letter strings and none of 17,500 eight-letter ones are that
     close to an English word. Only for tokens with a vowel: consonant strings are one
     inserted vowel away from many words, which says nothing about them."""
-    if len(word) < 3 or _VOWELS.isdisjoint(word):
+    if len(word) < 3 or len(word) > lang.longest + 1 or _VOWELS.isdisjoint(word):
         return False
     zipf = lang.zipf
     n = len(word)

@@ -773,3 +773,65 @@ async def test_clean_segment_cache_changes_no_finding(monkeypatch: pytest.Monkey
         assert held > 0
         assert cached == uncached, params
         assert any(score >= 0.5 for score, _, _ in cached)
+
+
+# ---------------------------------------------------------------- work bounded by token length
+
+
+class _CountingDict(dict[str, float]):
+    """A word list that counts lookups: the work of a search, without a clock."""
+
+    lookups = 0
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.lookups += 1
+        return super().get(key, default)
+
+
+@pytest.fixture
+def english(det: RareTokensDetector) -> Any:
+    from detectors.rare_tokens.language import _LANG_CACHE
+
+    return _LANG_CACHE["en"]
+
+
+def test_typo_search_skips_tokens_longer_than_any_word(english: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detectors.rare_tokens.language import _is_typo
+
+    counting = _CountingDict(english.zipf)
+    monkeypatch.setattr(english, "zipf", counting)
+    word = "abe" * (english.longest // 3 + 2)  # two letters past the longest listed word
+    assert not _is_typo(english, word)
+    assert counting.lookups == 0
+    # ... while a token of ordinary length is still searched (and "recieve" is a slip).
+    assert _is_typo(english, "recieve")
+    assert counting.lookups > 0
+
+
+def test_elongation_check_reads_a_bounded_number_of_runs(english: Any) -> None:
+    from detectors.rare_tokens.language import _is_elongation
+
+    assert _is_elongation(english, "sooooo")
+    assert not _is_elongation(english, "aab" * 200_000)  # 400,000 runs: stops after longest + 1
+
+
+def test_character_model_reads_a_bounded_prefix(english: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detectors.rare_tokens import language
+
+    seen: list[int] = []
+    real = english.chars
+
+    class Recording:
+        def bits(self, word: str) -> float:
+            seen.append(len(word))
+            return float(real.bits(word))
+
+    monkeypatch.setattr(english, "chars", Recording())
+    english.surprise("zq" * 500_000)
+    assert seen == [language._SURPRISE_MAX_CHARS]
+
+
+async def test_a_megabyte_token_is_still_judged(det: RareTokensDetector) -> None:
+    rng = random.Random(7)
+    token = "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(1_000_000))
+    assert score_of(det, f"please review this {token} thanks") >= THRESHOLD
