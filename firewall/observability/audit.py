@@ -58,28 +58,30 @@ def fingerprint(segments: Iterable[Segment], salt: bytes | None = None) -> tuple
 
 def verdict_record(verdict: Verdict) -> dict[str, Any]:
     """The decision and detector evidence of one phase, as audit fields."""
+    fired, thresholds = verdict.fired, verdict.thresholds
+    detectors: list[dict[str, Any]] = []
+    for f in verdict.findings:
+        entry = {
+            "name": f.detector,
+            "status": f.status,  # StrEnum members: orjson writes their values
+            "score": round(f.score, 4) if f.status is FindingStatus.OK else None,
+            "threshold": thresholds.get(f.detector),
+            "fired": f.detector in fired,
+            "reasons": list(f.reasons),
+            "spans": [s.as_dict() for s in f.spans[:32]] if f.spans else [],
+            "duration_seconds": round(f.duration_seconds, 6),
+        }
+        if f.error:
+            entry["error"] = f.error
+        detectors.append(entry)
     return {
-        # StrEnum members: orjson writes their values.
         "mode": verdict.mode,
         "action": verdict.action,
         "effective_action": verdict.effective_action,
         "would_block": verdict.would_block,
         "reason_code": verdict.reason,
         "fail_open": list(verdict.fail_open),
-        "detectors": [
-            {
-                "name": f.detector,
-                "status": f.status,
-                "score": round(f.score, 4) if f.status is FindingStatus.OK else None,
-                "threshold": verdict.thresholds.get(f.detector),
-                "fired": f.detector in verdict.fired,
-                "reasons": list(f.reasons),
-                "spans": [s.as_dict() for s in f.spans[:32]],
-                "duration_seconds": round(f.duration_seconds, 6),
-                **({"error": f.error} if f.error else {}),
-            }
-            for f in verdict.findings
-        ],
+        "detectors": detectors,
     }
 
 
