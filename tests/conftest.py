@@ -9,6 +9,7 @@ inspects afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,14 +187,24 @@ def base_config(upstream_url: str, audit_path: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def firewall(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[FirewallFactory]:
+@contextlib.asynccontextmanager
+async def running_firewalls(
+    upstream_url: str, tmp_path: Path, *, test_timeouts: bool = True
+) -> AsyncIterator[FirewallFactory]:
+    """A factory of in-process firewalls in front of ``upstream_url``, all stopped at exit.
+
+    ``test_timeouts`` keeps base_config's short upstream timeouts (they suit the fake
+    upstream's stall faults); without them the built-in timeouts apply, as a real model on
+    a busy runner can take longer than 2 s to its first byte.
+    """
     started: list[Server] = []
 
     async def start(**overrides: Any) -> RunningFirewall:
         audit_path = tmp_path / f"audit-{len(started)}.jsonl"
-        data = deep_merge(base_config(upstream.url, audit_path), overrides)
-        server = Server(build_config(data))
+        data = base_config(upstream_url, audit_path)
+        if not test_timeouts:
+            del data["upstream"]["read_timeout_seconds"], data["upstream"]["connect_timeout_seconds"]
+        server = Server(build_config(deep_merge(data, overrides)))
         ports = await server.start()
         started.append(server)
         return RunningFirewall(
@@ -203,11 +214,19 @@ async def firewall(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[Fire
             audit_path=audit_path,
         )
 
-    yield start
-    for server in started:
-        server.request_stop()
-        server.request_stop()
-        await server.shutdown()
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.request_stop()
+            server.request_stop()
+            await server.shutdown()
+
+
+@pytest.fixture
+async def firewall(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[FirewallFactory]:
+    async with running_firewalls(upstream.url, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

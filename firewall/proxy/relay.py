@@ -131,7 +131,9 @@ async def forward(
 def _sse_headers(resp: aiohttp.ClientResponse, request_id: str, keep_encoding: bool) -> CIMultiDict[str]:
     headers = response_headers(resp.headers, keep_encoding=keep_encoding)
     headers["X-Request-Id"] = request_id
-    headers["Cache-Control"] = "no-cache"
+    # The upstream's own directive stands (llama.cpp's servers send the stricter
+    # "no-store"); only a stream that came without one is marked uncacheable here.
+    headers.setdefault("Cache-Control", "no-cache")
     headers["X-Accel-Buffering"] = "no"
     return headers
 
