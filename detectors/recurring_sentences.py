@@ -632,12 +632,13 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         recurs, and not how a trigger planted wherever it fits does.
         """
         p = self.params
-        entry = self._probation.pop(key, None)
-        protected = False
+        table = self._probation
+        entry = table.get(key)
         if entry is None:
-            entry = self._protected.pop(key, None)
-            protected = entry is not None
+            table = self._protected
+            entry = table.get(key)
         if entry is not None and now - entry.last_seen > p.ttl_seconds:
+            del table[key]
             entry = None  # expired: a sighting after the TTL starts over
         if entry is None:
             if not has_context:
@@ -663,7 +664,11 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 entry.left = None
             if entry.right != unit.right:
                 entry.right = None
-        self._insert(key, entry, protected=protected or entry.contexts >= 2)
+        if table is self._probation and entry.contexts >= 2 and self._max_protected > 0:
+            del table[key]
+            self._insert(key, entry, protected=True)  # promoted: may demote another
+        else:
+            table.move_to_end(key)  # most recent in its own segment; the sizes are unchanged
         return entry.contexts, entry.left is not None or entry.right is not None
 
     def _insert(self, key: int, entry: _Entry, *, protected: bool) -> None:
