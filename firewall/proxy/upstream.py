@@ -45,12 +45,19 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
 
 
+# Representation headers say how to read the body: a client listing them in Connection
+# would make the upstream read the body as something other than what was screened
+# (application/octet-stream instead of JSON), so they are never dropped that way.
+_REPRESENTATION = frozenset({"content-type", "content-encoding"})
+
+
 def _connection_listed(headers: CIMultiDictProxy[str]) -> set[str]:
-    """Header names listed in ``Connection`` are hop-by-hop for this message too."""
+    """Header names listed in ``Connection`` are hop-by-hop for this message too
+    (except the representation headers, see ``_REPRESENTATION``)."""
     listed: set[str] = set()
     for value in headers.getall("connection", ()):
         listed.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return listed
+    return listed - _REPRESENTATION
 
 
 def request_headers(

@@ -18,6 +18,7 @@ traffic.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from firewall.config.schema import redacted
+from firewall.protocols.base import error_body
 from firewall.proxy.handler import handle
 from firewall.proxy.state import STATE, ServerState
 
@@ -39,6 +41,68 @@ __all__ = ["make_admin_app", "make_proxy_server"]
 # The proxy enforces its own, configurable body limit on screened routes, and
 # streams unscreened bodies through; aiohttp's 1 MiB default must not interfere.
 _NO_AIOHTTP_BODY_LIMIT = 2**62
+
+
+#: What the proxy port says it is: no software version for a scanner to match against.
+SERVER_HEADER = "trigger-firewall"
+log = logging.getLogger("trigger_firewall.http")
+
+
+class _ProxyRequest(web.BaseRequest):
+    """A request whose responses name the server without a version banner (aiohttp
+    would add ``Server: Python/3.x aiohttp/3.x`` to every answer)."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers["Server"] = SERVER_HEADER
+
+
+class _ProxyRequestHandler(RequestHandler):
+    """aiohttp's connection handler, but a request it cannot parse (or a handler crash)
+    gets the proxy's JSON error shape, and neither the answer nor the log echoes the
+    offending bytes (aiohttp's plain-text answer quotes them)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        kind = type(exc).__name__ if exc is not None else "no exception"
+        if status >= 500:
+            log.error("request handler failed", extra={"error": kind, "status": status})
+        else:  # the wording of logs.MalformedRequestFilter, which does the same for the admin port
+            log.warning("malformed HTTP request rejected", extra={"error": kind, "status": status})
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error answer")
+        code, text = (
+            ("internal_error", "The firewall failed to handle the request.")
+            if status >= 500
+            else ("malformed_request", "The request is not valid HTTP/1.1.")
+        )
+        response = web.Response(
+            status=status,
+            body=orjson.dumps(error_body(text, code=code, error_type="invalid_request_error")),
+            content_type="application/json",
+            headers={"Server": SERVER_HEADER},
+        )
+        response.force_close()
+        return response
+
+
+class _ProxyServer(web.Server):
+    """Hands out :class:`_ProxyRequestHandler` connection handlers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        handler_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k not in _SERVER_ARGS}
+        super().__init__(*args, **kwargs)
+        self._handler_kwargs = handler_kwargs
+
+    def __call__(self) -> RequestHandler:
+        return _ProxyRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_kwargs)
+
+
+_SERVER_ARGS = frozenset({"request_factory", "handler_cancellation", "loop"})
 
 
 def make_proxy_server(state: ServerState, **kwargs: Any) -> web.Server:
@@ -55,14 +119,14 @@ def make_proxy_server(state: ServerState, **kwargs: Any) -> web.Server:
         writer: Any,
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
-        return web.BaseRequest(
+        return _ProxyRequest(
             message, payload, protocol, writer, task, loop, client_max_size=_NO_AIOHTTP_BODY_LIMIT
         )
 
     async def proxy(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(request, state)
 
-    return web.Server(proxy, request_factory=make_request, handler_cancellation=True, **kwargs)
+    return _ProxyServer(proxy, request_factory=make_request, handler_cancellation=True, **kwargs)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
