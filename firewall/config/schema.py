@@ -175,11 +175,22 @@ class RouteConfig(_Model):
 
     name: Name
     path: str = Field(pattern=r"^/")
+    aliases: tuple[str, ...] = Field(
+        (),
+        description="More paths served the same way (same name, adapter and policy), e.g. the "
+        "unversioned and Azure forms of an OpenAI path.",
+    )
     methods: tuple[str, ...] = ("POST",)
     protocol: Protocol = "json"
     mode: Mode | None = None
     screen_output: bool = True
     roles: tuple[str, ...] | None = Field(None, description="Roles to screen on input; all roles when unset.")
+    token_ids: Literal["refuse", "forward_unscreened"] = Field(
+        "refuse",
+        description="Completion and embedding prompts given as token ids carry no text to screen: "
+        "refuse them (400 unscreenable_input), or forward them unscreened (e.g. for embedding "
+        "clients that tokenise, such as LangChain's OpenAIEmbeddings).",
+    )
     input_fields: tuple[str, ...] = ()
     output_fields: tuple[str, ...] = ()
     detectors: dict[str, DetectorOverride] = Field(default_factory=dict)
@@ -188,6 +199,14 @@ class RouteConfig(_Model):
         description="Per-model overrides of mode and detector policy, keyed by the request's model name; "
         "they apply on top of the route's.",
     )
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"alias {path!r} must start with '/'")
+        return value
 
     @field_validator("input_fields", "output_fields")
     @classmethod
@@ -204,12 +223,25 @@ class RouteConfig(_Model):
         return self
 
 
+def _openai_paths(suffix: str) -> tuple[str, ...]:
+    """Where OpenAI-compatible servers serve ``/v1/<suffix>`` besides there: without the
+    version (vLLM, llama.cpp and LiteLLM accept both) and in Azure OpenAI's forms."""
+    return (f"/{suffix}", f"/openai/v1/{suffix}", f"/openai/deployments/{{deployment}}/{suffix}")
+
+
+#: (route name, path under /v1, protocol) of the built-in routes.
+_OPENAI_ROUTES = (
+    ("chat_completions", "chat/completions", "openai_chat"),
+    ("completions", "completions", "openai_completions"),
+    ("responses", "responses", "openai_responses"),
+    ("embeddings", "embeddings", "openai_embeddings"),
+)
+
+
 def default_routes() -> tuple[RouteConfig, ...]:
-    return (
-        RouteConfig(name="chat_completions", path="/v1/chat/completions", protocol="openai_chat"),
-        RouteConfig(name="completions", path="/v1/completions", protocol="openai_completions"),
-        RouteConfig(name="responses", path="/v1/responses", protocol="openai_responses"),
-        RouteConfig(name="embeddings", path="/v1/embeddings", protocol="openai_embeddings"),
+    return tuple(
+        RouteConfig(name=name, path=f"/v1/{suffix}", aliases=_openai_paths(suffix), protocol=protocol)
+        for name, suffix, protocol in _OPENAI_ROUTES
     )
 
 
@@ -310,8 +342,26 @@ class ReloadConfig(_Model):
 
 
 class RoutingConfig(_Model):
-    unknown_routes: Literal["passthrough", "deny"] = "passthrough"
+    unknown_routes: Literal["deny_with_body", "deny", "passthrough"] = Field(
+        "deny_with_body",
+        description="Requests on no configured route: 'deny_with_body' answers 404 to any that carries "
+        "a body (a prompt could be in it) and passes bodiless ones (GET /v1/models, health checks); "
+        "'deny' answers 404 to all; 'passthrough' forwards all unscreened.",
+    )
+    passthrough_prefixes: tuple[str, ...] = Field(
+        (),
+        description="Path prefixes forwarded unscreened, bodies included, whatever unknown_routes says "
+        "(e.g. /v1/files for uploads the model never reads as a prompt). Configured routes win.",
+    )
     routes: tuple[RouteConfig, ...] = Field(default_factory=default_routes)
+
+    @field_validator("passthrough_prefixes")
+    @classmethod
+    def _prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            if not prefix.startswith("/"):
+                raise ValueError(f"prefix {prefix!r} must start with '/'")
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> RoutingConfig:

@@ -8,7 +8,10 @@
     │   ├── BodyTooLarge       413                                           body_too_large
     │   ├── UnsupportedEncoding 415                                          unsupported_encoding
     │   ├── InvalidUtf8        400                                           invalid_utf8
-    │   └── InvalidJson        400                                           invalid_json
+    │   ├── InvalidJson        400                                           invalid_json
+    │   ├── AmbiguousJson      400 (duplicate or case-variant keys)          ambiguous_json
+    │   ├── UnsafePath         400 (control characters, dot segments)        unsafe_path
+    │   └── UnscreenableInput  400 (e.g. a prompt of token ids)              unscreenable_input
     ├── UpstreamError          the protected endpoint failed (answered 5xx)  error
     │   ├── UpstreamConnectError  502                                        connect_error
     │   └── UpstreamTimeout       504                                        timeout
@@ -31,6 +34,7 @@ class to one HTTP status and one OpenAI-style error body.
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousJson",
     "BodyTooLarge",
     "ConfigError",
     "DetectorError",
@@ -46,6 +50,8 @@ __all__ = [
     "UpstreamProbeError",
     "UpstreamProbeTimeout",
     "UpstreamProbeUnavailable",
+    "UnsafePath",
+    "UnscreenableInput",
     "UpstreamTimeout",
 ]
 
@@ -102,6 +108,29 @@ class InvalidJson(ProtocolError):
     """The body is UTF-8 but not JSON."""
 
     reason = "invalid_json"
+
+
+class AmbiguousJson(ProtocolError):
+    """The body's JSON reads differently in different parsers (a key twice, or two keys
+    equal but for case), so what the firewall screened may not be what the model gets."""
+
+    code = "ambiguous_json"
+    reason = "ambiguous_json"
+
+
+class UnsafePath(ProtocolError):
+    """The request path holds control characters or dot segments: servers and routers
+    disagree on what such a path names, so it cannot be matched to a screened route."""
+
+    code = "unsafe_path"
+    reason = "unsafe_path"
+
+
+class UnscreenableInput(ProtocolError):
+    """A model-visible field in a form the firewall cannot read (a prompt of token ids)."""
+
+    code = "unscreenable_input"
+    reason = "unscreenable_input"
 
 
 class UpstreamError(FirewallError):

@@ -50,6 +50,9 @@ REQUEST_ACTIONS: Final = ("allow", "log", "block", "error", "rejected")
 REJECT_REASONS: Final = (
     "body_too_large",
     "invalid_json",
+    "ambiguous_json",
+    "unsafe_path",
+    "unscreenable_input",
     "invalid_utf8",
     "invalid_request",
     "unsupported_encoding",

@@ -26,4 +26,9 @@ def adapter_for(route: RouteConfig) -> ProtocolAdapter:
     """Build the adapter a route's config asks for."""
     if route.protocol == "json":
         return JsonFieldsAdapter(route.input_fields, route.output_fields)
+    refuse_ids = route.token_ids == "refuse"  # noqa: S105 - a policy name, not a secret
+    if route.protocol == "openai_completions":
+        return CompletionsAdapter(refuse_token_ids=refuse_ids)
+    if route.protocol == "openai_embeddings":
+        return EmbeddingsAdapter(refuse_token_ids=refuse_ids)
     return _OPENAI[route.protocol]()

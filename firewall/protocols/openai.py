@@ -1,9 +1,18 @@
 """OpenAI-compatible APIs: chat completions, completions, Responses and embeddings.
 
-What is screened on input: every message's text (string content or ``text`` /
-``input_text`` parts), tool-call arguments, tool results, the Responses API's
-``instructions`` and input items, completion prompts and suffixes, embedding
-inputs. Token-id prompts (lists of integers) carry no text and are not screened.
+What is screened on input: every model-visible text of a request.
+
+- Chat: every message's string content or text / thinking parts, its ``name`` and
+  ``reasoning_content``, tool-call arguments, tool results, the descriptions and
+  parameter prose (descriptions, titles, enum values, examples) of ``tools`` and legacy
+  ``functions``, ``documents`` and ``chat_template_kwargs``. A per-request
+  ``chat_template`` is refused.
+- Responses: ``instructions``, input items (messages, function and custom tool calls
+  and outputs, reasoning summaries; every string of an item type not known here),
+  stored-prompt ``variables``, tool descriptions.
+- Completions: prompts and suffixes; embeddings: inputs. Token-id prompts carry no
+  text and are refused unless the route forwards them unscreened.
+
 Images, audio and files are not screened by these text detectors.
 
 Streams: each choice (``choices[i]``) or Responses output item is one *channel*;
@@ -17,7 +26,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from firewall.core.errors import ProtocolError
+from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
 from firewall.protocols.base import DONE_EVENT, ProtocolAdapter, StreamState, error_body, sse_event
 
@@ -28,7 +37,15 @@ __all__ = [
     "ResponsesAdapter",
 ]
 
-_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal"})
+_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
+#: The key holding a part's text, by part type ("text" for the others). vLLM joins
+#: ``thinking`` parts into the message it renders.
+_PART_TEXT_KEY = {"refusal": "refusal", "thinking": "thinking"}
+#: Message fields besides ``content`` that chat templates render: the author's name and
+#: the reasoning of an earlier assistant turn (DeepSeek-style servers, vLLM).
+_MESSAGE_TEXT_FIELDS = ("name", "reasoning_content", "reasoning")
+#: Keys of a JSON schema (tool parameters) whose strings are prose a template renders.
+_SCHEMA_TEXT_KEYS = frozenset({"description", "title", "enum", "examples", "default", "const"})
 
 
 def _require_dict(body: Any) -> dict[str, Any]:
@@ -56,8 +73,9 @@ def _content_segments(
             if isinstance(part, str):
                 out.append(Segment(role, part, f"{source}/{j}"))
             elif isinstance(part, dict):
-                known = part.get("type") in _TEXT_PART_TYPES
-                key = "refusal" if part.get("type") == "refusal" else "text"
+                kind = part.get("type")
+                known = kind in _TEXT_PART_TYPES
+                key = _PART_TEXT_KEY.get(kind, "text") if isinstance(kind, str) else "text"
                 text = part.get(key)
                 if isinstance(text, str):
                     out.append(Segment(role, text, f"{source}/{j}/{key}"))
@@ -67,6 +85,82 @@ def _content_segments(
                 raise ProtocolError(f"{source.lstrip('/')}/{j} must be a string or an object", param=source)
     elif content is not None and strict:
         raise ProtocolError(f"{source.lstrip('/')} must be a string or a list of parts", param=source)
+
+
+def _string_leaves(value: Any, source: str, role: str, out: list[Segment]) -> None:
+    """Every string under ``value`` (documents, template arguments: free-form data that a
+    template renders whole), iteratively so nesting cannot exhaust the stack."""
+    stack: list[tuple[Any, str]] = [(value, source)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            out.append(Segment(role, node, where))
+        elif isinstance(node, dict):
+            stack.extend((v, f"{where}/{_pointer_token(k)}") for k, v in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}/{i}") for i, v in reversed(list(enumerate(node))))
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _schema_segments(schema: Any, source: str, out: list[Segment]) -> None:
+    """The prose of a JSON schema: descriptions, titles, enum values, examples, defaults.
+
+    Templates render tool definitions into the prompt (often as the schema's JSON), so
+    a trigger in a parameter's description reaches the model. Property names and types
+    are identifiers, not prose, and are left to the model server's validation.
+    """
+    stack: list[tuple[Any, str]] = [(schema, source)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}/{_pointer_token(key)}"
+                if key in _SCHEMA_TEXT_KEYS:
+                    _string_leaves(value, here, "system", out)
+                elif isinstance(value, dict | list):
+                    stack.append((value, here))
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}/{i}") for i, v in enumerate(node))
+
+
+def _tool_segments(data: dict[str, Any], out: list[Segment]) -> None:
+    """Tool and legacy function definitions: their descriptions and parameter prose."""
+    tools = data.get("tools")
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            if isinstance(tool, dict):
+                fn = tool.get("function")
+                # Chat nests the definition under "function"; the Responses API does not.
+                target, where = (
+                    (fn, f"/tools/{i}/function") if isinstance(fn, dict) else (tool, f"/tools/{i}")
+                )
+                _function_segments(target, where, out)
+    functions = data.get("functions")
+    if isinstance(functions, list):
+        for i, fn in enumerate(functions):
+            if isinstance(fn, dict):
+                _function_segments(fn, f"/functions/{i}", out)
+
+
+def _function_segments(fn: dict[str, Any], source: str, out: list[Segment]) -> None:
+    if isinstance(fn.get("description"), str):
+        out.append(Segment("system", fn["description"], f"{source}/description"))
+    for key in ("parameters", "input_schema"):
+        if isinstance(fn.get(key), dict):
+            _schema_segments(fn[key], f"{source}/{key}", out)
+
+
+def _refuse_template(data: dict[str, Any]) -> None:
+    """A per-request chat template (vLLM, llama.cpp accept one) rewrites how every message
+    reaches the model; Jinja source is not prose a detector can judge. Refused."""
+    if data.get("chat_template") is not None:
+        raise UnscreenableInput(
+            "A per-request 'chat_template' cannot be screened; configure templates on the server.",
+            param="chat_template",
+        )
 
 
 def _tool_call_segments(calls: Any, source: str, out: list[Segment]) -> None:
@@ -97,10 +191,19 @@ class ChatAdapter(ProtocolAdapter):
             role = msg.get("role")
             role = role if isinstance(role, str) else "user"
             _content_segments(role, msg.get("content"), f"/messages/{i}/content", out)
+            for key in _MESSAGE_TEXT_FIELDS:
+                if isinstance(msg.get(key), str):
+                    out.append(Segment(role, msg[key], f"/messages/{i}/{key}"))
             _tool_call_segments(msg.get("tool_calls"), f"/messages/{i}/tool_calls", out)
             legacy = msg.get("function_call")  # the deprecated single-function form
             if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
                 out.append(Segment(role, legacy["arguments"], f"/messages/{i}/function_call/arguments"))
+        _refuse_template(data)
+        _tool_segments(data, out)
+        # RAG documents and template arguments are rendered by the server's template.
+        for key in ("documents", "chat_template_kwargs"):
+            if data.get(key) is not None:
+                _string_leaves(data[key], f"/{key}", "user", out)
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:
@@ -192,8 +295,15 @@ def _token_ids(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def _prompt_segments(value: Any, source: str, out: list[Segment], role: str = "user") -> None:
-    """A prompt: a string, a list of strings, or token ids (not screenable)."""
+def _prompt_segments(
+    value: Any, source: str, out: list[Segment], role: str = "user", *, refuse_token_ids: bool = True
+) -> None:
+    """A prompt: a string, a list of strings, or token ids.
+
+    Token ids carry no text the detectors can read and no tokenizer is configured to
+    decode them, so they are refused (:class:`UnscreenableInput`) unless the route says
+    ``token_ids: forward_unscreened``.
+    """
     if isinstance(value, str):
         out.append(Segment(role, value, source))
     elif isinstance(value, list):
@@ -202,6 +312,11 @@ def _prompt_segments(value: Any, source: str, out: list[Segment], role: str = "u
                 out.append(Segment(role, item, f"{source}/{i}"))
             elif isinstance(item, bool) or not (isinstance(item, int) or _token_ids(item)):
                 raise ProtocolError(f"{source.lstrip('/')}[{i}] must be a string or token ids")
+            elif refuse_token_ids:
+                raise UnscreenableInput(
+                    f"{source.lstrip('/')} holds token ids, which cannot be screened; send text.",
+                    param=source[1:],
+                )
     elif value is not None:
         raise ProtocolError(f"{source.lstrip('/')} must be a string or an array", param=source[1:])
 
@@ -212,10 +327,13 @@ class CompletionsAdapter(ProtocolAdapter):
     name = "openai_completions"
     prompt_param = "prompt"
 
+    def __init__(self, *, refuse_token_ids: bool = True) -> None:
+        self.refuse_token_ids = refuse_token_ids
+
     def input_segments(self, body: Any) -> list[Segment]:
         data = _require_dict(body)
         out: list[Segment] = []
-        _prompt_segments(data.get("prompt"), "/prompt", out)
+        _prompt_segments(data.get("prompt"), "/prompt", out, refuse_token_ids=self.refuse_token_ids)
         if isinstance(data.get("suffix"), str):
             out.append(Segment("user", data["suffix"], "/suffix"))
         return out
@@ -299,12 +417,27 @@ class ResponsesAdapter(ProtocolAdapter):
                 if kind == "message" or "role" in item:
                     role = item.get("role") if isinstance(item.get("role"), str) else "user"
                     _content_segments(str(role), item.get("content"), f"/input/{i}/content", out)
-                elif kind == "function_call_output":
+                elif kind in ("function_call_output", "custom_tool_call_output"):
                     _content_segments("tool", item.get("output"), f"/input/{i}/output", out)
-                elif kind == "function_call" and isinstance(item.get("arguments"), str):
-                    out.append(Segment("assistant", item["arguments"], f"/input/{i}/arguments"))
+                elif kind == "function_call":
+                    if isinstance(item.get("arguments"), str):
+                        out.append(Segment("assistant", item["arguments"], f"/input/{i}/arguments"))
+                elif kind == "custom_tool_call":
+                    if isinstance(item.get("input"), str):
+                        out.append(Segment("assistant", item["input"], f"/input/{i}/input"))
+                elif kind == "reasoning":
+                    for key in ("summary", "content"):
+                        _content_segments("assistant", item.get(key), f"/input/{i}/{key}", out, strict=False)
+                else:
+                    # An item type added after this adapter was written: whatever text it
+                    # carries may reach the model, so all of it is screened.
+                    _string_leaves(item, f"/input/{i}", "user", out)
         elif items is not None:
             raise ProtocolError("'input' must be a string or an array", param="input")
+        prompt = data.get("prompt")  # a stored prompt: its variables are filled in server-side
+        if isinstance(prompt, dict) and prompt.get("variables") is not None:
+            _string_leaves(prompt["variables"], "/prompt/variables", "user", out)
+        _tool_segments(data, out)
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:
@@ -381,10 +514,13 @@ class EmbeddingsAdapter(ProtocolAdapter):
     prompt_param = "input"
     has_output_text = False
 
+    def __init__(self, *, refuse_token_ids: bool = True) -> None:
+        self.refuse_token_ids = refuse_token_ids
+
     def input_segments(self, body: Any) -> list[Segment]:
         data = _require_dict(body)
         out: list[Segment] = []
-        _prompt_segments(data.get("input"), "/input", out)
+        _prompt_segments(data.get("input"), "/input", out, refuse_token_ids=self.refuse_token_ids)
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:

@@ -7,10 +7,15 @@ The path of a request:
 1. Name the request with the firewall's own UUID (a client's well-formed
    ``x-request-id`` is kept apart, see :mod:`firewall.proxy.request_ids`) and take the
    current runtime snapshot; refuse with 503 past ``server.max_concurrency``.
-2. Unmatched paths pass through untouched, or get 404 with ``unknown_routes: deny``.
+2. Paths that servers could read differently (control characters, dot segments)
+   get 400 (:mod:`firewall.proxy.paths`). Unmatched paths get 404 when they carry a
+   body (``unknown_routes: deny_with_body``, the default), and pass through untouched
+   otherwise or when ``passthrough_prefixes`` names them.
 3. Screened routes: read the body within ``server.max_request_bytes`` (413),
    parse it with orjson (400 on bad JSON or bad UTF-8; never forwarded blind),
-   extract the texts with the route's protocol adapter and run the input phase.
+   refuse JSON that parsers read differently (duplicate or case-variant keys,
+   :mod:`firewall.protocols.json_checks`), extract the texts with the route's
+   protocol adapter and run the input phase.
 4. A block answers 400 ``content_filter`` (or 503 when a detector failed
    closed); the upstream is never contacted.
 5. Otherwise forward over the shared session and screen the output
@@ -28,19 +33,23 @@ import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from firewall.config.schema import RoutingConfig
 from firewall.core.errors import (
     BodyTooLarge,
     FirewallError,
     InvalidJson,
     InvalidUtf8,
     ProtocolError,
+    UnsafePath,
     UnsupportedEncoding,
 )
 from firewall.core.types import Mode, Phase
 from firewall.observability.audit import fingerprint
+from firewall.protocols.json_checks import check_unambiguous
 from firewall.proxy import relay
 from firewall.proxy.answers import error_response, firewall_error_response, verdict_response
 from firewall.proxy.exchange import Exchange, Outcome, record_verdict, write_audit
+from firewall.proxy.paths import check_path
 from firewall.proxy.request_ids import client_request_id, new_request_id
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
@@ -56,11 +65,16 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
     rid = new_request_id()
     client_rid = client_request_id(request.headers.get("X-Request-Id"))
     reply_id = client_rid or rid
+    metrics = state.metrics
+    try:
+        check_path(request.raw_path, request.path)
+    except UnsafePath as exc:
+        metrics.count_rejected("unmatched", exc.reason, config.mode)
+        return firewall_error_response(exc, reply_id)
     matched = runtime.routes.match(request.method, request.path)
     route = matched.config.name if matched else "unmatched"
     # StrEnum members are str: no ``.value`` lookups (a Python-level descriptor) on the hot path.
     mode: str = matched.policy.mode if matched else config.mode
-    metrics = state.metrics
     if state.inflight >= config.server.max_concurrency:
         metrics.count_rejected(route, "overloaded", mode)
         return error_response(
@@ -131,7 +145,7 @@ def _failed(ex: Exchange, exc: FirewallError, runtime: Runtime) -> web.Response:
 async def _passthrough(
     request: web.BaseRequest, state: ServerState, runtime: Runtime, ex: Exchange
 ) -> web.StreamResponse:
-    if ex.route == "unmatched" and runtime.config.routing.unknown_routes == "deny":
+    if ex.route == "unmatched" and _deny_unmatched(request, runtime.config.routing):
         _reject(state, ex, "unknown_route")
         return error_response(
             404,
@@ -151,6 +165,18 @@ async def _passthrough(
         return await relay.forward(request, state, runtime, ex, body, screen=None)
     except FirewallError as exc:
         return _failed(ex, exc, runtime)
+
+
+def _deny_unmatched(request: web.BaseRequest, routing: RoutingConfig) -> bool:
+    """Whether a request on no configured route is refused (``routing.unknown_routes``).
+
+    A body could carry a prompt the firewall cannot read, so by default only bodiless
+    requests (model lists, health checks) pass, and the prefixes the config names.
+    """
+    policy = routing.unknown_routes
+    if policy == "passthrough" or request.path.startswith(routing.passthrough_prefixes):
+        return False
+    return policy == "deny" or request.body_exists
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -198,6 +224,7 @@ async def _screened(
             )
         raw = await _read_body(request, config.server.max_request_bytes)
         body = _parse_json(raw)
+        check_unambiguous(raw, body)
         segments = matched.adapter.input_segments(body)
     except ProtocolError as exc:
         ex.screened = False

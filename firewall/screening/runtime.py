@@ -67,12 +67,13 @@ class RouteTable:
         self._exact: dict[str, list[MatchedRoute]] = {}
         self._templated: list[tuple[re.Pattern[str], MatchedRoute]] = []
         for matched in routes.values():
-            path = matched.config.path
-            if _PARAM.search(path):
-                pattern = _PARAM.sub(r"[^/]+", re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
-                self._templated.append((re.compile(f"^{pattern}$"), matched))
-            else:
-                self._exact.setdefault(path.rstrip("/") or "/", []).append(matched)
+            for path in (matched.config.path, *matched.config.aliases):
+                if _PARAM.search(path):
+                    pattern = _PARAM.sub(r"[^/]+", re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
+                    # \Z, not $: "$" also matches before a final line feed.
+                    self._templated.append((re.compile(f"^{pattern}\\Z"), matched))
+                else:
+                    self._exact.setdefault(path.rstrip("/") or "/", []).append(matched)
 
     def by_name(self, name: str) -> MatchedRoute:
         return self._by_name[name]

@@ -65,7 +65,7 @@ def test_defaults_without_file_or_env() -> None:
         "responses",
         "embeddings",
     ]
-    assert config.routing.unknown_routes == "passthrough"
+    assert config.routing.unknown_routes == "deny_with_body"
     assert config.server.port == 8080
     assert config.audit.capture_text is False
     assert config.stream.block_style == "content_filter"

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from firewall.config.schema import RouteConfig
-from firewall.core.errors import ProtocolError
+from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
 from firewall.protocols import StreamState, adapter_for
 from firewall.protocols.base import error_body, sse_event
@@ -369,8 +369,6 @@ def test_chat_filtered_response_without_choices(body: Any) -> None:
             [("user", "a", "/prompt/0"), ("user", "b", "/prompt/1")],
             id="list-of-strings",
         ),
-        pytest.param({"prompt": [1, 2, 3]}, [], id="token-ids"),
-        pytest.param({"prompt": [[1, 2], [3]]}, [], id="batched-token-ids"),
         pytest.param({}, [], id="no-prompt"),
         pytest.param(
             {"prompt": "p", "suffix": "s"}, [("user", "p", "/prompt"), ("user", "s", "/suffix")], id="suffix"
@@ -631,12 +629,93 @@ def test_responses_filtered_response() -> None:
         pytest.param(
             {"input": ["a", "b"]}, [("user", "a", "/input/0"), ("user", "b", "/input/1")], id="list"
         ),
-        pytest.param({"input": [101, 102]}, [], id="token-ids"),
-        pytest.param({"input": [[101], [102]]}, [], id="batched-token-ids"),
     ],
 )
 def test_embeddings_input_segments(body: dict[str, Any], expected: list[tuple[str, str, str]]) -> None:
     assert seg_tuples(EmbeddingsAdapter().input_segments({"model": "e", **body})) == expected
+
+
+@pytest.mark.parametrize("adapter", [CompletionsAdapter, EmbeddingsAdapter])
+@pytest.mark.parametrize("ids", [[1, 2, 3], [[1, 2], [3]], ["text", [5, 6]]])
+def test_token_id_prompts_are_refused_unless_forwarded_unscreened(adapter: Any, ids: list[Any]) -> None:
+    key = "prompt" if adapter is CompletionsAdapter else "input"
+    with pytest.raises(UnscreenableInput) as info:
+        adapter().input_segments({key: ids})
+    assert info.value.param == key
+    texts = [s.text for s in adapter(refuse_token_ids=False).input_segments({key: ids})]
+    assert texts == [x for x in ids if isinstance(x, str)]
+
+
+def _texts_at(body: dict[str, Any]) -> dict[str, str]:
+    return {s.source: s.text for s in ChatAdapter().input_segments(body)}
+
+
+def test_chat_screens_every_model_visible_field() -> None:
+    body = {
+        "messages": [
+            {"role": "user", "content": "hi", "name": "NAME"},
+            {
+                "role": "assistant",
+                "content": [{"type": "thinking", "thinking": "THINK"}, {"type": "text", "text": "ok"}],
+                "reasoning_content": "REASON",
+            },
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "description": "TOOL",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {
+                            "q": {"type": "string", "description": "PARAM", "enum": ["ENUM"]},
+                            "Name": {"type": "string"},
+                        },
+                    },
+                },
+            }
+        ],
+        "functions": [{"name": "f", "description": "LEGACY"}],
+        "documents": [{"title": "DOCTITLE", "text": "DOC"}],
+        "chat_template_kwargs": {"persona": "KWARG", "enable_thinking": True},
+    }
+    texts = _texts_at(body)
+    assert texts["/messages/0/name"] == "NAME"
+    assert texts["/messages/1/content/0/thinking"] == "THINK"
+    assert texts["/messages/1/reasoning_content"] == "REASON"
+    assert texts["/tools/0/function/description"] == "TOOL"
+    assert texts["/tools/0/function/parameters/properties/q/description"] == "PARAM"
+    assert texts["/tools/0/function/parameters/properties/q/enum/0"] == "ENUM"
+    assert texts["/functions/0/description"] == "LEGACY"
+    assert texts["/documents/0/title"] == "DOCTITLE"
+    assert texts["/documents/0/text"] == "DOC"
+    assert texts["/chat_template_kwargs/persona"] == "KWARG"
+    assert "string" not in texts.values()  # schema types and property names are not prose
+
+
+def test_chat_refuses_a_per_request_template() -> None:
+    with pytest.raises(UnscreenableInput):
+        ChatAdapter().input_segments({"messages": [], "chat_template": "{{ 'x' }}"})
+
+
+def test_responses_screens_reasoning_custom_tools_variables_and_unknown_items() -> None:
+    body = {
+        "input": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "SUMMARY"}]},
+            {"type": "custom_tool_call", "call_id": "c", "name": "x", "input": "CUSTOMIN"},
+            {"type": "custom_tool_call_output", "call_id": "c", "output": "CUSTOMOUT"},
+            {"type": "some_future_item", "payload": {"note": "FUTURE"}},
+        ],
+        "prompt": {"id": "pmpt_1", "variables": {"city": "VAR"}},
+        "tools": [{"type": "function", "name": "f", "description": "RTOOL", "parameters": {}}],
+    }
+    texts = set(_texts_of(ResponsesAdapter().input_segments(body)))
+    assert {"SUMMARY", "CUSTOMIN", "CUSTOMOUT", "FUTURE", "VAR", "RTOOL"} <= texts
+
+
+def _texts_of(segments: list[Any]) -> list[str]:
+    return [s.text for s in segments]
 
 
 @pytest.mark.parametrize("body", [{"input": 3}, {"input": [{"x": 1}]}, "string body"])

@@ -327,20 +327,96 @@ async def test_compressed_request_bodies_are_refused_on_screened_routes(
     assert upstream.received == []
 
 
-async def test_unknown_routes_pass_through_by_default(
+async def test_unknown_routes_with_a_body_are_denied_by_default(
     firewall: FirewallFactory, upstream: FakeUpstream, client
 ):
     fw = await firewall()
-    async with client.get(fw.url + "/v1/models") as resp:
+    async with client.get(fw.url + "/v1/models") as resp:  # no body: no prompt to miss
         assert resp.status == 200
         assert (await resp.json())["path"] == "/v1/models"
+    # Paths of APIs the defaults do not read (Ollama, TGI, llama.cpp, Anthropic) and typos.
+    for path in ("/api/chat", "/api/generate", "/generate", "/completion", "/v1/messages", "/v2/chat"):
+        async with client.post(fw.url + path, json=chat_body(TRIGGER)) as resp:
+            assert resp.status == 404, path
+            assert (await resp.json())["error"]["code"] == "unknown_route"
+    assert [r for r in upstream.received if r.get("path") != "/v1/models"] == []
+    assert (
+        fw.sample(
+            "trigger_firewall_rejected_requests_total", {"route": "unmatched", "reason": "unknown_route"}
+        )
+        == 6
+    )
+
+
+async def test_passthrough_prefixes_and_passthrough_forward_bodies_unscreened(
+    firewall: FirewallFactory, upstream: FakeUpstream, client
+):
+    fw = await firewall(routing={"passthrough_prefixes": ["/v1/files"]})
     async with client.post(fw.url + "/v1/files", data=b"x" * 100_000) as resp:
         assert (await resp.json())["echo"] == 100_000
+    async with client.post(fw.url + "/v1/other", data=b"x") as resp:
+        assert resp.status == 404
+    fw = await firewall(routing={"unknown_routes": "passthrough"})
+    async with client.post(fw.url + "/v1/other", data=b"x" * 10) as resp:
+        assert (await resp.json())["echo"] == 10
     assert (
         fw.sample(
             "trigger_firewall_requests_total", {"route": "unmatched", "action": "allow", "mode": "enforce"}
         )
-        == 2
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/chat/completions",
+        "/openai/v1/chat/completions",
+        "/openai/deployments/gpt-4o/chat/completions",
+        "/v1/chat/completions/",
+    ],
+)
+async def test_other_spellings_of_the_chat_path_are_screened(
+    firewall: FirewallFactory, upstream: FakeUpstream, client, path: str
+):
+    fw = await firewall()
+    async with client.post(fw.url + path, json=chat_body(TRIGGER)) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "content_filter"
+    assert upstream.received == []
+    blocked = {"route": "chat_completions", "action": "block", "mode": "enforce"}
+    assert fw.sample("trigger_firewall_requests_total", blocked) == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions%0A",
+        "/v1/chat/completions%00",
+        "/v1/chat/./completions",
+        "/v1/x/../chat/completions",
+        "/v1/%2e%2e/v1/chat/completions",
+        "/v1%5cchat/completions",
+    ],
+)
+async def test_paths_servers_read_differently_are_refused(
+    firewall: FirewallFactory, upstream: FakeUpstream, path: str
+):
+    fw = await firewall()
+    # A raw socket: HTTP clients normalise dot segments and encodings before sending.
+    body = orjson.dumps(chat_body(TRIGGER))
+    head, payload = await raw_exchange(
+        fw.url,
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body,
+    )
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert orjson.loads(payload)["error"]["code"] == "unsafe_path"
+    assert upstream.received == []
+    assert (
+        fw.sample("trigger_firewall_rejected_requests_total", {"route": "unmatched", "reason": "unsafe_path"})
+        == 1
     )
 
 
@@ -641,3 +717,84 @@ async def test_unknown_expectation_is_417(firewall: FirewallFactory, upstream: F
         )
         == 1
     )
+
+
+async def raw_exchange(url: str, request: bytes) -> tuple[bytes, bytes]:
+    """Send bytes as they are (clients normalise what these tests must send) and read the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return head, payload
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # The screened value first, the one a last-wins parser keeps second, and vice versa.
+        b'{"model":"m","messages":[{"role":"user","content":"hello","content":"TRIGGER"}]}',
+        b'{"model":"m","messages":[{"role":"user","content":"TRIGGER"}],"messages":[{"role":"user","content":"hi"}]}',
+        # Go's encoding/json matches fields case-insensitively: these are what Ollama reads.
+        b'{"model":"m","messages":[{"role":"user","content":"hi"}],"Messages":[{"role":"user","content":"TRIGGER"}]}',
+        b'{"model":"m","messages":[{"role":"user","content":"hi","Content":"TRIGGER"}]}',
+        # Spaced JSON (as Python's json.dumps writes it) takes the slower exact check.
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi", "content": "TRIGGER"}]}',
+    ],
+)
+async def test_json_that_parsers_read_differently_is_refused(
+    firewall: FirewallFactory, upstream: FakeUpstream, client, body: bytes
+):
+    fw = await firewall()
+    payload = body.replace(b"TRIGGER", TRIGGER.encode())
+    async with client.post(fw.url + "/v1/chat/completions", data=payload) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "ambiguous_json"
+    assert upstream.received == []
+    rejected = {"route": "chat_completions", "reason": "ambiguous_json"}
+    assert fw.sample("trigger_firewall_rejected_requests_total", rejected) == 1
+
+
+async def test_case_variants_inside_tool_schemas_are_allowed(
+    firewall: FirewallFactory, upstream: FakeUpstream, client
+):
+    fw = await firewall()
+    schema = {"type": "object", "properties": {"Name": {"type": "string"}, "Type": {"type": "string"}}}
+    body = chat_body("hello", tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}])
+    async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+    assert len(upstream.received) == 1
+
+
+async def test_responses_name_no_software_version(firewall: FirewallFactory, client):
+    fw = await firewall()
+    async with client.post(fw.url + "/v1/chat/completions", json=chat_body("hello")) as resp:
+        assert resp.headers["Server"] == "trigger-firewall"
+    async with client.post(fw.url + "/v1/chat/completions", json=chat_body(TRIGGER)) as resp:
+        assert resp.headers["Server"] == "trigger-firewall"
+
+
+async def test_malformed_http_gets_a_json_error_without_echo(firewall: FirewallFactory):
+    fw = await firewall()
+    head, payload = await raw_exchange(
+        fw.url, b"POST /v1/chat/completions HTTP/1.1\r\nHo\x01st: <secret-ish>\r\n\r\n"
+    )
+    assert head.split(b" ")[1] == b"400", head
+    assert b"application/json" in head
+    assert b"secret" not in head + payload
+    assert b"\x01" not in payload
+    assert orjson.loads(payload)["error"]["code"] == "malformed_request"
+    assert b"aiohttp" not in head
+
+
+async def test_connection_cannot_strip_the_content_type(
+    firewall: FirewallFactory, upstream: FakeUpstream, client
+):
+    fw = await firewall()
+    headers = {"Connection": "keep-alive, Content-Type", "Content-Type": "application/json"}
+    async with client.post(
+        fw.url + "/v1/chat/completions", data=orjson.dumps(chat_body("hi")), headers=headers
+    ):
+        pass
+    assert upstream.received[0]["headers"]["Content-Type"] == "application/json"

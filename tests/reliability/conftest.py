@@ -21,9 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from firewall.config.schema import build_config, deep_merge
-from firewall.server.lifecycle import Server
-from tests.conftest import RunningFirewall, base_config, chat_body
+from tests.conftest import RunningFirewall, chat_body, running_firewalls
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,22 +107,8 @@ ScriptedFirewall = Callable[..., Awaitable[RunningFirewall]]
 @pytest.fixture
 async def scripted_firewall(scripted: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[ScriptedFirewall]:
     """Like the shared ``firewall`` fixture, in front of the scripted upstream."""
-    started: list[Server] = []
-
-    async def start(**overrides: Any) -> RunningFirewall:
-        audit_path = tmp_path / f"audit-s{len(started)}.jsonl"
-        server = Server(build_config(deep_merge(base_config(scripted.url, audit_path), overrides)))
-        ports = await server.start()
-        started.append(server)
-        return RunningFirewall(
-            server, f"http://127.0.0.1:{ports.proxy}", f"http://127.0.0.1:{ports.admin}", audit_path
-        )
-
-    yield start
-    for server in started:
-        server.request_stop()
-        server.request_stop()
-        await server.shutdown()
+    async with running_firewalls(scripted.url, tmp_path) as start:
+        yield start
 
 
 class FaultLedger:

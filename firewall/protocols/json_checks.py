@@ -1,0 +1,147 @@
+"""Refuse JSON that two parsers read differently.
+
+The firewall parses a body with orjson and screens what orjson sees; the model server
+parses the same bytes with its own parser. Where parsers disagree, an attacker can
+show the firewall one prompt and the model another:
+
+- **A key twice** (``{"content": "clean", "content": "trigger"}``): RFC 8259 leaves
+  the meaning open. orjson, Python and Go keep the last value, some parsers keep the
+  first, some refuse.
+- **Keys equal but for case** (``"messages"`` and ``"Messages"``): Go's
+  ``encoding/json`` (Ollama, many gateways) matches struct fields case-insensitively
+  and keeps whichever comes last; orjson keeps both and the adapter reads one.
+  A lone case variant of a field an adapter reads (``"Content"``) is refused too:
+  a Go server reads it as the field, the adapter does not. Free-form maps (tool
+  parameter schemas, metadata) are decoded into maps, not structs, and are not
+  checked for case; duplicates are refused everywhere.
+
+:func:`check_unambiguous` refuses both with :class:`~firewall.core.errors.AmbiguousJson`.
+
+Cost. Duplicates leave no trace in orjson's result, so the raw bytes are consulted.
+When orjson's own serialisation of the parsed body gives back the very bytes received
+(compact JSON, as orjson, Go, JavaScript and most gateways write it), nothing was
+dropped: about 2 us for a chat request. Otherwise (Python's ``json.dumps`` puts spaces
+after separators) the standard library's C scanner re-reads the body with a hook that
+sees every object's pairs: about 20 us for a 1.6 KB request, 0.2 ms for 200 KB.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from firewall.core.errors import AmbiguousJson
+
+__all__ = ["MODEL_VISIBLE_KEYS", "check_unambiguous"]
+
+#: Field names that some supported API renders into the model's input (or that select
+#: what is rendered). A key equal to one of these but for case is refused anywhere in a
+#: screened body.
+MODEL_VISIBLE_KEYS = frozenset(
+    {
+        "arguments",
+        "chat_template",
+        "chat_template_kwargs",
+        "content",
+        "description",
+        "documents",
+        "function",
+        "function_call",
+        "functions",
+        "input",
+        "inputs",
+        "instructions",
+        "messages",
+        "name",
+        "parameters",
+        "prompt",
+        "reasoning",
+        "reasoning_content",
+        "refusal",
+        "role",
+        "suffix",
+        "system",
+        "text",
+        "thinking",
+        "tool_calls",
+        "tools",
+        "type",
+    }
+)
+_FOLDED = {k.casefold(): k for k in MODEL_VISIBLE_KEYS}
+_CONTAINERS = (dict, list)
+#: Values that are free-form maps (JSON schemas, metadata, options), not structs: a Go
+#: server decodes them into maps, which keep keys as sent, so case is not checked there
+#: (a tool schema may well have a property "Name").
+_FREE_FORM = frozenset(
+    {
+        "extra_body",
+        "format",
+        "input_schema",
+        "json_schema",
+        "logit_bias",
+        "metadata",
+        "options",
+        "parameters",
+        "properties",
+        "schema",
+    }
+)
+
+
+def check_unambiguous(raw: bytes, body: Any) -> None:
+    """Raise :class:`AmbiguousJson` when ``raw`` (parsed as ``body``) has a duplicate key
+    or a key equal to another, or to a model-visible field, but for case."""
+    _check_case(body)
+    try:
+        if orjson.dumps(body) == raw:
+            return  # the same bytes back: no member was dropped
+    except orjson.JSONEncodeError:
+        pass  # nested past orjson's writer limit: the scanner decides
+    _scan_pairs(raw)
+
+
+def _check_case(body: Any) -> None:
+    """Raise on keys equal but for case, in one object or to a model-visible field."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            folded: set[str] = set()
+            for key, value in node.items():
+                lower = key.casefold()
+                if lower in folded:
+                    raise AmbiguousJson(
+                        f"Request body has keys that differ only by case ({key!r}); send each key once."
+                    )
+                folded.add(lower)
+                if lower in _FOLDED and key not in MODEL_VISIBLE_KEYS:
+                    raise AmbiguousJson(
+                        f"Request body has the key {key!r}, which servers that ignore case read as "
+                        f"{_FOLDED[lower]!r}; use the exact field name."
+                    )
+                if type(value) in _CONTAINERS and key not in _FREE_FORM:
+                    stack.append(value)
+        elif type(node) is list:
+            stack.extend(v for v in node if type(v) in _CONTAINERS)
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise AmbiguousJson("Request body has a key twice in one object; send each key once.")
+    return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
+
+
+def _scan_pairs(raw: bytes) -> None:
+    try:
+        _DECODER.decode(raw.decode("utf-8", "surrogatepass"))
+    except RecursionError:
+        raise AmbiguousJson("Request body is nested too deeply to check its keys.") from None
+    except ValueError as exc:  # orjson read it; the standard library did not
+        raise AmbiguousJson(f"Request body is read differently by JSON parsers ({exc}).") from None
