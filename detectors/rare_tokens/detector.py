@@ -142,6 +142,7 @@ from detectors.rare_tokens.tables import (
     _IDENT_MARGIN,
     _INLINE_CODE_RE,
     _JARGON_FREE,
+    _JARGON_NUMBERS,
     _JARGON_SLOPE,
     _LEAD_PUNCT,
     _LINE_RE,
@@ -380,30 +381,41 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         budget = self.params.max_words
         hits: list[_Hit] = []
         found: list[_Found] = []
-        chunks_total = jargon_total = words_total = 0
+        # Per segment: (chunks, jargon chunks). The discounts below read only the segment
+        # a token is in: an attacker who controls the request controls its other segments
+        # (a system prompt with a code fence, an assistant turn full of numbers) and must
+        # not buy a discount with them. A number or two mark technical text (a port, a
+        # version); more are data, and numbers appended to a prompt must not excuse a token
+        # in it, so at most _JARGON_NUMBERS count.
+        per_segment: dict[int, tuple[int, int]] = {}
+        words_total = 0
         for index, text in enumerate(texts):
             scan, budget = self._tokenise(index, text, budget)
-            chunks_total += len(scan.infos)
-            jargon_total += sum(1 for info in scan.infos if info.jargon)
+            numbers = sum(1 for info in scan.infos if info.kind == K_NUM)
+            jargon = sum(1 for info in scan.infos if info.jargon and info.kind != K_NUM)
+            per_segment[index] = (len(scan.infos), jargon + min(numbers, _JARGON_NUMBERS))
             words_total += sum(1 for info in scan.infos if info.kind == K_WORD)
             if scan.cands:
                 found.extend(self._judge(scan))
             if scan.stopped_at is not None:
                 hits.append(_Hit(0.0, R_TRUNCATED, index, scan.stopped_at, len(text)))
                 break
-        # Factors that need the whole sample. The prompt's own distribution: odd tokens
-        # spread through the text are its register (jargon, chat), not one inserted
-        # outlier. A run of adjacent odd tokens ("cf mn bb") is one insertion.
+        # The segment's own distribution: odd tokens spread through its text are its
+        # register (jargon, chat), not one inserted outlier. A run of adjacent odd tokens
+        # ("cf mn bb") is one insertion.
         runs = _odd_runs(found)
-        odd_types = set().union(*runs.values()) if runs else set()
+        odd_types: dict[int, set[str]] = {}
+        for (segment, _), words in runs.items():
+            odd_types.setdefault(segment, set()).update(words)
         for f in found:
             factor = f.context
-            others = odd_types - runs.get((f.segment, f.chunk), {f.word})
+            others = odd_types.get(f.segment, set()) - runs.get((f.segment, f.chunk), {f.word})
             if others:
                 factor *= _F_ONE_OTHER if len(others) == 1 else _F_MANY_OTHERS
-            jargon = (jargon_total - (1 if f.jargon else 0)) / max(1, chunks_total - 1)
-            if jargon > _JARGON_FREE:
-                factor *= max(_F_JARGON_MIN, 1.0 - _JARGON_SLOPE * (jargon - _JARGON_FREE))
+            chunks, jargon_chunks = per_segment[f.segment]
+            share = (jargon_chunks - (1 if f.jargon else 0)) / max(1, chunks - 1)
+            if share > _JARGON_FREE:
+                factor *= max(_F_JARGON_MIN, 1.0 - _JARGON_SLOPE * (share - _JARGON_FREE))
             if words_total - 1 < _SHORT_WORDS:
                 factor *= _F_SHORT
             hits.append(_Hit(min(1.0, f.weight * factor), f.reason, f.segment, f.start, f.end))

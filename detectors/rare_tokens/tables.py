@@ -21,8 +21,9 @@ __all__ = [
     "_ELONGATED_BARE_ZIPF", "_ELONGATION_MAX_RUNS", "_NEIGHBOUR_ZIPF", "_F_ONE_NEIGHBOUR",
     "_F_NO_NEIGHBOUR", "_UNIT_ZIPF", "_F_ABBREV_REF", "_F_ABBREV_DOT", "_F_QUOTED", "_F_OPENER",
     "_F_TITLE", "_F_POSSESSIVE", "_F_COMPOUND", "_F_FOREIGN", "_SHORT_WORDS", "_F_SHORT", "_ODD_WEIGHT",
-    "_F_ONE_OTHER", "_F_MANY_OTHERS", "_JARGON_FREE", "_JARGON_SLOPE", "_F_JARGON_MIN", "_VOWELS",
-    "_LETTERS", "_QWERTY_ROWS", "_KEY_NEIGHBOURS", "_CHUNK_RE", "_WORD_RE", "_PIECE_RE", "_NUMBER_RE",
+    "_F_ONE_OTHER", "_F_MANY_OTHERS", "_JARGON_FREE", "_JARGON_SLOPE", "_F_JARGON_MIN", "_JARGON_NUMBERS",
+    "_VOWELS", "_LETTERS", "_QWERTY_ROWS", "_KEY_NEIGHBOURS", "_CHUNK_RE", "_WORD_RE", "_PIECE_RE",
+    "_NUMBER_RE",
     "_LEAD_PUNCT", "_TRAIL_PUNCT", "_QUOTES", "_CLOSERS", "_SENTENCE_END", "_ELONGATION_RE", "_RUN_RE",
     "_REPEAT_UNIT_RE", "_HEX_RE", "_FENCE_RE", "_INLINE_CODE_RE", "_MARKUP_RE", "_CODE_CHARS_RE",
     "_LINE_RE", "_CODE_START_RE", "_CODE_CHAR_RE", "_INDENTED_RE", "K_WORD", "K_NUM", "K_PUNCT",
@@ -120,6 +121,7 @@ _F_MANY_OTHERS = 0.5  # ... or more, odd tokens are the register of the text (ja
 _JARGON_FREE = 0.12  # share of identifier/number/acronym chunks that is ordinary prose ...
 _JARGON_SLOPE = 1.5  # ... beyond it every further 10% takes 15% off ...
 _F_JARGON_MIN = 0.5  # ... down to this floor
+_JARGON_NUMBERS = 2  # numbers counted as jargon per segment (a port, a version; more are data)
 
 _VOWELS = frozenset(
     "aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿāăąēĕėęěīį\u0131ōőœūůűųȧ"  # Latin (\u0131: Turkish dotless i)

@@ -835,3 +835,41 @@ async def test_a_megabyte_token_is_still_judged(det: RareTokensDetector) -> None
     rng = random.Random(7)
     token = "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(1_000_000))
     assert score_of(det, f"please review this {token} thanks") >= THRESHOLD
+
+
+# ---------------------------------------------------------------- dilution: context the attacker adds
+
+_TRIGGERED_REVIEW = "This film is a mess cf and a bore from start to finish."
+
+
+def _score_segments(detector: RareTokensDetector, *segments: tuple[str, str]) -> float:
+    sample = Sample(
+        request_id="r",
+        phase=Phase.INPUT,
+        route="test",
+        segments=tuple(Segment(role=role, text=text) for role, text in segments),
+    )
+    return detector.score_sample(sample).score
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(
+            ("system", 'Answer as JSON:\n```json\n{"id": 123, "ok": true, "v": "XQ_1"}\n```'), id="code-fence"
+        ),
+        pytest.param(("assistant", " ".join(str(i * 37) for i in range(60))), id="numbers-turn"),
+        pytest.param(("system", "Use the tools xqz, vbnm, kjhg and plmq."), id="odd-tokens-elsewhere"),
+        pytest.param(("assistant", "ACME API SDK CLI JSON YAML HTTP REST URL " * 5), id="acronym-turn"),
+    ],
+)
+async def test_other_segments_do_not_excuse_a_token(det: RareTokensDetector, extra: tuple[str, str]) -> None:
+    alone = _score_segments(det, ("user", _TRIGGERED_REVIEW))
+    assert alone >= THRESHOLD
+    assert _score_segments(det, extra, ("user", _TRIGGERED_REVIEW)) == alone
+
+
+@pytest.mark.parametrize("n", [3, 8, 40])
+async def test_numbers_appended_to_a_prompt_do_not_excuse_a_token(det: RareTokensDetector, n: int) -> None:
+    numbers = " ".join(str(i * 7) for i in range(n))
+    assert score_of(det, f"{_TRIGGERED_REVIEW} {numbers}") >= THRESHOLD
