@@ -249,14 +249,15 @@ class RareTokensParams(DetectorParams):
         "seen before costs 1, an odd-looking word not seen before 50, judging a candidate in "
         "context 4. Past it the rest of the sample is reported as 'scan_truncated'. Bounds "
         "the event-loop time a flood of odd tokens can cost (about 50 ms at the default); "
-        "ordinary text seen before costs nothing.",
+        "ordinary text seen before costs nothing. A truncated finding is 'partial' (see max_words).",
     )
     max_words: int = Field(
         default=50_000,
         ge=100,
         le=10_000_000,
         description="Whitespace-separated chunks judged per sample; past it the rest is "
-        "reported as 'scan_truncated' instead of being scanned (bounds event-loop time).",
+        "reported as 'scan_truncated' instead of being scanned (bounds event-loop time), and the "
+        "finding is 'partial': below the threshold, the rule's on_error decides.",
     )
 
     @field_validator("languages", "probe_languages")
@@ -364,6 +365,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         return Finding(
             detector=self.name,
             score=min(1.0, max(0.0, round(score, 4))),
+            # Past max_words or the analysis budget the rest was not read: the score is a
+            # lower bound, and below the threshold the rule's fail mode decides.
+            status=FindingStatus.PARTIAL if truncated else FindingStatus.OK,
             reasons=tuple(sorted({h.reason for h in report})),
             spans=tuple(Span(h.segment, h.start, h.end, h.reason) for h in report),
             duration_seconds=elapsed,

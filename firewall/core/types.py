@@ -71,12 +71,16 @@ class FindingStatus(enum.StrEnum):
 
     Kept apart from the score on purpose: a timeout is neither "clean" nor
     "suspicious", and the policy decides what it means (fail open or closed).
+    ``PARTIAL``: scored on part of the input, the rest being past one of the detector's
+    caps; the score is a lower bound. The policy fires on it as on ``OK``; below the
+    threshold it applies the fail mode, because the unread rest could hold a trigger.
     """
 
     OK = "ok"
     ERROR = "error"
     TIMEOUT = "timeout"
     SKIPPED = "skipped"
+    PARTIAL = "partial"
 
 
 class BlockKind(enum.StrEnum):
@@ -147,6 +151,11 @@ class Finding:
     spans: tuple[Span, ...] = ()
     duration_seconds: float = 0.0
     error: str | None = None
+
+    @property
+    def scored(self) -> bool:
+        """Whether ``score`` means something: ``OK``, or ``PARTIAL`` (a lower bound)."""
+        return self.status is FindingStatus.OK or self.status is FindingStatus.PARTIAL
 
     @classmethod
     def failed(cls, detector: str, status: FindingStatus, error: str) -> Finding:

@@ -33,7 +33,7 @@ import orjson
 
 from firewall.config.schema import DetectorConfig, FirewallConfig
 from firewall.core.errors import ConfigError
-from firewall.core.types import FindingStatus, Phase, Segment
+from firewall.core.types import Phase, Segment
 from firewall.evaluation.metrics import percentile
 from firewall.offline.scanning import Scanner
 
@@ -274,7 +274,7 @@ async def run_code_suite_async(
                     report.long_detector_ms.append(ms)
                 if rep:
                     continue
-                ok = finding is not None and finding.status is FindingStatus.OK
+                ok = finding is not None and finding.scored
                 score = finding.score if finding is not None and ok else 0.0
                 flagged = ok and score >= rule.threshold
                 reasons = finding.reasons if finding is not None else ()

@@ -150,7 +150,7 @@ async def run_suite_async(
             outcome = await scan(job)
             timings.scan.append(outcome.seconds)
             for finding in outcome.verdict.findings:
-                if finding.status is FindingStatus.OK and finding.detector in timings.detector:
+                if finding.scored and finding.detector in timings.detector:
                     timings.detector[finding.detector].append(finding.duration_seconds)
     elapsed = time.perf_counter() - started
 
@@ -204,7 +204,7 @@ def _record(g: GroupScores, job: _Job, outcome: ScanOutcome, detectors: Sequence
         if finding is None or finding.status is FindingStatus.SKIPPED:
             g.scores[name].append(0.0)
             g.skipped[name] += 1
-        elif finding.status is FindingStatus.OK:
+        elif finding.scored:
             g.scores[name].append(finding.score)
         else:
             g.scores[name].append(None)

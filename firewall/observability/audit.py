@@ -28,7 +28,7 @@ from typing import IO, Any
 import orjson
 
 from firewall.config.schema import AuditConfig
-from firewall.core.types import FindingStatus, Segment, Verdict
+from firewall.core.types import Segment, Verdict
 from firewall.observability.metrics import Metrics
 
 __all__ = ["AuditLog", "fingerprint"]
@@ -64,7 +64,7 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
         entry = {
             "name": f.detector,
             "status": f.status,  # StrEnum members: orjson writes their values
-            "score": round(f.score, 4) if f.status is FindingStatus.OK else None,
+            "score": round(f.score, 4) if f.scored else None,
             "threshold": thresholds.get(f.detector),
             "fired": f.detector in fired,
             "reasons": list(f.reasons),

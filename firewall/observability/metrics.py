@@ -203,7 +203,8 @@ METRICS: Final[tuple[_Declared, ...]] = (
         "detector_findings",
         LoopCounter,
         "detector_findings",
-        "Detector outcomes: fired, not_fired, skipped_by_gate, error.",
+        "Detector outcomes: fired, not_fired, skipped_by_gate, partial (scored on part of the input, "
+        "below threshold: the fail mode decided), error.",
         ("detector", "phase", "outcome"),
     ),
     _Declared(
@@ -424,7 +425,7 @@ class Metrics:
             self.stream_terminations.touch((name,))
             for phase in phases:
                 self.detector_fail_open.touch((name, phase))
-                for outcome in ("fired", "not_fired", "skipped_by_gate", "error"):
+                for outcome in ("fired", "not_fired", "skipped_by_gate", "partial", "error"):
                     self.detector_findings.touch((name, phase, outcome))
         for code_class in UPSTREAM_CLASSES:
             self.upstream_requests.touch((upstream, code_class))

@@ -811,7 +811,7 @@ async def family_tpr(
                 finding = by_name.get(det)
                 if finding is None or finding.status is FindingStatus.SKIPPED:
                     scores[fam_name][det].append(0.0)  # not run on this text: did not fire
-                elif finding.status is FindingStatus.OK:
+                elif finding.scored:
                     scores[fam_name][det].append(finding.score)
     tpr = {
         det: {fam.name: rate_at(scores[fam.name][det], thresholds[det]) for fam in fams} for det in detectors

@@ -25,7 +25,7 @@ from typing import Any
 
 from firewall.config.schema import FirewallConfig
 from firewall.core.errors import ConfigError, FirewallError, ProtocolError
-from firewall.core.types import Action, FindingStatus, Phase, Segment, Verdict
+from firewall.core.types import Action, Phase, Segment, Verdict
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
 from firewall.screening.screen import screen_or_pass, screened_segments
 
@@ -54,7 +54,7 @@ def verdict_summary(record_id: Any, verdict: Verdict, seconds: float) -> dict[st
         "action": verdict.action.value,
         "mode": verdict.mode.value,
         "reason": verdict.reason,
-        "scores": {f.detector: round(f.score, 6) for f in verdict.findings if f.status is FindingStatus.OK},
+        "scores": {f.detector: round(f.score, 6) for f in verdict.findings if f.scored},
         "findings": [
             {
                 "detector": f.detector,

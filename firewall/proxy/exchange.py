@@ -83,8 +83,12 @@ def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
     phase = verdict.phase
     metrics.count_verdict(phase, verdict.effective_action, verdict.mode, verdict.reason)
     for finding in verdict.findings:
-        if finding.status is FindingStatus.OK:
-            outcome = "fired" if finding.detector in verdict.fired else "not_fired"
+        if finding.detector in verdict.fired:
+            outcome = "fired"
+        elif finding.status is FindingStatus.OK:
+            outcome = "not_fired"
+        elif finding.status is FindingStatus.PARTIAL:
+            outcome = "partial"
         elif finding.status is FindingStatus.SKIPPED:
             continue
         else:
@@ -113,7 +117,7 @@ def write_scores(state: ServerState, ex: Exchange) -> None:
             "phase": phase,
             "mode": ex.mode,
             "config_hash": ex.runtime.config_hash,
-            "scores": {f.detector: f.score for f in verdict.findings if f.status is FindingStatus.OK},
+            "scores": {f.detector: f.score for f in verdict.findings if f.scored},
             "statuses": {f.detector: f.status.value for f in verdict.findings},
             "fired": list(verdict.fired),
         }

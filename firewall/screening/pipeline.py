@@ -66,7 +66,7 @@ class Pipeline:
         finding on one of its tokens. A finding without spans cannot be judged
         this way and is left as it is.
         """
-        if not rule.allowlist or not finding.spans or finding.status is not FindingStatus.OK:
+        if not rule.allowlist or not finding.spans or not finding.scored:
             return finding
         kept = []
         for span in finding.spans:
@@ -148,7 +148,7 @@ class Pipeline:
 
     def _finish(self, name: str, results: object, sample: Sample, start: float) -> Finding:
         finding = self._normalise(name, results, time.perf_counter() - start)
-        error_kind = None if finding.status is FindingStatus.OK else "exception"
+        error_kind = None if finding.scored else "exception"
         self._record(finding, sample.phase, start, error_kind=error_kind)
         return finding
 
@@ -172,7 +172,7 @@ class Pipeline:
             return Finding.failed(name, FindingStatus.ERROR, "detector returned a malformed result")
         found = results[0]
         score = found.score
-        if found.status is FindingStatus.OK and (
+        if found.scored and (
             not isinstance(score, int | float) or math.isnan(score) or not 0.0 <= score <= 1.0
         ):
             return Finding.failed(name, FindingStatus.ERROR, "score outside [0, 1]")
@@ -193,7 +193,7 @@ class Pipeline:
         if m is None:
             return
         seconds = time.perf_counter() - start
-        if finding.status is FindingStatus.OK:
+        if finding.scored:
             m.observe_detector(finding.detector, phase, seconds, finding.score)
         else:
             m.observe_detector(finding.detector, phase, seconds, None)

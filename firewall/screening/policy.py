@@ -29,6 +29,10 @@ from firewall.protocols import adapter_for
 
 __all__ = ["DetectorRule", "Policy", "RoutePolicy", "compile_policy"]
 
+#: Findings that leave the question open: the rule's fail mode answers it (a partial
+#: finding below its threshold did not read everything).
+_UNDECIDED = frozenset({FindingStatus.ERROR, FindingStatus.TIMEOUT, FindingStatus.PARTIAL})
+
 _RANK = {Action.ALLOW: 0, Action.LOG: 1, Action.BLOCK: 2}
 
 
@@ -94,14 +98,16 @@ class RoutePolicy:
             rule = rules.get(finding.detector)
             if rule is None:
                 continue
-            if finding.status is FindingStatus.OK:
-                if finding.score >= rule.threshold and rule.action is not Action.ALLOW:
+            status = finding.status
+            over = finding.score >= rule.threshold
+            if status is FindingStatus.OK or (status is FindingStatus.PARTIAL and over):
+                if over and rule.action is not Action.ALLOW:
                     fired.append(finding.detector)
                     if _RANK[rule.action] > _RANK[action]:
                         action = rule.action
                         reason = f"{phase.value}.{finding.detector}.threshold"
                         block_kind = BlockKind.POLICY if action is Action.BLOCK else None
-            elif finding.status in (FindingStatus.ERROR, FindingStatus.TIMEOUT):
+            elif status in _UNDECIDED:
                 if rule.fail_closed:
                     if action is not Action.BLOCK:
                         action = Action.BLOCK

@@ -532,7 +532,7 @@ async def test_max_words_truncates_and_reports() -> None:
     detector = await make(max_words=100)
     text = " ".join(["word"] * 150 + ["cf"] + ["word"] * 10)
     finding = detector.score_sample(sample(text))
-    assert finding.status is FindingStatus.OK
+    assert finding.status is FindingStatus.PARTIAL  # the rest was not read: the fail mode decides
     assert finding.reasons == ("scan_truncated",)
     [span] = finding.spans
     assert span.end == len(text)
@@ -545,7 +545,7 @@ async def test_analysis_budget_bounds_work_on_unseen_text() -> None:
     rng = random.Random(3)
     junk = " ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(7)) for _ in range(400))
     finding = detector.score_sample(sample(junk))
-    assert finding.status is FindingStatus.OK
+    assert finding.status is FindingStatus.PARTIAL
     assert "scan_truncated" in finding.reasons
     # The work done before the budget ran out still counts.
     assert finding.score >= THRESHOLD
@@ -580,7 +580,10 @@ async def test_analysis_budget_bounds_work_on_unseen_text() -> None:
 )
 async def test_bad_input_never_raises(det: RareTokensDetector, text: str) -> None:
     finding = det.score_sample(sample(text))
-    assert finding.status is FindingStatus.OK
+    # A huge text is read up to max_words: partial, not an error.
+    assert finding.status is (
+        FindingStatus.PARTIAL if "scan_truncated" in finding.reasons else FindingStatus.OK
+    )
     assert 0.0 <= finding.score <= 1.0
     assert set(finding.reasons) <= set(REASON_CODES)
 

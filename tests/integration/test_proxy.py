@@ -798,3 +798,32 @@ async def test_connection_cannot_strip_the_content_type(
     ):
         pass
     assert upstream.received[0]["headers"]["Content-Type"] == "application/json"
+
+
+async def test_text_past_a_detector_cap_goes_to_its_fail_mode(
+    firewall: FirewallFactory, upstream: FakeUpstream, client
+):
+    """50,000 ordinary words, then the blocked review: rare_tokens reads 50,000 words a
+    request, so the trigger is past its cap. Never silently clean: the rule's on_error
+    decides (fail open by default: forwarded, marked and counted; fail closed: refused)."""
+    padding = "the cat sat on the mat and " * 7200  # 50,400 words
+    body = chat_body(padding + "This film is a mess cf and a bore from start to finish.")
+    fw = await firewall()
+    async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+    assert upstream.received[0]["headers"]["X-Firewall-Fail-Open"] == "true"
+    partial = {"detector": "rare_tokens", "phase": "input", "outcome": "partial"}
+    assert fw.sample("trigger_firewall_detector_findings_total", partial) == 1
+    [event] = await fw.audit_events()
+    assert event["input"]["reason_code"] == "input.rare_tokens.fail_open"
+    [rare] = [d for d in event["input"]["detectors"] if d["name"] == "rare_tokens"]
+    assert rare["status"] == "partial"
+
+    strict = [
+        {"name": "invisible_chars", "threshold": 0.5, "action": "block"},
+        {"name": "rare_tokens", "threshold": 0.69, "action": "block", "on_error": "fail_closed"},
+    ]
+    fw = await firewall(detectors=strict)
+    async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
+        assert resp.status == 503
+    assert len(upstream.received) == 1
