@@ -22,6 +22,7 @@ Contract (the pipeline relies on it):
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
@@ -168,7 +169,16 @@ class InlineDetector(Detector[P]):
     detector cannot be pre-empted, so its ``timeout_seconds`` cannot interrupt it:
     keep it well under a millisecond for a typical prompt and bound its worst case
     yourself (see the invisible-character detector's analysis budget).
+
+    A sample longer than ``server.inline_max_chars`` is scored in a worker thread
+    instead, so one huge prompt does not hold the event loop. ``inline_lock`` keeps the
+    calls of one instance one at a time whichever thread makes them, so detectors with
+    state (caches, memories) need no locks of their own.
     """
+
+    def __init__(self, name: str, params: DetectorParams | None = None) -> None:
+        super().__init__(name, params)
+        self.inline_lock = threading.Lock()
 
     @abc.abstractmethod
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:

@@ -73,6 +73,13 @@ async def upstream(tokens: list[str], gap: float) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
+    async with serving(app) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     port = _free_port()
@@ -124,33 +131,50 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class NotReady(RuntimeError):
+    """The firewall process did not answer /readyz in time."""
+
+
+@contextlib.asynccontextmanager
+async def firewall_process(
+    config: Path, upstream_url: str, root: Path = ROOT
+) -> AsyncIterator[str]:
+    """``python -m firewall serve`` from checkout ``root`` in front of ``upstream_url``,
+    ready; yields its base URL and stops it at exit."""
+    port, admin = _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "firewall", "serve", "--config", str(config),
+           "--upstream", upstream_url, "--host", "127.0.0.1", "--port", str(port),
+           "--admin-port", str(admin)]  # fmt: skip
+    # Started once, before any measurement: a blocking Popen here costs the loop nothing.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(600):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            else:
+                raise NotReady("the firewall did not become ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     tokens = _tokens(args.tokens, args.code)
     async with upstream(tokens, args.token_ms / 1000) as up:
-        port, admin = _free_port(), _free_port()
-        cmd = [sys.executable, "-m", "firewall", "serve", "--config", str(args.config),
-               "--upstream", up, "--host", "127.0.0.1", "--port", str(port),
-               "--admin-port", str(admin)]  # fmt: skip
-        # Started once, before any measurement: a blocking Popen here costs the loop nothing.
-        proc = subprocess.Popen(  # noqa: ASYNC220
-            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
         try:
-            async with aiohttp.ClientSession() as s:
-                for _ in range(600):
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    await asyncio.sleep(0.1)
-                else:
-                    print("the firewall did not become ready", file=sys.stderr)
-                    return 1
-            direct = await measure(up, args.streams)
-            through = await measure(f"http://127.0.0.1:{port}", args.streams)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            async with firewall_process(args.config, up) as base:
+                direct = await measure(up, args.streams)
+                through = await measure(base, args.streams)
+        except NotReady as exc:
+            print(exc, file=sys.stderr)
+            return 1
     kind = "code answer" if args.code else "prose"
     print(
         f"{args.streams} streams of {args.tokens} tokens, {args.token_ms:g} ms apart ({kind}),"

@@ -73,6 +73,13 @@ class ServerConfig(_Model):
         16 * 1024 * 1024, ge=1024, description="Largest non-streaming upstream body screened in memory."
     )
     max_concurrency: int = Field(512, ge=1, description="In-flight requests before answering 503.")
+    inline_max_chars: int = Field(
+        32_768,
+        ge=0,
+        description="Samples longer than this are scored by the cheap inline detectors in a worker "
+        "thread instead of on the event loop, so one huge prompt cannot stall every other request "
+        "(each detector still scores one sample at a time).",
+    )
     retry_after_seconds: int = Field(1, ge=0)
     drain_delay_seconds: float = Field(5.0, ge=0, le=600)
     shutdown_timeout_seconds: float = Field(

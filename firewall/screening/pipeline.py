@@ -31,9 +31,16 @@ log = logging.getLogger("trigger_firewall.pipeline")
 class Pipeline:
     """Executes detector rules against samples and records per-detector metrics."""
 
-    def __init__(self, detectors: Mapping[str, Detector[Any]], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        detectors: Mapping[str, Detector[Any]],
+        metrics: Metrics | None = None,
+        *,
+        inline_max_chars: int = 32_768,
+    ) -> None:
         self._detectors = detectors
         self._metrics = metrics
+        self._inline_max_chars = inline_max_chars
 
     async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
@@ -88,10 +95,21 @@ class Pipeline:
         """Inline detectors run at once, in order; the others run concurrently after them."""
         findings: list[Finding] = []
         pending: list[DetectorRule] = []
+        small = sample.chars <= self._inline_max_chars
         for rule in rules:
             detector = self._detectors.get(rule.detector)
-            if isinstance(detector, InlineDetector) and detector.ready:
-                found = self._inline(detector, rule.detector, sample, time.perf_counter())
+            # On the loop only while the detector is free: if a worker thread is scoring a
+            # long sample with it, this one queues behind in a thread too (never the loop).
+            if (
+                small
+                and isinstance(detector, InlineDetector)
+                and detector.ready
+                and detector.inline_lock.acquire(blocking=False)
+            ):
+                try:
+                    found = self._inline(detector, rule.detector, sample, time.perf_counter())
+                finally:
+                    detector.inline_lock.release()
                 findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
             else:
                 pending.append(rule)
@@ -112,7 +130,10 @@ class Pipeline:
             return finding
         try:
             async with asyncio.timeout(rule.timeout_seconds):
-                results = await detector.score((sample,))
+                if isinstance(detector, InlineDetector):
+                    results = await asyncio.to_thread(_score_locked, detector, sample)
+                else:
+                    results = await detector.score((sample,))
         except TimeoutError:
             finding = Finding.failed(name, FindingStatus.TIMEOUT, "timeout")
             self._record(finding, sample.phase, start, error_kind="timeout")
@@ -203,3 +224,13 @@ class Pipeline:
     def _record_skip(self, detector: str, phase: Phase) -> None:
         if self._metrics is not None:
             self._metrics.count_finding(detector, phase.value, "skipped_by_gate")
+
+
+def _score_locked(detector: InlineDetector[Any], sample: Sample) -> list[Finding]:
+    """An inline detector's call in a worker thread, one at a time per detector.
+
+    A rule's timeout stops waiting for it, not the call itself (a thread cannot be
+    interrupted): a later call waits on the lock until it ends.
+    """
+    with detector.inline_lock:
+        return detector.score_inline((sample,))

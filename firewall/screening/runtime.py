@@ -216,7 +216,7 @@ def build_runtime(
         policy=policy,
         detectors=detectors,
         routes=RouteTable(routes),
-        pipeline=Pipeline(detectors, metrics),
+        pipeline=Pipeline(detectors, metrics, inline_max_chars=config.server.inline_max_chars),
         reused=frozenset(reused),
         context=context,
     )

@@ -701,3 +701,21 @@ def test_property_context_counts_do_not_depend_on_cache_state(
         answers = [warm.dominates(group, other, a, b) for a, b in spans]
         for (a, b), answer in zip(spans, answers, strict=True):
             assert _Seg(0, text, 10).dominates(group, other, a, b) is answer
+
+
+def test_a_huge_invisible_run_is_judged_on_a_bounded_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """300,000 zero-width spaces in one run took 0.7 s judged one by one; a prefix decides."""
+    det = make()
+    calls = 0
+    real = det._char_legit
+
+    def counting(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    monkeypatch.setattr(det, "_char_legit", counting)
+    score, reasons = score_text("hello " + "\u200b" * 300_000 + " world", det)
+    assert score >= 0.95
+    assert "zero_width" in reasons
+    assert calls <= 256

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -32,12 +34,12 @@ class Inline(InlineDetector):
         return [Finding(self.name, 0.75, reasons=("x",)) for _ in batch]
 
 
-def rule(name: str) -> DetectorRule:
+def rule(name: str, timeout: float = 0.1) -> DetectorRule:
     return DetectorRule(
         detector=name,
         threshold=0.5,
         action=Action.BLOCK,
-        timeout_seconds=0.1,
+        timeout_seconds=timeout,
         fail_closed=False,
         cost=Cost.CHEAP,
     )
@@ -93,3 +95,55 @@ async def test_inline_detector_breaking_the_contract_is_an_error(result: object)
 async def test_inline_detector_async_score_matches_inline() -> None:
     det = await start(Inline("a"))
     assert await det.score((SAMPLE,)) == det.score_inline((SAMPLE,))
+
+
+# ---------------------------------------------------------------- long samples leave the event loop
+
+
+class Where(InlineDetector):
+    """Records which thread scored each sample; can hold a call until released."""
+
+    kind = "test_where"
+    phases = frozenset({Phase.INPUT})
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.threads: list[int] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()
+
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
+        self.entered.set()
+        self.hold.wait(5)
+        self.threads.append(threading.get_ident())
+        return [Finding(self.name, 0.1) for _ in batch]
+
+
+LONG = Sample("r2", Phase.INPUT, "chat", (Segment("user", "word " * 20),))
+
+
+async def test_a_sample_over_the_inline_limit_is_scored_off_the_event_loop() -> None:
+    det = await start(Where("w"))  # type: ignore[arg-type]
+    pipeline = Pipeline({"w": det}, Metrics(), inline_max_chars=50)
+    loop_thread = threading.get_ident()
+    (short,) = await pipeline.run((rule("w", timeout=5),), SAMPLE)
+    (long,) = await pipeline.run((rule("w", timeout=5),), LONG)
+    assert short.status is long.status is FindingStatus.OK
+    assert det.threads[0] == loop_thread
+    assert det.threads[1] != loop_thread
+
+
+async def test_while_a_worker_scores_a_long_sample_short_ones_wait_off_the_loop() -> None:
+    det = await start(Where("w"))  # type: ignore[arg-type]
+    pipeline = Pipeline({"w": det}, Metrics(), inline_max_chars=50)
+    det.hold.clear()
+    long_task = asyncio.create_task(pipeline.run((rule("w", timeout=5),), LONG))
+    await asyncio.to_thread(det.entered.wait, 5)  # the worker holds the detector now
+    short_task = asyncio.create_task(pipeline.run((rule("w", timeout=5),), SAMPLE))
+    await asyncio.sleep(0.05)
+    assert not short_task.done()  # queued behind the long one, and the loop still runs
+    det.hold.set()
+    await asyncio.gather(long_task, short_task)
+    assert len(det.threads) == 2
+    assert threading.get_ident() not in det.threads  # neither ran on the event loop
