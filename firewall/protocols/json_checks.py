@@ -71,7 +71,19 @@ MODEL_VISIBLE_KEYS = frozenset(
     }
 )
 _FOLDED = {k.casefold(): k for k in MODEL_VISIBLE_KEYS}
-_CONTAINERS = (dict, list)
+#: Exact field names of the supported APIs (model-visible or not). An object whose keys are
+#: all among them needs no per-key case check.
+_PLAIN_KEYS = MODEL_VISIBLE_KEYS | frozenset(
+    {
+        "model", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n",
+        "stream", "stream_options", "stop", "seed", "user", "logprobs", "top_logprobs",
+        "presence_penalty", "frequency_penalty", "response_format", "tool_choice", "id",
+        "tool_call_id", "image_url", "url", "detail", "include_usage", "strict", "store",
+        "parallel_tool_calls", "service_tier", "modalities", "audio", "echo", "best_of",
+        "encoding_format", "dimensions", "previous_response_id", "max_output_tokens",
+        "truncation", "include", "call_id", "output", "status", "summary", "annotations",
+    }
+)  # fmt: skip
 #: Values that are free-form maps (JSON schemas, metadata, options), not structs: a Go
 #: server decodes them into maps, which keep keys as sent, so case is not checked there
 #: (a tool schema may well have a property "Name").
@@ -106,26 +118,40 @@ def check_unambiguous(raw: bytes, body: Any) -> None:
 def _check_case(body: Any) -> None:
     """Raise on keys equal but for case, in one object or to a model-visible field."""
     stack = [body]
+    pop, push = stack.pop, stack.append
     while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            folded: set[str] = set()
+        node = pop()
+        kind = type(node)
+        if kind is dict:
+            # Distinct lower-case names of the APIs cannot fold together and are no
+            # variants: only then is the per-key check skipped (the usual case, in C).
+            if not _PLAIN_KEYS.issuperset(node):
+                _check_keys(node)
             for key, value in node.items():
-                lower = key.casefold()
-                if lower in folded:
-                    raise AmbiguousJson(
-                        f"Request body has keys that differ only by case ({key!r}); send each key once."
-                    )
-                folded.add(lower)
-                if lower in _FOLDED and key not in MODEL_VISIBLE_KEYS:
-                    raise AmbiguousJson(
-                        f"Request body has the key {key!r}, which servers that ignore case read as "
-                        f"{_FOLDED[lower]!r}; use the exact field name."
-                    )
-                if type(value) in _CONTAINERS and key not in _FREE_FORM:
-                    stack.append(value)
-        elif type(node) is list:
-            stack.extend(v for v in node if type(v) in _CONTAINERS)
+                inner = type(value)
+                if (inner is dict or inner is list) and key not in _FREE_FORM:
+                    push(value)
+        elif kind is list:
+            for value in node:
+                inner = type(value)
+                if inner is dict or inner is list:
+                    push(value)
+
+
+def _check_keys(node: dict[str, Any]) -> None:
+    folded: set[str] = set()
+    for key in node:
+        lower = key.casefold()
+        if lower in folded:
+            raise AmbiguousJson(
+                f"Request body has keys that differ only by case ({key!r}); send each key once."
+            )
+        folded.add(lower)
+        if lower in _FOLDED and key not in MODEL_VISIBLE_KEYS:
+            raise AmbiguousJson(
+                f"Request body has the key {key!r}, which servers that ignore case read as "
+                f"{_FOLDED[lower]!r}; use the exact field name."
+            )
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

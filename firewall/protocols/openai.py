@@ -44,6 +44,17 @@ _PART_TEXT_KEY = {"refusal": "refusal", "thinking": "thinking"}
 #: Message fields besides ``content`` that chat templates render: the author's name and
 #: the reasoning of an earlier assistant turn (DeepSeek-style servers, vLLM).
 _MESSAGE_TEXT_FIELDS = ("name", "reasoning_content", "reasoning")
+_ROLE_AND_CONTENT = frozenset({"role", "content"})
+#: Chat request fields that carry no text: a body with only these (and messages) needs no
+#: look for tools, documents or templates.
+_PLAIN_CHAT_KEYS = frozenset(
+    {
+        "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
+        "stream", "stream_options", "stop", "seed", "user", "logprobs", "top_logprobs",
+        "presence_penalty", "frequency_penalty", "response_format", "logit_bias", "store",
+        "metadata", "service_tier", "parallel_tool_calls", "modalities",
+    }
+)  # fmt: skip
 #: Keys of a JSON schema (tool parameters) whose strings are prose a template renders.
 _SCHEMA_TEXT_KEYS = frozenset({"description", "title", "enum", "examples", "default", "const"})
 
@@ -191,19 +202,21 @@ class ChatAdapter(ProtocolAdapter):
             role = msg.get("role")
             role = role if isinstance(role, str) else "user"
             _content_segments(role, msg.get("content"), f"/messages/{i}/content", out)
-            for key in _MESSAGE_TEXT_FIELDS:
-                if isinstance(msg.get(key), str):
-                    out.append(Segment(role, msg[key], f"/messages/{i}/{key}"))
-            _tool_call_segments(msg.get("tool_calls"), f"/messages/{i}/tool_calls", out)
-            legacy = msg.get("function_call")  # the deprecated single-function form
-            if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
-                out.append(Segment(role, legacy["arguments"], f"/messages/{i}/function_call/arguments"))
-        _refuse_template(data)
-        _tool_segments(data, out)
-        # RAG documents and template arguments are rendered by the server's template.
-        for key in ("documents", "chat_template_kwargs"):
-            if data.get(key) is not None:
-                _string_leaves(data[key], f"/{key}", "user", out)
+            if not _ROLE_AND_CONTENT.issuperset(msg):  # more fields: look for the other rendered ones
+                for key in _MESSAGE_TEXT_FIELDS:
+                    if isinstance(msg.get(key), str):
+                        out.append(Segment(role, msg[key], f"/messages/{i}/{key}"))
+                _tool_call_segments(msg.get("tool_calls"), f"/messages/{i}/tool_calls", out)
+                legacy = msg.get("function_call")  # the deprecated single-function form
+                if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+                    out.append(Segment(role, legacy["arguments"], f"/messages/{i}/function_call/arguments"))
+        if not _PLAIN_CHAT_KEYS.issuperset(data):  # tools, documents, templates: rarer fields
+            _refuse_template(data)
+            _tool_segments(data, out)
+            # RAG documents and template arguments are rendered by the server's template.
+            for key in ("documents", "chat_template_kwargs"):
+                if data.get(key) is not None:
+                    _string_leaves(data[key], f"/{key}", "user", out)
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:

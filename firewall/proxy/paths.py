@@ -33,6 +33,8 @@ def check_path(raw_path: str, path: str) -> None:
     ``raw_path`` is the request target as sent (query included), ``path`` its decoded path.
     """
     raw = raw_path.partition("?")[0]
+    if "%" not in raw and "\\" not in raw and "/." not in raw and raw.isprintable() and raw == path:
+        return  # the usual API path: nothing encoded, nothing to resolve (about 0.3 us)
     if _UNSAFE_CHARS.search(path) or _UNSAFE_CHARS.search(raw) or _ENCODED_UNSAFE.search(raw):
         raise UnsafePath("Request path contains control characters or backslashes.")
     # Checked on the path as sent too: the HTTP layer may have resolved the dots already,

@@ -906,3 +906,7 @@ def test_json_adapter_deeply_nested_text_is_not_silently_skipped() -> None:
 
 def test_json_adapter_filtered_response_is_none() -> None:
     assert JsonFieldsAdapter(["/a"], ["/b"]).filtered_response({"b": "x"}, "m") is None
+
+
+def test_a_message_name_without_content_is_screened() -> None:
+    assert _texts_at({"messages": [{"role": "user", "name": "NAME"}]}) == {"/messages/0/name": "NAME"}
