@@ -170,7 +170,9 @@ class ModelOverride(_Model):
     detectors: dict[str, DetectorOverride] = Field(default_factory=dict)
 
 
-Protocol = Literal["openai_chat", "openai_completions", "openai_responses", "openai_embeddings", "json"]
+Protocol = Literal[
+    "openai_chat", "openai_completions", "openai_responses", "openai_embeddings", "anthropic_messages", "json"
+]
 
 
 class RouteConfig(_Model):
@@ -246,10 +248,12 @@ _OPENAI_ROUTES = (
 
 
 def default_routes() -> tuple[RouteConfig, ...]:
-    return tuple(
+    openai = tuple(
         RouteConfig(name=name, path=f"/v1/{suffix}", aliases=_openai_paths(suffix), protocol=protocol)
         for name, suffix, protocol in _OPENAI_ROUTES
     )
+    # Anthropic's Messages API, which vLLM and llama.cpp's server also answer.
+    return (*openai, RouteConfig(name="messages", path="/v1/messages", protocol="anthropic_messages"))
 
 
 def default_detectors() -> tuple[DetectorConfig, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from firewall.config.schema import RouteConfig
+from firewall.protocols.anthropic import MessagesAdapter
 from firewall.protocols.base import ProtocolAdapter, StreamState
 from firewall.protocols.json_fields import JsonFieldsAdapter
 from firewall.protocols.openai import (
@@ -19,6 +20,7 @@ _OPENAI: dict[str, type[ProtocolAdapter]] = {
     "openai_completions": CompletionsAdapter,
     "openai_responses": ResponsesAdapter,
     "openai_embeddings": EmbeddingsAdapter,
+    "anthropic_messages": MessagesAdapter,
 }
 
 

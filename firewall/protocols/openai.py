@@ -29,6 +29,7 @@ from typing import Any
 from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
 from firewall.protocols.base import DONE_EVENT, ProtocolAdapter, StreamState, error_body, sse_event
+from firewall.protocols.fields import function_segments, string_leaves
 
 __all__ = [
     "ChatAdapter",
@@ -55,8 +56,6 @@ _PLAIN_CHAT_KEYS = frozenset(
         "metadata", "service_tier", "parallel_tool_calls", "modalities",
     }
 )  # fmt: skip
-#: Keys of a JSON schema (tool parameters) whose strings are prose a template renders.
-_SCHEMA_TEXT_KEYS = frozenset({"description", "title", "enum", "examples", "default", "const"})
 
 
 def _require_dict(body: Any) -> dict[str, Any]:
@@ -98,45 +97,6 @@ def _content_segments(
         raise ProtocolError(f"{source.lstrip('/')} must be a string or a list of parts", param=source)
 
 
-def _string_leaves(value: Any, source: str, role: str, out: list[Segment]) -> None:
-    """Every string under ``value`` (documents, template arguments: free-form data that a
-    template renders whole), iteratively so nesting cannot exhaust the stack."""
-    stack: list[tuple[Any, str]] = [(value, source)]
-    while stack:
-        node, where = stack.pop()
-        if isinstance(node, str):
-            out.append(Segment(role, node, where))
-        elif isinstance(node, dict):
-            stack.extend((v, f"{where}/{_pointer_token(k)}") for k, v in reversed(node.items()))
-        elif isinstance(node, list):
-            stack.extend((v, f"{where}/{i}") for i, v in reversed(list(enumerate(node))))
-
-
-def _pointer_token(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _schema_segments(schema: Any, source: str, out: list[Segment]) -> None:
-    """The prose of a JSON schema: descriptions, titles, enum values, examples, defaults.
-
-    Templates render tool definitions into the prompt (often as the schema's JSON), so
-    a trigger in a parameter's description reaches the model. Property names and types
-    are identifiers, not prose, and are left to the model server's validation.
-    """
-    stack: list[tuple[Any, str]] = [(schema, source)]
-    while stack:
-        node, where = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                here = f"{where}/{_pointer_token(key)}"
-                if key in _SCHEMA_TEXT_KEYS:
-                    _string_leaves(value, here, "system", out)
-                elif isinstance(value, dict | list):
-                    stack.append((value, here))
-        elif isinstance(node, list):
-            stack.extend((v, f"{where}/{i}") for i, v in enumerate(node))
-
-
 def _tool_segments(data: dict[str, Any], out: list[Segment]) -> None:
     """Tool and legacy function definitions: their descriptions and parameter prose."""
     tools = data.get("tools")
@@ -148,20 +108,12 @@ def _tool_segments(data: dict[str, Any], out: list[Segment]) -> None:
                 target, where = (
                     (fn, f"/tools/{i}/function") if isinstance(fn, dict) else (tool, f"/tools/{i}")
                 )
-                _function_segments(target, where, out)
+                function_segments(target, where, out)
     functions = data.get("functions")
     if isinstance(functions, list):
         for i, fn in enumerate(functions):
             if isinstance(fn, dict):
-                _function_segments(fn, f"/functions/{i}", out)
-
-
-def _function_segments(fn: dict[str, Any], source: str, out: list[Segment]) -> None:
-    if isinstance(fn.get("description"), str):
-        out.append(Segment("system", fn["description"], f"{source}/description"))
-    for key in ("parameters", "input_schema"):
-        if isinstance(fn.get(key), dict):
-            _schema_segments(fn[key], f"{source}/{key}", out)
+                function_segments(fn, f"/functions/{i}", out)
 
 
 def _refuse_template(data: dict[str, Any]) -> None:
@@ -216,7 +168,7 @@ class ChatAdapter(ProtocolAdapter):
             # RAG documents and template arguments are rendered by the server's template.
             for key in ("documents", "chat_template_kwargs"):
                 if data.get(key) is not None:
-                    _string_leaves(data[key], f"/{key}", "user", out)
+                    string_leaves(data[key], f"/{key}", "user", out)
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:
@@ -444,12 +396,12 @@ class ResponsesAdapter(ProtocolAdapter):
                 else:
                     # An item type added after this adapter was written: whatever text it
                     # carries may reach the model, so all of it is screened.
-                    _string_leaves(item, f"/input/{i}", "user", out)
+                    string_leaves(item, f"/input/{i}", "user", out)
         elif items is not None:
             raise ProtocolError("'input' must be a string or an array", param="input")
         prompt = data.get("prompt")  # a stored prompt: its variables are filled in server-side
         if isinstance(prompt, dict) and prompt.get("variables") is not None:
-            _string_leaves(prompt["variables"], "/prompt/variables", "user", out)
+            string_leaves(prompt["variables"], "/prompt/variables", "user", out)
         _tool_segments(data, out)
         return out
 

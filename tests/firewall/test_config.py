@@ -64,6 +64,7 @@ def test_defaults_without_file_or_env() -> None:
         "completions",
         "responses",
         "embeddings",
+        "messages",
     ]
     assert config.routing.unknown_routes == "deny_with_body"
     assert config.server.port == 8080

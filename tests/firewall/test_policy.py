@@ -407,7 +407,7 @@ def test_compile_defaults_with_invisible_chars() -> None:
     policy = compile_policy(config, {"invisible_chars": (BOTH, Cost.CHEAP)})
     assert isinstance(policy, Policy)
     assert policy.default_mode is Mode.ENFORCE
-    assert set(policy.routes) == {"chat_completions", "completions", "responses", "embeddings"}
+    assert set(policy.routes) == {"chat_completions", "completions", "responses", "embeddings", "messages"}
     for name in ("chat_completions", "completions", "responses"):
         rp = policy.for_route(name)
         assert rp.mode is Mode.ENFORCE

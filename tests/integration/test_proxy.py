@@ -334,8 +334,8 @@ async def test_unknown_routes_with_a_body_are_denied_by_default(
     async with client.get(fw.url + "/v1/models") as resp:  # no body: no prompt to miss
         assert resp.status == 200
         assert (await resp.json())["path"] == "/v1/models"
-    # Paths of APIs the defaults do not read (Ollama, TGI, llama.cpp, Anthropic) and typos.
-    for path in ("/api/chat", "/api/generate", "/generate", "/completion", "/v1/messages", "/v2/chat"):
+    # Paths of APIs the defaults do not read (Ollama, TGI, llama.cpp) and typos.
+    for path in ("/api/chat", "/api/generate", "/generate", "/completion", "/v2/chat"):
         async with client.post(fw.url + path, json=chat_body(TRIGGER)) as resp:
             assert resp.status == 404, path
             assert (await resp.json())["error"]["code"] == "unknown_route"
@@ -344,7 +344,7 @@ async def test_unknown_routes_with_a_body_are_denied_by_default(
         fw.sample(
             "trigger_firewall_rejected_requests_total", {"route": "unmatched", "reason": "unknown_route"}
         )
-        == 6
+        == 5
     )
 
 
@@ -827,3 +827,20 @@ async def test_text_past_a_detector_cap_goes_to_its_fail_mode(
     async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
         assert resp.status == 503
     assert len(upstream.received) == 1
+
+
+async def test_anthropic_messages_are_screened(firewall: FirewallFactory, upstream: FakeUpstream, client):
+    fw = await firewall()
+    body = {
+        "model": "m",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": TRIGGER}]}],
+    }
+    async with client.post(fw.url + "/v1/messages", json=body) as resp:
+        assert resp.status == 400
+    clean = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+    async with client.post(fw.url + "/v1/messages", json=clean) as resp:
+        assert resp.status == 200
+    assert [r["path"] for r in upstream.received] == ["/v1/messages"]
+    blocked = {"route": "messages", "action": "block", "mode": "enforce"}
+    assert fw.sample("trigger_firewall_requests_total", blocked) == 1
