@@ -37,8 +37,10 @@ from firewall.core.errors import AmbiguousJson
 __all__ = ["MODEL_VISIBLE_KEYS", "check_unambiguous"]
 
 #: Field names that some supported API renders into the model's input (or that select
-#: what is rendered). A key equal to one of these but for case is refused anywhere in a
-#: screened body.
+#: what is rendered), and those the firewall's policy reads (``model`` picks per-model
+#: overrides, ``stream`` the relay). A key equal to one of these but for case is refused
+#: anywhere in a screened body: ``"MODEL"`` would route a Go server to a model whose
+#: override the firewall never applied.
 MODEL_VISIBLE_KEYS = frozenset(
     {
         "arguments",
@@ -54,6 +56,7 @@ MODEL_VISIBLE_KEYS = frozenset(
         "inputs",
         "instructions",
         "messages",
+        "model",
         "name",
         "parameters",
         "prompt",
@@ -61,6 +64,7 @@ MODEL_VISIBLE_KEYS = frozenset(
         "reasoning_content",
         "refusal",
         "role",
+        "stream",
         "suffix",
         "system",
         "text",
