@@ -88,6 +88,9 @@ class BlockKind(enum.StrEnum):
 
     POLICY = "policy"
     FAIL_CLOSED = "fail_closed"
+    #: A detector failing closed because it read only part of the text (past a cap): not
+    #: transient, so it is not answered as a retryable 503.
+    UNSCREENABLE = "unscreenable"
 
 
 @dataclass(frozen=True, slots=True)

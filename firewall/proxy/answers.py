@@ -93,8 +93,23 @@ def verdict_response(
     retry_after: int,
     param: str | None,
 ) -> web.Response:
-    """The answer to a blocking verdict: 400 ``content_filter``, or 503 when a
-    detector failed closed (a transient fault the client may retry)."""
+    """The answer to a blocking verdict: 400 ``content_filter``, 503 when a detector
+    failed closed (a transient fault the client may retry), or 413 (a request) / 502 (an
+    answer) when a detector that fails closed could read only part of the text: retrying
+    the same text cannot help."""
+    if verdict.block_kind is BlockKind.UNSCREENABLE:
+        request = verdict.phase is Phase.INPUT
+        return error_response(
+            413 if request else 502,
+            "The request is too long to screen; send a shorter one."
+            if request
+            else "The upstream answer is too long to screen; it was withheld.",
+            code="too_long_to_screen",
+            error_type="invalid_request_error" if request else "server_error",
+            request_id=request_id,
+            retry=False,
+            headers={"X-Firewall-Action": "block"},
+        )
     if verdict.block_kind is BlockKind.FAIL_CLOSED:
         return error_response(
             503,

@@ -112,7 +112,11 @@ class RoutePolicy:
                     if action is not Action.BLOCK:
                         action = Action.BLOCK
                         reason = f"{phase.value}.{finding.detector}.fail_closed"
-                        block_kind = BlockKind.FAIL_CLOSED
+                        block_kind = (
+                            BlockKind.UNSCREENABLE
+                            if status is FindingStatus.PARTIAL
+                            else BlockKind.FAIL_CLOSED
+                        )
                 else:
                     fail_open.append(finding.detector)
         if action is Action.ALLOW and fail_open:

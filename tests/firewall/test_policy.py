@@ -276,7 +276,7 @@ EVALUATE_CASES: list[tuple[Any, ...]] = [
         "input.a.fail_closed",
         (),
         (),
-        BlockKind.FAIL_CLOSED,
+        BlockKind.UNSCREENABLE,
     ),
     (
         "error finding's score is not read",

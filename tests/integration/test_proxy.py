@@ -825,7 +825,9 @@ async def test_text_past_a_detector_cap_goes_to_its_fail_mode(
     ]
     fw = await firewall(detectors=strict)
     async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
-        assert resp.status == 503
+        assert resp.status == 413  # not a transient fault: retrying the same text cannot help
+        assert resp.headers["X-Should-Retry"] == "false"
+        assert (await resp.json())["error"]["code"] == "too_long_to_screen"
     assert len(upstream.received) == 1
 
 
