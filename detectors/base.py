@@ -173,8 +173,12 @@ class InlineDetector(Detector[P]):
     A sample longer than ``server.inline_max_chars`` is scored in a worker thread
     instead, so one huge prompt does not hold the event loop. ``inline_lock`` keeps the
     calls of one instance one at a time whichever thread makes them, so detectors with
-    state (caches, memories) need no locks of their own.
+    state (caches, memories) need no locks of their own. A detector whose calls may run
+    at once (per-call state only; caches whose single operations are atomic under the
+    GIL) says ``concurrent_safe = True``: short samples then never wait behind a long one.
     """
+
+    concurrent_safe: ClassVar[bool] = False
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)

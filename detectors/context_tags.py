@@ -406,6 +406,9 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
     cost: ClassVar[Cost] = Cost.CHEAP
     Params: ClassVar[type[DetectorParams]] = ContextTagsParams
+    # Stateless per call (the clean-segment memory is a dict whose single operations are
+    # atomic): short samples never wait behind a long one scored in a worker thread.
+    concurrent_safe: ClassVar[bool] = True
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)

@@ -241,6 +241,8 @@ class InvisibleCharsDetector(InlineDetector[InvisibleCharsParams]):
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT, Phase.OUTPUT})
     cost: ClassVar[Cost] = Cost.CHEAP
     Params: ClassVar[type[DetectorParams]] = InvisibleCharsParams
+    # Stateless per call: short samples never wait behind a long one in a worker thread.
+    concurrent_safe: ClassVar[bool] = True
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)

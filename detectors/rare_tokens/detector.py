@@ -74,6 +74,7 @@ candidates in their sentence and the sample-wide factors. The rest of the packag
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -297,6 +298,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
     cost: ClassVar[Cost] = Cost.CHEAP
     Params: ClassVar[type[DetectorParams]] = RareTokensParams
+    # Per-call state lives in _Scan objects and the thread-local budget; the caches are
+    # dicts whose single operations are atomic (a race costs a re-analysis, never a result).
+    concurrent_safe: ClassVar[bool] = True
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
@@ -308,7 +312,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         # while every chunk they hold is in self._chunks, so it is cleared with it.
         self._clean: SegmentMemory[int] = SegmentMemory(_CLEAN_SEGMENTS)
         self._static: dict[tuple[str, str], _Static] = {}
-        self._budget = 0  # analysis units left for the sample being scored
+        # Analysis units left for the sample being scored, per thread: a worker thread may
+        # score a long sample while the event loop scores a short one (concurrent_safe).
+        self._local = threading.local()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -349,7 +355,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         try:
             if not self._ready:
                 return Finding.failed(self.name, FindingStatus.ERROR, "NotStarted")
-            self._budget = self.params.analysis_budget
+            self._local.budget = self.params.analysis_budget
             hits = self._score_segments(sample.segments)
             return self._finding(hits, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding
@@ -717,9 +723,10 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         return best_lang, None
 
     def _spend(self, units: int) -> None:
-        if self._budget < units:
+        local = self._local
+        if local.budget < units:
             raise _OutOfBudget
-        self._budget -= units
+        local.budget -= units
 
     def _static_weight(self, lang: _LangModel, word: str) -> _Static:
         key = (lang.code, word)

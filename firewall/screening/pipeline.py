@@ -100,7 +100,10 @@ class Pipeline:
             detector = self._detectors.get(rule.detector)
             # On the loop only while the detector is free: if a worker thread is scoring a
             # long sample with it, this one queues behind in a thread too (never the loop).
-            if (
+            if small and isinstance(detector, InlineDetector) and detector.ready and detector.concurrent_safe:
+                found = self._inline(detector, rule.detector, sample, time.perf_counter())
+                findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
+            elif (
                 small
                 and isinstance(detector, InlineDetector)
                 and detector.ready
@@ -230,7 +233,10 @@ def _score_locked(detector: InlineDetector[Any], sample: Sample) -> list[Finding
     """An inline detector's call in a worker thread, one at a time per detector.
 
     A rule's timeout stops waiting for it, not the call itself (a thread cannot be
-    interrupted): a later call waits on the lock until it ends.
+    interrupted): a later call waits on the lock until it ends. A detector that is
+    ``concurrent_safe`` takes no lock.
     """
+    if detector.concurrent_safe:
+        return detector.score_inline((sample,))
     with detector.inline_lock:
         return detector.score_inline((sample,))

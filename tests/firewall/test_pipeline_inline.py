@@ -147,3 +147,42 @@ async def test_while_a_worker_scores_a_long_sample_short_ones_wait_off_the_loop(
     await asyncio.gather(long_task, short_task)
     assert len(det.threads) == 2
     assert threading.get_ident() not in det.threads  # neither ran on the event loop
+
+
+class ConcurrentWhere(Where):
+    """Holds only long samples, so a short one can run while a long one is held."""
+
+    concurrent_safe = True
+
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
+        if batch[0].chars > 50:
+            return super().score_inline(batch)
+        self.threads.append(threading.get_ident())
+        return [Finding(self.name, 0.1) for _ in batch]
+
+
+async def test_a_concurrent_safe_detector_scores_short_samples_on_the_loop_meanwhile() -> None:
+    det = await start(ConcurrentWhere("w"))  # type: ignore[arg-type]
+    pipeline = Pipeline({"w": det}, Metrics(), inline_max_chars=50)
+    det.hold.clear()
+    long_task = asyncio.create_task(pipeline.run((rule("w", timeout=5),), LONG))
+    await asyncio.to_thread(det.entered.wait, 5)  # a worker is inside the long call now
+    (short,) = await pipeline.run((rule("w", timeout=5),), SAMPLE)
+    assert not long_task.done()
+    assert short.status is FindingStatus.OK
+    assert det.threads == [threading.get_ident()]  # on the event loop, not behind the long one
+    det.hold.set()
+    await long_task
+    assert len(det.threads) == 2
+
+
+def test_the_built_in_cheap_detectors_declare_whether_they_are_concurrent_safe() -> None:
+    from detectors.context_tags import ContextTagsDetector
+    from detectors.invisible_chars.detector import InvisibleCharsDetector
+    from detectors.rare_tokens.detector import RareTokensDetector
+    from detectors.recurring_sentences import RecurringSentencesDetector
+
+    assert InvisibleCharsDetector.concurrent_safe
+    assert ContextTagsDetector.concurrent_safe
+    assert RareTokensDetector.concurrent_safe
+    assert not RecurringSentencesDetector.concurrent_safe  # its memory is an ordered LRU
