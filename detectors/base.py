@@ -160,6 +160,23 @@ class Detector(abc.ABC, Generic[P]):
         }
 
 
+class _NoLock:
+    """The ``inline_lock`` of a ``concurrent_safe`` detector: always free, so callers take
+    one path whether the detector serialises its calls or not."""
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+    def __enter__(self) -> bool:
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class InlineDetector(Detector[P]):
     """A detector cheap enough to run synchronously on the event loop.
 
@@ -182,7 +199,7 @@ class InlineDetector(Detector[P]):
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
-        self.inline_lock = threading.Lock()
+        self.inline_lock: threading.Lock | _NoLock = _NoLock() if self.concurrent_safe else threading.Lock()
 
     @abc.abstractmethod
     def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:

@@ -100,10 +100,8 @@ class Pipeline:
             detector = self._detectors.get(rule.detector)
             # On the loop only while the detector is free: if a worker thread is scoring a
             # long sample with it, this one queues behind in a thread too (never the loop).
-            if small and isinstance(detector, InlineDetector) and detector.ready and detector.concurrent_safe:
-                found = self._inline(detector, rule.detector, sample, time.perf_counter())
-                findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
-            elif (
+            # A concurrent_safe detector's lock is always free.
+            if (
                 small
                 and isinstance(detector, InlineDetector)
                 and detector.ready
@@ -234,9 +232,7 @@ def _score_locked(detector: InlineDetector[Any], sample: Sample) -> list[Finding
 
     A rule's timeout stops waiting for it, not the call itself (a thread cannot be
     interrupted): a later call waits on the lock until it ends. A detector that is
-    ``concurrent_safe`` takes no lock.
+    ``concurrent_safe`` has a lock that never holds anyone up.
     """
-    if detector.concurrent_safe:
-        return detector.score_inline((sample,))
     with detector.inline_lock:
         return detector.score_inline((sample,))
