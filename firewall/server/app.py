@@ -91,18 +91,11 @@ class _ProxyRequestHandler(RequestHandler):
 
 
 class _ProxyServer(web.Server):
-    """Hands out :class:`_ProxyRequestHandler` connection handlers."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        handler_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k not in _SERVER_ARGS}
-        super().__init__(*args, **kwargs)
-        self._handler_kwargs = handler_kwargs
+    """Hands out :class:`_ProxyRequestHandler` connection handlers (aiohttp's own
+    ``__call__``, with the handler class swapped)."""
 
     def __call__(self) -> RequestHandler:
-        return _ProxyRequestHandler(self, loop=asyncio.get_running_loop(), **self._handler_kwargs)
-
-
-_SERVER_ARGS = frozenset({"request_factory", "handler_cancellation", "loop"})
+        return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 def make_proxy_server(state: ServerState, **kwargs: Any) -> web.Server:
