@@ -75,14 +75,14 @@ class _ProxyRequestHandler(RequestHandler):
             log.warning("malformed HTTP request rejected", extra={"error": kind, "status": status})
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error answer")
-        code, text = (
-            ("internal_error", "The firewall failed to handle the request.")
+        code, text, error_type = (
+            ("internal_error", "The firewall failed to handle the request.", "server_error")
             if status >= 500
-            else ("malformed_request", "The request is not valid HTTP/1.1.")
+            else ("malformed_request", "The request is not valid HTTP/1.1.", "invalid_request_error")
         )
         response = web.Response(
             status=status,
-            body=orjson.dumps(error_body(text, code=code, error_type="invalid_request_error")),
+            body=orjson.dumps(error_body(text, code=code, error_type=error_type)),
             content_type="application/json",
             headers={"Server": SERVER_HEADER},
         )
