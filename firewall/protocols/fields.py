@@ -7,7 +7,18 @@ from typing import Any
 
 from firewall.core.types import Segment
 
-__all__ = ["function_segments", "schema_segments", "string_leaves"]
+__all__ = ["GENERATION_PARAMS", "function_segments", "schema_segments", "string_leaves"]
+
+#: Request fields of the OpenAI-style APIs that set up generation and carry no text a
+#: template renders.
+GENERATION_PARAMS = frozenset(
+    {
+        "model", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stream",
+        "stream_options", "stop", "seed", "user", "logprobs", "top_logprobs", "presence_penalty",
+        "frequency_penalty", "response_format", "logit_bias", "store", "metadata", "service_tier",
+        "parallel_tool_calls", "modalities",
+    }
+)  # fmt: skip
 
 #: Keys of a JSON schema (tool parameters) whose strings are prose a template renders.
 _SCHEMA_TEXT_KEYS = frozenset({"description", "title", "enum", "examples", "default", "const"})

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from firewall.core.errors import AmbiguousJson
+from firewall.protocols.fields import GENERATION_PARAMS
 
 __all__ = ["MODEL_VISIBLE_KEYS", "check_unambiguous"]
 
@@ -77,16 +78,17 @@ MODEL_VISIBLE_KEYS = frozenset(
 _FOLDED = {k.casefold(): k for k in MODEL_VISIBLE_KEYS}
 #: Exact field names of the supported APIs (model-visible or not). An object whose keys are
 #: all among them needs no per-key case check.
-_PLAIN_KEYS = MODEL_VISIBLE_KEYS | frozenset(
-    {
-        "model", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n",
-        "stream", "stream_options", "stop", "seed", "user", "logprobs", "top_logprobs",
-        "presence_penalty", "frequency_penalty", "response_format", "tool_choice", "id",
-        "tool_call_id", "image_url", "url", "detail", "include_usage", "strict", "store",
-        "parallel_tool_calls", "service_tier", "modalities", "audio", "echo", "best_of",
-        "encoding_format", "dimensions", "previous_response_id", "max_output_tokens",
-        "truncation", "include", "call_id", "output", "status", "summary", "annotations",
-    }
+_PLAIN_KEYS = (
+    MODEL_VISIBLE_KEYS
+    | GENERATION_PARAMS
+    | frozenset(
+        {
+            "top_k", "tool_choice", "id", "tool_call_id", "image_url", "url", "detail",
+            "include_usage", "strict", "audio", "echo", "best_of", "encoding_format", "dimensions",
+            "previous_response_id", "max_output_tokens", "truncation", "include", "call_id",
+            "output", "status", "summary", "annotations",
+        }
+    )
 )  # fmt: skip
 #: Values that are free-form maps (JSON schemas, metadata, options), not structs: a Go
 #: server decodes them into maps, which keep keys as sent, so case is not checked there

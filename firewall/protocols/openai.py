@@ -29,7 +29,7 @@ from typing import Any
 from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
 from firewall.protocols.base import DONE_EVENT, ProtocolAdapter, StreamState, error_body, sse_event
-from firewall.protocols.fields import function_segments, string_leaves
+from firewall.protocols.fields import GENERATION_PARAMS, function_segments, string_leaves
 
 __all__ = [
     "ChatAdapter",
@@ -48,14 +48,7 @@ _MESSAGE_TEXT_FIELDS = ("name", "reasoning_content", "reasoning")
 _ROLE_AND_CONTENT = frozenset({"role", "content"})
 #: Chat request fields that carry no text: a body with only these (and messages) needs no
 #: look for tools, documents or templates.
-_PLAIN_CHAT_KEYS = frozenset(
-    {
-        "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
-        "stream", "stream_options", "stop", "seed", "user", "logprobs", "top_logprobs",
-        "presence_penalty", "frequency_penalty", "response_format", "logit_bias", "store",
-        "metadata", "service_tier", "parallel_tool_calls", "modalities",
-    }
-)  # fmt: skip
+_PLAIN_CHAT_KEYS = GENERATION_PARAMS | {"messages"}
 
 
 def _require_dict(body: Any) -> dict[str, Any]:
