@@ -48,9 +48,6 @@ __all__ = [
     "_CACHE_LOCK", "_lang_model", "_probe", "_is_elongation", "_is_typo",
 ]  # fmt: skip
 
-#: Letters of a token that the character model reads (see ``_LangModel.surprise``).
-_SURPRISE_MAX_CHARS = 256
-
 # --------------------------------------------------------------------------- language data
 
 
@@ -188,10 +185,8 @@ class _LangModel:
         """How much likelier ``word`` is as a random string of the language's letters than as
         one of its words: the log-likelihood ratio in bits (negative: word-like).
 
-        Only the first ``_SURPRISE_MAX_CHARS`` letters are read: the character model costs
-        a few microseconds a letter in Python, and a token of a thousand letters is no word
-        whatever its tail says, while a 400 KB one would hold the event loop for seconds."""
-        word = word[:_SURPRISE_MAX_CHARS]
+        It costs a few microseconds a letter: the detector passes at most its first
+        ``_LONG_TOKEN`` letters of a token (``RareTokensDetector._analyse_word``)."""
         rare, flat = self.rare_letter_bits, self.null_bits
         null = (
             sum(rare.get(ch, flat) for ch in word) if not rare.keys().isdisjoint(word) else len(word) * flat
