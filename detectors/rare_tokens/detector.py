@@ -404,10 +404,16 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         words_total = 0
         for index, text in enumerate(texts):
             scan, budget = self._tokenise(index, text, budget)
-            numbers = sum(1 for info in scan.infos if info.kind == K_NUM)
-            jargon = sum(1 for info in scan.infos if info.jargon and info.kind != K_NUM)
+            numbers = jargon = 0
+            for info in scan.infos:
+                if info.kind == K_NUM:
+                    numbers += 1
+                    continue
+                if info.jargon:
+                    jargon += 1  # acronyms and mixed-case words are words too
+                if info.kind == K_WORD:
+                    words_total += 1
             per_segment[index] = (len(scan.infos), jargon + min(numbers, _JARGON_NUMBERS))
-            words_total += sum(1 for info in scan.infos if info.kind == K_WORD)
             if scan.cands:
                 found.extend(self._judge(scan))
             if scan.stopped_at is not None:
