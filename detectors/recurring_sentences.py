@@ -90,7 +90,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field
 
@@ -118,6 +118,9 @@ __all__ = [
     "normalise",
     "sentence_spans",
 ]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 REASON = "recurring_sentence"
 #: ``format`` field of a baseline file.
@@ -355,6 +358,40 @@ class _Prepared:
     units: int
 
 
+class _UnitsLru(Generic[K, V]):
+    """An LRU bounded in entries and in the units its values hold (segment analyses, sample
+    preparations): what a cache of per-text work may keep, whatever the texts' lengths."""
+
+    __slots__ = ("_entries", "_max_entries", "_max_units", "_units", "_weight")
+
+    def __init__(self, max_entries: int, max_units: int, weight: Callable[[V], int]) -> None:
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._max_entries = max_entries
+        self._max_units = max_units
+        self._weight = weight
+        self._units = 0
+
+    def get(self, key: K) -> V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._units += self._weight(value)
+        while len(self._entries) > self._max_entries or self._units > self._max_units:
+            _, dropped = self._entries.popitem(last=False)
+            self._units -= self._weight(dropped)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._units = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass(slots=True)
 class _Entry:
     """What is remembered about one sentence: counts, sketches, a time. Never text."""
@@ -404,10 +441,12 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         self._max_protected = int(self.params.max_entries * self.params.protected_share)
         self._baseline: frozenset[int] = frozenset()
         self._baseline_hash: _Hasher | None = None
-        self._segments: OrderedDict[int, tuple[bool, tuple[_Analysed, ...]]] = OrderedDict()
-        self._segment_units = 0
-        self._samples: OrderedDict[tuple[tuple[int, int], ...], _Prepared] = OrderedDict()
-        self._sample_units = 0
+        self._segments: _UnitsLru[int, tuple[bool, tuple[_Analysed, ...]]] = _UnitsLru(
+            _SEGMENT_CACHE_ENTRIES, _SEGMENT_CACHE_UNITS, lambda analysis: len(analysis[1])
+        )
+        self._samples: _UnitsLru[tuple[tuple[int, int], ...], _Prepared] = _UnitsLru(
+            _SAMPLE_CACHE_ENTRIES, _SAMPLE_CACHE_UNITS, lambda prepared: prepared.units
+        )
         self.load_error: str | None = None
         self.evictions = 0
 
@@ -417,9 +456,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         """Load the baseline file, if one is configured; a bad file leaves the detector not ready."""
         self.load_error = None
         self._segments.clear()  # analyses marked units against the previous baseline
-        self._segment_units = 0
         self._samples.clear()
-        self._sample_units = 0
         if self.params.baseline:
             try:
                 self._baseline_hash, self._baseline = _load_baseline(Path(self.params.baseline))
@@ -465,7 +502,6 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         """
         cached = self._segments.get(digest)
         if cached is not None:
-            self._segments.move_to_end(digest)
             return cached
         spans = sentence_spans(text)
         pairs = len(spans) <= self.params.shingle_max_units
@@ -487,11 +523,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             elements = frozenset(_own_elements(key, words, pair_hashes))
             analysed.append(_Analysed(start, end, key, words, baseline, tuple(pair_hashes), elements))
         result = (pairs, tuple(analysed))
-        self._segments[digest] = result
-        self._segment_units += len(analysed)
-        while len(self._segments) > _SEGMENT_CACHE_ENTRIES or self._segment_units > _SEGMENT_CACHE_UNITS:
-            _, (_, dropped) = self._segments.popitem(last=False)
-            self._segment_units -= len(dropped)
+        self._segments.put(digest, result)
         return result
 
     def _texts(self, segments: Sequence[Segment]) -> list[tuple[int, str, int]]:
@@ -552,7 +584,6 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         memo_key = tuple((index, digest) for index, _, digest in texts)
         prepared = self._samples.get(memo_key)
         if prepared is not None:
-            self._samples.move_to_end(memo_key)
             return prepared
         units = self._units_of(texts)
         if not units:
@@ -577,11 +608,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             if same[0].words >= p.min_words
         )
         prepared = _Prepared(candidates, counts, array("I", sorted(counts)[: p.sketch_size]), len(units))
-        self._samples[memo_key] = prepared
-        self._sample_units += prepared.units
-        while len(self._samples) > _SAMPLE_CACHE_ENTRIES or self._sample_units > _SAMPLE_CACHE_UNITS:
-            _, dropped = self._samples.popitem(last=False)
-            self._sample_units -= dropped.units
+        self._samples.put(memo_key, prepared)
         return prepared
 
     def _score(self, sample: Sample, t0: float) -> Finding:
