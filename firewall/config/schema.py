@@ -55,6 +55,7 @@ ENV_PREFIX = "TRIGGER_FIREWALL_"
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Score = Annotated[float, Field(ge=0.0, le=1.0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+UrlPath = Annotated[str, Field(pattern=r"^/")]
 
 
 class _Model(BaseModel):
@@ -77,8 +78,7 @@ class ServerConfig(_Model):
         32_768,
         ge=0,
         description="Samples longer than this are scored by the cheap inline detectors in a worker "
-        "thread instead of on the event loop, so one huge prompt cannot stall every other request "
-        "(each detector still scores one sample at a time).",
+        "thread instead of on the event loop, so one huge prompt cannot stall every other request.",
     )
     retry_after_seconds: int = Field(1, ge=0)
     drain_delay_seconds: float = Field(5.0, ge=0, le=600)
@@ -183,8 +183,8 @@ class RouteConfig(_Model):
     """
 
     name: Name
-    path: str = Field(pattern=r"^/")
-    aliases: tuple[str, ...] = Field(
+    path: UrlPath
+    aliases: tuple[UrlPath, ...] = Field(
         (),
         description="More paths served the same way (same name, adapter and policy), e.g. the "
         "unversioned and Azure forms of an OpenAI path.",
@@ -208,14 +208,6 @@ class RouteConfig(_Model):
         description="Per-model overrides of mode and detector policy, keyed by the request's model name; "
         "they apply on top of the route's.",
     )
-
-    @field_validator("aliases")
-    @classmethod
-    def _alias_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for path in value:
-            if not path.startswith("/"):
-                raise ValueError(f"alias {path!r} must start with '/'")
-        return value
 
     @field_validator("input_fields", "output_fields")
     @classmethod
@@ -359,20 +351,12 @@ class RoutingConfig(_Model):
         "a body (a prompt could be in it) and passes bodiless ones (GET /v1/models, health checks); "
         "'deny' answers 404 to all; 'passthrough' forwards all unscreened.",
     )
-    passthrough_prefixes: tuple[str, ...] = Field(
+    passthrough_prefixes: tuple[UrlPath, ...] = Field(
         (),
         description="Path prefixes forwarded unscreened, bodies included, whatever unknown_routes says "
         "(e.g. /v1/files for uploads the model never reads as a prompt). Configured routes win.",
     )
     routes: tuple[RouteConfig, ...] = Field(default_factory=default_routes)
-
-    @field_validator("passthrough_prefixes")
-    @classmethod
-    def _prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for prefix in value:
-            if not prefix.startswith("/"):
-                raise ValueError(f"prefix {prefix!r} must start with '/'")
-        return value
 
     @model_validator(mode="after")
     def _unique(self) -> RoutingConfig:
