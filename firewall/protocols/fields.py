@@ -7,7 +7,7 @@ from typing import Any
 
 from firewall.core.types import Segment
 
-__all__ = ["GENERATION_PARAMS", "function_segments", "schema_segments", "string_leaves"]
+__all__ = ["GENERATION_PARAMS", "function_segments", "pointer_token", "schema_segments", "string_leaves"]
 
 #: Request fields of the OpenAI-style APIs that set up generation and carry no text a
 #: template renders.
@@ -33,12 +33,13 @@ def string_leaves(value: Any, source: str, role: str, out: list[Segment]) -> Non
         if isinstance(node, str):
             out.append(Segment(role, node, where))
         elif isinstance(node, dict):
-            stack.extend((v, f"{where}/{_pointer_token(k)}") for k, v in reversed(node.items()))
+            stack.extend((v, f"{where}/{pointer_token(k)}") for k, v in reversed(node.items()))
         elif isinstance(node, list):
             stack.extend((v, f"{where}/{i}") for i, v in reversed(list(enumerate(node))))
 
 
-def _pointer_token(key: str) -> str:
+def pointer_token(key: str) -> str:
+    """``key`` as one JSON-pointer token (RFC 6901: ``~`` and ``/`` escaped)."""
     return key.replace("~", "~0").replace("/", "~1")
 
 
@@ -54,7 +55,7 @@ def schema_segments(schema: Any, source: str, out: list[Segment]) -> None:
         node, where = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                here = f"{where}/{_pointer_token(key)}"
+                here = f"{where}/{pointer_token(key)}"
                 if key in _SCHEMA_TEXT_KEYS:
                     string_leaves(value, here, "system", out)
                 elif isinstance(value, dict | list):

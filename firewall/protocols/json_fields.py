@@ -17,6 +17,7 @@ from typing import Any
 from firewall.core.errors import ProtocolError
 from firewall.core.types import Phase, Segment
 from firewall.protocols.base import ProtocolAdapter, StreamState
+from firewall.protocols.fields import pointer_token
 
 __all__ = ["JsonFieldsAdapter", "resolve_pointer"]
 
@@ -25,10 +26,6 @@ _MAX_DEPTH = 32
 
 def _unescape(token: str) -> str:
     return token.replace("~1", "/").replace("~0", "~")
-
-
-def _escape(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 def resolve_pointer(doc: Any, pointer: str) -> Iterator[tuple[str, Any]]:
@@ -49,9 +46,9 @@ def resolve_pointer(doc: Any, pointer: str) -> Iterator[tuple[str, Any]]:
         elif isinstance(node, dict):
             if step == "*":
                 for key, child in node.items():
-                    yield from walk(child, i + 1, f"{path}/{_escape(str(key))}")
+                    yield from walk(child, i + 1, f"{path}/{pointer_token(str(key))}")
             elif step in node:
-                yield from walk(node[step], i + 1, f"{path}/{_escape(step)}")
+                yield from walk(node[step], i + 1, f"{path}/{pointer_token(step)}")
 
     yield from walk(doc, 0, "")
 
@@ -71,7 +68,7 @@ def _strings(node: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
             yield from _strings(child, f"{path}/{k}", depth + 1)
     elif isinstance(node, dict):
         for key, child in node.items():
-            yield from _strings(child, f"{path}/{_escape(str(key))}", depth + 1)
+            yield from _strings(child, f"{path}/{pointer_token(str(key))}", depth + 1)
 
 
 def _segments(doc: Any, pointers: Sequence[str], role: str) -> list[Segment]:
