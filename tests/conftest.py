@@ -44,7 +44,13 @@ class FakeUpstream:
         return self.chunks if self.chunks is not None else [w + " " for w in self.reply.split(" ")]
 
 
-def _chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+def sse_chunk(
+    text: str | None = None, finish: str | None = None, *, delta: dict[str, Any] | None = None
+) -> bytes:
+    """One chat-completion chunk event: a content delta (none when ``text`` is None), or
+    the given ``delta``."""
+    if delta is None:
+        delta = {} if text is None else {"content": text}
     body = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
@@ -86,16 +92,16 @@ def make_upstream_app(fake: FakeUpstream) -> web.Application:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             try:
-                await resp.write(_chunk(0, {"role": "assistant", "content": ""}))
-                for i, delta in enumerate(fake.deltas()):
+                await resp.write(sse_chunk(delta={"role": "assistant", "content": ""}))
+                for text in fake.deltas():
                     if fake.chunk_delay:
                         await asyncio.sleep(fake.chunk_delay)
-                    await resp.write(_chunk(i, {"content": delta}))
+                    await resp.write(sse_chunk(text))
                 if fault == "broken_sse":
                     assert request.transport is not None
                     request.transport.close()
                     return resp
-                await resp.write(_chunk(0, {}, "stop"))
+                await resp.write(sse_chunk(None, "stop"))
                 if fault != "no_done":
                     await resp.write(b"data: [DONE]\n\n")
                 await resp.write_eof()

@@ -23,21 +23,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import FirewallFactory, chat_body
+from tests.conftest import FirewallFactory, chat_body, sse_chunk
 
 pytestmark = pytest.mark.asyncio
-
-
-def chunk(text: str | None, finish: str | None = None) -> bytes:
-    delta = {"content": text} if text is not None else {}
-    event = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
 class GatedUpstream:
@@ -57,7 +45,7 @@ class GatedUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for index, word in enumerate(self.words):
-            await resp.write(chunk(word))
+            await resp.write(sse_chunk(word))
             try:
                 async with asyncio.timeout(3):
                     while self.seen <= index:
@@ -65,7 +53,7 @@ class GatedUpstream:
                         await self.changed.wait()
             except TimeoutError:
                 self.gave_up.append(index)
-        await resp.write(chunk(None, "stop"))
+        await resp.write(sse_chunk(None, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         return resp
 

@@ -81,18 +81,6 @@ def _completion(text: str) -> dict[str, Any]:
     }
 
 
-def sse_chunk(text: str | None = None, finish: str | None = None) -> bytes:
-    delta = {} if text is None else {"content": text}
-    body = {
-        "id": "chatcmpl-x",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
 @pytest.fixture
 async def scripted() -> AsyncIterator[ScriptedUpstream]:
     up = ScriptedUpstream()

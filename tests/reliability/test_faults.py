@@ -16,13 +16,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import FakeUpstream, FirewallFactory, chat_body
+from tests.conftest import FakeUpstream, FirewallFactory, chat_body, sse_chunk
 from tests.reliability.conftest import (
     FaultLedger,
     ScriptedFirewall,
     ScriptedUpstream,
     clean_post,
-    sse_chunk,
     wait_for_tasks,
 )
 
