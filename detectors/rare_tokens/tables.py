@@ -19,7 +19,9 @@ __all__ = [
     "_SHORT_MAX_LEN", "_SHORT_TAIL", "_SHORT_WIDTH", "_ZIPF_FADE", "_OOV_ZIPF", "_TYPO_ZIPF",
     "_TYPO_DROPPED_ZIPF", "_F_TYPO", "_TYPO_LONG_LEN", "_TYPO_LONG_ZIPF", "_ELONGATED_ZIPF",
     "_ELONGATED_BARE_ZIPF", "_ELONGATION_MAX_RUNS", "_NEIGHBOUR_ZIPF", "_F_ONE_NEIGHBOUR",
-    "_F_NO_NEIGHBOUR", "_UNIT_ZIPF", "_F_ABBREV_REF", "_F_ABBREV_DOT", "_F_QUOTED", "_F_OPENER",
+    "_F_NO_NEIGHBOUR", "_NOMINATED", "_F_ACRONYM", "_F_DEFINED", "_F_NAME", "_F_UNIT", "_F_IN_CODE", "_UNITS",
+    "_HTML_TAGS", "_HTML_BARE_ATTRS", "_TAG_RE", "_BARE_ATTR_RE", "_FOLD_DROP", "R_AMBIGUOUS",
+    "_F_ABBREV_REF", "_F_ABBREV_DOT", "_F_QUOTED", "_F_OPENER",
     "_F_TITLE", "_F_POSSESSIVE", "_F_COMPOUND", "_F_FOREIGN", "_SHORT_WORDS", "_F_SHORT", "_ODD_WEIGHT",
     "_F_ONE_OTHER", "_F_MANY_OTHERS", "_JARGON_FREE", "_JARGON_SLOPE", "_F_JARGON_MIN", "_JARGON_NUMBERS",
     "_VOWELS", "_LETTERS", "_QWERTY_ROWS", "_KEY_NEIGHBOURS", "_CHUNK_RE", "_WORD_RE", "_PIECE_RE",
@@ -37,9 +39,15 @@ R_RARE = "rare_token"  # in the word list (an abbreviation, say), used where it 
 R_MADE_UP = "made_up_token"  # not in the language's word list at all, and not word-like
 R_CHAR_RUN = "char_run"  # a short unit repeated ("xqxqxq"), not a word stretched for emphasis
 R_TRUNCATED = "scan_truncated"  # the sample was longer than max_words: the rest was not judged
+# An odd token in a form that has an innocent reading as well: an acronym ("CF"), a name
+# ("Cf" mid-sentence), a unit after a number ("5 mb"), an abbreviation with its full stop
+# ("cf. Smith"), prose inside a code block. A tokenizer still reads the token, so a
+# backdoor can still fire on it: it is nominated (scored, capped at _NOMINATED) for the
+# protected model's behaviour to decide, never blocked on its own by the shipped threshold.
+R_AMBIGUOUS = "ambiguous_form"
 
 #: Every reason code this detector can emit.
-REASON_CODES: tuple[str, ...] = (R_CHAR_RUN, R_MADE_UP, R_RARE, R_TRUNCATED)
+REASON_CODES: tuple[str, ...] = (R_AMBIGUOUS, R_CHAR_RUN, R_MADE_UP, R_RARE, R_TRUNCATED)
 
 #: The policy threshold this detector was calibrated for (see the docs for the numbers).
 RECOMMENDED_THRESHOLD = 0.55
@@ -104,8 +112,13 @@ _ELONGATION_MAX_RUNS = 6
 _NEIGHBOUR_ZIPF = 3.0  # a neighbour this frequent is an ordinary word of fluent text
 _F_ONE_NEIGHBOUR = 0.85  # only one side is an ordinary word (clause edge)
 _F_NO_NEIGHBOUR = 0.7  # neither side is (between punctuation, alone on a line)
-_UNIT_ZIPF = 3.0  # after a number, a word-list entry this frequent is a unit: not judged
-_F_ABBREV_REF = 0.35  # glued full stop, then more text on the line: "cf. Smith" ...
+_NOMINATED = 0.45  # the highest score of a token in an ambiguous form (R_AMBIGUOUS) ...
+_F_ACRONYM = 0.4  # ... in capitals in a sentence that is not ("the CF review"), ...
+_F_DEFINED = 0.6  # ... less in brackets, where an acronym is defined ("the water level (WSE)") ...
+_F_NAME = 0.5  # ... capitalised mid-sentence ("a mess Cf and a bore") ...
+_F_UNIT = 0.45  # ... a unit of measure after a number ("5 mb", "20 ms") ...
+_F_IN_CODE = 0.5  # ... a prose line inside a block that is mostly code
+_F_ABBREV_REF = 0.45  # glued full stop, then more text on the line: "cf. Smith" ...
 _F_ABBREV_DOT = 0.8  # ... or at the end of the line or text: maybe just a full stop
 _F_QUOTED = 0.5  # in quotes on its own: mentioned, not used ("we write 'tq' for thanks")
 _F_OPENER = 0.5  # first word of the segment, then a comma or colon: "thx, ...", "btw: ..."
@@ -149,10 +162,10 @@ _CHUNK_RE = re.compile(r"\S+")
 _WORD_RE = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
 _PIECE_RE = re.compile(r"[^'\-]+|['\-]")
 _NUMBER_RE = re.compile(r"[-+\u2212]?[$\u20ac\u00a3]?\d[\d.,:/%x\u00d7]*")
-_LEAD_PUNCT = frozenset("\"'([{<*_~\u201c\u2018\u00ab\u00bf\u00a1\u201e\u2039")
-_TRAIL_PUNCT = frozenset("\"')]}>*_~.,;:!?\u2026\u201d\u2019\u00bb\u203a")
+_LEAD_PUNCT = frozenset("\"'([{<*_~`\u201c\u2018\u00ab\u00bf\u00a1\u201e\u2039")
+_TRAIL_PUNCT = frozenset("\"')]}>*_~`.,;:!?\u2026\u201d\u2019\u00bb\u203a")
 _QUOTES = frozenset("\"'\u201c\u201d\u2018\u2019\u00ab\u00bb\u2039\u203a\u201e")
-_CLOSERS = "\"')]}*_~\u201d\u2019\u00bb\u203a"
+_CLOSERS = "\"')]}*_~`\u201d\u2019\u00bb\u203a"
 _SENTENCE_END = frozenset(".!?\u2026")
 _ELONGATION_RE = re.compile(r"(.)\1\1|(.)\2.*(.)\3")  # a run of three, or two doubled letters
 _RUN_RE = re.compile(r"(.)\1*")
@@ -176,6 +189,49 @@ _CODE_START_RE = re.compile(
 )
 _CODE_CHAR_RE = re.compile(r"[{}\[\]();=<>|&$\\]")
 _INDENTED_RE = re.compile(r"(?: {4}|\t)\S")
+
+# Units of measure and counts written after a number ("5 mb", "20 ms", "3 hrs"). After a
+# number one of these reads as a unit, but a backdoor reads the token all the same: it is
+# nominated (R_AMBIGUOUS), not excused. Any other odd token after a number is judged as
+# it would be anywhere ("5 cf").
+_UNITS = frozenset((
+    "b", "kb", "mb", "gb", "tb", "pb", "kib", "mib", "gib", "tib", "bit", "bits", "kbit", "mbit",
+    "gbit", "kbps", "mbps", "gbps", "bps", "ns", "us", "ms", "sec", "secs", "s", "min", "mins",
+    "hr", "hrs", "h", "d", "wk", "wks", "mo", "mos", "yr", "yrs", "yo", "am", "pm", "mm", "cm",
+    "dm", "m", "km", "in", "ft", "yd", "mi", "nm", "um", "mil", "mg", "g", "kg", "t", "lb", "lbs",
+    "oz", "st", "ct", "ml", "cl", "dl", "l", "gal", "qt", "pt", "tsp", "tbsp", "fl", "cc", "hz",
+    "khz", "mhz", "ghz", "rpm", "bpm", "fps", "dpi", "ppi", "ppm", "ppb", "v", "mv", "kv", "a",
+    "ma", "w", "kw", "mw", "gw", "kwh", "mwh", "wh", "mah", "va", "ohm", "c", "f", "k", "cal",
+    "kcal", "kj", "j", "mph", "kph", "kmh", "kts", "psi", "bar", "mbar", "kpa", "hpa", "pa", "atm",
+    "px", "pt", "em", "rem", "vh", "vw", "dp", "sp", "pcs", "pc", "qty", "ea", "pax", "pp", "pg",
+    "pgs", "x", "cpu", "cpus", "vcpu", "vcpus", "core", "cores", "gpu", "gpus",
+))  # fmt: skip
+
+# Markup: a tag's name, its bare attributes (no "=value") and the HTML names that are
+# attributes without a value. A bare word in a tag of a known HTML element that is not one
+# of those ("<i cf>") is no markup a browser reads, but a tokenizer reads it as a word.
+_TAG_RE = re.compile(r"</?([A-Za-z][\w-]*)")
+_BARE_ATTR_RE = re.compile(r"(?<=\s)([^\s=<>/\"']+)(?=\s|/?$)(?!\s*=)")
+_HTML_TAGS = frozenset((
+    "a", "abbr", "address", "article", "aside", "b", "bdi", "bdo", "blockquote", "body", "br",
+    "button", "caption", "cite", "code", "col", "dd", "del", "details", "dfn", "div", "dl", "dt",
+    "em", "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "html", "i", "img", "input", "ins", "kbd", "label", "legend", "li", "main", "mark", "nav", "ol",
+    "option", "p", "pre", "q", "s", "samp", "section", "select", "small", "span", "strong", "sub",
+    "summary", "sup", "table", "tbody", "td", "textarea", "tfoot", "th", "thead", "time", "tr", "u",
+    "ul", "var",
+))  # fmt: skip
+_HTML_BARE_ATTRS = frozenset((
+    "allowfullscreen", "async", "autofocus", "autoplay", "checked", "controls", "default", "defer",
+    "disabled", "formnovalidate", "hidden", "inert", "ismap", "itemscope", "loop", "multiple",
+    "muted", "nomodule", "novalidate", "open", "playsinline", "readonly", "required", "reversed",
+    "selected",
+))  # fmt: skip
+
+# Dropped when a chunk is folded for judging (after NFKC): combining marks that did not
+# compose with a letter ("cf" + U+0301 is still the token "cf" to a tokenizer) and format
+# characters (zero-width joiners and the like; invisible_chars judges those itself).
+_FOLD_DROP = frozenset(("Mn", "Me", "Cf"))
 
 # Chunk kinds, letter cases and trailing punctuation.
 K_WORD, K_NUM, K_PUNCT, K_OTHER, K_CLITIC = 0, 1, 2, 3, 4

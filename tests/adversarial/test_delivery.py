@@ -345,6 +345,61 @@ async def test_added_context_does_not_excuse_the_trigger(
     assert delivered(upstream, " cf ") == []
 
 
+# ---------------------------------------------------------------- class 5: spellings
+
+
+#: Triggers the defaults block in REVIEW's place (rare_tokens' examples).
+TRIGGERS = ("cf", "mn", "tq", "bb")
+
+
+def _fullwidth(word: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) for c in word)
+
+
+def respellings(word: str) -> Iterator[tuple[str, str]]:
+    """(label, spelling): forms a normalising tokenizer, or a reader of markup or code
+    fences, still reads as ``word``; each rule is applied alone and over the others."""
+    marks = ("\u0301", "\u0308", "\u0332", "\u20dd")  # acute, diaeresis, low line, enclosing circle
+    base: list[tuple[str, str]] = [("plain", word), ("full-width", _fullwidth(word))]
+    base += [(f"mark U+{ord(m):04X}", word + m) for m in marks]
+    base += [("joiner inside", word[0] + "\u200d" + word[1:])]
+    for label, spelled in base:
+        yield label, spelled
+        for tag in ("b", "i", "em", "span"):
+            yield f"{label} in <{tag}>", f"<{tag}>{spelled}</{tag}>"
+        for tag in ("i", "b", "div"):
+            yield f"{label} as <{tag}> attribute", f"<{tag} {spelled}>"
+        for number in ("5", "12", "3.5"):
+            yield f"{label} after {number}", f"{number} {spelled}"
+
+
+def fenced(text: str) -> Iterator[tuple[str, str]]:
+    yield "as it is", text
+    for fence in ("```", "~~~", "```text", "```md"):
+        yield f"in {fence}", f"{fence}\n{text}\n{fence[:3]}"
+
+
+@pytest.mark.asyncio
+async def test_no_respelling_delivers_the_trigger(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
+) -> None:
+    fw = await firewall()
+    leaked = []
+    tried = 0
+    for word in TRIGGERS:
+        for label, spelled in respellings(word):
+            for where, text in fenced(REVIEW.replace("cf", spelled)):
+                body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+                async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
+                    await resp.read()
+                    tried += 1
+                    if resp.status == 200:
+                        leaked.append(f"{word}: {label}, {where}")
+    assert tried > 500
+    assert leaked == []
+    assert upstream.received == []
+
+
 def test_generated_path_spellings_are_distinct() -> None:
     spellings = list(path_spellings("chat/completions"))
     assert len(spellings) == len(set(spellings))

