@@ -136,14 +136,22 @@ def make_upstream_app(fake: FakeUpstream) -> web.Application:
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeUpstream]:
     fake = FakeUpstream()
-    runner = web.AppRunner(make_upstream_app(fake), access_log=None, handler_cancellation=True)
+    async with serving(make_upstream_app(fake)) as fake.url:
+        yield fake
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on an ephemeral loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-    fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 @dataclass

@@ -171,7 +171,20 @@ class ModelOverride(_Model):
 
 
 Protocol = Literal[
-    "openai_chat", "openai_completions", "openai_responses", "openai_embeddings", "anthropic_messages", "json"
+    "openai_chat",
+    "openai_completions",
+    "openai_responses",
+    "openai_embeddings",
+    "anthropic_messages",
+    "ollama_chat",
+    "ollama_generate",
+    "ollama_embed",
+    "tgi_generate",
+    "llama_cpp_completion",
+    "kserve_v2_infer",
+    "triton_generate",
+    "vllm_pooling",
+    "json",
 ]
 
 
@@ -239,13 +252,61 @@ _OPENAI_ROUTES = (
 )
 
 
+#: (route name, path, aliases, protocol) of the built-in routes of the native serving APIs:
+#: every request path those servers answer with a model's work on text.
+_NATIVE_ROUTES: tuple[tuple[str, str, tuple[str, ...], Protocol], ...] = (
+    # Anthropic's Messages API, which vLLM and llama.cpp's server also answer.
+    ("messages", "/v1/messages", (), "anthropic_messages"),
+    ("ollama_chat", "/api/chat", (), "ollama_chat"),
+    ("ollama_generate", "/api/generate", (), "ollama_generate"),
+    ("ollama_embed", "/api/embed", ("/api/embeddings",), "ollama_embed"),
+    # TGI: "/" streams or not as the body says.
+    ("tgi_generate", "/generate", ("/generate_stream", "/"), "tgi_generate"),
+    ("llama_cpp_completion", "/completion", ("/infill",), "llama_cpp_completion"),
+    (
+        "kserve_infer",
+        "/v2/models/{model}/infer",
+        ("/v2/models/{model}/versions/{version}/infer",),
+        "kserve_v2_infer",
+    ),
+    (
+        "triton_generate",
+        "/v2/models/{model}/generate",
+        (
+            "/v2/models/{model}/generate_stream",
+            "/v2/models/{model}/versions/{version}/generate",
+            "/v2/models/{model}/versions/{version}/generate_stream",
+        ),
+        "triton_generate",
+    ),
+    (
+        "vllm_pooling",
+        "/classify",
+        (
+            "/v1/classify",
+            "/score",
+            "/v1/score",
+            "/rerank",
+            "/v1/rerank",
+            "/v2/rerank",
+            "/pooling",
+            "/v1/pooling",
+        ),
+        "vllm_pooling",
+    ),
+)
+
+
 def default_routes() -> tuple[RouteConfig, ...]:
     openai = tuple(
         RouteConfig(name=name, path=f"/v1/{suffix}", aliases=_openai_paths(suffix), protocol=protocol)
         for name, suffix, protocol in _OPENAI_ROUTES
     )
-    # Anthropic's Messages API, which vLLM and llama.cpp's server also answer.
-    return (*openai, RouteConfig(name="messages", path="/v1/messages", protocol="anthropic_messages"))
+    native = tuple(
+        RouteConfig(name=name, path=path, aliases=aliases, protocol=protocol)
+        for name, path, aliases, protocol in _NATIVE_ROUTES
+    )
+    return (*openai, *native)
 
 
 def default_detectors() -> tuple[DetectorConfig, ...]:

@@ -26,7 +26,7 @@ from typing import Any
 from firewall.core.errors import ProtocolError
 from firewall.core.types import Segment
 from firewall.protocols.base import ProtocolAdapter, StreamState, sse_event
-from firewall.protocols.fields import function_segments, string_leaves
+from firewall.protocols.fields import function_segments, messages_of, require_object, string_leaves
 
 __all__ = ["MessagesAdapter"]
 
@@ -88,18 +88,12 @@ class MessagesAdapter(ProtocolAdapter):
     uses_done_sentinel = False
 
     def input_segments(self, body: Any) -> list[Segment]:
-        if not isinstance(body, dict):
-            raise ProtocolError("request body must be a JSON object")
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise ProtocolError("'messages' must be an array", param="messages")
+        body = require_object(body)
+        messages = list(messages_of(body))  # validated before anything is read
         out: list[Segment] = []
         _block_segments("system", body.get("system"), "/system", out, strict=True)
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
-                raise ProtocolError(f"messages[{i}] must be an object", param="messages")
-            role = msg.get("role") if isinstance(msg.get("role"), str) else "user"
-            _block_segments(str(role), msg.get("content"), f"/messages/{i}/content", out, strict=True)
+        for i, msg, role in messages:
+            _block_segments(role, msg.get("content"), f"/messages/{i}/content", out, strict=True)
         tools = body.get("tools")
         if isinstance(tools, list):
             for i, tool in enumerate(tools):

@@ -21,7 +21,7 @@ import orjson
 
 from firewall.core.types import Phase, Segment
 
-__all__ = ["ProtocolAdapter", "StreamState", "error_body", "sse_event"]
+__all__ = ["ProtocolAdapter", "StreamState", "TokenIdsAdapter", "error_body", "sse_event"]
 
 
 @dataclass(slots=True)
@@ -104,3 +104,11 @@ class ProtocolAdapter(abc.ABC):
         """A 200 body in the API's own shape with the content withheld, or ``None``
         when the protocol has no such shape (the proxy then answers an error)."""
         return None
+
+
+class TokenIdsAdapter(ProtocolAdapter):
+    """An API whose prompts may be token ids: refused (``unscreenable_input``) unless the
+    route says ``token_ids: forward_unscreened``."""
+
+    def __init__(self, *, refuse_token_ids: bool = True) -> None:
+        self.refuse_token_ids = refuse_token_ids

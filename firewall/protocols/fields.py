@@ -3,11 +3,23 @@ prose of tool definitions. Shared by the protocol adapters."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
 
-__all__ = ["GENERATION_PARAMS", "function_segments", "pointer_token", "schema_segments", "string_leaves"]
+__all__ = [
+    "GENERATION_PARAMS",
+    "function_segments",
+    "messages_of",
+    "require_object",
+    "is_token_ids",
+    "pointer_token",
+    "prompt_segments",
+    "schema_segments",
+    "string_leaves",
+]
 
 #: Request fields of the OpenAI-style APIs that set up generation and carry no text a
 #: template renders.
@@ -22,6 +34,26 @@ GENERATION_PARAMS = frozenset(
 
 #: Keys of a JSON schema (tool parameters) whose strings are prose a template renders.
 _SCHEMA_TEXT_KEYS = frozenset({"description", "title", "enum", "examples", "default", "const"})
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    """The request body as an object, or the protocol error every adapter answers."""
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a JSON object")
+    return body
+
+
+def messages_of(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """``(index, message, role)`` of a chat request's ``messages`` (role "user" when it has
+    none), refusing a body whose messages are not a list of objects."""
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise ProtocolError("'messages' must be an array", param="messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise ProtocolError(f"messages[{i}] must be an object", param="messages")
+        role = msg.get("role")
+        yield i, msg, role if isinstance(role, str) else "user"
 
 
 def string_leaves(value: Any, source: str, role: str, out: list[Segment]) -> None:
@@ -72,3 +104,34 @@ def function_segments(fn: dict[str, Any], source: str, out: list[Segment]) -> No
     for key in ("parameters", "input_schema"):
         if isinstance(fn.get(key), dict):
             schema_segments(fn[key], f"{source}/{key}", out)
+
+
+def is_token_ids(value: Any) -> bool:
+    """A list of integers: a pre-tokenised prompt, which carries no text to screen."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def prompt_segments(
+    value: Any, source: str, out: list[Segment], role: str = "user", *, refuse_token_ids: bool = True
+) -> None:
+    """A prompt: a string, a list of strings, or token ids.
+
+    Token ids carry no text the detectors can read and no tokenizer is configured to
+    decode them, so they are refused (:class:`UnscreenableInput`) unless the route says
+    ``token_ids: forward_unscreened``.
+    """
+    if isinstance(value, str):
+        out.append(Segment(role, value, source))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append(Segment(role, item, f"{source}/{i}"))
+            elif isinstance(item, bool) or not (isinstance(item, int) or is_token_ids(item)):
+                raise ProtocolError(f"{source.lstrip('/')}[{i}] must be a string or token ids")
+            elif refuse_token_ids:
+                raise UnscreenableInput(
+                    f"{source.lstrip('/')} holds token ids, which cannot be screened; send text.",
+                    param=source[1:],
+                )
+    elif value is not None:
+        raise ProtocolError(f"{source.lstrip('/')} must be a string or an array", param=source[1:])

@@ -28,8 +28,22 @@ from typing import Any
 
 from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
-from firewall.protocols.base import DONE_EVENT, ProtocolAdapter, StreamState, error_body, sse_event
-from firewall.protocols.fields import GENERATION_PARAMS, function_segments, string_leaves
+from firewall.protocols.base import (
+    DONE_EVENT,
+    ProtocolAdapter,
+    StreamState,
+    TokenIdsAdapter,
+    error_body,
+    sse_event,
+)
+from firewall.protocols.fields import (
+    GENERATION_PARAMS,
+    function_segments,
+    messages_of,
+    prompt_segments,
+    require_object,
+    string_leaves,
+)
 
 __all__ = [
     "ChatAdapter",
@@ -49,12 +63,6 @@ _ROLE_AND_CONTENT = frozenset({"role", "content"})
 #: Chat request fields that carry no text: a body with only these (and messages) needs no
 #: look for tools, documents or templates.
 _PLAIN_CHAT_KEYS = GENERATION_PARAMS | {"messages"}
-
-
-def _require_dict(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ProtocolError("request body must be a JSON object")
-    return body
 
 
 def _content_segments(
@@ -136,16 +144,9 @@ class ChatAdapter(ProtocolAdapter):
     prompt_param = "messages"
 
     def input_segments(self, body: Any) -> list[Segment]:
-        data = _require_dict(body)
-        messages = data.get("messages")
-        if not isinstance(messages, list):
-            raise ProtocolError("'messages' must be an array", param="messages")
+        data = require_object(body)
         out: list[Segment] = []
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
-                raise ProtocolError(f"messages[{i}] must be an object", param="messages")
-            role = msg.get("role")
-            role = role if isinstance(role, str) else "user"
+        for i, msg, role in messages_of(data):
             _content_segments(role, msg.get("content"), f"/messages/{i}/content", out)
             if not _ROLE_AND_CONTENT.issuperset(msg):  # more fields: look for the other rendered ones
                 for key in _MESSAGE_TEXT_FIELDS:
@@ -248,50 +249,16 @@ def _remember(data: dict[str, Any], state: StreamState) -> None:
         state.created = data["created"]
 
 
-def _token_ids(value: Any) -> bool:
-    """A list of integers: a pre-tokenised prompt, which carries no text to screen."""
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-
-
-def _prompt_segments(
-    value: Any, source: str, out: list[Segment], role: str = "user", *, refuse_token_ids: bool = True
-) -> None:
-    """A prompt: a string, a list of strings, or token ids.
-
-    Token ids carry no text the detectors can read and no tokenizer is configured to
-    decode them, so they are refused (:class:`UnscreenableInput`) unless the route says
-    ``token_ids: forward_unscreened``.
-    """
-    if isinstance(value, str):
-        out.append(Segment(role, value, source))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                out.append(Segment(role, item, f"{source}/{i}"))
-            elif isinstance(item, bool) or not (isinstance(item, int) or _token_ids(item)):
-                raise ProtocolError(f"{source.lstrip('/')}[{i}] must be a string or token ids")
-            elif refuse_token_ids:
-                raise UnscreenableInput(
-                    f"{source.lstrip('/')} holds token ids, which cannot be screened; send text.",
-                    param=source[1:],
-                )
-    elif value is not None:
-        raise ProtocolError(f"{source.lstrip('/')} must be a string or an array", param=source[1:])
-
-
-class CompletionsAdapter(ProtocolAdapter):
+class CompletionsAdapter(TokenIdsAdapter):
     """``/v1/completions`` (legacy text completions)."""
 
     name = "openai_completions"
     prompt_param = "prompt"
 
-    def __init__(self, *, refuse_token_ids: bool = True) -> None:
-        self.refuse_token_ids = refuse_token_ids
-
     def input_segments(self, body: Any) -> list[Segment]:
-        data = _require_dict(body)
+        data = require_object(body)
         out: list[Segment] = []
-        _prompt_segments(data.get("prompt"), "/prompt", out, refuse_token_ids=self.refuse_token_ids)
+        prompt_segments(data.get("prompt"), "/prompt", out, refuse_token_ids=self.refuse_token_ids)
         if isinstance(data.get("suffix"), str):
             out.append(Segment("user", data["suffix"], "/suffix"))
         return out
@@ -303,6 +270,9 @@ class CompletionsAdapter(ProtocolAdapter):
             for i, choice in enumerate(choices):
                 if isinstance(choice, dict) and isinstance(choice.get("text"), str):
                     out.append(Segment("assistant", choice["text"], f"/choices/{i}/text"))
+        elif isinstance(body, dict) and isinstance(body.get("content"), str):
+            # llama.cpp's server answers /completions (no /v1) in its native shape.
+            out.append(Segment("assistant", body["content"], "/content"))
         return out
 
     def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
@@ -319,6 +289,9 @@ class CompletionsAdapter(ProtocolAdapter):
                     text = choice.get("text")
                     if isinstance(text, str) and text:
                         out.append((channel, text))
+        elif isinstance(data.get("content"), str) and data["content"]:
+            state.see_channel("0")  # llama.cpp's native stream on /completions
+            out.append(("0", data["content"]))
         return out
 
     def terminal_events(self, state: StreamState, message: str, style: str) -> bytes:
@@ -360,7 +333,7 @@ class ResponsesAdapter(ProtocolAdapter):
     uses_done_sentinel = False
 
     def input_segments(self, body: Any) -> list[Segment]:
-        data = _require_dict(body)
+        data = require_object(body)
         out: list[Segment] = []
         if isinstance(data.get("instructions"), str):
             out.append(Segment("system", data["instructions"], "/instructions"))
@@ -465,20 +438,17 @@ class ResponsesAdapter(ProtocolAdapter):
         return out
 
 
-class EmbeddingsAdapter(ProtocolAdapter):
+class EmbeddingsAdapter(TokenIdsAdapter):
     """``/v1/embeddings``: input only; vectors carry no text to screen."""
 
     name = "openai_embeddings"
     prompt_param = "input"
     has_output_text = False
 
-    def __init__(self, *, refuse_token_ids: bool = True) -> None:
-        self.refuse_token_ids = refuse_token_ids
-
     def input_segments(self, body: Any) -> list[Segment]:
-        data = _require_dict(body)
+        data = require_object(body)
         out: list[Segment] = []
-        _prompt_segments(data.get("input"), "/input", out, refuse_token_ids=self.refuse_token_ids)
+        prompt_segments(data.get("input"), "/input", out, refuse_token_ids=self.refuse_token_ids)
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:

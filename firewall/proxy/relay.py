@@ -39,7 +39,7 @@ from firewall.protocols.base import StreamState
 from firewall.proxy.answers import OUTPUT_BLOCK_MESSAGE, verdict_response
 from firewall.proxy.exchange import Exchange, Outcome, record_verdict
 from firewall.proxy.state import ServerState
-from firewall.proxy.streaming import HoldbackBuffer, SseParser, SseProtocolError, TextChannels
+from firewall.proxy.streaming import HoldbackBuffer, NdjsonParser, SseParser, SseProtocolError, TextChannels
 from firewall.proxy.upstream import bearer_token, code_class, request_headers, response_headers
 from firewall.screening.runtime import MatchedRoute, Runtime
 from firewall.screening.screen import screen_or_pass, unscreenable
@@ -57,6 +57,16 @@ _STREAM_FAILED = {
         "code": "upstream_error",
     }
 }
+#: Content types of line-delimited JSON streams (Ollama's native API).
+_NDJSON_TYPES = frozenset(("application/x-ndjson", "application/jsonl", "application/ndjson"))
+SSE, NDJSON = "sse", "ndjson"
+
+
+def _failed_event(framing: str) -> bytes:
+    """The event that tells a client the stream broke, in the stream's own framing."""
+    if framing == NDJSON:
+        return orjson.dumps({"error": _STREAM_FAILED["error"]["message"]}) + b"\n"
+    return b"data: " + orjson.dumps(_STREAM_FAILED) + b"\n\n"
 
 
 def _client_error(exc: BaseException) -> UpstreamError:
@@ -118,11 +128,17 @@ async def forward(
     state.metrics.count_upstream(upstream, code_class(resp.status), ex.upstream_seconds)
     ex.status = resp.status
     try:
-        is_sse = resp.content_type == "text/event-stream"
+        framing = (
+            SSE
+            if resp.content_type == "text/event-stream"
+            else NDJSON
+            if resp.content_type in _NDJSON_TYPES
+            else None
+        )
         if screen is None or resp.status >= 300:
-            return await _relay_untouched(request, state, resp, ex, is_sse)
-        if is_sse:
-            return await _relay_stream_screened(request, state, runtime, ex, resp, screen)
+            return await _relay_untouched(request, state, resp, ex, framing)
+        if framing is not None:
+            return await _relay_stream_screened(request, state, runtime, ex, resp, screen, framing)
         return await _relay_body_screened(request, state, runtime, ex, resp, screen)
     finally:
         resp.release()
@@ -139,9 +155,13 @@ def _sse_headers(resp: aiohttp.ClientResponse, request_id: str, keep_encoding: b
 
 
 async def _relay_untouched(
-    request: web.BaseRequest, state: ServerState, resp: aiohttp.ClientResponse, ex: Exchange, is_sse: bool
+    request: web.BaseRequest,
+    state: ServerState,
+    resp: aiohttp.ClientResponse,
+    ex: Exchange,
+    framing: str | None,
 ) -> web.StreamResponse:
-    if not is_sse and resp.content_length is not None and resp.content_length <= _SMALL_BODY:
+    if framing is None and resp.content_length is not None and resp.content_length <= _SMALL_BODY:
         try:
             data = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -149,11 +169,11 @@ async def _relay_untouched(
         headers = response_headers(resp.headers)
         headers["X-Request-Id"] = ex.reply_id
         return web.Response(status=resp.status, body=data, headers=headers)
-    headers = _sse_headers(resp, ex.reply_id, True) if is_sse else response_headers(resp.headers)
+    headers = _sse_headers(resp, ex.reply_id, True) if framing else response_headers(resp.headers)
     headers["X-Request-Id"] = ex.reply_id
     out = web.StreamResponse(status=resp.status, headers=headers)
     await out.prepare(request)
-    await _pump(state, resp, out, ex, prefix=b"", is_sse=is_sse)
+    await _pump(state, resp, out, ex, prefix=b"", framing=framing)
     return out
 
 
@@ -164,7 +184,7 @@ async def _pump(
     ex: Exchange,
     *,
     prefix: bytes,
-    is_sse: bool,
+    framing: str | None,
 ) -> None:
     """Copy the rest of the upstream body as it arrives; end cleanly on upstream failure."""
     started = time.perf_counter()
@@ -177,14 +197,14 @@ async def _pump(
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError) as exc:
         outcome = "upstream_error"
         ex.error = f"upstream_stream_{type(exc).__name__}"
-        if is_sse:
-            await out.write(b"data: " + orjson.dumps(_STREAM_FAILED) + b"\n\n")
+        if framing is not None:
+            await out.write(_failed_event(framing))
     except (ConnectionResetError, asyncio.CancelledError):
         outcome = "client_disconnected"
         resp.close()
         raise
     finally:
-        if is_sse:
+        if framing is not None:
             ex.stream_info = {"outcome": outcome, "screened": False}
             state.metrics.count_stream(ex.route, outcome, time.perf_counter() - started)
     await out.write_eof()
@@ -274,7 +294,7 @@ async def _relay_body_screened(
         return web.Response(status=resp.status, body=data, headers=headers)
     out = web.StreamResponse(status=resp.status, headers=headers)
     await out.prepare(request)
-    await _pump(state, resp, out, ex, prefix=data, is_sse=False)
+    await _pump(state, resp, out, ex, prefix=data, framing=None)
     return out
 
 
@@ -317,8 +337,10 @@ async def _relay_stream_screened(
     ex: Exchange,
     resp: aiohttp.ClientResponse,
     matched: MatchedRoute,
+    framing: str,
 ) -> web.StreamResponse:
-    """Relay an SSE stream through the hold-back window, scanning as text arrives."""
+    """Relay a stream (SSE, or NDJSON lines) through the hold-back window, scanning as
+    text arrives."""
     config = runtime.config
     rules = matched.policy.rules(Phase.OUTPUT)
     adapter = matched.adapter
@@ -328,7 +350,7 @@ async def _relay_stream_screened(
     hold = HoldbackBuffer(config.stream.scan_every_chars)
     scan_interval = config.stream.scan_interval_ms / 1000
     last_scan = 0.0
-    parser = SseParser()
+    parser: SseParser | NdjsonParser = NdjsonParser() if framing == NDJSON else SseParser()
     channels = TextChannels()
     stream_state = StreamState()
     out = web.StreamResponse(status=resp.status, headers=_sse_headers(resp, ex.reply_id, False))
@@ -405,7 +427,7 @@ async def _relay_stream_screened(
             if released:
                 await out.write(released)
             if outcome == "upstream_error":
-                await out.write(b"data: " + orjson.dumps(_STREAM_FAILED) + b"\n\n")
+                await out.write(_failed_event(framing))
             elif done_event is not None:
                 await out.write(done_event)
             elif adapter.uses_done_sentinel:

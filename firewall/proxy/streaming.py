@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from firewall.core.errors import UpstreamError
 
-__all__ = ["HoldbackBuffer", "SseEvent", "SseParser", "SseProtocolError", "TextChannels"]
+__all__ = ["HoldbackBuffer", "NdjsonParser", "SseEvent", "SseParser", "SseProtocolError", "TextChannels"]
 
 # A line ending (CRLF, lone CR, lone LF) followed by another: the blank line that ends an event.
 _TERMINATOR = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
@@ -40,10 +40,12 @@ class SseEvent:
     raw: bytes
     event: str | None
     data: str | None
+    #: Whether ``data: [DONE]`` ends the stream (SSE); NDJSON has no sentinel.
+    done_sentinel: bool = True
 
     @property
     def is_done(self) -> bool:
-        return self.data is not None and self.data.strip() == "[DONE]"
+        return self.done_sentinel and self.data is not None and self.data.strip() == "[DONE]"
 
 
 def parse_event(raw: bytes) -> SseEvent:
@@ -64,33 +66,58 @@ def parse_event(raw: bytes) -> SseEvent:
     return SseEvent(raw=raw, event=event, data="\n".join(data) if data else None)
 
 
-class SseParser:
-    """Splits a byte stream into events, whatever the chunk boundaries are."""
+class _Framer:
+    """Splits a byte stream into events, whatever the chunk boundaries are: the framing
+    (where an event ends, what it holds) is the subclass's."""
+
+    #: What the framing calls an event, for errors.
+    unit = "event"
 
     def __init__(self, max_event_bytes: int = 1024 * 1024) -> None:
         self._buf = bytearray()
         self._max = max_event_bytes
+
+    def _boundary(self, buf: bytearray, start: int) -> tuple[int, int] | None:
+        """Where the next event from ``start`` ends: (end of its content, end of its
+        terminator), or ``None`` while it is incomplete."""
+        raise NotImplementedError
+
+    def _event(self, raw: bytes) -> SseEvent:
+        raise NotImplementedError
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Add bytes; return every event completed by them."""
         self._buf += chunk
         events: list[SseEvent] = []
         start = 0
-        while True:
-            match = _TERMINATOR.search(self._buf, start)
-            if match is None:
-                break
-            if match.end() == len(self._buf) and self._buf.endswith(b"\r"):
-                break  # a CR that ends the data may be the first half of a CRLF: wait for more
-            if match.start() - start > self._max:
-                raise SseProtocolError(f"SSE event larger than {self._max} bytes")
-            events.append(parse_event(bytes(self._buf[start : match.end()])))
-            start = match.end()
+        while (found := self._boundary(self._buf, start)) is not None:
+            content_end, end = found
+            if content_end - start > self._max:
+                raise SseProtocolError(f"{self.unit} larger than {self._max} bytes")
+            events.append(self._event(bytes(self._buf[start:end])))
+            start = end
         if start:
             del self._buf[:start]
         if len(self._buf) > self._max:
-            raise SseProtocolError(f"SSE event larger than {self._max} bytes")
+            raise SseProtocolError(f"{self.unit} larger than {self._max} bytes")
         return events
+
+
+class SseParser(_Framer):
+    """Splits an SSE byte stream into events."""
+
+    unit = "SSE event"
+
+    def _boundary(self, buf: bytearray, start: int) -> tuple[int, int] | None:
+        match = _TERMINATOR.search(buf, start)
+        if match is None:
+            return None
+        if match.end() == len(buf) and buf.endswith(b"\r"):
+            return None  # a CR that ends the data may be the first half of a CRLF: wait for more
+        return match.start(), match.end()
+
+    def _event(self, raw: bytes) -> SseEvent:
+        return parse_event(raw)
 
     def flush(self) -> SseEvent | None:
         """At end of stream: the last event, if the data ended inside or right after it.
@@ -108,6 +135,34 @@ class SseParser:
         if match is None or match.end() != len(raw):
             raw += b"\n\n"
         return parse_event(raw)
+
+
+class NdjsonParser(_Framer):
+    """Splits an NDJSON stream (Ollama's: one JSON object a line) into line events.
+
+    Each event's ``data`` is the line without its ending and ``raw`` the line as sent,
+    ending included, so a stream that is not blocked is relayed byte for byte. Blank
+    lines are kept as events without data. There is no end sentinel.
+    """
+
+    unit = "NDJSON line"
+
+    def _boundary(self, buf: bytearray, start: int) -> tuple[int, int] | None:
+        end = buf.find(b"\n", start)
+        return None if end < 0 else (end, end + 1)
+
+    def _event(self, raw: bytes) -> SseEvent:
+        line = raw.decode("utf-8", errors="replace").strip()
+        return SseEvent(raw=raw, event=None, data=line or None, done_sentinel=False)
+
+    def flush(self) -> SseEvent | None:
+        """At end of stream: a last line without its line feed (given one)."""
+        if not self._buf.strip():
+            self._buf.clear()
+            return None
+        raw = bytes(self._buf) + b"\n"
+        self._buf.clear()
+        return self._event(raw)
 
 
 @dataclass(slots=True)

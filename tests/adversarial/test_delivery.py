@@ -67,27 +67,50 @@ ROUTE_BODIES = {
 }
 
 
+#: Native serving APIs' paths (Ollama, TGI, llama.cpp, KServe v2, Triton, vLLM pooling).
+NATIVE_BODIES = {
+    "/api/chat": {"model": "m", "messages": [{"role": "user", "content": HIDDEN}]},
+    "/api/generate": {"model": "m", "prompt": HIDDEN},
+    "/api/embed": {"model": "m", "input": HIDDEN},
+    "/generate": {"inputs": HIDDEN},
+    "/generate_stream": {"inputs": HIDDEN},
+    "/completion": {"prompt": HIDDEN},
+    "/infill": {"input_prefix": HIDDEN, "input_suffix": ""},
+    "/v2/models/m/infer": {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [HIDDEN]}]},
+    "/v2/models/m/generate": {"text_input": HIDDEN},
+    "/classify": {"model": "m", "input": HIDDEN},
+    "/score": {"model": "m", "text_1": "a", "text_2": HIDDEN},
+    "/rerank": {"model": "m", "query": HIDDEN, "documents": ["a"]},
+    "/pooling": {"model": "m", "input": HIDDEN},
+}
+
+
 def path_spellings(suffix: str) -> Iterator[str]:
     bases = [f"/v1/{suffix}", f"/{suffix}", f"/openai/v1/{suffix}", f"/openai/deployments/d/{suffix}"]
     for base in bases:
-        head, _, last = base.rpartition("/")
-        yield base
-        yield base + "/"
-        yield "/" + base
-        yield head + "//" + last
-        yield base.upper()
-        yield head + "/" + last.capitalize()
-        yield base + "?api-version=2024-06-01"
-        yield base + ";x=1"
-        yield base + "%20"
-        for control in ("%0A", "%0D", "%00", "%09", "%7F"):
-            yield base + control
-        yield head + "/%" + format(ord(last[0]), "02X") + last[1:]  # one letter encoded
-        yield base.replace("/", "%2F")
-        yield head + "/./" + last
-        yield head + "/x/../" + last
-        yield head + "/%2e/" + last
-        yield head + "\\" + last
+        yield from spellings_of(base)
+
+
+def spellings_of(base: str) -> Iterator[str]:
+    """``base`` and the ways a lenient server reads as it (case, slashes, encodings, dots)."""
+    head, _, last = base.rpartition("/")
+    yield base
+    yield base + "/"
+    yield "/" + base
+    yield head + "//" + last
+    yield base.upper()
+    yield head + "/" + last.capitalize()
+    yield base + "?api-version=2024-06-01"
+    yield base + ";x=1"
+    yield base + "%20"
+    for control in ("%0A", "%0D", "%00", "%09", "%7F"):
+        yield base + control
+    yield head + "/%" + format(ord(last[0]), "02X") + last[1:]  # one letter encoded
+    yield base.replace("/", "%2F")
+    yield head + "/./" + last
+    yield head + "/x/../" + last
+    yield head + "/%2e/" + last
+    yield head + "\\" + last
 
 
 @pytest.mark.asyncio
@@ -101,7 +124,12 @@ async def test_no_path_spelling_delivers_the_trigger(
         for target in path_spellings(suffix):
             await send_raw(fw.url, target, raw)
             tried += 1
-    assert tried > 300
+    for path, body in NATIVE_BODIES.items():
+        raw = orjson.dumps(body)
+        for target in spellings_of(path):
+            await send_raw(fw.url, target, raw)
+            tried += 1
+    assert tried > 600
     assert delivered(upstream, MARK) == []
 
 
@@ -210,6 +238,82 @@ def field_placements() -> Iterator[tuple[str, str, dict[str, Any]]]:
             anthropic,
             {"model": "m", "messages": [{"role": "user", "content": [block]}]},
         )
+
+
+def native_placements() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(name, path, body) with the hidden trigger in one model-visible field of a native API."""
+    ollama_msg = {"role": "user", "content": "hi"}
+    for key, value in (
+        ("content", HIDDEN),
+        ("thinking", HIDDEN),
+        ("tool_calls", [{"function": {"name": "f", "arguments": {"q": HIDDEN}}}]),
+    ):
+        body = {"model": "m", "messages": [ollama_msg, {"role": "assistant", "content": "", key: value}]}
+        yield f"ollama message {key}", "/api/chat", body
+    tool = {"type": "function", "function": {"name": "f", "description": HIDDEN, "parameters": {}}}
+    yield "ollama tools", "/api/chat", {"model": "m", "messages": [ollama_msg], "tools": [tool]}
+    for key in ("prompt", "system", "suffix"):
+        yield f"ollama generate {key}", "/api/generate", {"model": "m", "prompt": "hi", key: HIDDEN}
+    yield "ollama generate template", "/api/generate", {"model": "m", "prompt": "hi", "template": HIDDEN}
+    for key, value in (("input", HIDDEN), ("input", ["a", HIDDEN]), ("prompt", HIDDEN)):
+        path = "/api/embed" if key == "input" else "/api/embeddings"
+        yield f"ollama embed {key}", path, {"model": "m", key: value}
+    for path in ("/generate", "/generate_stream", "/"):
+        yield f"tgi {path}", path, {"inputs": HIDDEN, "parameters": {"max_new_tokens": 5}}
+    for name, prompt in (
+        ("string", HIDDEN),
+        ("list", ["a", HIDDEN]),
+        ("mixed", [1, HIDDEN]),
+        ("object", {"prompt_string": HIDDEN, "multimodal_data": []}),
+        ("objects", [{"prompt_string": HIDDEN}]),
+    ):
+        yield f"llama.cpp prompt {name}", "/completion", {"prompt": prompt}
+    for key, value in (
+        ("input_prefix", HIDDEN),
+        ("input_suffix", HIDDEN),
+        ("input_extra", [{"filename": "a.py", "text": HIDDEN}]),
+    ):
+        yield f"llama.cpp infill {key}", "/infill", {"prompt": "", "input_prefix": "", key: value}
+    for shape, data in (([1], [HIDDEN]), ([1, 1], [[HIDDEN]])):
+        tensor = {"name": "any_name", "shape": shape, "datatype": "BYTES", "data": data}
+        yield f"kserve BYTES {shape}", "/v2/models/m/versions/2/infer", {"inputs": [tensor]}
+    yield (
+        "kserve token ids",
+        "/v2/models/m/infer",
+        {"inputs": [{"name": "input_ids", "shape": [2], "datatype": "INT64", "data": [1, 2]}]},
+    )
+    for key in ("text_input", "prompt", "some_input"):
+        yield f"triton generate {key}", "/v2/models/m/generate_stream", {key: HIDDEN}
+    for path, body in (
+        ("/v1/classify", {"model": "m", "input": [HIDDEN]}),
+        ("/v1/score", {"model": "m", "text_1": HIDDEN, "text_2": ["a"]}),
+        (
+            "/v2/rerank",
+            {"model": "m", "query": "q", "documents": [{"content": [{"type": "text", "text": HIDDEN}]}]},
+        ),
+        ("/pooling", {"model": "m", "messages": [{"role": "user", "content": HIDDEN}]}),
+        ("/score", {"model": "m", "queries": ["a"], "items": [HIDDEN]}),
+    ):
+        yield f"vllm {path}", path, body
+
+
+@pytest.mark.asyncio
+async def test_no_native_api_field_delivers_the_trigger(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
+) -> None:
+    fw = await firewall()
+    leaked = []
+    placements = list(native_placements())
+    assert len(placements) > 30
+    for name, path, body in placements:
+        before = len(upstream.received)
+        async with client.post(fw.url + path, data=orjson.dumps(body)) as resp:
+            await resp.read()
+            if resp.status < 400:
+                leaked.append(f"{name}: answered {resp.status}")
+        if delivered(FakeUpstream(received=upstream.received[before:]), MARK):
+            leaked.append(name)
+    assert leaked == []
 
 
 @pytest.mark.asyncio

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from detectors import base as detector_base
 from firewall.config.schema import (
@@ -65,6 +66,14 @@ def test_defaults_without_file_or_env() -> None:
         "responses",
         "embeddings",
         "messages",
+        "ollama_chat",
+        "ollama_generate",
+        "ollama_embed",
+        "tgi_generate",
+        "llama_cpp_completion",
+        "kserve_infer",
+        "triton_generate",
+        "vllm_pooling",
     ]
     assert config.routing.unknown_routes == "deny_with_body"
     assert config.server.port == 8080
@@ -705,3 +714,12 @@ def test_environment_variables_of_other_components_are_not_config() -> None:
     }
     config = load_config(environ=env)
     assert config.mode is Mode.MONITOR
+
+
+def test_the_readme_configuration_reference_loads() -> None:
+    # The README's annotated config is what users copy: it must be a config that loads.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```yaml", readme.index("## Configuration reference")) + len("```yaml")
+    block = readme[start : readme.index("```", start)]
+    config = build_config(yaml.safe_load(block))
+    assert "sagemaker" in [r.name for r in config.routing.routes]

@@ -407,16 +407,17 @@ def test_compile_defaults_with_invisible_chars() -> None:
     policy = compile_policy(config, {"invisible_chars": (BOTH, Cost.CHEAP)})
     assert isinstance(policy, Policy)
     assert policy.default_mode is Mode.ENFORCE
-    assert set(policy.routes) == {"chat_completions", "completions", "responses", "embeddings", "messages"}
-    for name in ("chat_completions", "completions", "responses"):
+    assert {"chat_completions", "completions", "responses", "embeddings", "messages"} < set(policy.routes)
+    for name in ("chat_completions", "completions", "responses", "ollama_chat", "tgi_generate"):
         rp = policy.for_route(name)
         assert rp.mode is Mode.ENFORCE
         assert [r.detector for r in rp.input_rules] == ["invisible_chars"]
         assert [r.detector for r in rp.output_rules] == ["invisible_chars"]
-    emb = policy.for_route("embeddings")
-    assert [r.detector for r in emb.input_rules] == ["invisible_chars"]
-    assert emb.output_rules == ()
-    assert not emb.screens(Phase.OUTPUT)
+    for name in ("embeddings", "ollama_embed", "vllm_pooling"):  # vectors and scores: no output text
+        emb = policy.for_route(name)
+        assert [r.detector for r in emb.input_rules] == ["invisible_chars"]
+        assert emb.output_rules == ()
+        assert not emb.screens(Phase.OUTPUT)
     (r,) = policy.for_route("chat_completions").input_rules
     assert r == DetectorRule(
         detector="invisible_chars",

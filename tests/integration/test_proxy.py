@@ -334,8 +334,8 @@ async def test_unknown_routes_with_a_body_are_denied_by_default(
     async with client.get(fw.url + "/v1/models") as resp:  # no body: no prompt to miss
         assert resp.status == 200
         assert (await resp.json())["path"] == "/v1/models"
-    # Paths of APIs the defaults do not read (Ollama, TGI, llama.cpp) and typos.
-    for path in ("/api/chat", "/api/generate", "/generate", "/completion", "/v2/chat"):
+    # Paths no built-in route serves: SageMaker's, llama.cpp's tokenizer, typos.
+    for path in ("/invocations", "/tokenize", "/api/chats", "/completionz", "/v2/chat"):
         async with client.post(fw.url + path, json=chat_body(TRIGGER)) as resp:
             assert resp.status == 404, path
             assert (await resp.json())["error"]["code"] == "unknown_route"
@@ -821,7 +821,15 @@ async def test_text_past_a_detector_cap_goes_to_its_fail_mode(
 
     strict = [
         {"name": "invisible_chars", "threshold": 0.5, "action": "block"},
-        {"name": "rare_tokens", "threshold": 0.69, "action": "block", "on_error": "fail_closed"},
+        # A generous timeout: this is about the cap, and a busy runner must not turn a
+        # 0.1 s scan into a timeout (which fails closed as a retryable 503 instead).
+        {
+            "name": "rare_tokens",
+            "threshold": 0.69,
+            "action": "block",
+            "on_error": "fail_closed",
+            "timeout_seconds": 5,
+        },
     ]
     fw = await firewall(detectors=strict)
     async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
