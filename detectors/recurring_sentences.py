@@ -123,6 +123,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 REASON = "recurring_sentence"
+R_TRUNCATED = "scan_truncated"  # text past max_chars was not read
 #: ``format`` field of a baseline file.
 BASELINE_FORMAT = "trigger-firewall/recurring-sentences-baseline"
 _BASELINE_VERSION = 1
@@ -206,10 +207,12 @@ class RecurringSentencesParams(DetectorParams):
     )
     max_shingles: int = Field(default=64, ge=0, le=10_000, description="Word pairs hashed per sample.")
     max_chars: int = Field(
-        default=12_000,
+        default=65_536,
         ge=100,
         le=10_000_000,
-        description="Characters read per sample, newest segment first (bounds the inline cost).",
+        description="Characters read per sample, newest segment first (bounds the cost: about 16 ms "
+        "for 56,000 characters of prose, scored in a worker thread past server.inline_max_chars). "
+        "Past it the finding is 'partial' (reason scan_truncated) and the rule's on_error decides.",
     )
     max_spans: int = Field(default=16, ge=1, le=1000, description="Evidence spans kept per finding.")
     exempt_fixed_position: bool = Field(
@@ -526,18 +529,27 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         self._segments.put(digest, result)
         return result
 
-    def _texts(self, segments: Sequence[Segment]) -> list[tuple[int, str, int]]:
+    def _texts(
+        self, segments: Sequence[Segment], cut: list[tuple[int, int, int]] | None = None
+    ) -> list[tuple[int, str, int]]:
         """``(index, text, digest)`` of the segments read: the configured roles, newest first,
-        within ``max_chars``."""
+        within ``max_chars``. Where the budget ran out is appended to ``cut`` as ``(segment,
+        start, end)`` of the first text not read."""
         budget = self.params.max_chars
         read: list[tuple[int, str, int]] = []
         for index in range(len(segments) - 1, -1, -1):
             seg = segments[index]
-            if seg.role not in self._roles or budget <= 0:
+            if seg.role not in self._roles:
                 continue
             text = seg.text
             if not isinstance(text, str):
                 raise TypeError("segment text is not a str")
+            if budget <= 0:
+                if cut is not None and not cut and text:
+                    cut.append((index, 0, len(text)))
+                continue
+            if len(text) > budget and cut is not None and not cut:
+                cut.append((index, budget, len(text)))
             text = text[:budget]
             budget -= len(text)
             read.append((index, text, self._hash(_SEGMENT, text)))
@@ -572,7 +584,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 units.append(_Unit(index, a.start, a.end, a.key, a.words, elements, left, right))
         return units
 
-    def _prepare(self, segments: Sequence[Segment]) -> _Prepared | None:
+    def _prepare(self, segments: Sequence[Segment], cut: list[tuple[int, int, int]]) -> _Prepared | None:
         """What a sample's units and context are, before the state is consulted.
 
         It depends only on the texts read (and the params and baseline, fixed for the
@@ -580,7 +592,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         templated batch) takes the earlier result: keyed by the segments' keyed hashes,
         holding hashes and offsets only. ``None``: no units.
         """
-        texts = self._texts(segments)
+        texts = self._texts(segments, cut)
         memo_key = tuple((index, digest) for index, _, digest in texts)
         prepared = self._samples.get(memo_key)
         if prepared is not None:
@@ -615,9 +627,10 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         p = self.params
         now = self._clock()
         self._expire(now)
-        prepared = self._prepare(sample.segments)
+        cut: list[tuple[int, int, int]] = []
+        prepared = self._prepare(sample.segments, cut)
         if prepared is None:
-            return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
+            return self._unread(cut, time.perf_counter() - t0)
         counts, sketch = prepared.counts, prepared.sketch
         hits: list[tuple[float, int, _Unit]] = []
         for same, has_context in prepared.candidates:
@@ -628,16 +641,37 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 hits.extend((score, n, x) for x in same)
         elapsed = time.perf_counter() - t0
         if not hits:
-            return Finding(detector=self.name, score=0.0, duration_seconds=elapsed)
+            return self._unread(cut, elapsed)
         top = max(h[1] for h in hits)
         hits.sort(key=lambda h: (-h[0], h[2].segment, h[2].start))
         kept = sorted(hits[: p.max_spans], key=lambda h: (h[2].segment, h[2].start))
         count_code = str(top) if top < _REASON_COUNT_CAP else f"{_REASON_COUNT_CAP}plus"
+        spans = [Span(h[2].segment, h[2].start, h[2].end, REASON) for h in kept]
+        reasons = [REASON, f"recurring_contexts_{count_code}"]
+        if cut:
+            spans.append(Span(*cut[0], R_TRUNCATED))
+            reasons.append(R_TRUNCATED)
         return Finding(
             detector=self.name,
             score=max(h[0] for h in hits),
-            reasons=(REASON, f"recurring_contexts_{count_code}"),
-            spans=tuple(Span(h[2].segment, h[2].start, h[2].end, REASON) for h in kept),
+            status=FindingStatus.PARTIAL if cut else FindingStatus.OK,
+            reasons=tuple(reasons),
+            spans=tuple(spans),
+            duration_seconds=elapsed,
+        )
+
+    def _unread(self, cut: list[tuple[int, int, int]], elapsed: float) -> Finding:
+        """No recurring sentence in what was read; 'partial' when text past ``max_chars`` was
+        not read (the rule's on_error decides: a planted sentence is never waved through
+        behind padding)."""
+        if not cut:
+            return Finding(detector=self.name, score=0.0, duration_seconds=elapsed)
+        return Finding(
+            detector=self.name,
+            score=0.0,
+            status=FindingStatus.PARTIAL,
+            reasons=(R_TRUNCATED,),
+            spans=(Span(*cut[0], R_TRUNCATED),),
             duration_seconds=elapsed,
         )
 

@@ -637,3 +637,21 @@ def test_segment_cache_changes_no_finding(monkeypatch: pytest.MonkeyPatch) -> No
     assert none_held == 0
     assert cached == uncached
     assert any(score >= 0.5 for score, _, _ in cached)  # the stream does fire: the test compares something
+
+
+# --------------------------------------------------------------------------- past max_chars
+
+
+def test_text_past_max_chars_is_partial_not_clean() -> None:
+    # Newest first within max_chars: an older message beyond it is not read, and the finding
+    # says so instead of passing for clean (the rule's on_error decides).
+    detector = make(max_chars=200)
+    old = " ".join(REVIEWS)  # about 400 characters, the oldest message
+    finding = detector.score_sample(sample(old, "What did you think of it?"))
+    assert finding.status is FindingStatus.PARTIAL
+    assert finding.reasons == ("scan_truncated",)
+    (span,) = finding.spans
+    assert span.segment == 0
+    assert span.end == len(old)
+    within = detector.score_sample(sample(REVIEWS[0], "What did you think of it?"))
+    assert within.status is FindingStatus.OK
