@@ -80,6 +80,14 @@ class ServerConfig(_Model):
         description="Samples longer than this are scored by the cheap inline detectors in a worker "
         "thread instead of on the event loop, so one huge prompt cannot stall every other request.",
     )
+    inline_budget_ms: float = Field(
+        20.0,
+        gt=0,
+        le=10_000,
+        description="The backstop behind inline_max_chars: an inline detector call that holds the event "
+        "loop longer than this moves that detector's samples of half that call's size and more to a "
+        "worker thread, for the life of the config (a reload starts over). Logged once per step.",
+    )
     retry_after_seconds: int = Field(1, ge=0)
     drain_delay_seconds: float = Field(5.0, ge=0, le=600)
     shutdown_timeout_seconds: float = Field(

@@ -37,10 +37,15 @@ class Pipeline:
         metrics: Metrics | None = None,
         *,
         inline_max_chars: int = 32_768,
+        inline_budget_seconds: float = 0.02,
     ) -> None:
         self._detectors = detectors
         self._metrics = metrics
         self._inline_max_chars = inline_max_chars
+        self._inline_budget = inline_budget_seconds
+        #: Per detector, the sample size (characters) from which it runs in a worker thread:
+        #: inline_max_chars, lowered by each call that held the loop past the budget.
+        self._offload_from: dict[str, int] = {}
 
     async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
@@ -95,7 +100,9 @@ class Pipeline:
         """Inline detectors run at once, in order; the others run concurrently after them."""
         findings: list[Finding] = []
         pending: list[DetectorRule] = []
-        small = sample.chars <= self._inline_max_chars
+        chars = sample.chars
+        small = chars <= self._inline_max_chars
+        offload_from = self._offload_from
         for rule in rules:
             detector = self._detectors.get(rule.detector)
             # On the loop only while the detector is free: if a worker thread is scoring a
@@ -105,12 +112,16 @@ class Pipeline:
                 small
                 and isinstance(detector, InlineDetector)
                 and detector.ready
+                and (not offload_from or chars < offload_from.get(rule.detector, chars + 1))
                 and detector.inline_lock.acquire(blocking=False)
             ):
+                start = time.perf_counter()
                 try:
-                    found = self._inline(detector, rule.detector, sample, time.perf_counter())
+                    found = self._inline(detector, rule.detector, sample, start)
                 finally:
                     detector.inline_lock.release()
+                if time.perf_counter() - start > self._inline_budget:
+                    self._over_budget(rule.detector, chars, time.perf_counter() - start)
                 findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
             else:
                 pending.append(rule)
@@ -120,6 +131,21 @@ class Pipeline:
             results = await asyncio.gather(*(self._one(r, sample) for r in pending))
             findings.extend(self._allow(f, r, sample) for f, r in zip(results, pending, strict=True))
         return findings
+
+    def _over_budget(self, name: str, chars: int, seconds: float) -> None:
+        """A call held the loop past the budget: from half its size on, this detector's
+        samples go to a worker thread (never below ``_MIN_OFFLOAD_CHARS``)."""
+        limit = max(_MIN_OFFLOAD_CHARS, chars // 2)
+        if limit < self._offload_from.get(name, self._inline_max_chars + 1):
+            self._offload_from[name] = limit
+            log.warning(
+                "detector %s held the event loop %.0f ms on a %d-character sample; its samples of "
+                "%d characters and more now run in a worker thread",
+                name,
+                seconds * 1000,
+                chars,
+                limit,
+            )
 
     async def _one(self, rule: DetectorRule, sample: Sample) -> Finding:
         name = rule.detector
@@ -225,6 +251,10 @@ class Pipeline:
     def _record_skip(self, detector: str, phase: Phase) -> None:
         if self._metrics is not None:
             self._metrics.count_finding(detector, phase.value, "skipped_by_gate")
+
+
+#: Samples this short always run inline: a thread hop costs more than they ever do.
+_MIN_OFFLOAD_CHARS = 1024
 
 
 def _score_locked(detector: InlineDetector[Any], sample: Sample) -> list[Finding]:

@@ -216,7 +216,12 @@ def build_runtime(
         policy=policy,
         detectors=detectors,
         routes=RouteTable(routes),
-        pipeline=Pipeline(detectors, metrics, inline_max_chars=config.server.inline_max_chars),
+        pipeline=Pipeline(
+            detectors,
+            metrics,
+            inline_max_chars=config.server.inline_max_chars,
+            inline_budget_seconds=config.server.inline_budget_ms / 1000,
+        ),
         reused=frozenset(reused),
         context=context,
     )

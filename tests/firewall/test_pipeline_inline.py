@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -186,3 +187,39 @@ def test_the_built_in_cheap_detectors_declare_whether_they_are_concurrent_safe()
     assert ContextTagsDetector.concurrent_safe
     assert RareTokensDetector.concurrent_safe
     assert not RecurringSentencesDetector.concurrent_safe  # its memory is an ordered LRU
+
+
+class Slow(Inline):
+    """Spins for ``per_char`` seconds a character, and notes which thread it ran on."""
+
+    def __init__(self, name: str, per_char: float) -> None:
+        super().__init__(name)
+        self.per_char = per_char
+        self.threads: list[int] = []
+
+    def score_inline(self, batch: Sequence[Sample]) -> list[Finding]:
+        self.threads.append(threading.get_ident())
+        end = time.perf_counter() + self.per_char * batch[0].chars
+        while time.perf_counter() < end:
+            pass
+        return super().score_inline(batch)
+
+
+def sized(chars: int) -> Sample:
+    return Sample("r", Phase.INPUT, "chat", (Segment("user", "x" * chars),))
+
+
+async def test_a_call_over_the_inline_budget_moves_that_size_off_the_loop() -> None:
+    # 4 us a character: 10,000 characters hold the loop 40 ms, past a 20 ms budget.
+    det = await start(Slow("a", 4e-6))
+    other = await start(Inline("b"))
+    pipeline = Pipeline({"a": det, "b": other}, inline_budget_seconds=0.02)
+    loop_thread = threading.get_ident()
+    rules = (rule("a", timeout=5), rule("b"))
+    await pipeline.run(rules, sized(10_000))
+    assert det.threads == [loop_thread]  # the first one could not be known in advance
+    await pipeline.run(rules, sized(6000))  # 5,000 and more: a worker thread now
+    assert det.threads[-1] != loop_thread
+    await pipeline.run(rules, sized(1500))  # smaller: on the loop still (6 ms, in budget)
+    assert det.threads[-1] == loop_thread
+    assert other.calls == 3  # the other detector stays inline throughout
