@@ -87,6 +87,12 @@ class MessagesAdapter(ProtocolAdapter):
     prompt_param = "messages"
     uses_done_sentinel = False
 
+    def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
+        """Anthropic's envelope (``{"type": "error", "error": {"type", "message"}}``), which
+        the anthropic SDK reads; ``code`` and ``param`` ride along inside ``error``."""
+        kind = "api_error" if error_type == "server_error" else error_type
+        return {"type": "error", "error": {"type": kind, "message": message, "code": code, "param": param}}
+
     def input_segments(self, body: Any) -> list[Segment]:
         body = require_object(body)
         messages = list(messages_of(body))  # validated before anything is read

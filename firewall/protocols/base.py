@@ -105,6 +105,12 @@ class ProtocolAdapter(abc.ABC):
         when the protocol has no such shape (the proxy then answers an error)."""
         return None
 
+    def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
+        """The JSON of an error the firewall answers on this API (a block, a refusal): the
+        envelope this API's clients read. The OpenAI envelope unless an adapter says otherwise;
+        every envelope keeps the machine-readable ``code``."""
+        return error_body(message, code=code, error_type=error_type, param=param)
+
 
 class TokenIdsAdapter(ProtocolAdapter):
     """An API whose prompts may be token ids: refused (``unscreenable_input``) unless the

@@ -67,7 +67,15 @@ def _tensor_strings(
             raise ProtocolError(f"{key}[{i}].datatype must be a string", param=key)
 
 
-class KServeInferAdapter(TokenIdsAdapter):
+class _OipAdapter(TokenIdsAdapter):
+    """What the Open Inference Protocol's endpoints share: their error envelope."""
+
+    def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
+        """The protocol's error (``{"error": message}``), with the code beside it."""
+        return {"error": message, "code": code}
+
+
+class KServeInferAdapter(_OipAdapter):
     """``/v2/models/{model}/infer``."""
 
     name = "kserve_v2_infer"
@@ -92,7 +100,7 @@ class KServeInferAdapter(TokenIdsAdapter):
         return []
 
 
-class TritonGenerateAdapter(TokenIdsAdapter):
+class TritonGenerateAdapter(_OipAdapter):
     """``/v2/models/{model}/generate`` and ``/generate_stream``."""
 
     name = "triton_generate"

@@ -81,6 +81,11 @@ class _OllamaAdapter(ProtocolAdapter):
     #: The response field that carries the answer's text ("message" for chat).
     answer_key = "response"
 
+    def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
+        """Ollama's envelope: ``error`` is the message, which its clients raise; the code,
+        type and parameter beside it."""
+        return {"error": message, "code": code, "type": error_type, "param": param}
+
     def wants_stream(self, body: Any) -> bool:
         return isinstance(body, dict) and body.get("stream") is not False
 

@@ -36,6 +36,10 @@ class TgiGenerateAdapter(ProtocolAdapter):
     prompt_param = "inputs"
     uses_done_sentinel = False
 
+    def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
+        """TGI's envelope (``{"error": message, "error_type": ...}``), with the code beside it."""
+        return {"error": message, "error_type": error_type, "code": code}
+
     def input_segments(self, body: Any) -> list[Segment]:
         inputs = require_object(body).get("inputs")
         if not isinstance(inputs, str):

@@ -1,4 +1,5 @@
-"""Responses the firewall writes itself: blocks and errors, always OpenAI-shaped JSON.
+"""Responses the firewall writes itself: blocks and errors, as JSON in the envelope of the
+route's API (OpenAI's unless the adapter has its own: Anthropic, Ollama, TGI, KServe).
 
 Statuses are chosen for what OpenAI SDK clients do with them (openai-python's
 ``_base_client._should_retry``): a policy block is 400 with ``code: "content_filter"`` and
@@ -10,12 +11,15 @@ told which detector fired unless ``blocking.expose_reasons`` is on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 from aiohttp import web
 
 from firewall.core.errors import FirewallError, ProtocolError
 from firewall.core.types import BlockKind, Phase, Verdict
-from firewall.protocols.base import error_body
+from firewall.protocols.base import ProtocolAdapter, error_body
 
 __all__ = [
     "BLOCK_MESSAGE",
@@ -41,8 +45,9 @@ def error_response(
     retry: bool | None = None,
     retry_after: int | None = None,
     headers: dict[str, str] | None = None,
+    adapter: ProtocolAdapter | None = None,
 ) -> web.Response:
-    """A JSON error in the OpenAI envelope, with request id and retry hints."""
+    """A JSON error in the route's envelope (OpenAI's by default), with request id and retry hints."""
     hdrs = {"X-Request-Id": request_id}
     if retry is not None:
         hdrs["X-Should-Retry"] = "true" if retry else "false"
@@ -50,11 +55,19 @@ def error_response(
         hdrs["Retry-After"] = str(retry_after)
     if headers:
         hdrs.update(headers)
-    body = orjson.dumps(error_body(message, code=code, error_type=error_type, param=param))
+    envelope: Callable[..., dict[str, Any]] = adapter.error_body if adapter is not None else error_body
+    body = orjson.dumps(envelope(message, code=code, error_type=error_type, param=param))
     return web.Response(status=status, body=body, content_type="application/json", headers=hdrs)
 
 
-def block_response(*, request_id: str, message: str, param: str | None, reason: str | None) -> web.Response:
+def block_response(
+    *,
+    request_id: str,
+    message: str,
+    param: str | None,
+    reason: str | None,
+    adapter: ProtocolAdapter | None = None,
+) -> web.Response:
     """The 400 ``content_filter`` answer to a blocked request or response."""
     text = f"{message} (reason: {reason})" if reason else message
     return error_response(
@@ -66,10 +79,13 @@ def block_response(*, request_id: str, message: str, param: str | None, reason: 
         param=param,
         retry=False,
         headers={"X-Firewall-Action": "block"},
+        adapter=adapter,
     )
 
 
-def firewall_error_response(exc: FirewallError, request_id: str, retry_after: int = 1) -> web.Response:
+def firewall_error_response(
+    exc: FirewallError, request_id: str, retry_after: int = 1, adapter: ProtocolAdapter | None = None
+) -> web.Response:
     """Map an exception from the tree in ``errors.py`` to its HTTP answer."""
     param = exc.param if isinstance(exc, ProtocolError) else None
     transient = exc.status >= 500
@@ -82,6 +98,7 @@ def firewall_error_response(exc: FirewallError, request_id: str, retry_after: in
         param=param,
         retry=transient,
         retry_after=retry_after if exc.status == 503 else None,
+        adapter=adapter,
     )
 
 
@@ -92,6 +109,7 @@ def verdict_response(
     expose_reasons: bool,
     retry_after: int,
     param: str | None,
+    adapter: ProtocolAdapter | None = None,
 ) -> web.Response:
     """The answer to a blocking verdict: 400 ``content_filter``, 503 when a detector
     failed closed (a transient fault the client may retry), or 413 (a request) / 502 (an
@@ -109,6 +127,7 @@ def verdict_response(
             request_id=request_id,
             retry=False,
             headers={"X-Firewall-Action": "block"},
+            adapter=adapter,
         )
     if verdict.block_kind is BlockKind.FAIL_CLOSED:
         return error_response(
@@ -120,10 +139,12 @@ def verdict_response(
             retry=True,
             retry_after=retry_after,
             headers={"X-Firewall-Action": "block"},
+            adapter=adapter,
         )
     return block_response(
         request_id=request_id,
         message=BLOCK_MESSAGE if verdict.phase is Phase.INPUT else OUTPUT_BLOCK_MESSAGE,
         param=param,
         reason=verdict.reason if expose_reasons else None,
+        adapter=adapter,
     )

@@ -85,6 +85,7 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
             request_id=reply_id,
             retry=True,
             retry_after=config.server.retry_after_seconds,
+            adapter=matched.adapter if matched else None,
         )
     if "Expect" in request.headers and not await _expect_continue(request):
         metrics.count_rejected(route, "expectation_failed", mode)
@@ -95,6 +96,7 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
             error_type="invalid_request_error",
             request_id=reply_id,
             retry=False,
+            adapter=matched.adapter if matched else None,
         )
     ex = Exchange(
         rid, route, mode, time.perf_counter(), request.method, runtime, client_request_id=client_rid
@@ -135,11 +137,14 @@ def _reject(state: ServerState, ex: Exchange, reason: str) -> None:
     state.metrics.count_rejected(ex.route, reason, ex.mode)
 
 
-def _failed(ex: Exchange, exc: FirewallError, runtime: Runtime) -> web.Response:
+def _failed(
+    ex: Exchange, exc: FirewallError, runtime: Runtime, matched: MatchedRoute | None = None
+) -> web.Response:
     ex.action = Outcome.ERROR
     ex.status = exc.status
     ex.error = exc.code
-    return firewall_error_response(exc, ex.reply_id, runtime.config.server.retry_after_seconds)
+    adapter = matched.adapter if matched else None
+    return firewall_error_response(exc, ex.reply_id, runtime.config.server.retry_after_seconds, adapter)
 
 
 async def _passthrough(
@@ -229,7 +234,7 @@ async def _screened(
     except ProtocolError as exc:
         ex.screened = False
         _reject(state, ex, exc.reason)
-        return firewall_error_response(exc, ex.reply_id)
+        return firewall_error_response(exc, ex.reply_id, adapter=matched.adapter)
     ex.model = matched.adapter.model(body)
     resolved = matched.for_model(ex.model)
     if resolved is not matched:
@@ -262,6 +267,7 @@ async def _screened(
             expose_reasons=config.blocking.expose_reasons,
             retry_after=config.server.retry_after_seconds,
             param=matched.adapter.prompt_param,
+            adapter=matched.adapter,
         )
         ex.status = response.status
         return response
@@ -278,7 +284,7 @@ async def _screened(
             extra_headers=extra,
         )
     except FirewallError as exc:
-        return _failed(ex, exc, runtime)
+        return _failed(ex, exc, runtime, matched)
 
 
 async def _forward_unscreened(

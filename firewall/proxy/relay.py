@@ -325,6 +325,7 @@ def _output_block(
         expose_reasons=config.blocking.expose_reasons,
         retry_after=config.server.retry_after_seconds,
         param=None,
+        adapter=matched.adapter,
     )
     ex.status = response.status
     return response

@@ -238,9 +238,10 @@ async def test_what_cannot_be_read_is_refused(
     async with aiohttp.ClientSession() as client:
         status, raw = await post(client, fw.url + path, body)
     assert status == 400
-    error = orjson.loads(raw)["error"]
+    body = orjson.loads(raw)
+    error = body["error"] if isinstance(body["error"], dict) else body  # each API's envelope
     assert error["code"] == "unscreenable_input"
-    if param:
+    if param and "param" in error:
         assert error["param"] == param
     assert native.received == []
 
@@ -271,5 +272,50 @@ async def test_a_recased_ollama_key_is_refused(fw_native: FirewallFactory, nativ
             client, fw.url + "/api/generate", {"model": "m", "prompt": "hi", "Prompt": "x"}
         )
     assert status == 400
-    assert orjson.loads(raw)["error"]["code"] == "ambiguous_json"
+    assert orjson.loads(raw)["code"] == "ambiguous_json"
+    assert native.received == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("path", "body", "message_at"),
+    [
+        ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": TRIGGERED}]}, ("error",)),
+        ("/generate", {"inputs": TRIGGERED}, ("error",)),
+        ("/v2/models/m/generate", {"text_input": TRIGGERED}, ("error",)),
+        (
+            "/v1/messages",
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": TRIGGERED}]},
+            ("error", "message"),
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": TRIGGERED}]},
+            ("error", "message"),
+        ),
+    ],
+)
+async def test_a_block_is_answered_in_the_apis_own_error_envelope(
+    fw_native: FirewallFactory,
+    native: NativeUpstream,
+    path: str,
+    body: dict[str, Any],
+    message_at: tuple[str, ...],
+) -> None:
+    # Ollama's and TGI's clients raise the string under "error"; Anthropic's SDK reads
+    # error.message under type "error"; OpenAI's reads error.message. The code rides along.
+    fw = await fw_native()
+    async with aiohttp.ClientSession() as client:
+        status, raw = await post(client, fw.url + path, body)
+    assert status == 400
+    answer = orjson.loads(raw)
+    message: Any = answer
+    for key in message_at:
+        message = message[key]
+    assert isinstance(message, str)
+    assert "blocked" in message
+    code = answer["error"]["code"] if isinstance(answer["error"], dict) else answer["code"]
+    assert code == "content_filter"
+    if path == "/v1/messages":
+        assert answer["type"] == "error"
     assert native.received == []
