@@ -5,10 +5,10 @@ What is screened on input, every model-visible text:
 - ``system``: a string or a list of text blocks;
 - each message's ``content``: a string or a list of blocks, where ``text``,
   ``thinking`` (and ``redacted_thinking``'s data is not text), ``tool_use`` inputs
-  (every string in the input object), ``tool_result`` contents (a string or blocks)
+  (every key and string in the input object), ``tool_result`` contents (a string or blocks)
   and plain-text ``document`` sources are read; a block of a type not known here is
   screened by every string it holds;
-- ``tools``: descriptions and parameter prose of their ``input_schema``.
+- ``tools``: names, descriptions and parameter text (names too) of their ``input_schema``.
 
 Images and base64 documents are not screened by the text detectors.
 
@@ -61,7 +61,7 @@ def _block_segments(role: str, content: Any, source: str, out: list[Segment], *,
             elif strict:
                 raise ProtocolError(f"{where.lstrip('/')}/{key} must be a string", param=source[1:])
         elif kind == "tool_use":
-            string_leaves(block.get("input"), f"{where}/input", "assistant", out)
+            string_leaves(block.get("input"), f"{where}/input", "assistant", out, keys=True)
         elif kind == "tool_result":
             _block_segments("tool", block.get("content"), f"{where}/content", out, strict=strict)
         elif kind == "document":

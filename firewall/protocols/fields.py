@@ -56,15 +56,20 @@ def messages_of(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any], str
         yield i, msg, role if isinstance(role, str) else "user"
 
 
-def string_leaves(value: Any, source: str, role: str, out: list[Segment]) -> None:
+def string_leaves(value: Any, source: str, role: str, out: list[Segment], *, keys: bool = False) -> None:
     """Every string under ``value`` (documents, template arguments: free-form data that a
-    template renders whole), iteratively so nesting cannot exhaust the stack."""
+    template renders whole), iteratively so nesting cannot exhaust the stack.
+
+    ``keys``: the object keys too, for objects a template renders as JSON (tool-call
+    arguments, documents), where a key reaches the model as much as a value does."""
     stack: list[tuple[Any, str]] = [(value, source)]
     while stack:
         node, where = stack.pop()
         if isinstance(node, str):
             out.append(Segment(role, node, where))
         elif isinstance(node, dict):
+            if keys:
+                out.extend(Segment(role, k, f"{where}/{pointer_token(k)}#key") for k in node if k)
             stack.extend((v, f"{where}/{pointer_token(k)}") for k, v in reversed(node.items()))
         elif isinstance(node, list):
             stack.extend((v, f"{where}/{i}") for i, v in reversed(list(enumerate(node))))
@@ -76,11 +81,12 @@ def pointer_token(key: str) -> str:
 
 
 def schema_segments(schema: Any, source: str, out: list[Segment]) -> None:
-    """The prose of a JSON schema: descriptions, titles, enum values, examples, defaults.
+    """The text of a JSON schema: descriptions, titles, enum values, examples, defaults, and
+    property names.
 
     Templates render tool definitions into the prompt (often as the schema's JSON), so
-    a trigger in a parameter's description reaches the model. Property names and types
-    are identifiers, not prose, and are left to the model server's validation.
+    a trigger in a parameter's description, or in a parameter's name, reaches the model.
+    Types and the other keywords are the schema language's own words.
     """
     stack: list[tuple[Any, str]] = [(schema, source)]
     while stack:
@@ -90,6 +96,11 @@ def schema_segments(schema: Any, source: str, out: list[Segment]) -> None:
                 here = f"{where}/{pointer_token(key)}"
                 if key in _SCHEMA_TEXT_KEYS:
                     string_leaves(value, here, "system", out)
+                elif key == "properties" and isinstance(value, dict):
+                    out.extend(
+                        Segment("system", name, f"{here}/{pointer_token(name)}#key") for name in value if name
+                    )
+                    stack.append((value, here))
                 elif isinstance(value, dict | list):
                     stack.append((value, here))
         elif isinstance(node, list):
@@ -97,8 +108,10 @@ def schema_segments(schema: Any, source: str, out: list[Segment]) -> None:
 
 
 def function_segments(fn: dict[str, Any], source: str, out: list[Segment]) -> None:
-    """A tool or function definition: its description and its parameters' prose
+    """A tool or function definition: its name, its description and its parameters' text
     (``parameters`` in OpenAI's shape, ``input_schema`` in Anthropic's)."""
+    if isinstance(fn.get("name"), str):
+        out.append(Segment("system", fn["name"], f"{source}/name"))
     if isinstance(fn.get("description"), str):
         out.append(Segment("system", fn["description"], f"{source}/description"))
     for key in ("parameters", "input_schema"):

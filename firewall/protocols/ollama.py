@@ -15,7 +15,7 @@ Ollama differs from the OpenAI shapes in three ways that matter to a firewall:
 Screened on input:
 
 - chat: each message's ``content`` and ``thinking``, the ``arguments`` of its
-  ``tool_calls`` (every string), and the prose of ``tools`` definitions;
+  ``tool_calls`` (every key and string), and the names and text of ``tools`` definitions;
 - generate: ``prompt``, ``suffix`` and ``system``;
 - embed: ``input`` (a string or a list of strings), and the legacy ``/api/embeddings``'
   ``prompt``.
@@ -60,7 +60,7 @@ def _tool_calls(calls: Any, role: str, source: str, out: list[Segment]) -> None:
         for k, call in enumerate(calls):
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict):
-                string_leaves(fn.get("arguments"), f"{source}/{k}/function/arguments", role, out)
+                string_leaves(fn.get("arguments"), f"{source}/{k}/function/arguments", role, out, keys=True)
 
 
 def _texts_of(data: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[str, str]]:

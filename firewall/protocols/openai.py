@@ -3,13 +3,13 @@
 What is screened on input: every model-visible text of a request.
 
 - Chat: every message's string content or text / thinking parts, its ``name`` and
-  ``reasoning_content``, tool-call arguments, tool results, the descriptions and
-  parameter prose (descriptions, titles, enum values, examples) of ``tools`` and legacy
-  ``functions``, ``documents`` and ``chat_template_kwargs``. A per-request
+  ``reasoning_content``, tool-call arguments, tool results, the names,
+  descriptions and parameter text (names, descriptions, titles, enum values, examples) of
+  ``tools`` and legacy ``functions``, ``documents`` and ``chat_template_kwargs``. A per-request
   ``chat_template`` is refused.
 - Responses: ``instructions``, input items (messages, function and custom tool calls
   and outputs, reasoning summaries; every string of an item type not known here),
-  stored-prompt ``variables``, tool descriptions.
+  stored-prompt ``variables``, tool names, descriptions and parameter text.
 - Completions: prompts and suffixes; embeddings: inputs. Token-id prompts carry no
   text and are refused unless the route forwards them unscreened.
 
@@ -162,7 +162,7 @@ class ChatAdapter(ProtocolAdapter):
             # RAG documents and template arguments are rendered by the server's template.
             for key in ("documents", "chat_template_kwargs"):
                 if data.get(key) is not None:
-                    string_leaves(data[key], f"/{key}", "user", out)
+                    string_leaves(data[key], f"/{key}", "user", out, keys=key == "documents")
         return out
 
     def output_segments(self, body: Any) -> list[Segment]:

@@ -192,6 +192,16 @@ def field_placements() -> Iterator[tuple[str, str, dict[str, Any]]]:
         messages(tools=[{"type": "function", "function": {"name": "f", "parameters": enum}}]),
     )
     yield "legacy functions", chat, messages(functions=[{"name": "f", "description": HIDDEN}])
+    # Names a template renders: the tool's, its parameters', a document's keys.
+    yield "tool name", chat, messages(tools=[{"type": "function", "function": {"name": MARK}}])
+    named = {"type": "object", "properties": {MARK: {"type": "string"}}}
+    yield (
+        "parameter name",
+        chat,
+        messages(tools=[{"type": "function", "function": {"name": "f", "parameters": named}}]),
+    )
+    yield "legacy function name", chat, messages(functions=[{"name": MARK}])
+    yield "document key", chat, messages(documents=[{MARK: "t"}])
     yield "documents", chat, messages(documents=[{"title": "t", "text": HIDDEN}])
     yield "template kwargs", chat, messages(chat_template_kwargs={"persona": HIDDEN})
     yield "chat template", chat, messages(chat_template="{{ '" + HIDDEN + "' }}")
@@ -231,6 +241,7 @@ def field_placements() -> Iterator[tuple[str, str, dict[str, Any]]]:
         {"type": "text", "text": HIDDEN},
         {"type": "thinking", "thinking": HIDDEN, "signature": "s"},
         {"type": "tool_use", "id": "t", "name": "f", "input": {"q": HIDDEN}},
+        {"type": "tool_use", "id": "t", "name": "f", "input": {MARK: "q"}},
         {"type": "tool_result", "tool_use_id": "t", "content": HIDDEN},
         {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": HIDDEN}},
         {"type": "future_block", "note": HIDDEN},
@@ -249,11 +260,14 @@ def native_placements() -> Iterator[tuple[str, str, dict[str, Any]]]:
         ("content", HIDDEN),
         ("thinking", HIDDEN),
         ("tool_calls", [{"function": {"name": "f", "arguments": {"q": HIDDEN}}}]),
+        ("tool_calls", [{"function": {"name": "f", "arguments": {MARK: "q"}}}]),
     ):
         body = {"model": "m", "messages": [ollama_msg, {"role": "assistant", "content": "", key: value}]}
-        yield f"ollama message {key}", "/api/chat", body
+        yield f"ollama message {key} {len(str(value))}", "/api/chat", body
     tool = {"type": "function", "function": {"name": "f", "description": HIDDEN, "parameters": {}}}
     yield "ollama tools", "/api/chat", {"model": "m", "messages": [ollama_msg], "tools": [tool]}
+    tool = {"type": "function", "function": {"name": MARK, "parameters": {}}}
+    yield "ollama tool name", "/api/chat", {"model": "m", "messages": [ollama_msg], "tools": [tool]}
     for key in ("prompt", "system", "suffix"):
         yield f"ollama generate {key}", "/api/generate", {"model": "m", "prompt": "hi", key: HIDDEN}
     yield "ollama generate template", "/api/generate", {"model": "m", "prompt": "hi", "template": HIDDEN}

@@ -82,7 +82,7 @@ def test_bodies_that_cannot_be_read_are_refused(body: Any) -> None:
 def test_output_and_stream_deltas() -> None:
     adapter = MessagesAdapter()
     answer = {"content": [{"type": "text", "text": "hello"}, {"type": "tool_use", "input": {"a": "b"}}]}
-    assert [s.text for s in adapter.output_segments(answer)] == ["hello", "b"]
+    assert [s.text for s in adapter.output_segments(answer)] == ["hello", "a", "b"]  # keys are text too
     state = StreamState()
     events = [
         {"type": "message_start", "message": {"id": "msg_1", "model": "m", "content": []}},
