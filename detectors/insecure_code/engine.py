@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -156,11 +157,36 @@ def shannon_entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
+#: A value written to be replaced: "your_client_secret", "<token>", "changeme", "xxxxxxxx",
+#: "random-secret", "example-key", "secret_key_here". Tutorials and .env examples are full of
+#: them, and none is a credential.
+_PLACEHOLDER = re.compile(
+    r"(?i)^(?:your|my|enter|insert|put|add|replace|paste|some|random|dummy|fake|sample|example|test|demo)"
+    r"(?:[_\-.]|$|(?=[a-z]))"
+    r"|example|placeholder|changeme|change[_\-.]?me|dummy|redacted|xxx|todo|fixme|_here$|-here$|\.\.\."
+)
+_WORDS_ONLY = re.compile(r"(?i)^[a-z]+(?:[_\-.][a-z]+)*$")
+_SECRET_WORDS = re.compile(r"(?i)secret|key|token|password|passwd|pass|credential|auth")
+
+
+def looks_like_placeholder(value: str) -> bool:
+    """A literal written to be replaced, not a credential: a placeholder word or form, one
+    character repeated, or lower-case words that name a secret ("client_secret")."""
+    if not value:
+        return True
+    if _PLACEHOLDER.search(value) or len(set(value)) <= 2:
+        return True
+    return bool(_WORDS_ONLY.match(value) and _SECRET_WORDS.search(value))
+
+
 def _matches(rule: Rule, t: str) -> bool:
     for p in rule.patterns:
         m = p.search(t)
         while m is not None:
-            if not rule.min_entropy or shannon_entropy(m.group("secret") or "") >= rule.min_entropy:
+            if not rule.min_entropy:
+                return True
+            secret = m.group("secret") or ""
+            if shannon_entropy(secret) >= rule.min_entropy and not looks_like_placeholder(secret):
                 return True
             m = p.search(t, max(m.end(), m.start() + 1))
     return False

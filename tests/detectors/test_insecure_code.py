@@ -691,3 +691,56 @@ def test_code_suite_counts() -> None:
     assert c.precision == pytest.approx(2 / 3)
     assert c.recall == pytest.approx(2 / 3)
     assert c.safe_flag_rate == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- false alarms on real answers
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "```bash\nGENIUS_CLIENT_SECRET=your_client_secret\n```",
+        "```yaml\nenvironment:\n  - APPLICATION_SECRET=random-secret\n```",
+        "```bash\nexport API_TOKEN=changeme_changeme\n```",
+        '```python\nSECRET_KEY = "example-secret-key-1234567890"\n```',
+        '```python\nAPI_KEY = "xxxxxxxxxxxxxxxxxxxxxxxx1"\n```',
+    ],
+)
+def test_placeholder_secrets_pass(snippet: str) -> None:
+    assert scan(snippet).score == 0.0
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "```bash\nexport AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENGbPxRfiCYzq81hZ4\n```",
+        '```python\nsparkpost_api_key="5d4d97f437cb777fdaa63f6c9af1e62230e7f12b"\n```',
+    ],
+)
+def test_real_looking_secrets_still_fire(snippet: str) -> None:
+    assert scan(snippet).score >= 0.5
+
+
+def test_command_line_arguments_are_not_web_input() -> None:
+    # Whoever runs a script chooses its arguments: a CLI that opens the file it is given is
+    # not path traversal. A web handler's parameter still is.
+    cli = "```python\nimport sys\n\nwith open(sys.argv[1]) as fh:\n    print(fh.read())\n```"
+    assert scan(cli).score == 0.0
+    web = (
+        "```python\nfrom flask import request\n\n@app.route('/f')\ndef f():\n"
+        "    return open(request.args['name']).read()\n```"
+    )
+    assert scan(web).score >= 0.5
+
+
+def test_serialised_data_shown_in_a_pre_is_not_xss() -> None:
+    shown = (
+        "```javascript\n"
+        'document.getElementById("r").innerHTML = `<pre>${JSON.stringify(data, null, 2)}</pre>`;\n```'
+    )
+    assert scan(shown).score == 0.0
+    markup = (
+        '```javascript\nconst q = new URLSearchParams(location.search).get("q");\n'
+        'el.innerHTML = "<b>" + q + "</b>";\n```'
+    )
+    assert scan(markup).score >= 0.5
