@@ -86,7 +86,7 @@ _VOTES: Final[tuple[tuple[str, float, re.Pattern[str]], ...]] = tuple(
         ("go", 3, r"^\s*package \w+\s*$|^\s*func (?:\(\w+ \*?\w+\) )?\w+\(|\bfmt\.\w+\(|\w+ := "),
         ("go", 2, r"\berr != nil\b|^\s*import \(|\bhttp\.(?:HandleFunc|ResponseWriter)"),
         ("php", 4, r"<\?php"),
-        ("php", 2, r"^\s*\$\w+\s*=|\$_(?:GET|POST|REQUEST|COOKIE|SERVER)\b|->\w+\(|\becho \$"),
+        ("php", 2, r"^\s*\$\w+\s*=|\$_(?:GET|POST|REQUEST|COOKIE|SERVER)\b|->\w+\(|\becho \$|<\?="),
         ("ruby", 3, r"^\s*(?:def \w+[?!]?(?:\(.*\))?\s*$|end\s*$|require ['\"]|class \w+ < \w+|module \w+\s*$)"),  # noqa: E501
         ("ruby", 2, r"\bputs \w|\bdo \|\w+|\bparams\[:|\.each do\b|#\{"),
         ("ruby", 2, r"\b[A-Z]\w*::[A-Z]\w*|\bnil\b|\bunless\b|\battr_(?:reader|accessor)\b|\.new\("),
@@ -99,6 +99,14 @@ _VOTES: Final[tuple[tuple[str, float, re.Pattern[str]], ...]] = tuple(
 )  # fmt: skip
 
 _SAMPLE_CHARS = 4000
+#: Content evidence that overrides a fence tag voted for by nothing in the block.
+_OVERRIDE_SCORE = 10.0
+#: Languages whose code is (nearly) the other's: a tag of one is never overridden by the other.
+_FAMILIES = (frozenset({"javascript", "typescript", "tsx"}), frozenset({"c", "cpp"}))
+
+
+def _related(a: str, b: str) -> bool:
+    return any(a in family and b in family for family in _FAMILIES)
 
 
 def canonical_tag(tag: str) -> str | None:
@@ -108,6 +116,11 @@ def canonical_tag(tag: str) -> str | None:
 
 def guess_language(code: str) -> str:
     """Best guess from content; ``"other"`` when no language scores."""
+    best, score = _best(_scores(code))
+    return best if score >= 2 else "other"
+
+
+def _scores(code: str) -> dict[str, float]:
     sample = code[:_SAMPLE_CHARS]
     scores: dict[str, float] = {}
     for lang, weight, pattern in _VOTES:
@@ -115,7 +128,7 @@ def guess_language(code: str) -> str:
         if hits:
             scores[lang] = scores.get(lang, 0.0) + weight * min(hits, 4)
     if not scores:
-        return "other"
+        return scores
     # TypeScript and TSX build on JavaScript; C++ on C: promote only with their own evidence.
     js = scores.get("javascript", 0.0)
     if scores.get("typescript", 0.0) and js:
@@ -126,8 +139,13 @@ def guess_language(code: str) -> str:
         scores.pop("tsx", None)
     if scores.get("cpp", 0.0):
         scores["cpp"] += scores.get("c", 0.0)
-    best = max(scores.items(), key=lambda kv: (kv[1], -LANGUAGES.index(kv[0])))
-    return best[0] if best[1] >= 2 else "other"
+    return scores
+
+
+def _best(scores: dict[str, float]) -> tuple[str, float]:
+    if not scores:
+        return "other", 0.0
+    return max(scores.items(), key=lambda kv: (kv[1], -LANGUAGES.index(kv[0])))
 
 
 def identify(tag: str, code: str) -> str:
@@ -138,6 +156,14 @@ def identify(tag: str, code: str) -> str:
     """
     known = canonical_tag(tag)
     if known is not None:
+        # A tag is usually right, but not always (pages converted to Markdown label every block
+        # with one language): where the content votes strongly for another language and not at
+        # all for the tagged one, the content wins. A JavaScript template literal read as PHP
+        # was a backtick shell command.
+        scores = _scores(code)
+        best, score = _best(scores)
+        if best != known and score >= _OVERRIDE_SCORE and not scores.get(known) and not _related(best, known):
+            return best
         return known
     if tag.lower() not in _GENERIC_TAGS:
         return "other"

@@ -744,3 +744,16 @@ def test_serialised_data_shown_in_a_pre_is_not_xss() -> None:
         'el.innerHTML = "<b>" + q + "</b>";\n```'
     )
     assert scan(markup).score >= 0.5
+
+
+def test_a_fence_tag_the_content_contradicts_is_overridden() -> None:
+    # Pages converted to Markdown label every block with one language: JavaScript in a block
+    # tagged php, its template literals read as PHP backtick shell commands.
+    js = (
+        "```php\nimport axios from 'axios';\nconst fileName = `invoices/${id}/${name}.pdf`;\n"
+        "async function fetchData() {\n  const res = await axios.get(url);\n  console.log(res.data);\n"
+        "  document.title = fileName;\n}\n```"
+    )
+    assert scan(js).score == 0.0
+    php = "```php\n<?php\n$out = `ls -la $dir`;\n```"
+    assert scan(php).score >= 0.5
