@@ -12,6 +12,7 @@ characters (``⑴`` is ``(1)``) are left alone.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 __all__ = ["fold_width"]
@@ -45,8 +46,28 @@ def _table() -> dict[int, str]:
 _TABLE = _table()
 
 
+_COARSE = "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in _RANGES)
+#: A run of characters from the folded blocks, with the ASCII around it. Scanning for the few
+#: block ranges is fast; matching the exact foldable set (hundreds of ranges) cost about 80 ns a
+#: character, and a dict-driven ``str.translate`` over a whole text about 140 ns a character,
+#: holding the GIL (46 ms for a megabyte of zero-width spaces).
+_RUNS = re.compile(f"[{_COARSE}][{_COARSE}\\x00-\\x7f]*")
+_SHORT_RUN = 256
+
+
 def fold_width(text: str) -> str:
     """``text`` with compatibility forms of ASCII characters replaced by them; same length."""
     if text.isascii():
         return text
-    return text.translate(_TABLE)
+    return _RUNS.sub(_fold_run, text)
+
+
+def _fold_run(match: re.Match[str]) -> str:
+    run = match.group()
+    if len(run) > _SHORT_RUN:
+        # NFKC at C speed; on these blocks it agrees with the table wherever it keeps the
+        # length (a character it expands, "(1)" for a parenthesised digit, falls back).
+        folded = unicodedata.normalize("NFKC", run)
+        if len(folded) == len(run):
+            return folded
+    return run.translate(_TABLE)
