@@ -444,6 +444,7 @@ class OutOfContextDetector(Detector[OutOfContextParams]):
             return Finding(
                 self.name,
                 round(min(cheap_best, self.params.cheap_only_cap), 6),
+                status=_status(reasons),
                 reasons=tuple(sorted(reasons)),
                 duration_seconds=time.perf_counter() - started,
             )
@@ -463,7 +464,14 @@ class OutOfContextDetector(Detector[OutOfContextParams]):
         return Finding(
             self.name,
             round(best, 6),
+            status=_status(reasons),
             reasons=tuple(sorted(reasons)),
             spans=spans,
             duration_seconds=time.perf_counter() - started,
         )
+
+
+def _status(reasons: set[str]) -> FindingStatus:
+    """Text past max_chars was not judged: the score is a lower bound (``partial``), and
+    below the threshold the rule's on_error decides."""
+    return FindingStatus.PARTIAL if R_TRUNCATED in reasons else FindingStatus.OK

@@ -460,9 +460,13 @@ class StripDetector(Detector[StripParams]):
                 if res.survivors:
                     reasons.add(R_SURVIVOR)
                 spans.extend(Span(seg, a, b, R_SURVIVOR) for a, b in res.survivors)
+        # Words past max_words, or segments past the probe budget, were not perturbed: the
+        # score is a lower bound, and below the threshold the rule's on_error decides.
+        unread = R_TRUNCATED in reasons or R_BUDGET in reasons
         return Finding(
             self.name,
             round(best, 6),
+            status=FindingStatus.PARTIAL if unread else FindingStatus.OK,
             reasons=tuple(sorted(reasons)),
             spans=tuple(sorted(spans, key=lambda sp: (sp.segment, sp.start))),
             duration_seconds=time.perf_counter() - started,
