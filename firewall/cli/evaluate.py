@@ -111,6 +111,18 @@ def _check_output(path: str | None, flag: str) -> str | None:
     return None
 
 
+def _emit(table: str, data: dict[str, Any], json_path: str | None) -> None:
+    """Print a report's table; with ``--json``, write the report (and the argv that made it)."""
+    sys.stdout.write(table)
+    sys.stdout.flush()
+    if json_path:
+        import orjson
+
+        data["argv"] = sys.argv[1:]
+        Path(json_path).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"JSON report written to {json_path}", file=sys.stderr)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the suite from parsed arguments; 0 on success, 2 on bad input or missing data."""
     if args.list_families:
@@ -119,8 +131,6 @@ def run_eval(args: argparse.Namespace) -> int:
         return _run_code_suite(args)
     if args.suite == "real-traffic":
         return _run_real_traffic(args)
-
-    import orjson
 
     from firewall.config.schema import load_config
     from firewall.core.errors import ConfigError
@@ -173,13 +183,7 @@ def run_eval(args: argparse.Namespace) -> int:
     except (ConfigError, DataUnavailableError, ValueError) as exc:
         return _fail(str(exc))
 
-    sys.stdout.write(format_table(report))
-    sys.stdout.flush()
-    if args.json:
-        data = report.to_json()
-        data["argv"] = sys.argv[1:]
-        Path(args.json).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"JSON report written to {args.json}", file=sys.stderr)
+    _emit(format_table(report), report.to_json(), args.json)
     if args.plot:
         try:
             write_plot(report, args.plot)
@@ -191,7 +195,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _run_code_suite(args: argparse.Namespace) -> int:
     """``eval --suite code``: the insecure-code benchmark (only --config, --route, --json apply)."""
-    import orjson
 
     from firewall.config.schema import load_config
     from firewall.core.errors import ConfigError
@@ -204,20 +207,13 @@ def _run_code_suite(args: argparse.Namespace) -> int:
         report = run_code_suite(load_config(args.config), route=args.route)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
-    sys.stdout.write(format_code_table(report))
-    sys.stdout.flush()
-    if args.json:
-        data = report.to_json()
-        data["argv"] = sys.argv[1:]
-        Path(args.json).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"JSON report written to {args.json}", file=sys.stderr)
+    _emit(format_code_table(report), report.to_json(), args.json)
     return 0
 
 
 def _run_real_traffic(args: argparse.Namespace) -> int:
     """``eval --suite real-traffic``: --split, --limit (turns), --seed, --families, --phase,
     --route, --config, --concurrency and --json apply."""
-    import orjson
 
     from firewall.config.schema import load_config
     from firewall.core.errors import ConfigError
@@ -246,11 +242,5 @@ def _run_real_traffic(args: argparse.Namespace) -> int:
         )
     except (ConfigError, DataUnavailableError, ValueError) as exc:
         return _fail(str(exc))
-    sys.stdout.write(format_real_traffic(report))
-    sys.stdout.flush()
-    if args.json:
-        data = report.to_json()
-        data["argv"] = sys.argv[1:]
-        Path(args.json).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"JSON report written to {args.json}", file=sys.stderr)
+    _emit(format_real_traffic(report), report.to_json(), args.json)
     return 0
