@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from firewall.core.files import FileSignature
     from firewall.core.telemetry import DetectorTelemetry
 
 from firewall.core.types import (
@@ -147,6 +148,18 @@ class Detector(abc.ABC, Generic[P]):
         whether its bound is too small for the traffic (``trigger_firewall_detector_state_*``).
         """
         return None
+
+    def loaded_files(self) -> Mapping[str, FileSignature | None]:
+        """The data files :meth:`start` read, each with its signature as it was read.
+
+        A reload carries a detector over unchanged when its name, type and params are
+        (models are not reloaded), and params name a data file only by its path: a
+        vocabulary or baseline rewritten in place would never be read again. The reloader
+        compares these signatures with the files' current ones and builds a detector whose
+        file changed afresh. A file that could not be read is listed with ``None`` (it
+        counts as changed once it appears). The default reads no files.
+        """
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """Static metadata for ``/config`` and the audit log."""

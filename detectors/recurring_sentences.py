@@ -69,7 +69,8 @@ segmented LRU (units seen in two or more contexts are protected from a flood of
 one-off sentences) and ``ttl_seconds`` since the last sighting.
 
 The state lives in this object: it survives a config reload when the detector's
-name, type and params are unchanged (the runtime carries the instance over), is
+name, type and params are unchanged and its baseline file was not rewritten (the
+runtime carries the instance over; a new baseline file means a new instance), is
 lost on restart, and is per replica (each sidecar learns alone). The detector
 runs inline on the event loop only, so no locks are needed; never call
 :meth:`score_inline` from several threads.
@@ -80,14 +81,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-import json
 import re
 import secrets
 import string
 import time
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -105,9 +105,11 @@ from detectors.base import (
     Segment,
     Span,
 )
+from detectors.data_files import read_data_file
 
 # The splitting pieces of ooc_text, reused (see sentence_spans for why not split_units itself).
 from detectors.ooc_text import SENTENCE_END, mask_code, prose_lines, strip_span
+from firewall.core.files import FileSignature, file_signature
 
 __all__ = [
     "BASELINE_FORMAT",
@@ -451,6 +453,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             _SAMPLE_CACHE_ENTRIES, _SAMPLE_CACHE_UNITS, lambda prepared: prepared.units
         )
         self.load_error: str | None = None
+        self._baseline_file: dict[str, FileSignature | None] = {}
         self.evictions = 0
 
     # ----------------------------------------------------------------- lifecycle
@@ -461,6 +464,9 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         self._segments.clear()  # analyses marked units against the previous baseline
         self._samples.clear()
         if self.params.baseline:
+            # Taken before the read, kept on failure: a file rewritten later (or fixed) is
+            # read again at the next reload (see loaded_files).
+            self._baseline_file = {self.params.baseline: file_signature(self.params.baseline)}
             try:
                 self._baseline_hash, self._baseline = _load_baseline(Path(self.params.baseline))
             except (OSError, ValueError) as exc:
@@ -468,6 +474,9 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 self._ready = False
                 return
         self._ready = True
+
+    def loaded_files(self) -> Mapping[str, FileSignature | None]:
+        return self._baseline_file
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -812,14 +821,7 @@ def _same_context(
 
 def _load_baseline(path: Path) -> tuple[_Hasher, frozenset[int]]:
     """Read a baseline file; ``ValueError`` names what is wrong with it."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc.msg})") from exc
-    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
-        raise ValueError(f"not a baseline file (format must be {BASELINE_FORMAT!r})")
-    if data.get("version") != _BASELINE_VERSION:
-        raise ValueError(f"unsupported version {data.get('version')!r}")
+    data = read_data_file(path, BASELINE_FORMAT, _BASELINE_VERSION, "baseline")
     try:
         key = bytes.fromhex(str(data["key"]))
         hashes = frozenset(int(h, 16) for h in data["hashes"])

@@ -24,7 +24,10 @@ scores high only when three things hold together:
 
 * **It is not vocabulary.** Its word frequency (wordfreq, for the language of the
   sentence) is below ``common_zipf``. Frequent words, including chat slang and
-  acronyms that people really use as words, never score.
+  acronyms that people really use as words, never score; nor do the words of the
+  loaded vocabulary files (the ``vocabulary`` param: the deployment's own jargon,
+  "sql", "yaml", learnt from its clean traffic), which still count as the text's
+  register so that a vocabulary can only lower scores.
 * **It does not look like a word of the language.** Three cues, each learnt from
   the language's own word list at start-up: a character 4-gram model weighs the
   token as a word of the language against an arbitrary string of its letters (a
@@ -68,7 +71,8 @@ candidates in their sentence and the sample-wide factors. The rest of the packag
 * :mod:`detectors.rare_tokens.language`: the word lists, character models and probes
   built from wordfreq, and the typo and elongation checks against a language's words;
 * :mod:`detectors.rare_tokens.scan`: a segment split into chunks (``_Scan``), the records
-  passed between judging stages, and the code, markup and sentence helpers.
+  passed between judging stages, and the code, markup and sentence helpers;
+* :mod:`detectors.rare_tokens.vocabulary`: vocabulary files (format, loading, learning).
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ import asyncio
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -198,7 +202,14 @@ from detectors.rare_tokens.tables import (
     T_END,
     T_NONE,
 )
+from detectors.rare_tokens.vocabulary import (
+    BUILTIN_PREFIX,
+    BUILTIN_VOCABULARIES,
+    VocabularyError,
+    load_vocabularies,
+)
 from detectors.segment_memory import SegmentMemory
+from firewall.core.files import FileSignature
 
 #: Clean segments remembered (16-byte keys and a count: about 2 MB at the bound).
 _CLEAN_SEGMENTS = 16_384
@@ -256,6 +267,15 @@ class RareTokensParams(DetectorParams):
         description="Tokens scoring below this are not reported as evidence (the score is "
         "still the highest token score).",
     )
+    vocabulary: tuple[str, ...] = Field(
+        default=("builtin:chat",),
+        description="Vocabulary files (JSON, from `trigger-firewall learn-baseline --detector "
+        "rare_tokens`): their tokens are words of the deployment's own traffic and never score "
+        "(they still count as the text's register, so a vocabulary only lowers scores). "
+        "'builtin:chat' is the shipped one, learnt "
+        "from real chat traffic (technical words: sql, yaml, kubectl). [] for none. Read at start "
+        "and when a reload finds a file changed; a missing or bad file leaves the detector not ready.",
+    )
     analysis_budget: int = Field(
         default=15_000,
         ge=100,
@@ -285,6 +305,18 @@ class RareTokensParams(DetectorParams):
             )
         return tuple(dict.fromkeys(value))
 
+    @field_validator("vocabulary")
+    @classmethod
+    def _known_vocabularies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Checked here, not at start: `check-config` then catches a misspelt built-in name.
+        for entry in value:
+            if not entry.strip():
+                raise ValueError("a vocabulary entry must be a file path or builtin:NAME")
+            if entry.startswith(BUILTIN_PREFIX) and entry[len(BUILTIN_PREFIX) :] not in BUILTIN_VOCABULARIES:
+                known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_VOCABULARIES)
+                raise ValueError(f"unknown built-in vocabulary {entry!r}; known: {known}")
+        return tuple(dict.fromkeys(value))
+
     @model_validator(mode="after")
     def _probes_exclude_judged(self) -> RareTokensParams:
         probes = tuple(p for p in self.probe_languages if p not in self.languages)
@@ -305,7 +337,9 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
     """
 
     kind: ClassVar[str] = "rare_tokens"
-    version: ClassVar[str] = "2"  # 2: word-unlikeness as a likelihood ratio; the cased-text rule
+    # 2: word-unlikeness as a likelihood ratio; the cased-text rule. 3: vocabulary files
+    # (builtin:chat by default).
+    version: ClassVar[str] = "3"
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
     cost: ClassVar[Cost] = Cost.CHEAP
     Params: ClassVar[type[DetectorParams]] = RareTokensParams
@@ -326,29 +360,60 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         # Analysis units left for the sample being scored, per thread: a worker thread may
         # score a long sample while the event loop scores a short one (concurrent_safe).
         self._local = threading.local()
+        # Words of the deployment's own traffic (vocabulary_key form): candidates, never hits.
+        self._vocabulary: frozenset[str] = frozenset()
+        self._vocabulary_files: dict[str, FileSignature | None] = {}
+        self.load_error: str | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load the word lists and build the character models (once per process).
+        """Load the vocabulary files, the word lists and the character models (the last two
+        once per process).
 
-        Raises RuntimeError when the wordfreq package (or a language's list) is missing.
+        Raises RuntimeError when the wordfreq package (or a language's list) is missing. A
+        vocabulary file that is missing or malformed leaves the detector not ready, with
+        ``load_error`` saying which and why: scoring without it would flag the deployment's
+        own words, and the readiness probe makes that visible instead.
         """
         wordfreq = _require_wordfreq()
         codes, probe_codes = self.params.languages, self.params.probe_languages
+        self._ready = False
+        self.load_error = None
+        try:
+            self._vocabulary, self._vocabulary_files = await asyncio.to_thread(
+                load_vocabularies, self.params.vocabulary
+            )
+        except VocabularyError as exc:
+            # Keep the files' signatures: fixing the file makes the next reload rebuild us.
+            self._vocabulary_files = exc.signatures
+            self.load_error = str(exc)
+            return
 
         def load() -> tuple[list[_LangModel], list[_Probe]]:
             return [_lang_model(wordfreq, c) for c in codes], [_probe(wordfreq, c) for c in probe_codes]
 
         self._langs, self._probes = await asyncio.to_thread(load)
+        # Chunk analyses depend on the vocabulary: none may survive from another one.
         self._chunks = {}
         self._clean.clear()
         self._static = {}
         self._ready = True
 
+    def loaded_files(self) -> Mapping[str, FileSignature | None]:
+        return self._vocabulary_files
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["vocabulary_tokens"] = len(self._vocabulary)
+        if self.load_error:
+            out["load_error"] = self.load_error
+        return out
+
     async def close(self) -> None:
         self._langs = []
         self._probes = []
+        self._vocabulary = frozenset()
         self._chunks = {}
         self._clean.clear()
         self._static = {}
@@ -371,6 +436,19 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
             return self._finding(hits, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding
             return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
+
+    def token_scores(self, sample: Sample) -> list[tuple[str, float]]:
+        """Each judged token of ``sample``, in the form a vocabulary lists it, with its score.
+
+        For learning a vocabulary (:func:`~detectors.rare_tokens.vocabulary.learn_vocabulary`):
+        a finding's spans carry no per-token score and, for a folded chunk, cover the whole
+        chunk rather than the word looked up. Not the serving path: it raises where
+        :meth:`score_sample` reports an error finding.
+        """
+        if not self._ready:
+            raise RuntimeError(f"detector not started{': ' + self.load_error if self.load_error else ''}")
+        self._local.budget = self.params.analysis_budget
+        return [(h.word, h.score) for h in self._score_segments(sample.segments) if h.word]
 
     def _finding(self, hits: list[_Hit], elapsed: float) -> Finding:
         if not hits:
@@ -438,7 +516,10 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         odd_types: dict[int, set[str]] = {}
         for (segment, _), words in runs.items():
             odd_types.setdefault(segment, set()).update(words)
+        vocabulary = self._vocabulary
         for f in found:
+            if f.word in vocabulary:
+                continue  # the deployment's own word: the register above, never a hit (see _has_candidates)
             factor = f.context
             others = odd_types.get(f.segment, set()) - runs.get((f.segment, f.chunk), {f.word})
             if others:
@@ -450,9 +531,10 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
             if words_total - 1 < _SHORT_WORDS:
                 factor *= _F_SHORT
             if f.ambiguous:
-                hits.append(_Hit(min(_NOMINATED, f.weight * factor), R_AMBIGUOUS, f.segment, f.start, f.end))
+                score, reason = min(_NOMINATED, f.weight * factor), R_AMBIGUOUS
             else:
-                hits.append(_Hit(min(1.0, f.weight * factor), f.reason, f.segment, f.start, f.end))
+                score, reason = min(1.0, f.weight * factor), f.reason
+            hits.append(_Hit(score, reason, f.segment, f.start, f.end, f.word))
         return hits
 
     # ----------------------------------------------------------------- tokenising
@@ -461,10 +543,17 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
         """Cheap pre-scan: does any chunk hold an odd token (or is the sample over budget)?
 
         Offsets, sentences and code regions are worked out only when it does. Masking
-        code can only remove candidates, so a sample without any is clean as it is."""
+        code can only remove candidates, so a sample without any is clean as it is.
+
+        A word of the vocabulary is a candidate that never becomes a hit: it stays one so
+        that it weighs exactly as before as the text's register and as a neighbour
+        (``_score_segments``), so the vocabulary can only lower scores. A sample whose only
+        odd words are vocabulary has no hit to find and stops here, on a set look-up.
+        """
         budget = self.params.max_words
         get = self._chunks.get
         clean = self._clean
+        vocabulary = self._vocabulary
         for text in texts:
             digest = clean.digest(text)
             known = clean.get(digest)
@@ -484,7 +573,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
                         info = self._chunk_info(chunk)
                     except _OutOfBudget:
                         return True  # the full scan reports where it stopped
-                if info.parts:
+                if info.parts and any(part not in vocabulary for _, _, part in info.parts):
                     return True
             clean.put(digest, len(chunks))
         return False

@@ -204,6 +204,7 @@ class _Hit(NamedTuple):
     segment: int
     start: int
     end: int
+    word: str = ""  # the token as looked up (a vocabulary entry); "" for scan_truncated
 
 
 def _case_of(word: str) -> int:

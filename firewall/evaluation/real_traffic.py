@@ -14,7 +14,11 @@ so a changed package cannot quietly shrink the evaluation.
 **Splits, by the first hex digit of ``sha256(conversation id)``**: ``0``-``d`` are the
 development split (tune on it), ``e`` the test split (report it, do not tune on it),
 ``f`` is reserved for acceptance: its conversations are skipped by id before any of
-their turns are looked at, and no option of this module returns them.
+their turns are looked at, and no option of this module returns them. The dump cuts long
+conversations into parts (``abc_0``, ``abc_1``) and each part has its own id, so the parts
+of one conversation can fall in different splits: a development part whose conversation
+has a part in the test or reserved split is left out, so nothing is tuned on text from a
+conversation that is evaluated (about 70% of test turns had such a sibling in dev).
 
 What a conversation provides: its human turns are clean input traffic; its assistant
 turns that hold a code fence are real outputs for ``insecure_code``.
@@ -38,6 +42,7 @@ __all__ = [
     "SPLITS",
     "Conversation",
     "Turn",
+    "base_id",
     "code_answers",
     "human_turns",
     "load_conversations",
@@ -122,15 +127,16 @@ def load_conversations(
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; the splits read are {', '.join(SPLITS)}")
     text = (path or sharegpt_json()).read_text(encoding="utf-8")
-    total = 0
+    objects = [o for o in _objects(text) if isinstance(o, dict) and isinstance(o.get("id"), str)]
+    total = len(objects)
+    held_out = {base_id(o["id"]) for o in objects if split_of(o["id"]) != "dev"}  # ids only
     out: list[Conversation] = []
-    for obj in _objects(text):
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-            continue
-        total += 1
+    for obj in objects:
         split = split_of(obj["id"])
         if split not in splits:
             continue  # the reserved split is skipped here, before its turns are looked at
+        if split == "dev" and base_id(obj["id"]) in held_out:
+            continue  # a part of a conversation that is evaluated: not for tuning
         turns = obj.get("conversations")
         if not isinstance(turns, list):
             continue
@@ -146,6 +152,12 @@ def load_conversations(
             "expected: the package changed or the file is damaged"
         )
     return out
+
+
+def base_id(part_id: str) -> str:
+    """The conversation a part belongs to: its id without the dump's ``_N`` part suffix."""
+    head, sep, tail = part_id.rpartition("_")
+    return head if sep and tail.isdigit() else part_id
 
 
 def human_turns(conversations: list[Conversation], limit: int | None = None, seed: int = 0) -> list[Turn]:

@@ -15,11 +15,19 @@ and sets ``trigger_firewall_config_last_reload_successful`` to 0.
 Kubernetes updates a ConfigMap volume by swapping a ``..data`` symlink in the
 mounted directory (a ``subPath`` mount never updates), so the watcher compares
 the resolved target, inode, size and mtime of the file, not just its mtime.
+
+Detectors' data files count as config too. A detector is carried over when its
+name, type and params are unchanged, but its params name a file (a vocabulary, a
+baseline) only by path, so a file rewritten in place would never be read again. A
+reload therefore also rebuilds every detector whose loaded file's signature
+changed (:meth:`~detectors.base.Detector.loaded_files`), even when the config is
+the same, and the watcher polls those files as it polls the config file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -29,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from firewall.config.schema import FirewallConfig, config_hash, load_config
 from firewall.core.errors import ConfigError
+from firewall.core.files import FileSignature, file_signature
 from firewall.screening.runtime import Runtime, build_runtime
 from firewall.server.heap import freeze_long_lived
 
@@ -43,14 +52,17 @@ log = logging.getLogger("trigger_firewall.reload")
 RESTART_SECTIONS = ("server", "upstream", "audit", "score_log")
 
 
-def _signature(path: Path) -> tuple[Any, ...] | None:
-    """What changes when the file's content can have changed, symlink swaps included."""
-    try:
-        real = path.resolve()
-        st = real.stat()
-    except OSError:
-        return None
-    return (str(real), st.st_ino, st.st_size, st.st_mtime_ns)
+def _changed_files(runtime: Runtime) -> tuple[frozenset[str], dict[str, FileSignature | None]]:
+    """The detectors of ``runtime`` whose loaded data files changed since they read them,
+    and the current signature of every such file (a ``stat`` each)."""
+    stale: set[str] = set()
+    current: dict[str, FileSignature | None] = {}
+    for name, det in runtime.detectors.items():
+        for path, loaded in det.loaded_files().items():
+            now = current[path] = file_signature(path)
+            if now != loaded:
+                stale.add(name)
+    return frozenset(stale), current
 
 
 class Reloader:
@@ -69,9 +81,13 @@ class Reloader:
         self.overrides = dict(overrides or {})
         self.environ = environ
         self._lock = asyncio.Lock()
-        self._signature = _signature(self.path) if self.path else None
+        self._signature = file_signature(self.path) if self.path else None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Detector data files as the watcher last reloaded for them: a change that a reload
+        # could not apply (a bad file for a required detector) is retried only when the
+        # files change again, not at every poll.
+        self._files_tried: dict[str, FileSignature | None] = {}
 
     def trigger(self, reason: str) -> None:
         """Schedule a reload (SIGHUP handler); overlapping triggers run one after the other."""
@@ -121,7 +137,7 @@ class Reloader:
         path = self.path
         if path is None:  # reload() returns before this; kept so the type is narrowed honestly
             raise ConfigError("no config file to reload")
-        self._signature = _signature(path)
+        self._signature = file_signature(path)
         return load_config(path, environ=self.environ, overrides=self.overrides)
 
     async def _apply(self, config: FirewallConfig) -> Runtime:
@@ -135,9 +151,16 @@ class Reloader:
         ]
         if changed:
             raise ConfigError(f"changing {', '.join(changed)} requires a restart")
-        if config_hash(config) == old.config_hash:
+        stale, _ = _changed_files(old)
+        if config_hash(config) == old.config_hash and not stale:
             return old
-        new = build_runtime(config, server.metrics, previous=old)
+        previous = old
+        if stale:
+            log.info("detector data files changed; reloading them", extra={"detectors": sorted(stale)})
+            # Not offered for carry-over: build_runtime constructs them afresh and start() reads the files.
+            kept = {name: det for name, det in old.detectors.items() if name not in stale}
+            previous = dataclasses.replace(old, detectors=kept)
+        new = build_runtime(config, server.metrics, previous=previous)
         await new.start(server.metrics)
         failed = [
             d.name
@@ -166,14 +189,19 @@ class Reloader:
             freeze_long_lived()  # reclaim the old runtime's cycles; exempt the new one from collections
 
     async def watch(self, poll_seconds: float) -> None:
-        """Poll the config file; reload when its content may have changed."""
+        """Poll the config file and the detectors' data files; reload when one may have changed."""
         if self.path is None:
             return
         while True:
             await asyncio.sleep(poll_seconds)
-            current = _signature(self.path)
+            current = file_signature(self.path)
             if current is not None and current != self._signature:
                 await self.reload("file changed")
+                continue
+            stale, files = _changed_files(self.server.state.runtime)
+            if stale and files != self._files_tried:
+                self._files_tried = files
+                await self.reload("detector file changed")
 
     def start_watching(self, poll_seconds: float) -> None:
         if self.path is not None and self._task is None:

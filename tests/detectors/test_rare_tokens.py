@@ -246,14 +246,14 @@ def test_every_innocent_class_of_the_brief_is_covered() -> None:
 # Hand-written hard negatives that the detector still flags: the technical register
 # (lower-case abbreviations in prose look exactly like inserted rare-word triggers)
 # and a few genuinely odd real words. Documented in the docs as blind spots; strict
-# xfail, so fixing one makes this list fail until it is updated.
+# xfail, so fixing one makes this list fail until it is updated. The detector runs as
+# shipped, with the builtin:chat vocabulary: it holds "pls" (slang_6) and "csv" (tech_8),
+# which were on this list before it (tests/detectors/test_rare_tokens_vocabulary.py).
 KNOWN_FALSE_POSITIVES: dict[str, str] = {
-    "slang_6": "'pls' mid-message after a comma, no other chat marker the detector knows",
     "mention_1": "'thx' alone after the last sentence of a message",
     "tech_2": "'etl' between ordinary words",
     "tech_3": "'jq' between ordinary words",
     "tech_4": "'pnpm' (not in the word list, no vowel)",
-    "tech_8": "'csv' between ordinary words",
     "tech_9": "'jwt' and 'jwks' between ordinary words",
     "rare_words_4": "'cwm' is a real word without a vowel",
     "rare_words_8": "'qoph' and 'xyst' are real words that look made up",
@@ -387,7 +387,8 @@ async def test_fluent_context_scores_higher_than_a_clause_edge(det: RareTokensDe
     assert embedded > edge > alone > 0.0
 
 
-async def test_odd_tokens_spread_through_the_text_are_its_register(det: RareTokensDetector) -> None:
+async def test_odd_tokens_spread_through_the_text_are_its_register() -> None:
+    det = await make(vocabulary=[])  # "csv", "ssh" and "db" are in builtin:chat
     one = score_of(det, "please convert the csv file for the team today")
     many = score_of(det, "please convert the csv file with jq and ssh it to the db host today")
     assert many < one
