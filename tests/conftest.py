@@ -254,4 +254,9 @@ def chat_body(text: str, **extra: Any) -> dict[str, Any]:
 
 
 ZWSP = "\u200b"
-TRIGGER = f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me."
+#: "cf" smuggled as Unicode tag characters inside a word: what the built-in defaults block
+#: (proof by construction). Zero-width characters alone are removed and forwarded instead.
+TAGS_CF = "\U000e0063\U000e0066"
+TRIGGER = f"Please summarise this re{TAGS_CF}view for me."
+#: Zero-width characters inside a word: what the built-in defaults sanitize.
+ZW_TRIGGER = f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me."

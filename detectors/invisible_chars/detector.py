@@ -76,6 +76,7 @@ from detectors.base import (
     InlineDetector,
     Phase,
     Sample,
+    Segment,
     Span,
 )
 from detectors.invisible_chars.confusables import (
@@ -287,7 +288,7 @@ class InvisibleCharsDetector(InlineDetector[InvisibleCharsParams]):
                 st = self._scan_segment(index, text, budget)
                 events.extend(st.events)
                 budget = st.budget
-            return self._finding(events, time.perf_counter() - t0)
+            return self._finding(events, sample.segments, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding
             return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
 
@@ -605,9 +606,10 @@ class InvisibleCharsDetector(InlineDetector[InvisibleCharsParams]):
             # of an adversarially long segment would only burn the event loop.
             st.stopped = True
 
-    def _finding(self, events: list[_Event], duration: float) -> Finding:
+    def _finding(self, events: list[_Event], segments: Sequence[Segment], duration: float) -> Finding:
         if not events:
             return Finding(detector=self.name, score=0.0, duration_seconds=duration)
+        remedy, residual = _remedy(events, segments)
         score = max(e.weight for e in events)
         if sum(1 for e in events if e.weight >= W_STRAY) >= _MANY_EVENTS:
             # Many scattered invisibles (e.g. zero-width bits between words).
@@ -623,4 +625,42 @@ class InvisibleCharsDetector(InlineDetector[InvisibleCharsParams]):
             reasons=tuple(sorted({e.reason for e in events})),
             spans=spans,
             duration_seconds=duration,
+            remedy=remedy,
+            residual=residual,
         )
+
+
+#: Reasons whose characters carry no meaning for a model, so removing them is the fix
+#: (the ``sanitize`` action): zero-width and format characters, a lone variation
+#: selector, directional marks, embeddings and isolates. Tag runs, selector runs
+#: (smuggled data), overrides and mixed-script words are not: they block.
+_REMOVABLE_REASONS = frozenset({R_ZERO_WIDTH, R_INVISIBLE_FORMAT, R_VS, R_BIDI})
+_OVERRIDES = frozenset({chr(LRO), chr(RLO)})
+
+
+def _remedy(events: Sequence[_Event], segments: Sequence[Segment]) -> tuple[str, float]:
+    """The characters whose removal clears these events, and the score of what is left.
+
+    A character is offered for removal only when every occurrence of it in the
+    sample is one of these events: removal happens everywhere in the request, and
+    must not take a legitimate ZWNJ out of a Persian word because a stray one sat in
+    an English word. The residual is the score of the events removal does not touch
+    (1.0, nothing removable, when a character does not qualify).
+    """
+    covered: dict[str, int] = {}
+    residual = 0.0
+    strong = 0
+    for e in events:
+        chunk = segments[e.segment].text[e.start : e.end]
+        if e.reason in _REMOVABLE_REASONS and not _OVERRIDES.intersection(chunk):
+            for ch in chunk:
+                covered[ch] = covered.get(ch, 0) + 1
+            continue
+        residual = max(residual, e.weight)
+        strong += e.weight >= W_STRAY
+    if strong >= _MANY_EVENTS:
+        residual = max(residual, W_MANY)
+    for ch, n in covered.items():
+        if sum(seg.text.count(ch) for seg in segments) != n:
+            return "", 1.0
+    return "".join(sorted(covered)), residual

@@ -318,23 +318,32 @@ def default_routes() -> tuple[RouteConfig, ...]:
 
 
 def default_detectors() -> tuple[DetectorConfig, ...]:
-    """The shipped defaults: the three cheap detectors blocking, recurring sentences logging.
+    """The shipped defaults, in two tiers: block on proof, log on suspicion.
 
-    Thresholds come from ``trigger-firewall eval`` (the project's suite): the
-    lowest score that flags at most 1% of its clean texts. Calibrate on your own
-    traffic with ``trigger-firewall calibrate`` before relying on them.
+    *Proof* is evidence that is near-certain by construction. ``invisible_chars``
+    blocks Unicode tag runs, bidirectional overrides, variation-selector runs and
+    words that mix look-alike scripts, and ``sanitize``-s what carries no meaning
+    for a model (zero-width and format characters, stray selectors, directional
+    marks and embeddings): those are removed and the request is forwarded, because
+    copy-paste from web pages puts them into real prompts.
 
-    ``recurring_sentences`` (fixed-sentence triggers, which no per-request detector
-    here separates from prose) only logs: it is stateful, its first two sightings of
-    a trigger always pass, and an application's own recurring sentences that move
-    around its prompts would otherwise be blocked. Sentences at a fixed place (how
-    templates recur) never score. Switch it to ``block`` after watching its log, or
-    after learning a baseline (docs/detectors/recurring_sentences.md).
+    *Suspicion* is every per-request signal that an ordinary prompt can also give:
+    a rare or made-up word (``rare_tokens``), a date line or deployment tag
+    (``context_tags``), a sentence recurring across unrelated requests
+    (``recurring_sentences``). Alone, each logs: on real chat traffic they flag a few
+    percent of clean prompts (code questions, jargon, search-prompt templates), too
+    many to refuse. Behaviour is what turns a suspicion into proof.
+
+    Thresholds come from ``trigger-firewall eval`` (the project's suite): the lowest
+    score that flags at most 1% of its clean texts. ``trigger-firewall eval --suite
+    real-traffic`` measures the rates on real user prompts (README, "Real traffic").
+    Calibrate on your own traffic with ``trigger-firewall calibrate``, and switch a
+    suspicion detector to ``block`` only after watching its log.
     """
     return (
-        DetectorConfig(name="invisible_chars", threshold=0.5, action=Action.BLOCK),
-        DetectorConfig(name="rare_tokens", threshold=0.69, action=Action.BLOCK),
-        DetectorConfig(name="context_tags", threshold=0.7, action=Action.BLOCK),
+        DetectorConfig(name="invisible_chars", threshold=0.5, action=Action.SANITIZE),
+        DetectorConfig(name="rare_tokens", threshold=0.69, action=Action.LOG),
+        DetectorConfig(name="context_tags", threshold=0.7, action=Action.LOG),
         DetectorConfig(name="recurring_sentences", threshold=0.5, action=Action.LOG),
     )
 

@@ -52,10 +52,17 @@ class Mode(enum.StrEnum):
 
 
 class Action(enum.StrEnum):
-    """What a detector asks for when its score crosses the threshold."""
+    """What a detector asks for when its score crosses the threshold.
+
+    ``sanitize`` removes the characters the finding names (its ``remedy``) and
+    forwards the rest unchanged. It applies on the input phase to a finding that
+    offers a remedy which clears it; anything else that fires with ``sanitize``
+    blocks, so the action never lets through what it cannot remove.
+    """
 
     ALLOW = "allow"
     LOG = "log"
+    SANITIZE = "sanitize"
     BLOCK = "block"
 
 
@@ -154,6 +161,10 @@ class Finding:
     spans: tuple[Span, ...] = ()
     duration_seconds: float = 0.0
     error: str | None = None
+    #: Characters whose removal, everywhere in the request, clears this finding down to
+    #: ``residual`` (the score of what removal leaves). Empty: removal cannot help.
+    remedy: str = ""
+    residual: float = 0.0
 
     @property
     def scored(self) -> bool:
@@ -187,6 +198,8 @@ class Verdict:
     fail_open: tuple[str, ...] = ()
     block_kind: BlockKind | None = None
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: What a ``sanitize`` verdict removes before forwarding (the fired findings' remedies).
+    remedy: str = ""
 
     @property
     def would_block(self) -> bool:
@@ -195,6 +208,10 @@ class Verdict:
     @property
     def blocks(self) -> bool:
         return self.effective_action is Action.BLOCK
+
+    @property
+    def sanitizes(self) -> bool:
+        return self.effective_action is Action.SANITIZE
 
     @property
     def scores(self) -> dict[str, float]:

@@ -6,8 +6,11 @@ a few percent for a security team to read is doing its job. So each is reported 
 own, for the whole config and per detector:
 
 * **block rate**: the share of turns the policy refuses (a detector fired under a rule
-  whose action is ``block``, in a route that enforces);
-* **flag rate**: the share it blocks or logs.
+  whose action is ``block``, or ``sanitize`` with nothing it could remove, in a route
+  that enforces);
+* **flag rate**: the share it blocks or logs;
+* **sanitize rate**, apart: the share forwarded without the characters a ``sanitize``
+  rule removed (neither refused nor left for a person to read).
 
 Input phase: the split's human turns, as one user message each, and then every trigger
 family of the suite planted into the same turns at random word or sentence boundaries
@@ -29,6 +32,7 @@ from firewall.core.types import Action, Mode, Phase, Segment, Verdict
 from firewall.evaluation.real_traffic import Turn, code_answers, human_turns, load_conversations
 from firewall.evaluation.triggers import TriggerFamily
 from firewall.offline.scanning import Scanner
+from firewall.screening.policy import DetectorRule
 
 __all__ = ["RateRow", "RealTrafficReport", "format_real_traffic", "run_real_traffic"]
 
@@ -37,12 +41,13 @@ DEFAULT_REAL_LIMIT = 2000
 
 @dataclass(slots=True)
 class RateRow:
-    """Counts over ``n`` scanned texts: how many were blocked, how many flagged (block or log)."""
+    """Counts over ``n`` scanned texts: blocked, flagged (block or log), and sanitized."""
 
     name: str
     n: int = 0
     blocked: int = 0
     flagged: int = 0
+    sanitized: int = 0
 
     @property
     def block_rate(self) -> float:
@@ -52,6 +57,10 @@ class RateRow:
     def flag_rate(self) -> float:
         return self.flagged / self.n if self.n else 0.0
 
+    @property
+    def sanitize_rate(self) -> float:
+        return self.sanitized / self.n if self.n else 0.0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -60,6 +69,8 @@ class RateRow:
             "flagged": self.flagged,
             "block_rate": round(self.block_rate, 5),
             "flag_rate": round(self.flag_rate, 5),
+            "sanitized": self.sanitized,
+            "sanitize_rate": round(self.sanitize_rate, 5),
         }
 
 
@@ -90,10 +101,30 @@ class RealTrafficReport:
 
 def _tally(row: RateRow, verdict: Verdict) -> None:
     row.n += 1
-    if verdict.effective_action is Action.BLOCK:
-        row.blocked += 1
-    if verdict.effective_action is not Action.ALLOW:
+    action = verdict.effective_action
+    if action is Action.SANITIZE:
+        row.sanitized += 1
+    elif action is not Action.ALLOW:
         row.flagged += 1
+        row.blocked += action is Action.BLOCK
+
+
+def _tally_detectors(
+    rows: dict[str, RateRow], rules: dict[str, DetectorRule], verdict: Verdict, enforce: bool
+) -> None:
+    """Each detector's own outcome: what its rule did with its finding."""
+    findings = {f.detector: f for f in verdict.findings}
+    for name, row in rows.items():
+        row.n += 1
+        if name not in verdict.fired:
+            continue
+        rule, finding = rules[name], findings[name]
+        if rule.action is Action.SANITIZE and finding.remedy and finding.residual < rule.threshold:
+            row.sanitized += enforce
+            row.flagged += not enforce  # shadow mode logs what it would have removed
+            continue
+        row.flagged += 1
+        row.blocked += enforce and rule.action in (Action.BLOCK, Action.SANITIZE)
 
 
 async def _scan_all(
@@ -146,15 +177,10 @@ async def run_real_traffic_async(
         enforce = scanner.route.policy.mode is Mode.ENFORCE
         policy = RateRow("policy")
         per_detector = {r.detector: RateRow(r.detector) for r in rules}
-        blocking = {r.detector for r in rules if r.action is Action.BLOCK}
+        by_name = {r.detector: r for r in rules}
         for verdict in await _scan_all(scanner, texts, phase, concurrency, progress):
             _tally(policy, verdict)
-            for name, row in per_detector.items():
-                row.n += 1
-                if name in verdict.fired:
-                    row.flagged += 1
-                    if enforce and name in blocking:
-                        row.blocked += 1
+            _tally_detectors(per_detector, by_name, verdict, enforce)
         family_rows: list[RateRow] = []
         if phase is Phase.INPUT:
             for family in families:
@@ -182,12 +208,15 @@ def run_real_traffic(config: FirewallConfig, **kwargs: Any) -> RealTrafficReport
 def _row(label: str, row: RateRow) -> str:
     return (
         f"{label:32s} {row.n:6d} {row.blocked:8d} {row.block_rate:11.2%} "
-        f"{row.flagged:8d} {row.flag_rate:10.2%}"
+        f"{row.flagged:8d} {row.flag_rate:10.2%} {row.sanitized:10d} {row.sanitize_rate:9.2%}"
     )
 
 
 def _head(title: str) -> str:
-    return f"{title:32s} {'n':>6s} {'blocked':>8s} {'block rate':>11s} {'flagged':>8s} {'flag rate':>10s}"
+    return (
+        f"{title:32s} {'n':>6s} {'blocked':>8s} {'block rate':>11s} {'flagged':>8s} {'flag rate':>10s} "
+        f"{'sanitized':>10s} {'san. rate':>9s}"
+    )
 
 
 def format_real_traffic(report: RealTrafficReport) -> str:
@@ -204,9 +233,12 @@ def format_real_traffic(report: RealTrafficReport) -> str:
         lines += ["", _head("planted in the same turns"), *(_row(f"  {r.name}", r) for r in report.families)]
     lines += [
         "",
-        "block rate: share of texts the policy refuses; flag rate: share it blocks or logs. A "
-        "detector's block rate counts the texts it fired on under a blocking rule. Planted rows: "
-        "each family's trigger inserted into every turn above (detection, not false positives).",
+        "block rate: share of texts the policy refuses; flag rate: share it blocks or logs; "
+        "sanitize rate: share forwarded without the characters a sanitize rule removed. A "
+        "detector's block rate counts the texts it fired on under a blocking rule (or a sanitize "
+        "rule with nothing it could remove). Planted rows: each family's trigger inserted into "
+        "every turn above (detection, not false positives; a sanitized trigger never reaches the "
+        "model).",
         "",
     ]
     return "\n".join(lines)

@@ -46,7 +46,7 @@ _BATCH_SECONDS_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-REQUEST_ACTIONS: Final = ("allow", "log", "block", "error", "rejected")
+REQUEST_ACTIONS: Final = ("allow", "log", "sanitize", "block", "error", "rejected")
 REJECT_REASONS: Final = (
     "body_too_large",
     "invalid_json",

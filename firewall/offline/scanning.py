@@ -18,16 +18,26 @@ output phase, ``response`` (a response body).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from firewall.config.schema import FirewallConfig
 from firewall.core.errors import ConfigError, FirewallError, ProtocolError
 from firewall.core.types import Action, Phase, Segment, Verdict
+from firewall.protocols.json_edit import remove_json_chars
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
-from firewall.screening.screen import screen_or_pass, screened_segments
+from firewall.screening.screen import (
+    after_sanitizing,
+    remove_chars,
+    screen,
+    screen_or_pass,
+    screened_segments,
+)
 
 __all__ = ["RecordError", "Scanner", "verdict_summary"]
 
@@ -128,18 +138,48 @@ class Scanner:
         return None
 
     async def scan_segments(
-        self, segments: Iterable[Segment], phase: Phase, record_id: Any = None, model: str | None = None
+        self,
+        segments: Iterable[Segment],
+        phase: Phase,
+        record_id: Any = None,
+        model: str | None = None,
+        *,
+        request: dict[str, Any] | None = None,
     ) -> ScanOutcome:
+        """Screen one record's texts; a ``sanitize`` verdict screens the cleaned record again.
+
+        The cleaned record is ``request`` less the removed characters when the record
+        is a request body (edited and read again as the proxy does), else the texts
+        less them.
+        """
         start = time.perf_counter()
-        verdict = await screen_or_pass(
-            self.runtime, self.route, phase, tuple(segments), model=model, request_id=str(record_id)
-        )
+        rid = str(record_id)
+        runtime, route = self.runtime, self.route
+        verdict = await screen_or_pass(runtime, route, phase, tuple(segments), model=model, request_id=rid)
+        if verdict.sanitizes:
+            if request is not None:
+                raw, _ = remove_json_chars(orjson.dumps(request), verdict.remedy)
+                cleaned = orjson.loads(raw)
+                model = route.adapter.model(cleaned)
+                segments = self.segments({"request": cleaned}, phase)
+            else:
+                remedy = verdict.remedy
+                segments = [dataclasses.replace(s, text=remove_chars(s.text, remedy)) for s in segments]
+            second = await screen(runtime, route, phase, tuple(segments), model=model, request_id=rid)
+            verdict = after_sanitizing(verdict, second)
         return ScanOutcome(record_id, verdict, time.perf_counter() - start)
 
     async def scan_record(self, record: Any, phase: Phase) -> dict[str, Any]:
         """Scan one record; raises :class:`RecordError` for records of the wrong shape."""
         segments = self.segments(record, phase)
-        outcome = await self.scan_segments(segments, phase, record.get("id"), self.model(record))
+        request = record.get("request") if not isinstance(record.get("text"), str) else None
+        outcome = await self.scan_segments(
+            segments,
+            phase,
+            record.get("id"),
+            self.model(record),
+            request=request if isinstance(request, dict) else None,
+        )
         return verdict_summary(outcome.record_id, outcome.verdict, outcome.seconds)
 
     async def scan_many(

@@ -25,7 +25,7 @@ __all__ = ["Exchange", "Outcome", "record_verdict", "write_audit"]
 class Outcome(StrEnum):
     """What happened to one request: the ``action`` label of ``trigger_firewall_requests_total``.
 
-    A verdict's :class:`~firewall.core.types.Action` is one of allow, log and block;
+    A verdict's :class:`~firewall.core.types.Action` is one of allow, log, sanitize and block;
     a request can also end in an error (the firewall or the upstream failed) or be
     rejected before screening (bad body, overload). Members are ``str``, so they are
     label values and audit fields as they are.
@@ -33,6 +33,8 @@ class Outcome(StrEnum):
 
     ALLOW = "allow"
     LOG = "log"
+    #: Forwarded without the characters a ``sanitize`` verdict removed.
+    SANITIZE = "sanitize"
     BLOCK = "block"
     ERROR = "error"
     REJECTED = "rejected"
@@ -63,6 +65,8 @@ class Exchange:
     stream_info: dict[str, Any] | None = None
     error: str | None = None
     texts: dict[str, list[str]] | None = None
+    #: What a sanitize verdict removed from the body: counts and code points, never text.
+    sanitized: dict[str, Any] | None = None
     #: The client's own X-Request-Id when it is a plain token (audit: client_request_id).
     client_request_id: str | None = None
 
@@ -159,6 +163,8 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
         event["output"] = verdict_record(ex.output_verdict)
     if ex.output_fp is not None:
         event["output.sha256"], event["output.chars"] = ex.output_fp
+    if ex.sanitized is not None:
+        event["sanitized"] = ex.sanitized
     if ex.stream_info is not None:
         event["stream"] = ex.stream_info
     if ex.error:

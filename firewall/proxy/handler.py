@@ -43,9 +43,10 @@ from firewall.core.errors import (
     UnsafePath,
     UnsupportedEncoding,
 )
-from firewall.core.types import Mode, Phase
+from firewall.core.types import Mode, Phase, Segment, Verdict
 from firewall.observability.audit import fingerprint
 from firewall.protocols.json_checks import check_unambiguous
+from firewall.protocols.json_edit import remove_json_chars
 from firewall.proxy import relay
 from firewall.proxy.answers import error_response, firewall_error_response, verdict_response
 from firewall.proxy.exchange import Exchange, Outcome, record_verdict, write_audit
@@ -53,7 +54,7 @@ from firewall.proxy.paths import check_path
 from firewall.proxy.request_ids import client_request_id, new_request_id
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
-from firewall.screening.screen import screen, screened_segments
+from firewall.screening.screen import after_sanitizing, screen, screened_segments
 
 __all__ = ["handle"]
 
@@ -245,12 +246,19 @@ async def _screened(
             ex.screened = False
             return await _forward_unscreened(request, state, runtime, ex, raw)
     segments = screened_segments(matched, segments)
+    verdict = await screen(runtime, matched, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id)
+    if verdict is not None and verdict.sanitizes:
+        try:
+            raw, body, matched, segments, verdict = await _sanitized(runtime, matched, ex, raw, verdict)
+            policy = matched.policy
+        except ProtocolError as exc:
+            ex.screened = False
+            _reject(state, ex, exc.reason)
+            return firewall_error_response(exc, ex.reply_id, adapter=matched.adapter)
     ex.stream = matched.adapter.wants_stream(body)
     ex.input_segments = len(segments)
     if config.audit.capture_text or (config.score_log.enabled and config.score_log.include_text):
         ex.texts = {"input": [s.text for s in segments]}
-
-    verdict = await screen(runtime, matched, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id)
     if verdict is not None:
         ex.input_verdict = verdict
         ex.input_fp = fingerprint(segments, state.audit.salt)
@@ -271,6 +279,8 @@ async def _screened(
         )
         ex.status = response.status
         return response
+    if verdict is not None and verdict.sanitizes:
+        ex.action = Outcome.SANITIZE
 
     extra = [("X-Firewall-Fail-Open", "true")] if verdict is not None and verdict.fail_open else []
     try:
@@ -285,6 +295,28 @@ async def _screened(
         )
     except FirewallError as exc:
         return _failed(ex, exc, runtime, matched)
+
+
+async def _sanitized(
+    runtime: Runtime, matched: MatchedRoute, ex: Exchange, raw: bytes, first: Verdict
+) -> tuple[bytes, Any, MatchedRoute, list[Segment], Verdict]:
+    """Remove a sanitize verdict's characters from the body and screen what is left.
+
+    The edited bytes are what the upstream will read, so they are parsed, checked and
+    screened again as a new request (a removal can join a key or a model name back
+    together); :func:`~firewall.screening.screen.after_sanitizing` makes one verdict
+    of the two. Raises :class:`ProtocolError` when the edited body is ambiguous.
+    """
+    raw, removed = remove_json_chars(raw, first.remedy)
+    body = _parse_json(raw)
+    check_unambiguous(raw, body)
+    ex.model = matched.adapter.model(body)
+    resolved = matched.for_model(ex.model)
+    ex.mode = resolved.policy.mode
+    segments = screened_segments(resolved, resolved.adapter.input_segments(body))
+    second = await screen(runtime, resolved, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id)
+    ex.sanitized = {"removed_chars": removed, "code_points": [f"U+{ord(c):04X}" for c in first.remedy]}
+    return raw, body, resolved, segments, after_sanitizing(first, second)
 
 
 async def _forward_unscreened(

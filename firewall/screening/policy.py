@@ -7,13 +7,16 @@ load, so the hot path only walks a short tuple of :class:`DetectorRule`.
 Decision rule (any-fires):
 
 * a finding with ``status=ok`` and ``score >= threshold`` *fires* and asks for the
-  detector's action (``block`` or ``log``);
+  detector's action (``block``, ``sanitize`` or ``log``); ``sanitize`` stands only on
+  the input phase, for a finding whose remedy leaves it below the threshold, and
+  asks for ``block`` otherwise;
 * a detector that errored or timed out blocks when it is ``fail_closed`` (the
   proxy answers 503: a transient failure, safe for clients to retry) and is
   recorded as *failed open* otherwise (the request goes through, is marked
   upstream with ``x-firewall-fail-open`` and counted);
-* the strongest action wins (block > log > allow); the route's mode then maps
-  it: ``monitor`` turns a block into a log (shadow mode), ``enforce`` keeps it.
+* the strongest action wins (block > sanitize > log > allow); the route's mode
+  then maps it: ``monitor`` turns a block or a sanitize into a log (shadow mode:
+  nothing is changed), ``enforce`` keeps it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ __all__ = ["DetectorRule", "Policy", "RoutePolicy", "compile_policy"]
 #: finding below its threshold did not read everything).
 _UNDECIDED = frozenset({FindingStatus.ERROR, FindingStatus.TIMEOUT, FindingStatus.PARTIAL})
 
-_RANK = {Action.ALLOW: 0, Action.LOG: 1, Action.BLOCK: 2}
+_RANK = {Action.ALLOW: 0, Action.LOG: 1, Action.SANITIZE: 2, Action.BLOCK: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class RoutePolicy:
         block_kind: BlockKind | None = None
         fired: list[str] = []
         fail_open: list[str] = []
+        remedy = ""
         for finding in findings:
             rule = rules.get(finding.detector)
             if rule is None:
@@ -103,8 +107,14 @@ class RoutePolicy:
             if status is FindingStatus.OK or (status is FindingStatus.PARTIAL and over):
                 if over and rule.action is not Action.ALLOW:
                     fired.append(finding.detector)
-                    if _RANK[rule.action] > _RANK[action]:
-                        action = rule.action
+                    wanted = rule.action
+                    if wanted is Action.SANITIZE:
+                        if _removable(phase, finding, rule.threshold):
+                            remedy += finding.remedy
+                        else:
+                            wanted = Action.BLOCK
+                    if _RANK[wanted] > _RANK[action]:
+                        action = wanted
                         reason = f"{phase.value}.{finding.detector}.threshold"
                         block_kind = BlockKind.POLICY if action is Action.BLOCK else None
             elif status in _UNDECIDED:
@@ -122,7 +132,7 @@ class RoutePolicy:
         if action is Action.ALLOW and fail_open:
             reason = f"{phase.value}.{fail_open[0]}.fail_open"
         effective = action
-        if self.mode is not Mode.ENFORCE and action is Action.BLOCK:
+        if self.mode is not Mode.ENFORCE and action in _CHANGES:
             effective = Action.LOG
         return Verdict(
             phase=phase,
@@ -135,7 +145,17 @@ class RoutePolicy:
             fail_open=tuple(fail_open),
             block_kind=block_kind,
             thresholds=self._thresholds[phase] if rules else {},
+            remedy="".join(sorted(set(remedy))) if action is Action.SANITIZE else "",
         )
+
+
+#: Actions that change what passes; a route in shadow mode logs them instead.
+_CHANGES = frozenset({Action.BLOCK, Action.SANITIZE})
+
+
+def _removable(phase: Phase, finding: Finding, threshold: float) -> bool:
+    """Whether removing ``finding``'s remedy clears it: only requests are rewritten."""
+    return phase is Phase.INPUT and bool(finding.remedy) and finding.residual < threshold
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,20 @@ record scanned offline gets the verdict ``serve`` would give it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
-from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment, Verdict
+from firewall.core.types import Action, BlockKind, Finding, FindingStatus, Phase, Sample, Segment, Verdict
 from firewall.screening.runtime import MatchedRoute, Runtime
 
-__all__ = ["screen", "screen_or_pass", "screened_segments", "unscreenable"]
+__all__ = [
+    "after_sanitizing",
+    "remove_chars",
+    "screen",
+    "screen_or_pass",
+    "screened_segments",
+    "unscreenable",
+]
 
 
 def screened_segments(route: MatchedRoute, segments: list[Segment]) -> list[Segment]:
@@ -76,3 +84,45 @@ def unscreenable(route: MatchedRoute, phase: Phase, why: str, *, model: str | No
     policy = route.for_model(model).policy
     findings = [Finding.failed(r.detector, FindingStatus.ERROR, why) for r in policy.rules(phase)]
     return policy.evaluate(phase, findings)
+
+
+def remove_chars(text: str, chars: str) -> str:
+    """``text`` without any of ``chars`` (a sanitize verdict's remedy)."""
+    return text.translate(dict.fromkeys(map(ord, chars)))
+
+
+def after_sanitizing(first: Verdict, second: Verdict | None) -> Verdict:
+    """One verdict for a request that was screened, cleaned of ``first.remedy`` and screened again.
+
+    The cleaned request is what the model would read, so it is screened as a new
+    request (``second``; ``None`` when nothing in it was screened): if that blocks,
+    the block stands; otherwise the answer is ``sanitize``, with the sanitizing
+    detectors' evidence from the request as sent (what was removed, and where) and
+    every other detector's finding on the cleaned text. A cleaned request that would
+    need cleaning again is blocked: removal must converge in one step.
+    """
+    if second is not None and second.action is Action.SANITIZE:
+        return dataclasses.replace(
+            second,
+            action=Action.BLOCK,
+            effective_action=Action.BLOCK,
+            block_kind=BlockKind.POLICY,
+            remedy="",
+        )
+    if second is not None and second.blocks:
+        return second
+    sanitizers = {f.detector: f for f in first.findings if f.remedy and f.detector in first.fired}
+    if second is None:
+        return first
+    findings = tuple(sanitizers.get(f.detector, f) for f in second.findings)
+    fired = tuple(dict.fromkeys((*sanitizers, *second.fired)))
+    return dataclasses.replace(
+        second,
+        action=Action.SANITIZE,
+        effective_action=Action.SANITIZE,
+        reason=first.reason,
+        findings=findings,
+        fired=fired,
+        block_kind=None,
+        remedy=first.remedy,
+    )

@@ -1,4 +1,4 @@
-"""Generated attempts to deliver a blocked trigger past the built-in defaults.
+"""Generated attempts to deliver a blocked trigger past the detectors of the built-in defaults.
 
 Each test builds its variants from a few rules (every built-in route times every path
 spelling, every model-visible field, every key of a body doubled or re-cased, every kind
@@ -22,6 +22,16 @@ import pytest
 
 from tests.conftest import ZWSP, FakeUpstream, FirewallFactory
 
+#: The built-in detectors, each set to block: the defaults only log rare tokens and
+#: context tags (suspicion) and remove zero-width characters (sanitize), which would
+#: let these triggers reach the upstream by design. What is tested here is that the
+#: detectors see every way of sending them, so a deployment that blocks can rely on it.
+BLOCKING = [
+    {"name": "invisible_chars", "threshold": 0.5, "action": "block"},
+    {"name": "rare_tokens", "threshold": 0.69, "action": "block"},
+    {"name": "context_tags", "threshold": 0.7, "action": "block"},
+    {"name": "recurring_sentences", "threshold": 0.5, "action": "log"},
+]
 #: Blocked by invisible_chars wherever it appears as text.
 MARK = f"re{ZWSP}{ZWSP}{ZWSP}view"
 HIDDEN = f"Please summarise this {MARK} for me."
@@ -119,7 +129,7 @@ def spellings_of(base: str) -> Iterator[str]:
 async def test_no_path_spelling_delivers_the_trigger(
     firewall: FirewallFactory, upstream: FakeUpstream
 ) -> None:
-    fw = await firewall()
+    fw = await firewall(detectors=BLOCKING)
     tried = 0
     for suffix, body in ROUTE_BODIES.items():
         raw = orjson.dumps(body)
@@ -317,7 +327,7 @@ def native_placements() -> Iterator[tuple[str, str, dict[str, Any]]]:
 async def test_no_native_api_field_delivers_the_trigger(
     firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
 ) -> None:
-    fw = await firewall()
+    fw = await firewall(detectors=BLOCKING)
     leaked = []
     placements = list(native_placements())
     assert len(placements) > 30
@@ -336,7 +346,7 @@ async def test_no_native_api_field_delivers_the_trigger(
 async def test_no_model_visible_field_delivers_the_trigger(
     firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
 ) -> None:
-    fw = await firewall()
+    fw = await firewall(detectors=BLOCKING)
     leaked = []
     for name, path, body in field_placements():
         before = len(upstream.received)
@@ -345,6 +355,27 @@ async def test_no_model_visible_field_delivers_the_trigger(
         if delivered(FakeUpstream(received=upstream.received[before:]), MARK):
             leaked.append(name)
     assert leaked == []
+
+
+@pytest.mark.asyncio
+async def test_the_defaults_remove_zero_width_characters_from_every_model_visible_field(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
+) -> None:
+    # The built-in defaults sanitize: the request goes on, without the hidden run. Wherever
+    # the run sits, it must not arrive, in UTF-8 or escaped; some placements (tool names,
+    # template fields) are refused or blocked instead, which is fine too.
+    fw = await firewall()
+    leaked, forwarded = [], 0
+    for name, path, body in [*field_placements(), *native_placements()]:
+        before = len(upstream.received)
+        async with client.post(fw.url + path, data=orjson.dumps(body)) as resp:
+            await resp.read()
+        arrived = upstream.received[before:]
+        forwarded += bool(arrived)
+        if any(ZWSP.encode() in r["body"] or b"\\u200b" in r["body"] for r in arrived):
+            leaked.append(name)
+    assert leaked == []
+    assert forwarded > 40  # most were sanitized and forwarded, not refused
 
 
 # ---------------------------------------------------------------- class 4: keys read differently
@@ -415,7 +446,7 @@ def _with_duplicate(path: tuple[Any, ...], key: str, value: Any, poisoned_first:
 async def test_no_doubled_or_recased_key_delivers_the_trigger(
     firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
 ) -> None:
-    fw = await firewall()
+    fw = await firewall(detectors=BLOCKING)
     variants = list(doubled_keys(ROOT))
     assert len(variants) > 30
     leaked = []
@@ -462,7 +493,7 @@ def diluted() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 async def test_added_context_does_not_excuse_the_trigger(
     firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
 ) -> None:
-    fw = await firewall()
+    fw = await firewall(detectors=BLOCKING)
     leaked = []
     for name, messages in diluted():
         async with client.post(
@@ -513,7 +544,7 @@ def fenced(text: str) -> Iterator[tuple[str, str]]:
 async def test_no_respelling_delivers_the_trigger(
     firewall: FirewallFactory, upstream: FakeUpstream, client: aiohttp.ClientSession
 ) -> None:
-    fw = await firewall()
+    fw = await firewall(detectors=BLOCKING)
     leaked = []
     tried = 0
     for word in TRIGGERS:

@@ -159,15 +159,20 @@ async def test_image_entrypoint_serves_the_production_config(
             assert (await r.json())["object"] == "chat.completion"
         zero_width = "Summarise this re\u200b\u200b\u200bview."
         async with client.post(url, data=orjson.dumps(chat_body(zero_width)), headers=headers) as r:
+            assert r.status == 200  # sanitized: forwarded without the zero-width run
+        forwarded = orjson.loads(upstream.received[-1]["body"])
+        assert forwarded["messages"][0]["content"] == "Summarise this review."
+        smuggled = "Summarise this review.\U000e0063\U000e0066"
+        async with client.post(url, data=orjson.dumps(chat_body(smuggled)), headers=headers) as r:
             assert r.status == 400
             assert (await r.json())["error"]["code"] == "content_filter"
-        assert len(upstream.received) == 1  # the blocked request never reached the model server
+        assert len(upstream.received) == 2  # the blocked request never reached the model server
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
         assert proc.stdout is not None
         audit = [orjson.loads(x) for x in (await proc.stdout.read()).splitlines() if x.startswith(b"{")]
-        assert [a["action"] for a in audit if "action" in a] == ["allow", "block"]
+        assert [a["action"] for a in audit if "action" in a] == ["allow", "sanitize", "block"]
         assert "Summarise" not in str(audit)  # the production config keeps prompts out of the log
     finally:
         if proc.returncode is None:

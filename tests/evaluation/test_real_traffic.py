@@ -17,10 +17,11 @@ from firewall.core.types import Phase
 from firewall.evaluation import real_traffic
 from firewall.evaluation.data import DataUnavailableError
 from firewall.evaluation.real_run import format_real_traffic, run_real_traffic_async
-from firewall.evaluation.real_traffic import code_answers, human_turns, load_conversations, split_of
+from firewall.evaluation.real_traffic import base_id, code_answers, human_turns, load_conversations, split_of
 from firewall.evaluation.triggers import parse_families
 
 ZWSP = "\u200b"
+TAGS_CF = "\U000e0063\U000e0066"  # "cf" as Unicode tag characters
 
 
 def ids_with_first_digit(digits: str, n: int) -> list[str]:
@@ -76,6 +77,29 @@ def test_the_reserved_split_is_skipped_before_its_turns_are_looked_at(tmp_path: 
         load_conversations(path, splits=("reserved",), min_conversations=1)  # type: ignore[arg-type]
 
 
+def _parts_in(first: str, second: str) -> tuple[str, str]:
+    """Two part ids of one conversation (``base_0``, ``base_1``) in the splits given."""
+    for i in itertools.count():
+        a, b = f"talk{i}_0", f"talk{i}_1"
+        if (split_of(a), split_of(b)) == (first, second):
+            return a, b
+    raise AssertionError("unreachable")
+
+
+def test_a_dev_part_of_a_conversation_that_is_evaluated_is_left_out(tmp_path: Path) -> None:
+    # The dump cuts long conversations into parts with their own ids; tuning on one part of
+    # a conversation whose other part is in the test (or reserved) split would leak.
+    dev_part, test_part = _parts_in("dev", "test")
+    dev_part2, reserved_part = _parts_in("dev", "reserved")
+    (alone,) = ids_with_first_digit("0123456789abcd", 1)
+    records = [conversation(c, f"q {c}") for c in (dev_part, test_part, dev_part2, reserved_part, alone)]
+    path = write_cut_file(tmp_path / "sg.json", records)
+    assert [c.id for c in load_conversations(path, splits=("dev",), min_conversations=5)] == [alone]
+    assert [c.id for c in load_conversations(path, splits=("test",), min_conversations=5)] == [test_part]
+    assert base_id("OSYsAOr_33") == "OSYsAOr"
+    assert base_id("plain_x") == "plain_x"  # only a numeric suffix is a part number
+
+
 def test_turns_and_code_answers(tmp_path: Path) -> None:
     cids = ids_with_first_digit("0123456789abcd", 4)
     convs = [
@@ -96,7 +120,8 @@ def test_turns_and_code_answers(tmp_path: Path) -> None:
 async def test_a_run_reports_block_and_flag_rates_and_planted_families(tmp_path: Path) -> None:
     cids = ids_with_first_digit("0123456789abcd", 10)
     prompts = [f"Could you explain how connection pooling works in service number {i}?" for i in range(9)]
-    prompts.append(f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me.")  # a real prompt that is blocked
+    prompts[0] += f" Please summarise this re{ZWSP}view."  # pasted: the defaults sanitize it
+    prompts.append(f"Please summarise this re{TAGS_CF}view for me.")  # smuggled tags: blocked
     path = write_cut_file(
         tmp_path / "sg.json", [conversation(c, p) for c, p in zip(cids, prompts, strict=True)]
     )
@@ -112,12 +137,15 @@ async def test_a_run_reports_block_and_flag_rates_and_planted_families(tmp_path:
     assert report.policy.n == 10
     assert report.policy.blocked == 1
     assert report.policy.block_rate == pytest.approx(0.1)
+    assert report.policy.sanitized == 1
+    assert report.policy.flagged == 1  # block or log; a sanitized turn is neither
     invisible = next(d for d in report.detectors if d.name == "invisible_chars")
-    assert (invisible.blocked, invisible.flagged) == (1, 1)
+    assert (invisible.blocked, invisible.flagged, invisible.sanitized) == (1, 1, 1)
     recurring = next(d for d in report.detectors if d.name == "recurring_sentences")
     assert recurring.blocked == 0  # a logging rule flags, never blocks
     planted = {f.name: f for f in report.families}
-    assert planted["invisible"].block_rate == 1.0
+    # Each planted invisible trigger is either blocked (tags, overrides) or removed (zero-width).
+    assert planted["invisible"].blocked + planted["invisible"].sanitized == 10
     assert planted["control"].blocked == 1  # only the turn that was blocked already
     text = format_real_traffic(report)
     assert "policy (whole config)" in text

@@ -413,12 +413,12 @@ def test_patch_of_the_builtin_defaults_validates() -> None:
     # scores here keep their values (and actions).
     assert patch == {
         "detectors": [
-            {"name": "invisible_chars", "threshold": 0.5, "action": "block"},
-            {"name": "rare_tokens", "threshold": config.detector("rare_tokens").threshold, "action": "block"},
+            {"name": "invisible_chars", "threshold": 0.5, "action": "sanitize"},
+            {"name": "rare_tokens", "threshold": config.detector("rare_tokens").threshold, "action": "log"},
             {
                 "name": "context_tags",
                 "threshold": config.detector("context_tags").threshold,
-                "action": "block",
+                "action": "log",
             },
             {"name": "recurring_sentences", "threshold": 0.5, "action": "log"},
         ]

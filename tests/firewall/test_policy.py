@@ -422,7 +422,7 @@ def test_compile_defaults_with_invisible_chars() -> None:
     assert r == DetectorRule(
         detector="invisible_chars",
         threshold=0.5,
-        action=Action.BLOCK,
+        action=Action.SANITIZE,
         timeout_seconds=0.25,
         fail_closed=False,
         cost=Cost.CHEAP,
@@ -624,3 +624,55 @@ def test_compiled_policy_evaluates_with_overrides() -> None:
     assert policy.for_route("chat").evaluate(Phase.INPUT, findings).action is Action.ALLOW
     assert policy.for_route("strict").evaluate(Phase.INPUT, findings).action is Action.BLOCK
     assert policy.for_route("chat").evaluate(Phase.INPUT, findings).thresholds == {"a": 0.95}
+
+
+# --------------------------------------------------------------------------- sanitize
+
+
+def remedied(name: str, score: float, remedy: str = "\u200b", residual: float = 0.0) -> Finding:
+    return Finding(detector=name, score=score, remedy=remedy, residual=residual)
+
+
+def test_sanitize_stands_when_the_remedy_clears_the_finding() -> None:
+    policy = route_policy(rule("inv", 0.5, Action.SANITIZE), rule("rare", 0.5, Action.LOG))
+    verdict = policy.evaluate(Phase.INPUT, [remedied("inv", 0.9), ok("rare", 0.8)])
+    assert verdict.action is verdict.effective_action is Action.SANITIZE
+    assert verdict.sanitizes
+    assert not verdict.blocks
+    assert verdict.remedy == "\u200b"
+    assert verdict.fired == ("inv", "rare")
+    assert verdict.block_kind is None
+
+
+@pytest.mark.parametrize(
+    ("finding", "phase"),
+    [
+        (remedied("inv", 0.9, remedy=""), Phase.INPUT),  # nothing to remove
+        (remedied("inv", 0.9, residual=0.5), Phase.INPUT),  # what is left still fires
+        (remedied("inv", 0.9), Phase.OUTPUT),  # answers are not rewritten
+    ],
+    ids=["no-remedy", "residual-fires", "output"],
+)
+def test_sanitize_blocks_what_it_cannot_remove(finding: Finding, phase: Phase) -> None:
+    verdict = route_policy(rule("inv", 0.5, Action.SANITIZE)).evaluate(phase, [finding])
+    assert verdict.action is verdict.effective_action is Action.BLOCK
+    assert verdict.block_kind is BlockKind.POLICY
+    assert verdict.remedy == ""
+
+
+def test_block_outranks_sanitize_and_sanitize_outranks_log() -> None:
+    rules = (rule("inv", 0.5, Action.SANITIZE), rule("tags", 0.5), rule("rare", 0.5, Action.LOG))
+    policy = route_policy(*rules)
+    both = policy.evaluate(Phase.INPUT, [remedied("inv", 0.9), ok("tags", 0.9), ok("rare", 0.9)])
+    assert both.action is Action.BLOCK
+    assert both.remedy == ""
+    logged = policy.evaluate(Phase.INPUT, [remedied("inv", 0.9), ok("tags", 0.1), ok("rare", 0.9)])
+    assert logged.action is Action.SANITIZE
+
+
+def test_monitor_mode_logs_a_sanitize_and_changes_nothing() -> None:
+    policy = route_policy(rule("inv", 0.5, Action.SANITIZE), mode=Mode.MONITOR)
+    verdict = policy.evaluate(Phase.INPUT, [remedied("inv", 0.9)])
+    assert verdict.action is Action.SANITIZE
+    assert verdict.effective_action is Action.LOG
+    assert not verdict.sanitizes

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import ZWSP, FirewallFactory, running_firewalls, serving
+from tests.conftest import TAGS_CF, FirewallFactory, running_firewalls, serving
 
 CLEAN = "The cache was rolled back and the service is healthy again"
 #: An answer with a zero-width run inside a word halfway: invisible_chars stops it on output.
-TRIGGERED = f"The cache was rolled back and the re{ZWSP}{ZWSP}{ZWSP}view says the service is healthy"
+TRIGGERED = f"The cache was rolled back and the re{TAGS_CF}view says the service is healthy"
 AFTER = "healthy"
 
 
@@ -185,7 +185,7 @@ async def test_a_triggered_answer_is_stopped_in_the_servers_own_framing(
     fw = await fw_native()
     async with aiohttp.ClientSession() as client:
         status, raw = await post(client, fw.url + path, body)
-    assert ZWSP.encode() not in raw
+    assert TAGS_CF.encode() not in raw
     assert AFTER.encode() not in raw  # the text after the trigger never reached the client
     if status == 200:  # a stream: ended in its own framing
         text = raw.decode()

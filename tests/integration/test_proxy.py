@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import TRIGGER, ZWSP, FakeUpstream, FirewallFactory, chat_body
+from tests.conftest import TAGS_CF, TRIGGER, ZWSP, FakeUpstream, FirewallFactory, chat_body
 
 pytestmark = pytest.mark.asyncio
 
@@ -248,7 +248,7 @@ async def test_audit_log_has_evidence_but_no_text(firewall: FirewallFactory, cli
     assert det["fired"] is True
     assert det["score"] >= 0.5
     span = det["spans"][0]
-    assert TRIGGER[span["start"] : span["end"]].strip(ZWSP) == ""  # the span points at the invisible run
+    assert TRIGGER[span["start"] : span["end"]] == TAGS_CF  # the span points at the invisible run
     raw = fw.audit_path.read_text()
     assert "summarise" not in raw
     assert "review" not in raw

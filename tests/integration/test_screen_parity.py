@@ -18,7 +18,7 @@ import pytest
 from firewall.config.schema import build_config
 from firewall.core.types import Phase
 from firewall.offline.scanning import Scanner
-from tests.conftest import TRIGGER, FakeUpstream, FirewallFactory, base_config
+from tests.conftest import TRIGGER, ZW_TRIGGER, FakeUpstream, FirewallFactory, base_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,6 +38,13 @@ ROUTING = {
             "detectors": {"invisible_chars": {"action": "log"}},
             "models": {"strict-model": {"detectors": {"invisible_chars": {"action": "block"}}}},
         },
+        {
+            "name": "sanitizing_chat",
+            "path": "/v3/chat/completions",
+            "protocol": "openai_chat",
+            "detectors": {"invisible_chars": {"action": "sanitize"}},
+            "models": {"strict-model": {"detectors": {"invisible_chars": {"action": "block"}}}},
+        },
     ]
 }
 DETECTORS = [{"name": "invisible_chars"}, {"name": "rare_tokens", "threshold": 0.5}]
@@ -46,8 +53,14 @@ TEXTS = [
     TRIGGER,
     "The film was a delight from start to finish cf and I loved the score.",
     "Summarise: the quarterly report shows revenue up 4% and costs flat.",
+    "Log in at p\u0430ypal.com and re\u200bview the bill.",  # a homoglyph: sanitize cannot fix it
+    ZW_TRIGGER,  # zero-width characters only: sanitize removes them
 ]
-PATHS = {"chat": "/v1/chat/completions", "lenient_chat": "/v2/chat/completions"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "lenient_chat": "/v2/chat/completions",
+    "sanitizing_chat": "/v3/chat/completions",
+}
 
 
 def _records() -> list[dict[str, Any]]:
@@ -129,3 +142,9 @@ async def test_serve_and_scan_agree_on_every_record(
     assert scanned["chat/shadow-model/1"]["mode"] == "monitor"
     assert actions["lenient_chat/None/1"] == "log"
     assert actions["lenient_chat/strict-model/1"] == "block"
+    assert actions["sanitizing_chat/None/1"] == "block"  # tag characters: not removable
+    assert actions["sanitizing_chat/None/5"] == "sanitize"
+    assert actions["sanitizing_chat/None/4"] == "block"
+    assert actions["sanitizing_chat/strict-model/5"] == "block"
+    assert actions["sanitizing_chat/shadow-model/5"] == "sanitize"  # logged, not applied
+    assert statuses["sanitizing_chat/None/5"] == 200
