@@ -254,7 +254,7 @@ KNOWN_FALSE_POSITIVES: dict[str, str] = {
     "tech_2": "'etl' between ordinary words",
     "tech_3": "'jq' between ordinary words",
     "tech_4": "'pnpm' (not in the word list, no vowel)",
-    "tech_9": "'jwt' and 'jwks' between ordinary words",
+    "tech_9": "'jwks' between ordinary words ('jwt' is in builtin:chat)",
     "rare_words_4": "'cwm' is a real word without a vowel",
     "rare_words_8": "'qoph' and 'xyst' are real words that look made up",
 }
