@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from firewall.config.schema import FirewallConfig, config_hash
 from firewall.core.types import Action, Mode, Phase, Segment, Verdict
+from firewall.evaluation.code_labels import LABELS_PATH, LabelReport, label_precision, load_labels
 from firewall.evaluation.real_traffic import Turn, code_answers, human_turns, load_conversations
 from firewall.evaluation.triggers import TriggerFamily
 from firewall.offline.scanning import Scanner
@@ -84,6 +86,8 @@ class RealTrafficReport:
     policy: RateRow
     detectors: list[RateRow]
     families: list[RateRow] = field(default_factory=list)
+    #: Output phase: precision on the hand-labelled findings of the development split.
+    labelled: LabelReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +100,7 @@ class RealTrafficReport:
             "policy": self.policy.to_json(),
             "detectors": [d.to_json() for d in self.detectors],
             "families": [f.to_json() for f in self.families],
+            "labelled": self.labelled.to_json() if self.labelled is not None else None,
         }
 
 
@@ -160,8 +165,13 @@ async def run_real_traffic_async(
     progress: Callable[[int], None] | None = None,
     data_path: Any = None,
     min_conversations: int | None = None,
+    labels_path: Path | None = LABELS_PATH,
 ) -> RealTrafficReport:
-    """Scan ``limit`` texts of ``split`` (and, on input, each family planted in them)."""
+    """Scan ``limit`` texts of ``split`` (and, on input, each family planted in them).
+
+    On the output phase, with ``labels_path``, also the precision of the config's
+    ``insecure_code`` detectors on the hand-labelled development answers (whatever the split).
+    """
     kwargs: dict[str, Any] = {"splits": (split,)}
     if min_conversations is not None:
         kwargs["min_conversations"] = min_conversations
@@ -189,6 +199,17 @@ async def run_real_traffic_async(
                 for verdict in await _scan_all(scanner, planted, phase, concurrency, progress):
                     _tally(row, verdict)
                 family_rows.append(row)
+        labelled = None
+        code_detectors = [d.name for d in config.detectors if d.kind == "insecure_code"]
+        if phase is Phase.OUTPUT and labels_path is not None and code_detectors:
+            dev = (
+                conversations
+                if split == "dev"
+                else load_conversations(data_path, **{**kwargs, "splits": ("dev",)})
+            )
+            labelled = await label_precision(
+                scanner, code_answers(dev), load_labels(labels_path), code_detectors
+            )
         return RealTrafficReport(
             split=split,
             phase=phase.value,
@@ -198,6 +219,7 @@ async def run_real_traffic_async(
             policy=policy,
             detectors=list(per_detector.values()),
             families=family_rows,
+            labelled=labelled,
         )
 
 
@@ -231,6 +253,15 @@ def format_real_traffic(report: RealTrafficReport) -> str:
     ]
     if report.families:
         lines += ["", _head("planted in the same turns"), *(_row(f"  {r.name}", r) for r in report.families)]
+    if report.labelled is not None:
+        lab = report.labelled
+        lines += [
+            "",
+            f"hand-labelled findings ({lab.answers} flagged development answers): "
+            f"precision {lab.precision:.3f} "
+            f"({lab.tp} true, {lab.fp} false); {lab.unlabelled} findings not in the labelled set, "
+            f"{lab.lost_tp} labelled true findings no longer made, {lab.fixed_fp} labelled false ones gone",
+        ]
     lines += [
         "",
         "block rate: share of texts the policy refuses; flag rate: share it blocks or logs; "

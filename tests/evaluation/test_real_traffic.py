@@ -13,12 +13,14 @@ import pytest
 
 from firewall.cli.main import main
 from firewall.config.schema import build_config
-from firewall.core.types import Phase
+from firewall.core.types import Phase, Segment
 from firewall.evaluation import real_traffic
+from firewall.evaluation.code_labels import load_labels
 from firewall.evaluation.data import DataUnavailableError
 from firewall.evaluation.real_run import format_real_traffic, run_real_traffic_async
 from firewall.evaluation.real_traffic import base_id, code_answers, human_turns, load_conversations, split_of
 from firewall.evaluation.triggers import parse_families
+from firewall.offline.scanning import Scanner
 
 ZWSP = "\u200b"
 TAGS_CF = "\U000e0063\U000e0066"  # "cf" as Unicode tag characters
@@ -164,12 +166,42 @@ async def test_output_phase_scans_answers_with_code(tmp_path: Path) -> None:
         tmp_path / "sg.json", [conversation(c, "help", a) for c, a in zip(cids, answers, strict=True)]
     )
     config = build_config({"detectors": [{"name": "insecure_code", "threshold": 0.5, "action": "block"}]})
+    # Label the one finding by hand, as firewall/evaluation/data/insecure_code_labels.jsonl does
+    # for real answers, plus a false one that the detector no longer makes.
+    async with Scanner(config) as scanner:
+        first = f"{cids[0]}/1"
+        segment = Segment("assistant", answers[0], "/text")
+        outcome = await scanner.scan_segments([segment], Phase.OUTPUT, first)
+    (span,) = next(f for f in outcome.verdict.findings if f.detector == "insecure_code").spans
+    labels = tmp_path / "labels.jsonl"
+    rows = [
+        {"id": first, "rule": span.reason, "start": span.start, "end": span.end, "label": "tp", "why": "x"},
+        {"id": f"{cids[1]}/1", "rule": "PY-SQLI-001", "start": 0, "end": 5, "label": "fp", "why": "y"},
+    ]
+    labels.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
     report = await run_real_traffic_async(
-        config, split="dev", phase=Phase.OUTPUT, data_path=path, min_conversations=2
+        config, split="dev", phase=Phase.OUTPUT, data_path=path, min_conversations=2, labels_path=labels
     )
     assert report.policy.n == 2
     assert report.policy.blocked == 1  # the injected command, not the sort
     assert report.families == []
+    assert report.labelled is not None
+    assert report.labelled.to_json() == {
+        "answers": 2,
+        "tp": 1,
+        "fp": 0,
+        "precision": 1.0,
+        "unlabelled": 0,
+        "lost_tp": 0,
+        "fixed_fp": 1,
+    }
+    assert "precision 1.000" in format_real_traffic(report)
+
+
+def test_the_shipped_labels_are_well_formed() -> None:
+    labels = load_labels()
+    assert len({key[0] for key in labels}) == 100  # answers
+    assert set(labels.values()) == {"tp", "fp"}
 
 
 def test_the_cli_says_how_to_install_the_data(
