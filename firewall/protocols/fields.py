@@ -124,6 +124,17 @@ def is_token_ids(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
+def holds_token_ids(value: Any) -> bool:
+    """A non-empty list of token ids, or a list holding one (a batch, or ids mixed with text).
+
+    Mixed lists count: the ids in them reach the model unread whatever the strings beside
+    them say, so a batch is refused if any of its prompts is pre-tokenised.
+    """
+    if not isinstance(value, list) or not value:
+        return False
+    return is_token_ids(value) or any(isinstance(v, list) and v and is_token_ids(v) for v in value)
+
+
 def prompt_segments(
     value: Any, source: str, out: list[Segment], role: str = "user", *, refuse_token_ids: bool = True
 ) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
 from firewall.protocols.base import StreamState, TokenIdsAdapter, sse_event
-from firewall.protocols.fields import is_token_ids, pointer_token, require_object, string_leaves
+from firewall.protocols.fields import holds_token_ids, pointer_token, require_object, string_leaves
 
 __all__ = ["KServeInferAdapter", "TritonGenerateAdapter"]
 
@@ -113,7 +113,7 @@ class TritonGenerateAdapter(_OipAdapter):
             if key in ("parameters", "id"):
                 continue
             where = f"/{pointer_token(key)}"
-            if self.refuse_token_ids and isinstance(value, list) and value and _integers(value):
+            if self.refuse_token_ids and holds_token_ids(value):
                 raise _refuse_ids(where)
             string_leaves(value, where, "user", out)
         return out
@@ -141,8 +141,3 @@ class TritonGenerateAdapter(_OipAdapter):
 
     def terminal_events(self, state: StreamState, message: str, style: str) -> bytes:
         return sse_event({"error": message})
-
-
-def _integers(value: list[Any]) -> bool:
-    """A list of integers, or of lists of integers: token ids, not text."""
-    return is_token_ids(value) or all(isinstance(v, list) and v and is_token_ids(v) for v in value)

@@ -20,7 +20,7 @@ from typing import Any
 from firewall.core.errors import UnscreenableInput
 from firewall.core.types import Segment
 from firewall.protocols.base import StreamState, TokenIdsAdapter
-from firewall.protocols.fields import is_token_ids, pointer_token, require_object, string_leaves
+from firewall.protocols.fields import holds_token_ids, pointer_token, require_object, string_leaves
 
 __all__ = ["PoolingAdapter"]
 
@@ -57,7 +57,7 @@ class PoolingAdapter(TokenIdsAdapter):
             if key in _SETTINGS:
                 continue
             where = f"/{pointer_token(key)}"
-            if self.refuse_token_ids and _holds_token_ids(value):
+            if self.refuse_token_ids and holds_token_ids(value):
                 raise UnscreenableInput(
                     f"{key} holds token ids, which cannot be screened; send text.", param=key
                 )
@@ -69,10 +69,3 @@ class PoolingAdapter(TokenIdsAdapter):
 
     def stream_deltas(self, data: Any, state: StreamState) -> list[tuple[str, str]]:
         return []
-
-
-def _holds_token_ids(value: Any) -> bool:
-    """Token ids: a list of integers, or a list holding one."""
-    if not isinstance(value, list) or not value:
-        return False
-    return is_token_ids(value) or any(isinstance(v, list) and v and is_token_ids(v) for v in value)

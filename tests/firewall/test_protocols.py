@@ -13,7 +13,9 @@ from firewall.core.types import Segment
 from firewall.protocols import StreamState, adapter_for
 from firewall.protocols.base import error_body, sse_event
 from firewall.protocols.json_fields import JsonFieldsAdapter, resolve_pointer
+from firewall.protocols.kserve import TritonGenerateAdapter
 from firewall.protocols.openai import ChatAdapter, CompletionsAdapter, EmbeddingsAdapter, ResponsesAdapter
+from firewall.protocols.pooling import PoolingAdapter
 from firewall.proxy.streaming import SseParser
 
 
@@ -910,3 +912,21 @@ def test_json_adapter_filtered_response_is_none() -> None:
 
 def test_a_message_name_without_content_is_screened() -> None:
     assert _texts_at({"messages": [{"role": "user", "name": "NAME"}]}) == {"/messages/0/name": "NAME"}
+
+
+@pytest.mark.parametrize(
+    ("adapter", "body", "param"),
+    [
+        pytest.param(TritonGenerateAdapter, {"text_input": ["hi", [7, 8]]}, None, id="triton-mixed"),
+        pytest.param(PoolingAdapter, {"input": ["hi", [7, 8]]}, "input", id="pooling-mixed"),
+        pytest.param(PoolingAdapter, {"input": [[7, 8], [9]]}, "input", id="pooling-batch"),
+    ],
+)
+def test_token_ids_mixed_with_text_are_refused_by_the_native_adapters(
+    adapter: Any, body: dict[str, Any], param: str | None
+) -> None:
+    # The ids reach the model unread whatever the strings beside them say.
+    with pytest.raises(UnscreenableInput) as info:
+        adapter().input_segments(body)
+    if param is not None:
+        assert info.value.param == param
