@@ -105,6 +105,11 @@ W_DATE = 0.9
 D_FORMAT = 0.3  # the shape belongs to the text's own format (HTML, wiki, template, table)
 D_CODE = 0.5  # the candidate sits on a code line
 _CODE_WINDOW = 3000  # characters around a candidate in which two code-looking lines make it code
+#: Characters around a candidate in which HTML, wiki or template markup (or words naming it)
+#: make the candidate part of that markup. Near it, as for code: one tag or wiki link added
+#: anywhere in a long prompt took a wrapped tag from 0.9 to 0.27 (an attacker controls the
+#: whole request). Markup written right beside the tag still discounts it: a blind spot.
+_FORMAT_WINDOW = 3000
 #: Fence info strings that declare text, not a language.
 _PROSE_FENCES = frozenset(("", "text", "txt", "plain", "plaintext", "markdown", "md"))
 D_QUOTED = 0.2  # in backticks or quotes: the text talks about the tag
@@ -326,13 +331,13 @@ class _Context:
         return False
 
     def html(self, start: int, end: int) -> bool:
-        return self.has("html", start, end)
+        return self.has("html", start, end, window=_FORMAT_WINDOW)
 
     def wiki(self, start: int, end: int) -> bool:
-        return self.has("wiki", start, end)
+        return self.has("wiki", start, end, window=_FORMAT_WINDOW)
 
     def template(self, start: int, end: int) -> bool:
-        return self.has("template", start, end)
+        return self.has("template", start, end, window=_FORMAT_WINDOW)
 
     def email(self, start: int, end: int) -> bool:
         return self.has("email", start, end)

