@@ -171,22 +171,32 @@ _SECRET_WORDS = re.compile(r"(?i)secret|key|token|password|passwd|pass|credentia
 
 def looks_like_placeholder(value: str) -> bool:
     """A literal written to be replaced, not a credential: a placeholder word or form, one
-    character repeated, or lower-case words that name a secret ("client_secret")."""
+    character repeated, lower-case words that name a secret ("client_secret",
+    "hashed_password"), or a run of consecutive digits ("123456", the sample password of
+    every login tutorial)."""
     if not value:
         return True
     if _PLACEHOLDER.search(value) or len(set(value)) <= 2:
+        return True
+    if value.isdigit() and (value in "01234567890" or value in "9876543210"):
         return True
     return bool(_WORDS_ONLY.match(value) and _SECRET_WORDS.search(value))
 
 
 def _matches(rule: Rule, t: str) -> bool:
+    """Whether a line rule's pattern matches ``t``; a match that captures the value in a
+    ``secret`` group counts only when that value is not a placeholder (and, with
+    ``min_entropy``, looks random enough)."""
     for p in rule.patterns:
+        if "secret" not in p.groupindex:
+            if p.search(t):
+                return True
+            continue
         m = p.search(t)
         while m is not None:
-            if not rule.min_entropy:
-                return True
             secret = m.group("secret") or ""
-            if shannon_entropy(secret) >= rule.min_entropy and not looks_like_placeholder(secret):
+            random_enough = not rule.min_entropy or shannon_entropy(secret) >= rule.min_entropy
+            if random_enough and not looks_like_placeholder(secret):
                 return True
             m = p.search(t, max(m.end(), m.start() + 1))
     return False

@@ -178,6 +178,17 @@ _TRANSPARENT_ALL: Final = frozenset(
     f"new {t}" for t in ("Path", "URL", "URI", "File", "Uri", "FileInfo", "String", "StringBuilder")
 )
 _NUMERIC_CAST_RE = re.compile(r"^\(\s*(?:int|integer|long|float|double|bool|boolean|uint\w*|int\d+)\s*\)")
+#: Function literals passed as values (``setTimeout(() => {...}, 10)``): a function is not a
+#: string, so what its body builds never becomes the argument's text.
+_FUNCTION_LITERALS: Final = frozenset(
+    {"arrow_function", "function_expression", "function", "anonymous_function", "lambda", "lambda_expression",
+     "anonymous_method_expression", "func_literal"}
+)  # fmt: skip
+#: ``a ? b : c`` / ``b if a else c``: the value is one of the branches; the condition only
+#: chooses between them (``sep = os.platform() === "win32" ? "&" : ";"`` is a constant).
+_CONDITIONALS: Final = frozenset({"ternary_expression", "conditional_expression"})
+#: Constructors that copy a string: with constant arguments the result is that constant.
+_STRING_CTORS: Final = frozenset({"new StringBuilder", "new StringBuffer", "new String"})
 
 
 # --------------------------------------------------------------------------- classification
@@ -253,6 +264,10 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         return 0  # (int)$_GET["id"]: a number cannot carry an injection
     if t in spec.calls:
         return _call_flags(ctx, node, category, depth)
+    if t in _FUNCTION_LITERALS:
+        return F_OPAQUE
+    if t in _CONDITIONALS:
+        return _union(ctx, _branches(node), category, depth)
     if t in spec.members:
         s = text(node)
         if _source(ctx, s):
@@ -277,6 +292,8 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         op = _operator(node)
         if op in spec.concat_ops and (op in (".", "%", "<<") or any(_stringy(ctx, c) for c in children)):
             return F_DYN | (f & F_TAINT)
+        if op in ctx.tables.numeric_ops:
+            return 0  # arithmetic yields a number, which cannot carry an injection
         return F_OPAQUE | (f & (F_TAINT | F_DYN))
     if not node.named_children:
         s = text(node)
@@ -284,6 +301,15 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
             return F_OPAQUE | F_TAINT
         return F_OPAQUE if _NAME_RE.match(s) and s not in ("None", "null", "nil") else 0
     return _union(ctx, node.named_children, category, depth)
+
+
+def _branches(node: Node) -> list[Node]:
+    """The value branches of a conditional expression (its condition left out)."""
+    cond = node.child_by_field_name("condition")
+    named = [c for c in node.named_children if c.type != "comment"]
+    if cond is None and len(named) == 3:  # Python: ``b if a else c`` has no field names
+        return [named[0], named[2]]
+    return [c for c in named if cond is None or c.id != cond.id]
 
 
 def _values(
@@ -314,6 +340,8 @@ def _identifier(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
     if values:
         return _values(ctx, values, category, depth, (key, name))
     if scope is not None and name in scope.params:
+        if name in scope.numeric:
+            return 0  # declared as a number (``@PathVariable Long id``): cannot carry text
         return F_OPAQUE | (F_TAINT if name in scope.tainted else 0)
     values = ctx.env.get((-1, name))
     if values:
@@ -332,7 +360,7 @@ def _call_flags(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
     call = _make_call(ctx, node)
     if _sanitised(ctx, call, category):
         return 0
-    if _source(ctx, call.raw + "(") or _source(ctx, call.resolved + "("):
+    if (_source(ctx, call.raw + "(") or _source(ctx, call.resolved + "(")) and not _local_input(ctx, call):
         return F_OPAQUE | F_TAINT
     parts: list[Node] = list(call.args) + list(call.kwargs.values())
     if call.last in ctx.tables.format_calls:
@@ -348,6 +376,8 @@ def _call_flags(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         if call.recv is not None and not _module_like(ctx, call.recv):
             parts.append(call.recv)
         f = _union(ctx, parts, category, depth)
+        if not f and call.short in _STRING_CTORS:
+            return 0  # new StringBuilder("SELECT ...") holds only its constant
         return F_OPAQUE | (f & (F_TAINT | F_DYN))
     if call.recv is not None and not _module_like(ctx, call.recv):
         # A method on a tainted value (``name.strip()``) keeps the taint; on anything else
@@ -355,6 +385,24 @@ def _call_flags(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         f = classify(ctx, call.recv, category, depth + 1)
         return F_OPAQUE | (f & F_TAINT)
     return F_OPAQUE
+
+
+def _local_input(ctx: _Ctx, call: _Call) -> bool:
+    """A read from the program's own console (``new Scanner(System.in).nextLine()``).
+
+    Whoever runs a console program types this input, as they choose its command-line
+    arguments; the same ``readLine`` on a socket's reader stays a source.
+    """
+    pattern = ctx.tables.local_inputs
+    if pattern is None or call.recv is None:
+        return False
+    recv = call.recv
+    if pattern.search(text(recv)):
+        return True
+    if recv.type not in ctx.spec.identifiers:
+        return False
+    values = ctx.env.get((_scope_key(ctx, recv), text(recv))) or ctx.env.get((-1, text(recv))) or []
+    return any(pattern.search(text(v)) for v, _ in values)
 
 
 def _module_like(ctx: _Ctx, node: Node) -> bool:

@@ -87,7 +87,7 @@ _RULE_KEYS = frozenset(
 )  # fmt: skip
 _AST_KEYS = frozenset(
     {"call", "node", "assign", "arg", "kwarg", "when", "require_kwargs", "forbid_kwargs", "arg_text",
-     "min_args", "max_args", "sanitizers"}
+     "min_args", "max_args", "sanitizers", "bare"}
 )  # fmt: skip
 When = Literal["dynamic", "nonliteral", "tainted", "always"]
 
@@ -104,7 +104,7 @@ class AstSpec:
     call_names: frozenset[str]  # last components for the index ("*" when a glob ends in one)
     nodes: frozenset[str]
     assigns: tuple[re.Pattern[str], ...]
-    arg: int | Literal["any", "all"]
+    arg: int | tuple[int, ...] | Literal["any", "all"]
     kwarg: str | None
     when: When
     require_kwargs: tuple[tuple[str, re.Pattern[str]], ...]
@@ -113,6 +113,10 @@ class AstSpec:
     min_args: int
     max_args: int
     sanitizers: tuple[re.Pattern[str], ...]
+    # An unqualified glob names a global function (Python's builtin ``compile``, JavaScript's
+    # ``Function``): with ``bare`` it no longer matches a method or a member of the same name
+    # (``re.compile``, ``new lambda.Function``), which it does by default (``User.where``).
+    bare: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +260,10 @@ def _ast(raw: Any, where: str) -> AstSpec:
         raise RuleError(f"{where}: needs one of call, node, assign")
     names = frozenset(g.rsplit(".", 1)[-1] if "*" not in g.rsplit(".", 1)[-1] else "*" for g in globs)
     arg = raw.get("arg", 0)
-    if not (isinstance(arg, int) or arg in ("any", "all")):
-        raise RuleError(f"{where}.arg: expected an index, 'any' or 'all'")
+    if isinstance(arg, list) and arg and all(isinstance(i, int) for i in arg):
+        arg = tuple(arg)  # several positions, e.g. where a client takes the URL (0 or 1)
+    elif not (isinstance(arg, int) or arg in ("any", "all")):
+        raise RuleError(f"{where}.arg: expected an index, a list of indexes, 'any' or 'all'")
     when = raw.get("when", "dynamic")
     if when not in ("dynamic", "nonliteral", "tainted", "always"):
         raise RuleError(f"{where}.when: unknown mode {when!r}")
@@ -278,6 +284,7 @@ def _ast(raw: Any, where: str) -> AstSpec:
         min_args=int(raw.get("min_args", 0)),
         max_args=int(raw.get("max_args", 1 << 16)),
         sanitizers=_regexes(raw.get("sanitizers"), f"{where}.sanitizers"),
+        bare=bool(raw.get("bare", False)),
     )
 
 

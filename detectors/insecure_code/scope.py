@@ -47,6 +47,9 @@ class FlowTables:
     writers: Mapping[str, str]  # callee last component -> "receiver" | "arg0"
     handler_calls: re.Pattern[str] | None = None  # a lambda passed to such a call handles a request
     constants: re.Pattern[str] | None = None  # expressions that are configuration, not data
+    numeric_params: re.Pattern[str] | None = None  # a parameter declared as a number
+    numeric_ops: frozenset[str] = frozenset()  # binary operators whose result is always a number
+    local_inputs: re.Pattern[str] | None = None  # a reader on the console, not on a client
 
 
 def _alt(items: Iterable[str]) -> re.Pattern[str] | None:
@@ -72,6 +75,9 @@ def compile_tables(raw: Mapping[str, Any]) -> FlowTables:
         writers=dict(raw.get("writers", {})),
         handler_calls=_alt(raw.get("handler_calls", [])),
         constants=_alt(raw.get("constants", [])),
+        numeric_params=_alt(raw.get("numeric_params", [])),
+        numeric_ops=frozenset(raw.get("numeric_ops", [])),
+        local_inputs=_alt(raw.get("local_inputs", [])),
     )
 
 
@@ -83,6 +89,7 @@ class _Func:
     tainted: set[str]
     start: int
     end: int
+    numeric: set[str] = field(default_factory=set)  # parameters declared as numbers
 
 
 @dataclass(slots=True)
@@ -180,6 +187,7 @@ def _build_funcs(ctx: _Ctx, nodes: Sequence[Node]) -> None:
     for fn in nodes:
         params: list[str] = []
         tainted: set[str] = set()
+        numeric: set[str] = set()
         header = _header(fn)
         handler = tables.handlers is not None and tables.handlers.search(header) is not None
         handler = handler or _passed_to_handler_call(ctx, fn)
@@ -195,13 +203,17 @@ def _build_funcs(ctx: _Ctx, nodes: Sequence[Node]) -> None:
             if not name:
                 continue
             params.append(name)
+            if tables.numeric_params is not None and tables.numeric_params.search(text(p)):
+                numeric.add(name)
             if name in _UNTAINTED_PARAMS:
                 continue
             if handler or (tables.tainted_params is not None and tables.tainted_params.search(text(p))):
                 tainted.add(name)
         if params and params[0] in ctx.spec.self_names:
             params = params[1:]
-        ctx.funcs.append(_Func(fn, _func_name(fn, spec), params, tainted, fn.start_byte, fn.end_byte))
+        ctx.funcs.append(
+            _Func(fn, _func_name(fn, spec), params, tainted, fn.start_byte, fn.end_byte, numeric)
+        )
 
 
 def _passed_to_handler_call(ctx: _Ctx, fn: Node) -> bool:

@@ -83,6 +83,8 @@ def _selected(spec: AstSpec, call: _Call) -> list[Node]:
         return [call.kwargs[spec.kwarg]]
     if spec.arg == "any" or spec.arg == "all":
         return list(call.args)
+    if isinstance(spec.arg, tuple):
+        return [call.args[i] for i in spec.arg if -len(call.args) <= i < len(call.args)]
     index = spec.arg
     if -len(call.args) <= index < len(call.args):
         return [call.args[index]]
@@ -177,7 +179,9 @@ def analyse_tree(
             continue
         names = (call.resolved, call.raw, call.short)
         for rule, ast in dict.fromkeys(candidates):
-            if not any(p.match(c) for p in ast.calls for c in names) or not _kw_ok(ast, call):
+            # A bare glob must match the whole callee (imports resolved), not its last name.
+            tried = names[:1] if ast.bare else names
+            if not any(p.match(c) for p in ast.calls for c in tried) or not _kw_ok(ast, call):
                 continue
             selected = _selected(ast, call)
             if _judge(ctx, rule, ast, selected):

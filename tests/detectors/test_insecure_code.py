@@ -757,3 +757,159 @@ def test_a_fence_tag_the_content_contradicts_is_overridden() -> None:
     assert scan(js).score == 0.0
     php = "```php\n<?php\n$out = `ls -la $dir`;\n```"
     assert scan(php).score >= 0.5
+
+
+# ---------------------------------------------------------------- reviewed false alarms (ShareGPT dev)
+
+
+@pytest.mark.parametrize(
+    ("safe", "unsafe"),
+    [
+        # placeholder passwords in connection URLs; an interpolated one is not written in
+        (
+            '```python\ndb = Manager("postgresql://myuser:mypassword@localhost:5432/mydb")\n```',
+            '```python\ndb = Manager("postgresql://shop:Vq8#rT2m@db.internal:5432/shop")\n```',
+        ),
+        (
+            '```python\nurl = f"postgresql://{self.user}:{self.password}@{self.host}/db"\n```',
+            '```python\nurl = f"postgresql://{self.user}:Vq8rT2mZ@{self.host}/db"\n```',
+        ),
+        # placeholder and sample values assigned to a password
+        (
+            '```json\n{"name": "Jane", "password": "hashed_password"}\n```',
+            '```json\n{"name": "Jane", "password": "Tr0ub4dor&3x"}\n```',
+        ),
+        (
+            '```python\npayload = {"username": "john_doe", "password": "123456"}\n```',
+            '```python\npayload = {"username": "john_doe", "password": "193846"}\n```',
+        ),
+        (
+            "```sql\nCREATE USER 'moodle'@'localhost' IDENTIFIED BY 'yourpassword';\n```",
+            "```sql\nCREATE USER 'moodle'@'localhost' IDENTIFIED BY 'S3cure!Pass2024';\n```",
+        ),
+        (
+            "```sql\nSELECT 1;\ncnx = connect(user='username', password='password', host='hostname')\n```",
+            "```sql\nALTER USER app WITH PASSWORD 'Zk2!vR8qLm';\n```",
+        ),
+        # a Kubernetes secretName names the Secret object; an inline value is still a secret
+        (
+            "```yaml\nvolumes:\n  - name: creds\n    secret:\n      secretName: minio-creds-2024\n```",
+            "```yaml\nenv:\n  minio_secret: wJalrXUtnFEMIK7MDENGbPxRfi\n```",
+        ),
+    ],
+)
+def test_placeholder_and_referenced_secrets_pass(safe: str, unsafe: str) -> None:
+    assert scan(safe).score == 0.0
+    assert scan(unsafe).score >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("lang", "safe", "unsafe", "rule"),
+    [
+        # a method named compile / Function is not the builtin or the global constructor
+        (
+            "python",
+            "import re\ndef m(f):\n    return re.compile(f.replace('0', '[0-9]+'))\n",
+            "def m(src):\n    return compile(src, '<x>', 'exec')\n",
+            "PY-CODE-001",
+        ),
+        (
+            "typescript",
+            "import * as lambda from 'aws-cdk-lib/aws-lambda';\n"
+            "const f = new lambda.Function(this, 'Fn', { runtime: rt, handler: 'index.handler', code });\n",
+            "function mk(expr: string) {\n  return new Function('x', 'return ' + expr);\n}\n",
+            "JS-CODE-001",
+        ),
+        # a function given to setTimeout is not a string, whatever its body builds
+        (
+            "javascript",
+            "setTimeout(() => {\n  sq.style.left = x + 'px';\n}, 1500);\n",
+            "setTimeout('move(' + location.hash.slice(1) + ')', 1500);\n",
+            "JS-CODE-002",
+        ),
+        # a database get() is not an HTTP request; a client's request('GET', $url) is
+        (
+            "php",
+            "$id = $db->get('tbl_users', 'user_id', ['token' => $_COOKIE['token']]);\n",
+            "$res = $client->request('GET', $_GET['url']);\n",
+            "PHP-SSRF-001",
+        ),
+        # command-line arguments and console input are the operator's, not a web client's
+        (
+            "csharp",
+            "static void Main(string[] args) {\n    string folder = args[0];\n"
+            '    var files = Directory.GetFiles(folder, "*.zip");\n'
+            "    var fs = new FileStream(folder, FileMode.Open);\n}\n",
+            "[HttpGet]\npublic IActionResult Get(string name) {\n"
+            '    return PhysicalFile(Path.Combine(root, name), "text/plain");\n}\n',
+            "CS-PATH-001",
+        ),
+        (
+            "java",
+            "BufferedReader br = new BufferedReader(new InputStreamReader(System.in));\n"
+            "String filename = br.readLine();\nreader = new BufferedReader(new FileReader(filename));\n",
+            "BufferedReader br = new BufferedReader(new InputStreamReader(socket.getInputStream()));\n"
+            "String filename = br.readLine();\nreader = new BufferedReader(new FileReader(filename));\n",
+            "JV-PATH-001",
+        ),
+        # a parameter declared as a number cannot carry SQL; a string one can
+        (
+            "java",
+            '@PutMapping("/{id}")\npublic User update(@PathVariable Long id, @RequestBody UserDto dto) {\n'
+            "    return userService.update(id, dto);\n}\n",
+            '@GetMapping("/u")\npublic User find(@RequestParam String name) {\n'
+            "    return jdbcTemplate.queryForObject(\n"
+            '        "SELECT * FROM u WHERE n = \'" + name + "\'", mapper);\n}\n',
+            "JV-SQLI-001",
+        ),
+        # a StringBuilder of constant fragments with ? placeholders is constant SQL
+        (
+            "java",
+            'StringBuilder sql = new StringBuilder("SELECT * FROM t ").append("WHERE 1=1 ");\n'
+            'sql.append("AND a = ? ");\n'
+            "List<R> r = jdbcTemplate.query(sql.toString(), params.toArray(), mapper);\n",
+            'StringBuilder sql = new StringBuilder("SELECT * FROM t ").append("WHERE a = ").append(a);\n'
+            "List<R> r = jdbcTemplate.query(sql.toString(), mapper);\n",
+            "JV-SQLI-001",
+        ),
+        # integers reach the query: a numeric ternary and arithmetic on a row value
+        (
+            "php",
+            "$fav = ($_POST['favorited'] === 'true') ? 1 : -1;\n$n = $row['count'] + $fav;\n"
+            '$conn->query("UPDATE ama SET c = {$n} WHERE id = 1");\n',
+            "$fav = ($_POST['favorited'] === 'true') ? $_POST['a'] : $_POST['b'];\n"
+            '$conn->query("UPDATE ama SET c = {$fav} WHERE id = 1");\n',
+            "PHP-SQLI-002",
+        ),
+        # a command built from the script's own directory and constants
+        (
+            "javascript",
+            "const { exec } = require('child_process');\nconst path = require('path');\n"
+            "const dir = path.join(__dirname, '..');\nconst sep = os.platform() === 'win32' ? '&' : ';';\n"
+            "exec(`yarn --cwd ${dir} build${sep}`);\n",
+            "const { exec } = require('child_process');\nconst dir = path.join(__dirname, req.query.d);\n"
+            "exec(`yarn --cwd ${dir} build`);\n",
+            "JS-CMDI-001",
+        ),
+        # a URL whose literal start fixes the host; a relative same-origin path
+        (
+            "python",
+            "@app.route('/m')\ndef m():\n    team = request.json['team']\n"
+            "    return requests.post(f'https://graph.microsoft.com/v1.0/teams/{team}/messages').text\n",
+            "@app.route('/m')\ndef m():\n    host = request.json['host']\n"
+            "    return requests.post(f'https://{host}/v1.0/messages').text\n",
+            "PY-SSRF-001",
+        ),
+        (
+            "tsx",
+            "const onChange = async (event: any) => {\n"
+            "  const r = await axios.get(`/search?q=${event.target.value}`);\n};\n",
+            "const onChange = async (event: any) => {\n"
+            "  const r = await axios.get(`//${event.target.value}/search`);\n};\n",
+            "JS-SSRF-001",
+        ),
+    ],
+)
+def test_reviewed_false_alarm_classes(lang: str, safe: str, unsafe: str, rule: str) -> None:
+    assert rule not in {h.rule for h in analyse_block(PACK, lang, safe)}
+    assert rule in {h.rule for h in analyse_block(PACK, lang, unsafe)}
