@@ -36,6 +36,30 @@ __all__ = ["Hit", "analyse_block", "line_rules", "shannon_entropy", "syntax_rule
 
 #: Blocks larger than this are analysed by the line tier only (bounds the parse + flow cost).
 MAX_SYNTAX_CHARS = 60_000
+_SCRIPT_RE = re.compile(r"(<script\b[^>]*>)(.*?)(?=</script\s*>|\Z)", re.IGNORECASE | re.DOTALL)
+_NOT_NEWLINE_RE = re.compile(r"[^\n]")
+
+
+def _script_only(lang: str, code: str) -> str:
+    """An HTML page identified as JavaScript, reduced to its ``<script>`` bodies for parsing.
+
+    Answers often give a whole page with an inline script. Parsed as JavaScript, the markup
+    around the script is one large syntax error that swallows the script's declarations, so
+    the flow analysis saw none of its assignments. Everything outside the script bodies is
+    blanked (newlines kept, so rows and spans do not move).
+    """
+    if lang not in ("javascript", "typescript", "tsx") or not code.lstrip().startswith("<"):
+        return code
+    if "<script" not in code.lower():
+        return code
+    out: list[str] = []
+    pos = 0
+    for m in _SCRIPT_RE.finditer(code):
+        out.append(_NOT_NEWLINE_RE.sub(" ", code[pos : m.start(2)]))
+        out.append(m.group(2))
+        pos = m.end(2)
+    out.append(_NOT_NEWLINE_RE.sub(" ", code[pos:]))
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +269,7 @@ def analyse_block(
                 hits.append(Hit(rule.id, ll.first, ll.last))
     if syntax and lr.syntax and lr.tables is not None and len(code) <= MAX_SYNTAX_CHARS:
         parsed = code if closed else "\n".join(rows_text[:complete_rows])
-        root, shift = parse(lang, parsed)
+        root, shift = parse(lang, _script_only(lang, parsed))
         by_id = {r.id: r for r in lr.syntax}
         for sh in analyse_tree(
             lang, root, shift, lr.syntax, lr.tables, complete_rows=complete_rows, closed=closed

@@ -13,7 +13,14 @@ argument of a sink, *how it was built*:
 * ``F_TAINT``: derived from a request or command-line source (``request.args``,
   ``req.query``, ``$_GET``, ``params[...]``, ``r.URL.Query()``, ``argv``, handler
   parameters bound from the request, ...);
-* ``F_OPAQUE``: any other non-constant value (a parameter, a call result).
+* ``F_OPAQUE``: any other non-constant value (a parameter, a call result);
+* ``F_UNTRUSTED`` (with ``F_OPAQUE``): a value that may carry text from outside the
+  snippet's control: derived from a source, or from an origin the snippet does not show
+  (a parameter of a function it never calls, a name it never defines, the argument of a
+  callback it cannot follow). A call result from an API (``now.getHours()``,
+  ``model.predict(x)``), a number, a constant or the page's own DOM is not. The DOM-XSS
+  sinks read this flag: writing the app's own values into ``innerHTML`` is normal, and
+  flagging it made the XSS rules the main source of false alarms on real answers.
 
 Constants (literals, ``ALL_CAPS`` names) and values that pass through a sanitiser for the
 rule's category (``shlex.quote``, ``int``, ``escapeshellarg``, ``html.escape``,
@@ -40,7 +47,9 @@ from detectors.insecure_code.scope import (
     _NAME_RE,
     F_DYN,
     F_OPAQUE,
+    F_RECEIVED,
     F_TAINT,
+    F_UNTRUSTED,
     MAX_DEPTH,
     _Call,
     _Ctx,
@@ -189,6 +198,20 @@ _FUNCTION_LITERALS: Final = frozenset(
 _CONDITIONALS: Final = frozenset({"ternary_expression", "conditional_expression"})
 #: Constructors that copy a string: with constant arguments the result is that constant.
 _STRING_CTORS: Final = frozenset({"new StringBuilder", "new StringBuffer", "new String"})
+_CARRIED: Final = F_TAINT | F_UNTRUSTED | F_RECEIVED
+#: Array methods whose result is (made from) the receiver's elements and what their callback
+#: returns; their callback's parameters are those elements.
+_ITERATION: Final = frozenset(
+    {"map", "flatMap", "filter", "find", "findLast", "reduce", "reduceRight", "forEach", "some", "every",
+     "sort", "reverse", "flat", "at", "pop", "shift", "values", "entries", "each", "collect", "select"}
+)  # fmt: skip
+#: Promise continuations: their callback receives what the promise resolves to.
+_CONTINUATIONS: Final = frozenset({"then", "done", "success", "always", "finally"})
+#: Timers: their callback gets nothing (or a timestamp) from outside.
+_TIMERS: Final = frozenset({"setTimeout", "setInterval", "requestAnimationFrame", "queueMicrotask"})
+#: Members that are always numbers (``items.length``): a number cannot carry markup.
+_RECEIVERS: Final = frozenset({"this", "self", "super"})
+_NUMERIC_MEMBERS: Final = frozenset({"length", "size", "byteLength", "childElementCount"})
 
 
 # --------------------------------------------------------------------------- classification
@@ -237,8 +260,25 @@ def _union(ctx: _Ctx, nodes: Iterable[Node], category: str, depth: int) -> int:
     return out
 
 
-def _source(ctx: _Ctx, s: str) -> bool:
-    return ctx.tables.sources is not None and ctx.tables.sources.search(s) is not None
+def _source(ctx: _Ctx, s: str, category: str) -> int:
+    """Flags of a source's value: request data (``F_TAINT``) or a category's own source."""
+    tables = ctx.tables
+    if tables.sources is not None and tables.sources.search(s) is not None:
+        return F_OPAQUE | F_TAINT
+    extra = tables.category_sources.get(category)
+    return F_OPAQUE | F_UNTRUSTED | F_RECEIVED if extra is not None and extra.search(s) is not None else 0
+
+
+def _carry(f: int) -> int:
+    """What a value derived from one with flags ``f`` carries for the ``untrusted`` mode."""
+    if f & (F_TAINT | F_RECEIVED):
+        return F_UNTRUSTED | F_RECEIVED
+    return f & F_UNTRUSTED
+
+
+def _kept(f: int) -> int:
+    """What a method call's result keeps of its receiver's flags ``f``: the taint only."""
+    return f & F_TAINT | (F_UNTRUSTED | F_RECEIVED if f & F_RECEIVED else 0)
 
 
 def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
@@ -256,7 +296,7 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
                 continue
             f = classify(ctx, child, category, depth + 1)
             if f:
-                out |= F_DYN | (f & F_TAINT)
+                out |= F_DYN | (f & _CARRIED)
         return out
     if t in spec.identifiers:
         return _identifier(ctx, node, category, depth)
@@ -270,8 +310,9 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         return _union(ctx, _branches(node), category, depth)
     if t in spec.members:
         s = text(node)
-        if _source(ctx, s):
-            return F_OPAQUE | F_TAINT
+        src = _source(ctx, s, category)
+        if src:
+            return src
         norm = normalise_callee(s)
         values = ctx.env.get((_scope_key(ctx, node), norm)) or ctx.env.get((-1, norm))
         if values:
@@ -282,7 +323,9 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         base = node.child_by_field_name("object") or node.child_by_field_name("operand")
         base = base or (node.named_children[0] if node.named_children else None)
         f = classify(ctx, base, category, depth + 1) if base is not None else 0
-        return F_OPAQUE | (f & F_TAINT)
+        if last in _NUMERIC_MEMBERS:
+            f &= F_TAINT  # a count, whatever it counts; tainted-mode rules keep their view
+        return F_OPAQUE | (f & _CARRIED)
     if t in spec.binaries:
         children = [c for c in (node.child_by_field_name("left"), node.child_by_field_name("right")) if c]
         children = children or node.named_children
@@ -291,15 +334,20 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
             return 0
         op = _operator(node)
         if op in spec.concat_ops and (op in (".", "%", "<<") or any(_stringy(ctx, c) for c in children)):
-            return F_DYN | (f & F_TAINT)
+            return F_DYN | (f & _CARRIED)
         if op in ctx.tables.numeric_ops:
             return 0  # arithmetic yields a number, which cannot carry an injection
-        return F_OPAQUE | (f & (F_TAINT | F_DYN))
+        return F_OPAQUE | (f & (_CARRIED | F_DYN))
     if not node.named_children:
         s = text(node)
-        if _source(ctx, s):
-            return F_OPAQUE | F_TAINT
-        return F_OPAQUE if _NAME_RE.match(s) and s not in ("None", "null", "nil") else 0
+        src = _source(ctx, s, category)
+        if src:
+            return src
+        if not _NAME_RE.match(s) or s in ("None", "null", "nil"):
+            return 0
+        # ``this``: what an object holds (a component's props) is set where the snippet
+        # does not show. An object key or a type name carries nothing.
+        return F_OPAQUE | (F_UNTRUSTED if t in _RECEIVERS else 0)
     return _union(ctx, node.named_children, category, depth)
 
 
@@ -332,8 +380,9 @@ def _values(
 
 def _identifier(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
     name = text(node)
-    if _source(ctx, name):
-        return F_OPAQUE | F_TAINT
+    src = _source(ctx, name, category)
+    if src:
+        return src
     scope = _scope(ctx, node)
     key = scope.start if scope is not None else -1
     values = ctx.env.get((key, name))
@@ -342,13 +391,90 @@ def _identifier(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
     if scope is not None and name in scope.params:
         if name in scope.numeric:
             return 0  # declared as a number (``@PathVariable Long id``): cannot carry text
-        return F_OPAQUE | (F_TAINT if name in scope.tainted else 0)
+        return _param(ctx, scope, name, category, depth)
     values = ctx.env.get((-1, name))
     if values:
         return _values(ctx, values, category, depth, (-1, name))
     if _CONST_NAME_RE.match(name):
         return 0
-    return F_OPAQUE
+    return F_OPAQUE | _closure(ctx, node, name, category, depth)
+
+
+def _param(ctx: _Ctx, fn: _Func, name: str, category: str, depth: int) -> int:
+    """A parameter: request data in a handler; for ``F_UNTRUSTED``, what its callers pass."""
+    out = F_OPAQUE | (F_TAINT if name in fn.tainted else 0)
+    guard = (fn.start, f"<param {name}>")
+    if out & F_TAINT or guard in ctx.active:
+        return out
+    ctx.active.add(guard)
+    try:
+        return out | _passed_in(ctx, fn, fn.params.index(name), category, depth)
+    finally:
+        ctx.active.discard(guard)
+
+
+def _passed_in(ctx: _Ctx, fn: _Func, index: int, category: str, depth: int) -> int:
+    """What reaches parameter ``index`` of ``fn``, as ``F_UNTRUSTED``/``F_RECEIVED`` (0: only safe values).
+
+    A callback's parameter is what its caller hands it: an array method's elements, a
+    promise's result (``fetch(u).then(r => ...)``: the response), nothing from a timer;
+    any other caller (an event or socket handler) is not followed and counts as untrusted.
+    A named function called in the snippet gets what its call sites pass; one never
+    called (an exported helper) may get anything.
+    """
+    holder = _callback_call(ctx, fn.node)
+    if holder is not None:
+        if _source(ctx, holder.raw + "(", category) or _source(ctx, holder.resolved + "(", category):
+            return F_UNTRUSTED | F_RECEIVED  # $.get(url, data => ...): the response
+        if holder.last in _TIMERS:
+            return 0
+        if (holder.last in _ITERATION or holder.last in _CONTINUATIONS) and holder.recv is not None:
+            return _carry(classify(ctx, holder.recv, category, depth + 1))
+        return F_UNTRUSTED
+    # Calls from outside the function (a recursive call passes on what it was given).
+    sites = [
+        c for c in ctx.calls if fn.name and c.last == fn.name and not fn.start <= c.node.start_byte < fn.end
+    ]
+    if not sites:
+        return F_UNTRUSTED
+    out = 0
+    for call in sites:
+        out |= _carry(classify(ctx, call.args[index], category, depth + 1)) if index < len(call.args) else 0
+    return out
+
+
+def _callback_call(ctx: _Ctx, fn: Node) -> _Call | None:
+    """The call a function literal is passed to (directly or in an options object), if any."""
+    node = fn.parent
+    for _ in range(4):
+        if node is None:
+            return None
+        if node.type in ctx.spec.calls:
+            return next((c for c in ctx.calls if c.node.id == node.id), None)
+        if node.type not in ("arguments", "pair", "object", "argument_list"):
+            return None
+        node = node.parent
+    return None
+
+
+def _closure(ctx: _Ctx, node: Node, name: str, category: str, depth: int) -> int:
+    """``F_UNTRUSTED`` for a name the innermost scope does not define: an enclosing function's
+    variable or parameter decides; a builtin is safe; a name defined nowhere may hold anything."""
+    if name in ctx.tables.builtins:
+        return 0
+    pos = node.start_byte
+    outer = sorted((f for f in ctx.funcs if f.start <= pos < f.end), key=lambda f: -f.start)
+    for fn in outer[1:]:
+        values = ctx.env.get((fn.start, name))
+        if values:
+            return _carry(_values(ctx, values, category, depth, (fn.start, name)))
+        if name in fn.params:
+            if name in fn.numeric:
+                return 0
+            return _carry(_param(ctx, fn, name, category, depth))
+    if any(f.name == name for f in ctx.funcs):
+        return 0  # a function of the snippet, passed as a value
+    return F_UNTRUSTED
 
 
 def _sanitised(ctx: _Ctx, call: _Call, category: str) -> bool:
@@ -360,31 +486,60 @@ def _call_flags(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
     call = _make_call(ctx, node)
     if _sanitised(ctx, call, category):
         return 0
-    if (_source(ctx, call.raw + "(") or _source(ctx, call.resolved + "(")) and not _local_input(ctx, call):
-        return F_OPAQUE | F_TAINT
+    src = _source(ctx, call.raw + "(", category) or _source(ctx, call.resolved + "(", category)
+    if src and not _local_input(ctx, call):
+        return src
     parts: list[Node] = list(call.args) + list(call.kwargs.values())
     if call.last in ctx.tables.format_calls:
         if call.recv is not None and not _module_like(ctx, call.recv):
             parts.append(call.recv)
         f = _union(ctx, parts, category, depth)
-        return (F_DYN | (f & F_TAINT)) if f else 0
+        return (F_DYN | (f & _CARRIED)) if f else 0
     local = _local_function(ctx, call.last)
     if local is not None:
         f = _union(ctx, parts, category, depth) | _returns(ctx, local, category, depth)
-        return F_OPAQUE | (f & (F_TAINT | F_DYN))
+        return F_OPAQUE | (f & (_CARRIED | F_DYN))
     if call.last in _TRANSPARENT_ALL or call.short in _TRANSPARENT_ALL:
         if call.recv is not None and not _module_like(ctx, call.recv):
             parts.append(call.recv)
         f = _union(ctx, parts, category, depth)
         if not f and call.short in _STRING_CTORS:
             return 0  # new StringBuilder("SELECT ...") holds only its constant
-        return F_OPAQUE | (f & (F_TAINT | F_DYN))
+        return F_OPAQUE | (f & (_CARRIED | F_DYN))
     if call.recv is not None and not _module_like(ctx, call.recv):
         # A method on a tainted value (``name.strip()``) keeps the taint; on anything else
-        # (``resp.text()``) the result is new data.
+        # (``resp.text()``) the result is new data. An array method's result is made of
+        # the receiver's elements and what its callback returns.
         f = classify(ctx, call.recv, category, depth + 1)
-        return F_OPAQUE | (f & F_TAINT)
-    return F_OPAQUE
+        if call.last in _ITERATION:
+            f |= _callback_results(ctx, call, category, depth)
+            return F_OPAQUE | (f & _CARRIED)
+        return F_OPAQUE | _kept(f) | _received(ctx, parts, category, depth)
+    return F_OPAQUE | _received(ctx, parts, category, depth)
+
+
+def _received(ctx: _Ctx, args: list[Node], category: str, depth: int) -> int:
+    """For the ``untrusted`` mode only: a call fed a source's data (``decodeURIComponent(
+    location.hash)``, ``marked(resp)``) may return it; one fed values the snippet merely does
+    not define returns the API's own new data."""
+    f = _union(ctx, [a for a in args if a.type not in _FUNCTION_LITERALS], category, depth)
+    return F_UNTRUSTED | F_RECEIVED if f & (F_TAINT | F_RECEIVED) else 0
+
+
+def _callback_results(ctx: _Ctx, call: _Call, category: str, depth: int) -> int:
+    """Flags of what the function literals passed to ``call`` return."""
+    out = 0
+    for arg in call.args:
+        if arg.type not in _FUNCTION_LITERALS:
+            continue
+        body = arg.child_by_field_name("body")
+        if body is not None and body.type != "statement_block":
+            out |= classify(ctx, body, category, depth + 1)  # x => `<li>${x}</li>`
+            continue
+        fn = next((f for f in ctx.funcs if f.node.id == arg.id), None)
+        if fn is not None:
+            out |= _returns(ctx, fn, category, depth)
+    return out
 
 
 def _local_input(ctx: _Ctx, call: _Call) -> bool:

@@ -15,7 +15,9 @@ A rule is either
 * a **syntax** rule (``ast``): a sink (a call, a statement node or an assignment target)
   whose argument is judged by the flow analysis of :mod:`detectors.insecure_code.flow`
   (``dynamic``: a string built from a non-constant part; ``nonliteral``: anything but a
-  constant; ``tainted``: derived from a request/CLI source; ``always``).
+  constant; ``tainted``: derived from a request/CLI source; ``untrusted``: derived from a
+  source or from an origin the snippet does not show, not from the app's own values;
+  ``always``).
 
 ``lookahead`` says how many complete rows after a hit must exist before the hit is final:
 0 for rules decided by the line and what precedes it, ``INFINITE`` for rules that need the
@@ -89,7 +91,7 @@ _AST_KEYS = frozenset(
     {"call", "node", "assign", "arg", "kwarg", "when", "require_kwargs", "forbid_kwargs", "arg_text",
      "min_args", "max_args", "sanitizers", "bare"}
 )  # fmt: skip
-When = Literal["dynamic", "nonliteral", "tainted", "always"]
+When = Literal["dynamic", "nonliteral", "tainted", "untrusted", "always"]
 
 
 class RuleError(ValueError):
@@ -265,7 +267,7 @@ def _ast(raw: Any, where: str) -> AstSpec:
     elif not (isinstance(arg, int) or arg in ("any", "all")):
         raise RuleError(f"{where}.arg: expected an index, a list of indexes, 'any' or 'all'")
     when = raw.get("when", "dynamic")
-    if when not in ("dynamic", "nonliteral", "tainted", "always"):
+    if when not in ("dynamic", "nonliteral", "tainted", "untrusted", "always"):
         raise RuleError(f"{where}.when: unknown mode {when!r}")
     arg_text = tuple(
         (int(k), _regexes(str(v), f"{where}.arg_text")[0]) for k, v in (raw.get("arg_text") or {}).items()

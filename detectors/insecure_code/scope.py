@@ -18,11 +18,19 @@ from tree_sitter import Node
 
 from detectors.insecure_code.syntax import LangSpec, normalise_callee, text
 
-__all__ = ["F_DYN", "F_OPAQUE", "F_TAINT", "FlowTables", "compile_tables"]
+__all__ = ["F_DYN", "F_OPAQUE", "F_RECEIVED", "F_TAINT", "F_UNTRUSTED", "FlowTables", "compile_tables"]
 
 F_OPAQUE: Final = 1
 F_DYN: Final = 2
 F_TAINT: Final = 4
+#: May carry text the snippet does not prove safe: a source, or an origin the snippet does
+#: not show (a parameter of a function it never calls, a name it never defines). Always set
+#: together with ``F_OPAQUE``, so only the ``untrusted`` sink mode reads it.
+F_UNTRUSTED: Final = 8
+#: Read from one category's own source (a page's fetched response for DOM XSS): carried
+#: through method calls like ``F_TAINT`` (``resp.json()``), but only the ``untrusted`` mode
+#: reads it, so a server-side rule of the same category keeps its request-only sources.
+F_RECEIVED: Final = 16
 _ANY: Final = F_OPAQUE | F_DYN | F_TAINT
 MAX_DEPTH: Final = 12
 _MAX_SPAN_ROWS: Final = 12
@@ -50,6 +58,9 @@ class FlowTables:
     numeric_params: re.Pattern[str] | None = None  # a parameter declared as a number
     numeric_ops: frozenset[str] = frozenset()  # binary operators whose result is always a number
     local_inputs: re.Pattern[str] | None = None  # a reader on the console, not on a client
+    # category -> extra sources for that category only (browser data for xss)
+    category_sources: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
+    builtins: frozenset[str] = frozenset()  # global names the runtime defines: not an unseen origin
 
 
 def _alt(items: Iterable[str]) -> re.Pattern[str] | None:
@@ -66,8 +77,14 @@ def compile_tables(raw: Mapping[str, Any]) -> FlowTables:
         pattern = _alt([*common, *(sanitizers_raw.get(category, []) if category != "any" else [])])
         if pattern is not None:
             sanitizers[category] = pattern
+    sources_raw = raw.get("sources") or []
+    if isinstance(sources_raw, Mapping):  # {any: [...], xss: [...]}, like sanitizers
+        common_sources = list(sources_raw.get("any", []))
+        by_category = {k: _alt(v) for k, v in sources_raw.items() if k != "any"}
+    else:
+        common_sources, by_category = list(sources_raw), {}
     return FlowTables(
-        sources=_alt(raw.get("sources", [])),
+        sources=_alt(common_sources),
         sanitizers=sanitizers,
         handlers=_alt(raw.get("handlers", [])),
         tainted_params=_alt(raw.get("tainted_params", [])),
@@ -78,6 +95,8 @@ def compile_tables(raw: Mapping[str, Any]) -> FlowTables:
         numeric_params=_alt(raw.get("numeric_params", [])),
         numeric_ops=frozenset(raw.get("numeric_ops", [])),
         local_inputs=_alt(raw.get("local_inputs", [])),
+        category_sources={k: v for k, v in by_category.items() if v is not None},
+        builtins=frozenset(raw.get("builtins", [])),
     )
 
 

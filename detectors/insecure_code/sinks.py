@@ -23,6 +23,7 @@ from detectors.insecure_code.scope import (
     _MAX_SPAN_ROWS,
     F_DYN,
     F_TAINT,
+    F_UNTRUSTED,
     FlowTables,
     _build_env,
     _build_funcs,
@@ -57,6 +58,8 @@ def _when(mode: str, flags: int) -> bool:
         return bool(flags & _ANY)
     if mode == "dynamic":
         return bool(flags & (F_DYN | F_TAINT))
+    if mode == "untrusted":
+        return bool(flags & (F_TAINT | F_UNTRUSTED))
     return bool(flags & F_TAINT)
 
 

@@ -913,3 +913,91 @@ def test_placeholder_and_referenced_secrets_pass(safe: str, unsafe: str) -> None
 def test_reviewed_false_alarm_classes(lang: str, safe: str, unsafe: str, rule: str) -> None:
     assert rule not in {h.rule for h in analyse_block(PACK, lang, safe)}
     assert rule in {h.rule for h in analyse_block(PACK, lang, unsafe)}
+
+
+_PAGE = (
+    '<!DOCTYPE html>\n<html>\n<body>\n<div id="clock"></div>\n<input id="city">\n'
+    "<script>\n{}\n</script>\n</body>\n</html>\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("safe", "unsafe"),
+    [
+        # numbers: clock readings, counts, arithmetic
+        (
+            "var d = new Date();\nvar hours = d.getHours();\nvar minutes = d.getMinutes();\n"
+            'document.getElementById("clock").innerHTML = hours + ":" + minutes;\n',
+            'var city = document.getElementById("city").value;\n'
+            'document.getElementById("clock").innerHTML = "Time in " + city;\n',
+        ),
+        # the page's own attributes and constant arrays, through map callbacks
+        (
+            "const area = document.querySelector('area');\nconst name = area.getAttribute('alt');\n"
+            "const links = [{ text: 'A', href: '#' }];\n"
+            "info.innerHTML = `<h2>${name}</h2>`\n"
+            "  + links.map(l => `<a href=\"${l.href}\">${l.text}</a>`).join('');\n",
+            "fetch('/api/posts').then(r => r.json()).then(data => {\n"
+            "  info.innerHTML = data.map(p => `<li>${p.title}</li>`).join('');\n});\n",
+        ),
+        # an API's own result (a model's prediction) vs a fetched response's text
+        (
+            "const predictions = await model.predict(input);\nconst names = await model.classNames();\n"
+            'document.getElementById("result").innerHTML = "Class: " + names[predictions.argMax()];\n',
+            "const response = await fetch('/api/submit', { method: 'POST', body: form });\n"
+            "const text = await response.text();\n"
+            'document.getElementById("result").innerHTML = text;\n',
+        ),
+        # a helper called only with constants vs one called with the URL
+        (
+            "function show(title) {\n  modal.innerHTML = `<h5>${title}</h5>`;\n}\nshow('Welcome');\n",
+            "function show(title) {\n  modal.innerHTML = `<h5>${title}</h5>`;\n}\n"
+            "show(decodeURIComponent(location.hash.slice(1)));\n",
+        ),
+        # jQuery request data and an XHR's response text
+        (
+            "setTimeout(ts => { out.innerHTML = 'Done'; }, 10);\n",
+            "$.get('/api/msg', function (data) {\n  out.innerHTML = data;\n});\n"
+            "xhr.onload = () => { box.innerHTML = xhr.responseText; };\n",
+        ),
+    ],
+)
+def test_dom_xss_needs_untrusted_text(safe: str, unsafe: str) -> None:
+    assert "JS-XSS-001" not in {h.rule for h in analyse_block(PACK, "javascript", safe)}
+    assert "JS-XSS-001" in {h.rule for h in analyse_block(PACK, "javascript", unsafe)}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # a helper never called here (its caller is not shown) and a name defined nowhere
+        "export function renderBio(el, html) {\n  el.innerHTML = `<p>${html}</p>`;\n}\n",
+        'document.getElementById("content").innerHTML = text;\n',
+        # a component's props and an event handler's data are set where the snippet does not show
+        "class Box extends Component {\n  componentDidMount() {\n"
+        "    this.el.innerHTML = this.props.html;\n  }\n}\n",
+        "socket.on('chat', msg => {\n  log.innerHTML += `<li>${msg.text}</li>`;\n});\n",
+    ],
+)
+def test_dom_xss_keeps_firing_on_unseen_origins(code: str) -> None:
+    assert "JS-XSS-001" in {h.rule for h in analyse_block(PACK, "javascript", code)}
+
+
+def test_dom_xss_sources_do_not_taint_server_side_rules() -> None:
+    # A fetched response is untrusted in a page, not request data in a server handler.
+    code = (
+        "app.get('/x', async (req, res) => {\n  const r = await fetch(API);\n"
+        "  res.send(await r.text());\n});\n"
+    )
+    assert "JS-XSS-004" not in {h.rule for h in analyse_block(PACK, "javascript", code)}
+
+
+def test_html_page_is_parsed_as_its_script() -> None:
+    # The markup around an inline script no longer hides its declarations from the flow analysis.
+    safe = _PAGE.format("function tick() {\n  var d = new Date();\n  var h = d.getHours();\n"
+                        '  document.getElementById("clock").innerHTML = h + "h";\n}\n')  # fmt: skip
+    unsafe = _PAGE.format('function go() {\n  var c = document.getElementById("city").value;\n'
+                          '  document.getElementById("clock").innerHTML = c;\n}\n')  # fmt: skip
+    assert analyse_block(PACK, "javascript", safe) == ()
+    hits = analyse_block(PACK, "javascript", unsafe)
+    assert [(h.rule, h.first) for h in hits] == [("JS-XSS-001", 8)]
