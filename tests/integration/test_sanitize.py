@@ -131,3 +131,23 @@ async def test_shadow_mode_logs_and_forwards_the_body_untouched(
     assert event["action"] == "log"
     assert event["input"]["action"] == "sanitize"
     assert "sanitized" not in event
+
+
+async def test_a_sanitized_streaming_request_streams_its_answer(
+    firewall: FirewallFactory, upstream: FakeUpstream, client: Any
+) -> None:
+    # The defaults: the edited body keeps "stream": true, and the answer is screened as a stream.
+    upstream.reply = "one two three"
+    fw = await firewall()
+    raw = orjson.dumps(chat_body(f"summarise this re{ZWSP}view", stream=True))
+    async with client.post(fw.url + URL, data=raw, headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        body = await resp.read()
+    assert b"[DONE]" in body
+    sent = orjson.loads(upstream.received[-1]["body"])
+    assert sent["stream"] is True
+    assert sent["messages"][0]["content"] == "summarise this review"
+    (event,) = await fw.audit_events()
+    assert event["action"] == "sanitize"
+    assert event["stream"]["outcome"] == "completed"
