@@ -89,7 +89,7 @@ _RULE_KEYS = frozenset(
 )  # fmt: skip
 _AST_KEYS = frozenset(
     {"call", "node", "assign", "arg", "kwarg", "when", "require_kwargs", "forbid_kwargs", "arg_text",
-     "min_args", "max_args", "sanitizers", "bare"}
+     "min_args", "max_args", "sanitizers", "bare", "sized_dest"}
 )  # fmt: skip
 When = Literal["dynamic", "nonliteral", "tainted", "untrusted", "always"]
 
@@ -119,6 +119,10 @@ class AstSpec:
     # ``Function``): with ``bare`` it no longer matches a method or a member of the same name
     # (``re.compile``, ``new lambda.Function``), which it does by default (``User.where``).
     bare: bool = False
+    # A string copy (``strcpy(d, s)``) into a destination the snippet allocates from the
+    # source's own length plus one (``d = malloc(strlen(s) + 1)``) cannot overflow: with
+    # ``sized_dest`` such a copy is not reported (C-COPY-002).
+    sized_dest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +291,7 @@ def _ast(raw: Any, where: str) -> AstSpec:
         max_args=int(raw.get("max_args", 1 << 16)),
         sanitizers=_regexes(raw.get("sanitizers"), f"{where}.sanitizers"),
         bare=bool(raw.get("bare", False)),
+        sized_dest=bool(raw.get("sized_dest", False)),
     )
 
 

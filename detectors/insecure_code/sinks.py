@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from tree_sitter import Node
 
@@ -32,6 +33,7 @@ from detectors.insecure_code.scope import (
     _Func,
     _make_call,
     _scope,
+    _scope_key,
     _writers,
 )
 from detectors.insecure_code.syntax import SPECS, captures, imports_of, normalise_callee, text
@@ -108,6 +110,59 @@ def _judge(ctx: _Ctx, rule: Rule, spec: AstSpec, nodes: list[Node]) -> bool:
 def _inner_sanitised(node: Node, patterns: tuple[re.Pattern[str], ...]) -> bool:
     s = text(node)
     return any(p.search(s) for p in patterns)
+
+
+#: An allocation whose size is its only argument / subscript: ``malloc(n)``, ``new char[n]``,
+#: ``(char *)malloc(n)``, ``alloca(n)``.
+_ALLOC_RE: Final = re.compile(
+    r"^(?:\([^()]*\)\s*)?(?:(?:std::)?(?:malloc|alloca|_alloca)\s*\((?P<m>.*)\)|new\s+[\w:]+(?:\s+\w+)?\s*\[(?P<n>.*)\])$",
+    re.S,
+)
+_PLUS_ONE_RE: Final = re.compile(r"\+\s*1\b")
+_LENGTH_FIELDS: Final = r"(?:len|length|size|_len|m_len|m_length|length_|size_)"
+
+
+def _sized_copy(ctx: _Ctx, call: _Call) -> bool:
+    """``strcpy(d, s)`` where every value the snippet gives ``d`` is an allocation of the
+    source's own length plus one: ``strlen(s) + 1`` (or ``wcslen``, times ``sizeof``), also
+    through a length variable (``n = strlen(s); d = malloc(n + 1)``), or an object's recorded
+    length for its string (``new char[o.len + 1]`` for ``o.str``).
+
+    Only plain copies: an append (``strcat``) adds to what the buffer already holds. Without
+    the ``+ 1`` the terminator overflows, so that stays a finding.
+    """
+    if "cpy" not in call.last.lower() or len(call.args) < 2:
+        return False
+    dest, src = call.args[0], call.args[1]
+    values = ctx.env.get((_scope_key(ctx, dest), normalise_callee(text(dest))))
+    if not values or all(call.node.start_byte <= v.start_byte < call.node.end_byte for v, _ in values):
+        return False
+    s = re.escape(text(src).strip())
+    terms = [rf"\b(?:strlen|wcslen|_tcslen|lstrlen[AW]?|std::strlen)\s*\(\s*{s}\s*\)"]
+    owner = re.match(r"^(\w+)\s*(?:\.|->)\s*\w+$", text(src).strip())
+    if owner is not None:
+        terms.append(rf"\b{re.escape(owner.group(1))}\s*(?:\.|->)\s*{_LENGTH_FIELDS}\b")
+    length = re.compile("|".join(terms))
+    for value, aug in values:
+        if call.node.start_byte <= value.start_byte < call.node.end_byte:
+            continue  # the copy itself, recorded as a write to ``d``
+        m = _ALLOC_RE.match(text(value).strip())
+        size = (m.group("m") or m.group("n")) if m is not None else None
+        if aug or size is None or not _PLUS_ONE_RE.search(size):
+            return False
+        if not length.search(size) and not _length_var(ctx, value, size, length):
+            return False
+    return True
+
+
+def _length_var(ctx: _Ctx, at: Node, size: str, length: re.Pattern[str]) -> bool:
+    """A name in ``size`` whose every assignment (in ``at``'s scope) is the source's length."""
+    key = _scope_key(ctx, at)
+    for name in re.findall(r"\b[A-Za-z_]\w*\b", size):
+        values = ctx.env.get((key, name)) or ctx.env.get((-1, name))
+        if values and all(not aug and length.search(text(v)) for v, aug in values):
+            return True
+    return False
 
 
 def _rows(ctx: _Ctx, node: Node) -> tuple[int, int]:
@@ -187,6 +242,8 @@ def analyse_tree(
             if not any(p.match(c) for p in ast.calls for c in tried) or not _kw_ok(ast, call):
                 continue
             selected = _selected(ast, call)
+            if ast.sized_dest and _sized_copy(ctx, call):
+                continue
             if _judge(ctx, rule, ast, selected):
                 emit(rule, call.node)
                 continue

@@ -1001,3 +1001,39 @@ def test_html_page_is_parsed_as_its_script() -> None:
     assert analyse_block(PACK, "javascript", safe) == ()
     hits = analyse_block(PACK, "javascript", unsafe)
     assert [(h.rule, h.first) for h in hits] == [("JS-XSS-001", 8)]
+
+
+def _rules(lang: str, code: str) -> set[str]:
+    return {h.rule for h in analyse_block(PACK, lang, code)}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "char *dup(const char *s) {\n  char *d = malloc(strlen(s) + 1);\n  strcpy(d, s);\n  return d;\n}\n",
+        "wchar_t *dup(const wchar_t *s) {\n"
+        "  wchar_t *d = (wchar_t *)malloc((wcslen(s) + 1) * sizeof(wchar_t));\n"
+        "  wcscpy(d, s);\n  return d;\n}\n",
+        # through a length variable, and an object's recorded length for its string
+        "class Str {\n  char *str; int len;\n public:\n  Str(const char *s) {\n    len = strlen(s);\n"
+        "    str = new char[len + 1];\n    strcpy(str, s);\n  }\n  Str(const Str &o) {\n    len = o.len;\n"
+        "    str = new char[len + 1];\n    strcpy(str, o.str);\n  }\n};\n",
+    ],
+)
+def test_copy_into_a_buffer_sized_from_the_source_is_bounded(code: str) -> None:
+    assert "C-COPY-002" not in _rules("cpp", code)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # a fixed array, a buffer sized from another string, no room for the terminator, an append
+        "void f(const char *s) {\n  char buf[16];\n  strcpy(buf, s);\n}\n",
+        "void f(const char *s, const char *t) {\n  char *d = malloc(strlen(t) + 1);\n  strcpy(d, s);\n}\n",
+        "void f(const char *s) {\n  char *d = malloc(strlen(s));\n  strcpy(d, s);\n}\n",
+        "void f(const char *s) {\n  char *d = malloc(strlen(s) + 1);\n"
+        '  strcpy(d, "x");\n  strcat(d, s);\n}\n',
+    ],
+)
+def test_copy_into_a_buffer_not_sized_from_the_source_fires(code: str) -> None:
+    assert "C-COPY-002" in _rules("cpp", code)
