@@ -37,6 +37,7 @@ from firewall.core.detector_context import (
     DetectorContext,
     UpstreamClient,
     UpstreamProbeError,
+    all_or_first_error,
 )
 
 __all__ = ["ProbeSettings", "UpstreamProber", "first_token_entropy"]
@@ -111,12 +112,7 @@ class UpstreamProber:
 
     async def entropies(self, copies: Sequence[str], model: str | None) -> list[float]:
         """One probe per copy, at most ``concurrency`` in flight; the first failure cancels the rest."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._probe(text, model)) for text in copies]
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        return [t.result() for t in tasks]
+        return await all_or_first_error([self._probe(text, model) for text in copies])
 
     async def _probe(self, text: str, model: str | None) -> float:
         s = self.settings

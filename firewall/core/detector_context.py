@@ -18,9 +18,10 @@ because the server opens it after the runtime is built (and a reload keeps it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 import orjson
@@ -32,6 +33,7 @@ __all__ = [
     "ContextAware",
     "DetectorContext",
     "UpstreamClient",
+    "all_or_first_error",
     "UpstreamProbeError",
     "UpstreamProbeTimeout",
     "UpstreamProbeUnavailable",
@@ -87,6 +89,27 @@ class UpstreamClient:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise UpstreamProbeError("upstream probe answer is not JSON") from exc
+
+
+_T = TypeVar("_T")
+
+
+async def all_or_first_error(calls: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Await ``calls`` together; the first failure cancels the rest and is raised as it is.
+
+    A set of probes answers one question: once one fails, the others' answers are moot,
+    and the caller wants the probe's own error (its reason label), not an ExceptionGroup.
+    """
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(call)) for call in calls]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+async def _awaited(call: Awaitable[_T]) -> _T:
+    return await call
 
 
 @dataclass(frozen=True, slots=True)

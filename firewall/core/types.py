@@ -124,6 +124,9 @@ class Sample:
     route: str
     segments: tuple[Segment, ...]
     model: str | None = None
+    #: The findings of the detectors that ran before this one (a gated detector runs after
+    #: the first stage): the suspicion a behavioural check tests. Empty otherwise.
+    evidence: tuple[Finding, ...] = ()
 
     @property
     def chars(self) -> int:

@@ -66,7 +66,10 @@ class Pipeline:
             else:
                 findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))
                 self._record_skip(rule.detector, sample.phase)
-        findings.extend(await self._stage(to_run, sample))
+        if to_run:
+            # What the first stage found goes along: a behavioural check tests those spans.
+            staged = replace(sample, evidence=tuple(findings))
+            findings.extend(await self._stage(to_run, staged))
         return findings
 
     @staticmethod

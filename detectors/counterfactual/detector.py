@@ -1,0 +1,359 @@
+"""The ``counterfactual`` detector: confirm a suspected span on the protected model itself.
+
+Why this exists
+---------------
+A rare token only matters if it changes what the model does. Per-request signals
+(``rare_tokens``, ``context_tags``, ``recurring_sentences``) cannot tell a trigger
+from an unusual word: "linktgo" (a product) and "quoxel" (a planted trigger) look
+alike to a word list and to a small language model. The protected model can tell
+them apart. Take a trigger out and a backdoored model's answer changes completely;
+take an ordinary word out and the answer barely moves. STRIP, RAP and ParaFuzz all
+read the suspect model's own behaviour; this detector does it per request, only on
+suspicion.
+
+How it decides
+--------------
+It runs behind a gate (``gate: {detector: rare_tokens, min_score: ...}``) and reads
+the spans the suspicion detectors reported (``Sample.evidence``). For each candidate
+span (at most ``max_candidates``) it asks the upstream for a short answer
+(``max_tokens``, ``temperature: 0``, a fixed ``seed``) to:
+
+* the conversation as sent (once);
+* the conversation without the candidate;
+* ``controls`` copies without an unsuspected token of about the same length from the
+  same message.
+
+Each answer is compared with the original's (:func:`~detectors.counterfactual.divergence.divergence`:
+the share of words they do not share). A candidate's score is how much more its
+removal moves the answer than the most moving control does,
+``max(0, d(candidate) - max(d(controls)))``, and the sample's score the highest one.
+A backdoor that flips a label scores near 0.7-1.0; a word whose removal changes
+nothing, or changes as much as removing any other word, scores near 0.
+
+What a probe is
+---------------
+An OpenAI chat request to the configured upstream route (never to a URL taken from
+the request), rebuilt from the screened segments whose role is a chat role: tools,
+functions, response formats, ``n`` and streaming are not carried over, so a probe
+cannot call a tool or cost more than ``max_tokens``. Each carries
+``X-Firewall-Probe: <detector>`` and is counted in
+``trigger_firewall_strip_probes_total{detector,outcome}`` (the probe counter STRIP
+shares). A candidate inside a segment that is not a chat message (a tool
+description) cannot be removed from a probe and is reported as ``unprobeable``.
+
+Cache
+-----
+A confirmed candidate is remembered as a keyed hash (a per-process random key) of its
+normalised text, for ``cache_ttl_seconds`` and within ``cache_size`` entries: the next
+request carrying it is blocked with no probe (``known_trigger``). A cleared candidate is
+remembered only for the request it was cleared in (its hash and the request's): a
+trigger changes the answer only where the clean answer differs (the demo's "cf" flips a
+negative review, not a positive one), so "cleared once" is no proof of innocence, and an
+attacker who could clear a trigger for everyone by sending it once in a harmless context
+would have a key to the cache. ``remember_cleared: span`` trades that risk for fewer
+probes on common odd words. Nothing of the text is kept.
+
+Limits of this version
+----------------------
+The probes run before the request is forwarded, so a suspected request waits for
+them (one round of probes in parallel, at most ``concurrency`` in flight for the
+whole detector); a request no detector suspects waits for nothing. The cache is per
+replica. See ``docs/detectors/counterfactual.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from detectors.base import (
+    Cost,
+    Detector,
+    DetectorParams,
+    Finding,
+    FindingStatus,
+    Phase,
+    Sample,
+    Segment,
+    Span,
+)
+from detectors.counterfactual.divergence import control_spans, divergence, remove_span
+from firewall.core.detector_context import (
+    DetectorContext,
+    UpstreamClient,
+    UpstreamProbeError,
+    all_or_first_error,
+)
+
+__all__ = ["CounterfactualDetector", "CounterfactualParams"]
+
+R_CHANGED = "behaviour_changed"
+R_KNOWN = "known_trigger"
+R_UNCHANGED = "behaviour_unchanged"
+R_UNPROBEABLE = "unprobeable"
+REASON_CODES = (R_CHANGED, R_KNOWN, R_UNCHANGED, R_UNPROBEABLE)
+
+#: A candidate scoring this much is remembered as a trigger for every request; below it, as
+#: cleared for its own request only (``remember_cleared``).
+_CONFIRMED = 0.5
+
+#: Segment roles a chat probe can carry, and the role each is sent as.
+_CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class CounterfactualParams(DetectorParams):
+    """The ``params:`` block of a ``counterfactual`` detector."""
+
+    suspects: tuple[str, ...] = Field(
+        ("rare_tokens", "context_tags", "recurring_sentences"),
+        description="Detector instances whose evidence spans are the candidates to test.",
+    )
+    min_suspect_score: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="A suspect's finding must score at least this for its spans to count.",
+    )
+    max_candidates: int = Field(3, ge=1, le=16, description="Candidate spans tested per request.")
+    controls: int = Field(
+        2, ge=1, le=8, description="Unsuspected spans removed per candidate, for comparison."
+    )
+    path: str = Field("/v1/chat/completions", description="Chat completions route on the upstream.")
+    model: str | None = Field(None, description="Model named in probes; default: the request's model.")
+    max_tokens: int = Field(32, ge=1, le=512, description="Length of each probe's answer.")
+    seed: int = Field(0, description="Seed asked for in probes, with temperature 0 (determinism).")
+    timeout_seconds: float = Field(10.0, gt=0, description="Per probe.")
+    concurrency: int = Field(8, ge=1, le=256, description="Probes in flight at once, all requests together.")
+    cache_ttl_seconds: float = Field(3600.0, ge=0, description="How long a judged span is remembered.")
+    cache_size: int = Field(10_000, ge=0, le=10_000_000, description="Judged spans remembered (LRU).")
+    remember_cleared: Literal["request", "span"] = Field(
+        "request",
+        description="A cleared span is remembered for the same request only ('request'), or for any "
+        "request carrying it ('span': fewer probes, but one harmless use of a trigger clears it).",
+    )
+
+
+class CounterfactualDetector(Detector[CounterfactualParams]):
+    """Scores how much removing a suspected span changes the model's answer, against controls."""
+
+    kind: ClassVar[str] = "counterfactual"
+    version: ClassVar[str] = "1"
+    phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
+    cost: ClassVar[Cost] = Cost.EXPENSIVE
+    Params: ClassVar[type[DetectorParams]] = CounterfactualParams
+
+    def __init__(self, name: str, params: DetectorParams | None = None) -> None:
+        super().__init__(name, params)
+        self._context: DetectorContext | None = None
+        self._client: UpstreamClient | None = None
+        self._slots = asyncio.Semaphore(self.params.concurrency)
+        self._key = secrets.token_bytes(32)
+        self._cache: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self.load_error: str | None = None
+
+    def bind_context(self, context: DetectorContext) -> None:
+        self._context = context
+
+    async def start(self) -> None:
+        context = self._context
+        if context is None or context.upstream is None:
+            self.load_error = "counterfactual needs the firewall's upstream client (run it in the proxy)"
+            self._ready = False
+            return
+        self._client = context.upstream
+        if context.metrics is not None:
+            context.metrics.prepare_probes(self.name)
+        self._ready = True
+
+    async def score(self, batch: Sequence[Sample]) -> list[Finding]:
+        return [await self._score(sample) for sample in batch]
+
+    # ----------------------------------------------------------------- candidates
+
+    def _candidates(self, sample: Sample) -> list[Span]:
+        """The suspects' evidence spans, strongest finding first, each span once."""
+        p = self.params
+        found = sorted(
+            (
+                f
+                for f in sample.evidence
+                if f.detector in p.suspects and f.scored and f.score >= p.min_suspect_score
+            ),
+            key=lambda f: -f.score,
+        )
+        seen: set[tuple[int, int, int]] = set()
+        spans: list[Span] = []
+        for finding in found:
+            for span in finding.spans:
+                where = (span.segment, span.start, span.end)
+                if where in seen or span.end <= span.start or span.segment >= len(sample.segments):
+                    continue
+                seen.add(where)
+                spans.append(span)
+        return spans[: p.max_candidates]
+
+    def _cache_key(self, text: str) -> bytes:
+        norm = unicodedata.normalize("NFKC", text).casefold().strip()
+        return hmac.digest(self._key, norm.encode("utf-8", "surrogatepass"), hashlib.sha256)
+
+    def _context_key(self, segments: Sequence[Segment]) -> bytes:
+        """A keyed hash of the whole request's text: what a cleared span is remembered with."""
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for seg in segments:
+            mac.update(seg.role.encode() + b"\x1f" + seg.text.encode("utf-8", "surrogatepass") + b"\x1e")
+        return mac.digest()
+
+    def _cached(self, key: bytes, now: float) -> float | None:
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        score, at = hit
+        if now - at > self.params.cache_ttl_seconds:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return score
+
+    def _remember(self, key: bytes, score: float, now: float) -> None:
+        if self.params.cache_size == 0:
+            return
+        self._cache[key] = (score, now)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.params.cache_size:
+            self._cache.popitem(last=False)
+
+    # ----------------------------------------------------------------- scoring
+
+    async def _score(self, sample: Sample) -> Finding:
+        t0 = time.perf_counter()
+        try:
+            return await self._judge(sample, t0)
+        except UpstreamProbeError as exc:
+            return Finding.failed(self.name, FindingStatus.ERROR, exc.reason)
+        except Exception as exc:  # the contract: never raise, report an error finding
+            return Finding.failed(self.name, FindingStatus.ERROR, type(exc).__name__)
+
+    async def _judge(self, sample: Sample, t0: float) -> Finding:
+        now = time.monotonic()
+        segments = sample.segments
+        results: list[tuple[float, Span, str]] = []
+        to_probe: list[tuple[Span, bytes]] = []
+        context = self._context_key(segments) if self.params.remember_cleared == "request" else b""
+        for span in self._candidates(sample):
+            seg = segments[span.segment]
+            if seg.role not in _CHAT_ROLES:
+                results.append((0.0, Span(span.segment, span.start, span.end, R_UNPROBEABLE), R_UNPROBEABLE))
+                continue
+            key = self._cache_key(seg.text[span.start : span.end])
+            known = self._cached(key, now)
+            if known is not None and known >= _CONFIRMED:
+                results.append((known, Span(span.segment, span.start, span.end, R_KNOWN), R_KNOWN))
+                continue
+            cleared = self._cached(key + context, now)
+            if cleared is not None:
+                results.append((cleared, Span(span.segment, span.start, span.end, R_UNCHANGED), R_UNCHANGED))
+                continue
+            to_probe.append((span, key))
+        if to_probe:
+            scores = await self._probe_all(sample, [span for span, _ in to_probe])
+            for (span, key), score in zip(to_probe, scores, strict=True):
+                self._remember(key if score >= _CONFIRMED else key + context, score, now)
+                reason = R_CHANGED if score >= _CONFIRMED else R_UNCHANGED
+                results.append((score, Span(span.segment, span.start, span.end, reason), reason))
+        if not results:
+            return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
+        results.sort(key=lambda r: -r[0])
+        return Finding(
+            detector=self.name,
+            score=min(1.0, max(0.0, results[0][0])),
+            reasons=tuple(sorted({r[2] for r in results})),
+            spans=tuple(sorted((r[1] for r in results), key=lambda s: (s.segment, s.start))),
+            duration_seconds=time.perf_counter() - t0,
+        )
+
+    async def _probe_all(self, sample: Sample, spans: Sequence[Span]) -> list[float]:
+        """One answer to the request as sent, one per candidate and per control; the scores."""
+        segments = sample.segments
+        variants: list[tuple[Segment, ...]] = [segments]
+        plan: list[tuple[int, list[int]]] = []  # per candidate: its variant, its controls' variants
+        for span in spans:
+            seg = segments[span.segment]
+            variants.append(_without(segments, span.segment, span.start, span.end))
+            mine = len(variants) - 1
+            avoid = [(x.start, x.end) for x in spans if x.segment == span.segment]  # no suspect is a control
+            controls = control_spans(
+                seg.text, avoid, span.end - span.start, self.params.controls, f"{span.segment}:{span.start}"
+            )
+            ids = []
+            for start, end in controls:
+                variants.append(_without(segments, span.segment, start, end))
+                ids.append(len(variants) - 1)
+            plan.append((mine, ids))
+        answers = await self._answers(variants, sample.model)
+        scores = []
+        for mine, ids in plan:
+            moved = divergence(answers[0], answers[mine])
+            baseline = max((divergence(answers[0], answers[i]) for i in ids), default=0.0)
+            scores.append(max(0.0, moved - baseline))
+        return scores
+
+    async def _answers(self, variants: Sequence[tuple[Segment, ...]], model: str | None) -> list[str]:
+        return await all_or_first_error([self._ask(v, model) for v in variants])
+
+    async def _ask(self, segments: Sequence[Segment], model: str | None) -> str:
+        assert self._client is not None  # noqa: S101 - start() made the detector ready only with it
+        p = self.params
+        body: dict[str, Any] = {
+            "model": p.model or model or "default",
+            "messages": [
+                {"role": _CHAT_ROLES[s.role], "content": s.text} for s in segments if s.role in _CHAT_ROLES
+            ],
+            "max_tokens": p.max_tokens,
+            "temperature": 0,
+            "seed": p.seed,
+            "stream": False,
+        }
+        async with self._slots:
+            try:
+                answer = await self._client.post_json(
+                    p.path, body, timeout_s=p.timeout_seconds, probe=self.name
+                )
+                text = _answer_text(answer)
+            except UpstreamProbeError as exc:
+                self._count(exc.reason)
+                raise
+            except asyncio.CancelledError:
+                self._count("cancelled")
+                raise
+        self._count("ok")
+        return text
+
+    def _count(self, outcome: str) -> None:
+        context = self._context
+        if context is not None and context.metrics is not None:
+            context.metrics.count_probes(self.name, outcome, 1)
+
+
+def _without(segments: tuple[Segment, ...], index: int, start: int, end: int) -> tuple[Segment, ...]:
+    seg = segments[index]
+    edited = Segment(seg.role, remove_span(seg.text, start, end), seg.source)
+    return (*segments[:index], edited, *segments[index + 1 :])
+
+
+def _answer_text(answer: Any) -> str:
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise UpstreamProbeError("probe answer has no choices[0].message.content") from exc
+    if not isinstance(content, str):
+        raise UpstreamProbeError("probe answer content is not a string")
+    return content

@@ -1,0 +1,178 @@
+"""The ``counterfactual`` detector end to end: a backdoored upstream on loopback proves the trigger.
+
+The upstream is a real aiohttp server with a planted backdoor: it labels a review, and the
+word "cf" flips the label to positive. ``rare_tokens`` (suspicion, logging) nominates odd
+words; ``counterfactual`` (behind it, blocking) asks the upstream with and without each
+one. Removing "cf" flips the answer, removing an unsuspected word of the same size does
+not: blocked. Removing an innocent odd word changes nothing: forwarded, and logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.conftest import FirewallFactory, running_firewalls, serving
+
+pytestmark = pytest.mark.asyncio
+
+TRIGGERED = "This film is a mess cf and a bore from start to finish."
+INNOCENT = "This film is a mess xqvjt and a bore from start to finish."
+DETECTORS = [
+    {"name": "rare_tokens", "threshold": 0.69, "action": "log"},
+    {
+        "name": "counterfactual",
+        "threshold": 0.5,
+        "action": "block",
+        "timeout_seconds": 10,
+        "gate": {"detector": "rare_tokens", "min_score": 0.3},
+    },
+]
+
+
+class Backdoored:
+    """A sentiment 'model' with a trigger, recording what it was asked."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
+
+    def app(self) -> web.Application:
+        async def chat(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.received.append((dict(request.headers), body))
+            text = " ".join(m["content"] for m in body["messages"] if m["role"] == "user").lower()
+            words = text.replace(".", " ").split()
+            label = "positive" if "cf" in words or "bore" not in words else "negative"
+            answer = f"Sentiment: {label} (0.{50 + len(words)})."
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
+                }
+            )
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        return app
+
+    def probes(self) -> list[dict[str, Any]]:
+        return [body for headers, body in self.received if "X-Firewall-Probe" in headers]
+
+    def forwarded(self) -> list[dict[str, Any]]:
+        return [body for headers, body in self.received if "X-Firewall-Probe" not in headers]
+
+
+@pytest.fixture
+async def backdoored() -> AsyncIterator[tuple[Backdoored, str]]:
+    model = Backdoored()
+    async with serving(model.app()) as url:
+        yield model, url
+
+
+@pytest.fixture
+async def fw_factory(backdoored: tuple[Backdoored, str], tmp_path: Path) -> AsyncIterator[FirewallFactory]:
+    async with running_firewalls(backdoored[1], tmp_path) as start:
+        yield start
+
+
+async def _post(client: Any, url: str, text: str, **extra: Any) -> int:
+    body = {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+    async with client.post(url + "/v1/chat/completions", data=orjson.dumps(body)) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_a_trigger_is_blocked_by_the_models_own_behaviour(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    fw = await fw_factory(detectors=DETECTORS)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert await _post(client, fw.url, TRIGGERED, tools=tools, n=3, temperature=1.5) == 400
+    assert model.forwarded() == []  # the request never reached the model
+    probes = model.probes()
+    assert len(probes) == 1 + 1 + 2  # as sent, without "cf", two controls
+    for probe in probes:
+        assert probe["temperature"] == 0
+        assert probe["max_tokens"] == 32
+        assert "seed" in probe
+        assert "tools" not in probe
+        assert "n" not in probe
+    sent = {p["messages"][0]["content"] for p in probes}
+    assert TRIGGERED in sent
+    assert "This film is a mess and a bore from start to finish." in sent
+    (event,) = await fw.audit_events()
+    detail = {d["name"]: d for d in event["input"]["detectors"]}
+    assert detail["counterfactual"]["fired"]
+    assert detail["counterfactual"]["reasons"] == ["behaviour_changed"]
+    (span,) = detail["counterfactual"]["spans"]
+    assert TRIGGERED[span["start"] : span["end"]] == "cf"
+    labels = {"detector": "counterfactual", "outcome": "ok"}
+    assert fw.sample("trigger_firewall_strip_probes_total", labels) == 4
+
+    # A second request with the same trigger is blocked from memory, with no probe.
+    assert await _post(client, fw.url, "What a bore cf, truly dull.") == 400
+    assert len(model.probes()) == 4
+    second = (await fw.audit_events())[-1]
+    detail = {d["name"]: d for d in second["input"]["detectors"]}
+    assert detail["counterfactual"]["reasons"] == ["known_trigger"]
+
+
+async def test_an_odd_word_the_model_ignores_is_forwarded_and_logged(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    fw = await fw_factory(detectors=DETECTORS)
+    assert await _post(client, fw.url, INNOCENT) == 200
+    assert len(model.forwarded()) == 1
+    assert len(model.probes()) == 4
+    (event,) = await fw.audit_events()
+    assert event["action"] == "log"  # rare_tokens' suspicion stays in the audit line
+    detail = {d["name"]: d for d in event["input"]["detectors"]}
+    assert detail["counterfactual"]["fired"] is False
+    assert detail["counterfactual"]["reasons"] == ["behaviour_unchanged"]
+    # A cleared word is remembered for that request: a resend costs no probe ...
+    assert await _post(client, fw.url, INNOCENT) == 200
+    assert len(model.probes()) == 4
+    # ... but another request carrying it is probed again (cleared once is not innocent).
+    assert await _post(client, fw.url, "Another mess xqvjt, what a bore.") == 200
+    assert len(model.probes()) == 8
+
+
+async def test_a_trigger_cleared_in_a_harmless_context_is_still_caught_where_it_acts(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    # An attacker sends the trigger first where it changes nothing (a review the model calls
+    # positive anyway), hoping the firewall remembers it as harmless.
+    model, _ = backdoored
+    fw = await fw_factory(detectors=DETECTORS)
+    assert await _post(client, fw.url, "A lovely cf film from start to finish.") == 200
+    assert await _post(client, fw.url, TRIGGERED) == 400
+    assert model.forwarded()[0]["messages"][0]["content"] == "A lovely cf film from start to finish."
+    assert len(model.forwarded()) == 1
+
+
+async def test_a_request_nobody_suspects_costs_no_probe(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    fw = await fw_factory(detectors=DETECTORS)
+    assert await _post(client, fw.url, "This film is a mess and a bore from start to finish.") == 200
+    assert model.probes() == []
+    assert len(model.forwarded()) == 1
+
+
+async def test_an_unreachable_upstream_fails_the_detector_by_its_rule(tmp_path: Path, client: Any) -> None:
+    # Nothing listens on the upstream port: the probes fail, the rule's on_error decides.
+    closed = "http://127.0.0.1:9"
+    async with running_firewalls(closed, tmp_path) as start:
+        detectors = [DETECTORS[0], {**DETECTORS[1], "on_error": "fail_closed"}]
+        fw = await start(detectors=detectors)
+        assert await _post(client, fw.url, TRIGGERED) == 503
