@@ -135,6 +135,14 @@ class CounterfactualParams(DetectorParams):
     concurrency: int = Field(8, ge=1, le=256, description="Probes in flight at once, all requests together.")
     cache_ttl_seconds: float = Field(3600.0, ge=0, description="How long a judged span is remembered.")
     cache_size: int = Field(10_000, ge=0, le=10_000_000, description="Judged spans remembered (LRU).")
+    probes_per_second: float = Field(
+        20.0,
+        gt=0,
+        description="Upstream probes this detector may send per second, all requests together (a "
+        "token bucket holding up to `probe_burst`). A request whose probes do not fit is not probed: "
+        "its finding is an error ('over_budget'), and the rule's on_error decides.",
+    )
+    probe_burst: int = Field(40, ge=1, le=100_000, description="Probes the budget can spend at once.")
     remember_cleared: Literal["request", "span"] = Field(
         "request",
         description="A cleared span is remembered for the same request only ('request'), or for any "
@@ -159,6 +167,8 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self.load_error: str | None = None
+        self._tokens = float(self.params.probe_burst)
+        self._refilled = time.monotonic()
 
     def bind_context(self, context: DetectorContext) -> None:
         self._context = context
@@ -231,6 +241,16 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         while len(self._cache) > self.params.cache_size:
             self._cache.popitem(last=False)
 
+    def _spend(self, probes: int, now: float) -> bool:
+        """Take ``probes`` from the per-second budget, or nothing when they do not all fit."""
+        p = self.params
+        self._tokens = min(float(p.probe_burst), self._tokens + (now - self._refilled) * p.probes_per_second)
+        self._refilled = now
+        if probes > self._tokens:
+            return False
+        self._tokens -= probes
+        return True
+
     # ----------------------------------------------------------------- scoring
 
     async def _score(self, sample: Sample) -> Finding:
@@ -264,6 +284,10 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 continue
             to_probe.append((span, key))
         if to_probe:
+            cost = 1 + len(to_probe) * (1 + self.params.controls)
+            if not self._spend(cost, now):
+                self._count("over_budget", cost)
+                return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
             scores = await self._probe_all(sample, [span for span, _ in to_probe])
             for (span, key), score in zip(to_probe, scores, strict=True):
                 self._remember(key if score >= _CONFIRMED else key + context, score, now)
@@ -337,10 +361,10 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         self._count("ok")
         return text
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: str, n: int = 1) -> None:
         context = self._context
         if context is not None and context.metrics is not None:
-            context.metrics.count_probes(self.name, outcome, 1)
+            context.metrics.count_probes(self.name, outcome, n)
 
 
 def _without(segments: tuple[Segment, ...], index: int, start: int, end: int) -> tuple[Segment, ...]:

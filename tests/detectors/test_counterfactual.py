@@ -82,3 +82,13 @@ async def test_without_the_proxy_the_detector_is_not_ready() -> None:
     await det.start()
     assert not det.ready
     assert det.load_error is not None
+
+
+def test_the_probe_budget_is_a_token_bucket() -> None:
+    params = CounterfactualDetector.Params(probes_per_second=2.0, probe_burst=4)
+    det = CounterfactualDetector("counterfactual", params)
+    now = det._refilled
+    assert det._spend(4, now)
+    assert not det._spend(1, now)  # spent: nothing is taken
+    assert det._spend(2, now + 1.0)  # two a second come back
+    assert not det._spend(5, now + 100.0)  # never more than the burst at once

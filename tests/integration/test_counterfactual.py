@@ -176,3 +176,23 @@ async def test_an_unreachable_upstream_fails_the_detector_by_its_rule(tmp_path: 
         detectors = [DETECTORS[0], {**DETECTORS[1], "on_error": "fail_closed"}]
         fw = await start(detectors=detectors)
         assert await _post(client, fw.url, TRIGGERED) == 503
+
+
+async def test_past_the_probe_budget_the_rules_fail_mode_decides_and_it_is_counted(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    budget = {"probes_per_second": 0.001, "probe_burst": 4}
+    detectors = [
+        DETECTORS[0],
+        {**DETECTORS[1], "on_error": "fail_closed", "params": budget},
+    ]
+    fw = await fw_factory(detectors=detectors)
+    assert await _post(client, fw.url, INNOCENT) == 200  # 4 probes: the whole burst
+    assert await _post(client, fw.url, "Another mess xqvjt, what a bore.") == 503  # no probe left
+    assert len(model.probes()) == 4
+    labels = {"detector": "counterfactual", "outcome": "over_budget"}
+    assert fw.sample("trigger_firewall_strip_probes_total", labels) == 4
+    event = (await fw.audit_events())[-1]
+    detail = {d["name"]: d for d in event["input"]["detectors"]}
+    assert detail["counterfactual"]["error"] == "over_budget"
