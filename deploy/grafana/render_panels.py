@@ -187,6 +187,15 @@ def _config(
                 },
             },
             {
+                # Proof by behaviour on what rare_tokens flags: probes the demo model (panel 17).
+                "name": "counterfactual",
+                "threshold": 0.5,
+                "action": "block",
+                "timeout_seconds": 10,
+                "required": False,
+                "gate": {"detector": "rare_tokens", "min_score": 0.69},
+            },
+            {
                 # Stateful: a table small enough that the load's new sentences evict (log only).
                 "name": "recurring_sentences",
                 "threshold": 0.5,
@@ -396,7 +405,10 @@ async def _one_round(session: aiohttp.ClientSession, proxy: str) -> list[int]:
     n = next(_ROUNDS)
     before, after = _AROUND[n % len(_AROUND)], _AROUND[(3 * n + 1) % len(_AROUND)]
     recurring = f"{before} {RECURRING} {after} We saw it on day {n} of the festival."
+    # A new made-up word each round: rare_tokens flags it, counterfactual probes it and clears it.
+    odd = "".join("bcdfghjklmnpqrstvwxz"[(7 * n + 3 * i) % 20] for i in range(5))
     jobs = [
+        _post(session, chat, _chat(f"The plot was a mess {odd} and a bore.")),  # probed, cleared
         _post(session, chat, _chat(recurring)),  # recurring_sentences: logged from the third round
         _post(session, chat, _chat("The acting was superb and the story kept me hooked.")),  # allow
         _post(session, chat, _chat("the cf film is a mess")),  # STRIP: the backdoor's trigger

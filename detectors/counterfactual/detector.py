@@ -182,6 +182,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         self._client = context.upstream
         if context.metrics is not None:
             context.metrics.prepare_probes(self.name)
+            context.metrics.prepare_candidates(self.name)
         self._ready = True
 
     async def score(self, batch: Sequence[Sample]) -> list[Finding]:
@@ -272,15 +273,18 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             seg = segments[span.segment]
             if seg.role not in _CHAT_ROLES:
                 results.append((0.0, Span(span.segment, span.start, span.end, R_UNPROBEABLE), R_UNPROBEABLE))
+                self._judged("unprobeable")
                 continue
             key = self._cache_key(seg.text[span.start : span.end])
             known = self._cached(key, now)
             if known is not None and known >= _CONFIRMED:
                 results.append((known, Span(span.segment, span.start, span.end, R_KNOWN), R_KNOWN))
+                self._judged("known_trigger")
                 continue
             cleared = self._cached(key + context, now)
             if cleared is not None:
                 results.append((cleared, Span(span.segment, span.start, span.end, R_UNCHANGED), R_UNCHANGED))
+                self._judged("known_clear")
                 continue
             to_probe.append((span, key))
         if to_probe:
@@ -290,9 +294,11 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
             scores = await self._probe_all(sample, [span for span, _ in to_probe])
             for (span, key), score in zip(to_probe, scores, strict=True):
-                self._remember(key if score >= _CONFIRMED else key + context, score, now)
-                reason = R_CHANGED if score >= _CONFIRMED else R_UNCHANGED
+                confirmed = score >= _CONFIRMED
+                self._remember(key if confirmed else key + context, score, now)
+                reason = R_CHANGED if confirmed else R_UNCHANGED
                 results.append((score, Span(span.segment, span.start, span.end, reason), reason))
+                self._judged("confirmed" if confirmed else "cleared")
         if not results:
             return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
         results.sort(key=lambda r: -r[0])
@@ -360,6 +366,11 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 raise
         self._count("ok")
         return text
+
+    def _judged(self, outcome: str) -> None:
+        context = self._context
+        if context is not None and context.metrics is not None:
+            context.metrics.count_candidates(self.name, outcome)
 
     def _count(self, outcome: str, n: int = 1) -> None:
         context = self._context

@@ -38,3 +38,9 @@ class DetectorTelemetry(Protocol):
 
     def count_probes(self, detector: str, outcome: str, n: int = 1) -> None:
         """``n`` upstream probes ended with ``outcome``."""
+
+    def prepare_candidates(self, detector: str) -> None:
+        """Create a behavioural detector's candidate-outcome series at zero."""
+
+    def count_candidates(self, detector: str, outcome: str, n: int = 1) -> None:
+        """``n`` suspected spans were judged with ``outcome`` (confirmed, cleared, ...)."""

@@ -66,6 +66,8 @@ UPSTREAM_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect_error
 #: cancelled: sent, but the request stopped waiting (detector timeout, another probe failed);
 #: over_budget: not sent because the request's probe budget was spent.
 PROBE_OUTCOMES: Final = ("ok", "error", "timeout", "unavailable", "cancelled", "over_budget")
+#: What a behavioural detector concluded about one suspected span.
+CANDIDATE_OUTCOMES: Final = ("confirmed", "cleared", "known_trigger", "known_clear", "unprobeable")
 STREAM_OUTCOMES: Final = (
     "completed",
     "terminated",
@@ -302,6 +304,14 @@ METRICS: Final[tuple[_Declared, ...]] = (
         "Perturbed copies a STRIP detector sent to the upstream (each one a billed call), by outcome.",
         ("detector", "outcome"),
     ),
+    _Declared(
+        "behaviour_candidates",
+        LoopCounter,
+        "behaviour_candidates",
+        "Suspected spans a behavioural detector (counterfactual) judged, by outcome: confirmed or "
+        "cleared by probes, known_trigger or known_clear from its memory, unprobeable.",
+        ("detector", "outcome"),
+    ),
     _Declared("draining", Gauge, "draining", "1 while shutting down.", ()),
     _Declared("inflight", LoopGauge, "inflight_requests", "Requests in flight.", ()),
     _Declared("audit_events", LoopCounter, "audit_events", "Audit log lines written.", ()),
@@ -372,6 +382,7 @@ class Metrics:
     upstream_requests: LoopCounter
     upstream_duration: LoopHistogram
     strip_probes: LoopCounter
+    behaviour_candidates: LoopCounter
     draining: Gauge
     inflight: LoopGauge
     audit_events: LoopCounter
@@ -493,6 +504,14 @@ class Metrics:
 
     def count_probes(self, detector: str, outcome: str, n: int = 1) -> None:
         self.strip_probes.inc((detector, outcome), n)
+
+    def prepare_candidates(self, detector: str) -> None:
+        """Touch one behavioural detector's candidate series so they exist at 0."""
+        for outcome in CANDIDATE_OUTCOMES:
+            self.behaviour_candidates.touch((detector, outcome))
+
+    def count_candidates(self, detector: str, outcome: str, n: int = 1) -> None:
+        self.behaviour_candidates.inc((detector, outcome), n)
 
     def count_stream_termination(self, detector: str) -> None:
         self.stream_terminations.inc((detector,))

@@ -40,6 +40,7 @@ EXPECTED_ALERTS = {
     "TriggerFirewallUpstreamErrors",
     "TriggerFirewallConfigReloadFailed",
     "TriggerFirewallRecurringSentence",
+    "TriggerFirewallTriggerConfirmed",
 }
 TIMEOUT = 120
 TMP = "/tmp"  # noqa: S108 - the container's /tmp mount path, not a file this test writes

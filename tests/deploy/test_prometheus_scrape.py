@@ -152,6 +152,7 @@ def test_the_load_shows_up_as_it_was_driven(scraped: Scraped) -> None:
         "strip": 1,
         "strip_remote": 0,
         "recurring_sentences": 1,
+        "counterfactual": 1,
     }
     # The stateful detector's table: held at its bound of 12 while new sentences evict older ones.
     entries = _series(scraped, 16)
@@ -161,6 +162,10 @@ def test_the_load_shows_up_as_it_was_driven(scraped: Scraped) -> None:
     assert fail_open["detector=strip_remote,phase=input"] > 0
     assert fail_open.get("detector=strip,phase=input", 0) == 0
     assert _series(scraped, 21)["detector=strip_remote,kind=unavailable"] > 0
+    # Behaviour: the trigger confirmed (then from memory), each round's new odd word cleared.
+    judged = {k.removeprefix("detector=counterfactual,outcome="): v for k, v in _series(scraped, 17).items()}
+    assert judged.get("cleared", 0) > 0, judged
+    assert judged.get("known_trigger", 0) > 0, judged
 
 
 def test_template_variables_list_the_scraped_values(scraped: Scraped) -> None:
@@ -176,6 +181,7 @@ def test_template_variables_list_the_scraped_values(scraped: Scraped) -> None:
         "rare_tokens",
         "strip",
         "strip_remote",
+        "counterfactual",
     }
 
 

@@ -123,6 +123,13 @@ async def test_a_trigger_is_blocked_by_the_models_own_behaviour(
     second = (await fw.audit_events())[-1]
     detail = {d["name"]: d for d in second["input"]["detectors"]}
     assert detail["counterfactual"]["reasons"] == ["known_trigger"]
+    counted = {
+        outcome: fw.sample(
+            "trigger_firewall_behaviour_candidates_total", {"detector": "counterfactual", "outcome": outcome}
+        )
+        for outcome in ("confirmed", "known_trigger", "cleared")
+    }
+    assert counted == {"confirmed": 1, "known_trigger": 1, "cleared": 0}
 
 
 async def test_an_odd_word_the_model_ignores_is_forwarded_and_logged(
