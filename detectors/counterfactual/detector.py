@@ -203,14 +203,21 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         )
         seen: set[tuple[int, int, int]] = set()
         spans: list[Span] = []
-        for finding in found:
-            for span in finding.spans:
+        # Round robin over the suspects, strongest first: one detector's many spans (a long
+        # recurring sentence, every odd word of a jargon-heavy text) cannot crowd out another's.
+        for rank in range(max((len(f.spans) for f in found), default=0)):
+            for finding in found:
+                if rank >= len(finding.spans):
+                    continue
+                span = finding.spans[rank]
                 where = (span.segment, span.start, span.end)
                 if where in seen or span.end <= span.start or span.segment >= len(sample.segments):
                     continue
                 seen.add(where)
                 spans.append(span)
-        return spans[: p.max_candidates]
+                if len(spans) == p.max_candidates:
+                    return spans
+        return spans
 
     def _cache_key(self, text: str) -> bytes:
         norm = unicodedata.normalize("NFKC", text).casefold().strip()

@@ -17,6 +17,9 @@ __all__ = ["control_spans", "divergence", "remove_span", "words"]
 
 _WORD = re.compile(r"[^\W\d_]+")
 _TOKEN = re.compile(r"\S+")
+#: Words per control run, and characters of a message searched for controls: bounds the work.
+_MAX_RUN = 40
+_MAX_CONTROL_TEXT = 20_000
 
 
 def words(text: str) -> frozenset[str]:
@@ -44,20 +47,32 @@ def remove_span(text: str, start: int, end: int) -> str:
 def control_spans(
     text: str, avoid: Sequence[tuple[int, int]], length: int, count: int, salt: str
 ) -> list[tuple[int, int]]:
-    """Up to ``count`` whitespace-delimited tokens of ``text``, of a length close to ``length``,
-    overlapping none of ``avoid``: what removing an unsuspected span of the same size does.
+    """Up to ``count`` runs of whole words of ``text``, each about ``length`` characters long,
+    overlapping none of ``avoid`` nor each other: what removing an unsuspected span of the same
+    size does. A one-word candidate gets one-word controls, a sentence gets runs of words.
 
-    Chosen by a hash of the text, the candidate and ``salt``, so the same request gets
-    the same controls (a retry is not a new draw an attacker could wait for), and they
-    are spread over the text rather than taken from its start.
+    Chosen by a hash of the text, the candidate and ``salt``, so the same request gets the
+    same controls (a retry is not a new draw an attacker could wait for), and they are spread
+    over the text rather than taken from its start.
     """
-    tokens = [
-        m.span()
-        for m in _TOKEN.finditer(text)
-        if not any(m.start() < e and s < m.end() for s, e in avoid) and _WORD.search(m.group())
-    ]
-    tokens.sort(key=lambda span: (abs((span[1] - span[0]) - length), _rank(text, span, salt)))
-    return sorted(tokens[:count])
+    words = [m.span() for m in _TOKEN.finditer(text, 0, _MAX_CONTROL_TEXT) if _WORD.search(m.group())]
+    runs: list[tuple[int, int]] = []
+    for i in range(len(words)):
+        for j in range(i, min(i + _MAX_RUN, len(words))):
+            span = (words[i][0], words[j][1])
+            if any(span[0] < e and s < span[1] for s, e in avoid):
+                break
+            runs.append(span)
+            if span[1] - span[0] >= length:
+                break
+    runs.sort(key=lambda span: (abs((span[1] - span[0]) - length), _rank(text, span, salt)))
+    picked: list[tuple[int, int]] = []
+    for span in runs:
+        if len(picked) == count:
+            break
+        if not any(span[0] < e and s < span[1] for s, e in picked):
+            picked.append(span)
+    return sorted(picked)
 
 
 def _rank(text: str, span: tuple[int, int], salt: str) -> bytes:

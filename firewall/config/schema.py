@@ -158,8 +158,15 @@ class DetectorConfig(_Model):
 
 
 class GateConfig(_Model):
+    """Run a detector only when a cheaper one scored ``min_score``: ``detector``, or any of ``also``."""
+
     detector: Name
     min_score: Score
+    also: tuple[Name, ...] = Field(
+        (),
+        description="More detectors whose score opens the gate: the detector runs when any of them "
+        "(or `detector`) scored at least min_score, e.g. every suspicion detector for counterfactual.",
+    )
 
 
 class DetectorOverride(_Model):
@@ -470,12 +477,11 @@ class FirewallConfig(_Model):
         known = set(names)
         for det in self.detectors:
             if det.gate is not None:
-                if det.gate.detector not in known:
-                    raise ValueError(
-                        f"detector {det.name!r}: gate names unknown detector {det.gate.detector!r}"
-                    )
-                if det.gate.detector == det.name:
-                    raise ValueError(f"detector {det.name!r} cannot gate on itself")
+                for gate in (det.gate.detector, *det.gate.also):
+                    if gate not in known:
+                        raise ValueError(f"detector {det.name!r}: gate names unknown detector {gate!r}")
+                    if gate == det.name:
+                        raise ValueError(f"detector {det.name!r} cannot gate on itself")
         for route in self.routing.routes:
             overrides = [(f"route {route.name!r}", route.detectors)] + [
                 (f"route {route.name!r}, model {model!r}", m.detectors) for model, m in route.models.items()

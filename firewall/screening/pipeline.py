@@ -60,8 +60,9 @@ class Pipeline:
         for rule in gated:
             assert rule.gate is not None  # noqa: S101 - narrowed by the filter above
             gate_name, min_score = rule.gate
-            gate = by_name.get(gate_name)
-            if gate is None or gate.status is not FindingStatus.OK or gate.score >= min_score:
+            gates = [by_name[n] for n in (gate_name, *rule.gate_also) if n in by_name]
+            # No gate ran here (disabled on this route): run, as before gates could be several.
+            if not gates or any(_opens(g, min_score) for g in gates):
                 to_run.append(rule)
             else:
                 findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))
@@ -258,6 +259,11 @@ class Pipeline:
     def _record_skip(self, detector: str, phase: Phase) -> None:
         if self._metrics is not None:
             self._metrics.count_finding(detector, phase.value, "skipped_by_gate")
+
+
+def _opens(gate: Finding, min_score: float) -> bool:
+    """A gate opens on a high enough score, and when it gave none (it failed: run anyway)."""
+    return gate.status is not FindingStatus.OK or gate.score >= min_score
 
 
 #: Samples this short always run inline: a thread hop costs more than they ever do.

@@ -50,6 +50,8 @@ class DetectorRule:
     fail_closed: bool
     cost: Cost
     gate: tuple[str, float] | None = None
+    #: More detectors whose score opens the gate (any one of them, or ``gate``'s own).
+    gate_also: tuple[str, ...] = ()
     allowlist: tuple[re.Pattern[str], ...] = ()
 
 
@@ -217,6 +219,7 @@ def _route_policy(
             fail_closed=on_error == "fail_closed",
             cost=cost,
             gate=(det.gate.detector, det.gate.min_score) if det.gate else None,
+            gate_also=det.gate.also if det.gate else (),
             allowlist=tuple(re.compile(p) for p in det.allowlist),
         )
         for phase in phases:

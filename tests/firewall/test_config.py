@@ -724,3 +724,13 @@ def test_the_readme_configuration_reference_loads() -> None:
     block = readme[start : readme.index("```", start)]
     config = build_config(yaml.safe_load(block))
     assert "sagemaker" in [r.name for r in config.routing.routes]
+
+
+def test_a_gate_may_name_several_detectors_each_known_and_none_itself() -> None:
+    base = [{"name": "rare_tokens"}, {"name": "context_tags"}]
+    gated = {"name": "counterfactual", "gate": {"detector": "rare_tokens", "min_score": 0.5}}
+    ok = build_config({"detectors": [*base, {**gated, "gate": {**gated["gate"], "also": ["context_tags"]}}]})
+    assert ok.detector("counterfactual").gate.also == ("context_tags",)
+    for also, message in ((["nope"], "unknown detector 'nope'"), (["counterfactual"], "gate on itself")):
+        with pytest.raises(ConfigError, match=message):
+            build_config({"detectors": [*base, {**gated, "gate": {**gated["gate"], "also": also}}]})

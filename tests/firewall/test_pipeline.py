@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -439,3 +440,28 @@ async def test_mixed_gated_results() -> None:
     assert by_name["ran"].status is FindingStatus.OK
     assert dets["skipped"].calls == 0
     assert dets["ran"].calls == 1
+
+
+@pytest.mark.parametrize(
+    ("scores_of", "runs"),
+    [
+        pytest.param({"rare": 0.1, "tags": 0.9}, True, id="the-second-gate-opens-it"),
+        pytest.param({"rare": 0.9, "tags": 0.1}, True, id="the-first-gate-opens-it"),
+        pytest.param({"rare": 0.1, "tags": 0.1}, False, id="neither"),
+        pytest.param({"rare": 0.1}, False, id="a-gate-missing-here-does-not-open-it"),
+    ],
+)
+async def test_a_gate_of_several_detectors_opens_on_any(scores_of: dict[str, float], runs: bool) -> None:
+    dets: dict[str, Scripted] = {name: Scripted(name, scores(v)) for name, v in scores_of.items()}
+    dets["proof"] = Scripted("proof", scores(0.8))
+    gated = replace(rule("proof", cost=Cost.EXPENSIVE, gate=("rare", 0.5)), gate_also=("tags",))
+    rules = [rule(name) for name in scores_of] + [gated]
+    findings = await Pipeline(dets).run(rules, sample())
+    assert dets["proof"].calls == (1 if runs else 0)
+    proof = next(f for f in findings if f.detector == "proof")
+    if runs:
+        # What the first stage found goes along to the gated detector.
+        ((seen,),) = dets["proof"].batches
+        assert {f.detector for f in seen.evidence} == set(scores_of)
+    else:
+        assert proof.status is FindingStatus.SKIPPED
