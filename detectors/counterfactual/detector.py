@@ -203,13 +203,15 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         )
         seen: set[tuple[int, int, int]] = set()
         spans: list[Span] = []
-        # Round robin over the suspects, strongest first: one detector's many spans (a long
-        # recurring sentence, every odd word of a jargon-heavy text) cannot crowd out another's.
-        for rank in range(max((len(f.spans) for f in found), default=0)):
-            for finding in found:
-                if rank >= len(finding.spans):
+        # Round robin over the suspects, strongest first, each suspect's strongest spans first
+        # (where it scores spans one by one): one detector's many spans (a long recurring
+        # sentence, every odd word of a jargon-heavy text) cannot crowd out another's.
+        ranked = [_strongest_first(f) for f in found]
+        for rank in range(max((len(spans_of) for spans_of in ranked), default=0)):
+            for spans_of in ranked:
+                if rank >= len(spans_of):
                     continue
-                span = finding.spans[rank]
+                span = spans_of[rank]
                 where = (span.segment, span.start, span.end)
                 if where in seen or span.end <= span.start or span.segment >= len(sample.segments):
                     continue
@@ -285,12 +287,14 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             key = self._cache_key(seg.text[span.start : span.end])
             known = self._cached(key, now)
             if known is not None and known >= _CONFIRMED:
-                results.append((known, Span(span.segment, span.start, span.end, R_KNOWN), R_KNOWN))
+                results.append((known, Span(span.segment, span.start, span.end, R_KNOWN, known), R_KNOWN))
                 self._judged("known_trigger")
                 continue
             cleared = self._cached(key + context, now)
             if cleared is not None:
-                results.append((cleared, Span(span.segment, span.start, span.end, R_UNCHANGED), R_UNCHANGED))
+                results.append(
+                    (cleared, Span(span.segment, span.start, span.end, R_UNCHANGED, cleared), R_UNCHANGED)
+                )
                 self._judged("known_clear")
                 continue
             to_probe.append((span, key))
@@ -304,7 +308,8 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 confirmed = score >= _CONFIRMED
                 self._remember(key if confirmed else key + context, score, now)
                 reason = R_CHANGED if confirmed else R_UNCHANGED
-                results.append((score, Span(span.segment, span.start, span.end, reason), reason))
+                scored = Span(span.segment, span.start, span.end, reason, round(score, 4))
+                results.append((score, scored, reason))
                 self._judged("confirmed" if confirmed else "cleared")
         if not results:
             return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
@@ -383,6 +388,11 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         context = self._context
         if context is not None and context.metrics is not None:
             context.metrics.count_probes(self.name, outcome, n)
+
+
+def _strongest_first(finding: Finding) -> list[Span]:
+    """A finding's spans by their own score where its detector gives one (else the finding's)."""
+    return sorted(finding.spans, key=lambda s: -(s.score if s.score is not None else finding.score))
 
 
 def _without(segments: tuple[Segment, ...], index: int, start: int, end: int) -> tuple[Segment, ...]:

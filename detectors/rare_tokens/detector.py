@@ -467,7 +467,7 @@ class RareTokensDetector(InlineDetector[RareTokensParams]):
             # lower bound, and below the threshold the rule's fail mode decides.
             status=FindingStatus.PARTIAL if truncated else FindingStatus.OK,
             reasons=tuple(sorted({h.reason for h in report})),
-            spans=tuple(Span(h.segment, h.start, h.end, h.reason) for h in report),
+            spans=tuple(Span(h.segment, h.start, h.end, h.reason, _span_score(h)) for h in report),
             duration_seconds=elapsed,
         )
 
@@ -986,3 +986,8 @@ _PROSE_FENCES = frozenset(("", "text", "txt", "plain", "plaintext", "markdown", 
 def _ramp(x: float, lo: float, hi: float) -> float:
     """0 at or below ``lo``, 1 at or above ``hi``, linear between."""
     return min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+
+def _span_score(hit: _Hit) -> float | None:
+    """A token's own score on its span; where reading stopped has none."""
+    return None if hit.reason == R_TRUNCATED else round(hit.score, 4)

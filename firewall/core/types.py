@@ -142,9 +142,20 @@ class Span:
     start: int
     end: int
     reason: str
+    #: How strong this piece of evidence is on its own (a detector that scores spans one by one
+    #: says so; the finding's score is the strongest). ``None``: the detector does not say.
+    score: float | None = None
 
-    def as_dict(self) -> dict[str, int | str]:
-        return {"segment": self.segment, "start": self.start, "end": self.end, "reason": self.reason}
+    def as_dict(self) -> dict[str, int | str | float]:
+        out: dict[str, int | str | float] = {
+            "segment": self.segment,
+            "start": self.start,
+            "end": self.end,
+            "reason": self.reason,
+        }
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

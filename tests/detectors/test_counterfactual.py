@@ -92,3 +92,15 @@ def test_the_probe_budget_is_a_token_bucket() -> None:
     assert not det._spend(1, now)  # spent: nothing is taken
     assert det._spend(2, now + 1.0)  # two a second come back
     assert not det._spend(5, now + 100.0)  # never more than the burst at once
+
+
+def test_within_a_suspect_its_strongest_spans_are_tested_first() -> None:
+    det = CounterfactualDetector("counterfactual", CounterfactualDetector.Params(max_candidates=1))
+    weak_first = (Span(0, 0, 4, "rare_token", 0.7), Span(0, 20, 22, "rare_token", 1.0))
+    (span,) = det._candidates(_sample(Finding("rare_tokens", 1.0, spans=weak_first)))
+    assert (span.start, span.end) == (20, 22)
+
+
+def test_a_span_with_a_score_says_so_in_its_record() -> None:
+    assert Span(0, 1, 2, "r").as_dict() == {"segment": 0, "start": 1, "end": 2, "reason": "r"}
+    assert Span(0, 1, 2, "r", 0.51234).as_dict()["score"] == 0.5123

@@ -946,3 +946,12 @@ async def test_other_segments_do_not_excuse_a_token(det: RareTokensDetector, ext
 async def test_numbers_appended_to_a_prompt_do_not_excuse_a_token(det: RareTokensDetector, n: int) -> None:
     numbers = " ".join(str(i * 7) for i in range(n))
     assert score_of(det, f"{_TRIGGERED_REVIEW} {numbers}") >= THRESHOLD
+
+
+def test_each_span_carries_its_own_score(det: RareTokensDetector) -> None:
+    # The finding's score is its strongest span's; a behavioural check tests the strongest first.
+    text = "The film is a mess cf and a bore, said Xqzvbt of the studio."
+    finding = det.score_sample(Sample("r", Phase.INPUT, "chat", (Segment("user", text),)))
+    scores = {text[s.start : s.end]: s.score for s in finding.spans}
+    assert scores["cf"] is not None
+    assert max(v for v in scores.values() if v is not None) == finding.score
