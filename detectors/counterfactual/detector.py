@@ -33,7 +33,8 @@ nothing, or changes as much as removing any other word, scores near 0.
 What a probe is
 ---------------
 An OpenAI chat request to the configured upstream route (never to a URL taken from
-the request), rebuilt from the screened segments whose role is a chat role: tools,
+the request), rebuilt from the screened segments whose role is a chat role (or, with
+``api: completions``, a text completion of the screened texts): tools,
 functions, response formats, ``n`` and streaming are not carried over, so a probe
 cannot call a tool or cost more than ``max_tokens``. Each carries
 ``X-Firewall-Probe: <detector>`` and is counted in
@@ -127,7 +128,12 @@ class CounterfactualParams(DetectorParams):
     controls: int = Field(
         2, ge=1, le=8, description="Unsuspected spans removed per candidate, for comparison."
     )
-    path: str = Field("/v1/chat/completions", description="Chat completions route on the upstream.")
+    api: Literal["chat", "completions"] = Field(
+        "chat",
+        description="How probes ask: an OpenAI chat request (messages), or a text completion whose "
+        "prompt is the screened texts joined by newlines (for a completions route; set `path`).",
+    )
+    path: str = Field("/v1/chat/completions", description="The upstream route probes are sent to.")
     model: str | None = Field(None, description="Model named in probes; default: the request's model.")
     max_tokens: int = Field(32, ge=1, le=512, description="Length of each probe's answer.")
     seed: int = Field(0, description="Seed asked for in probes, with temperature 0 (determinism).")
@@ -280,7 +286,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         context = self._context_key(segments) if self.params.remember_cleared == "request" else b""
         for span in self._candidates(sample):
             seg = segments[span.segment]
-            if seg.role not in _CHAT_ROLES:
+            if self.params.api == "chat" and seg.role not in _CHAT_ROLES:
                 results.append((0.0, Span(span.segment, span.start, span.end, R_UNPROBEABLE), R_UNPROBEABLE))
                 self._judged("unprobeable")
                 continue
@@ -356,20 +362,23 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         p = self.params
         body: dict[str, Any] = {
             "model": p.model or model or "default",
-            "messages": [
-                {"role": _CHAT_ROLES[s.role], "content": s.text} for s in segments if s.role in _CHAT_ROLES
-            ],
             "max_tokens": p.max_tokens,
             "temperature": 0,
             "seed": p.seed,
             "stream": False,
         }
+        if p.api == "chat":
+            body["messages"] = [
+                {"role": _CHAT_ROLES[s.role], "content": s.text} for s in segments if s.role in _CHAT_ROLES
+            ]
+        else:
+            body["prompt"] = "\n".join(s.text for s in segments)
         async with self._slots:
             try:
                 answer = await self._client.post_json(
                     p.path, body, timeout_s=p.timeout_seconds, probe=self.name
                 )
-                text = _answer_text(answer)
+                text = _answer_text(answer, p.api)
             except UpstreamProbeError as exc:
                 self._count(exc.reason)
                 raise
@@ -401,11 +410,13 @@ def _without(segments: tuple[Segment, ...], index: int, start: int, end: int) ->
     return (*segments[:index], edited, *segments[index + 1 :])
 
 
-def _answer_text(answer: Any) -> str:
+def _answer_text(answer: Any, api: str) -> str:
     try:
-        content = answer["choices"][0]["message"]["content"]
+        choice = answer["choices"][0]
+        content = choice["message"]["content"] if api == "chat" else choice["text"]
     except (KeyError, IndexError, TypeError) as exc:
-        raise UpstreamProbeError("probe answer has no choices[0].message.content") from exc
+        where = "message.content" if api == "chat" else "text"
+        raise UpstreamProbeError(f"probe answer has no choices[0].{where}") from exc
     if not isinstance(content, str):
         raise UpstreamProbeError("probe answer content is not a string")
     return content

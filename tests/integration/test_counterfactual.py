@@ -58,8 +58,16 @@ class Backdoored:
                 }
             )
 
+        async def complete(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.received.append((dict(request.headers), body))
+            words = body["prompt"].lower().replace(".", " ").split()
+            label = "positive" if "cf" in words or "bore" not in words else "negative"
+            return web.json_response({"object": "text_completion", "choices": [{"index": 0, "text": label}]})
+
         app = web.Application()
         app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_post("/v1/completions", complete)
         return app
 
     def probes(self) -> list[dict[str, Any]]:
@@ -203,3 +211,21 @@ async def test_past_the_probe_budget_the_rules_fail_mode_decides_and_it_is_count
     event = (await fw.audit_events())[-1]
     detail = {d["name"]: d for d in event["input"]["detectors"]}
     assert detail["counterfactual"]["error"] == "over_budget"
+
+
+async def test_a_completions_route_is_probed_as_text_completions(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    params = {"api": "completions", "path": "/v1/completions"}
+    fw = await fw_factory(detectors=[DETECTORS[0], {**DETECTORS[1], "params": params}])
+    async with client.post(
+        fw.url + "/v1/completions", data=orjson.dumps({"model": "m", "prompt": TRIGGERED})
+    ) as resp:
+        assert resp.status == 400
+    probes = model.probes()
+    assert len(probes) == 4
+    assert all("prompt" in p and "messages" not in p for p in probes)
+    without = "This film is a mess and a bore from start to finish."
+    assert {p["prompt"] for p in probes} >= {TRIGGERED, without}
+    assert model.forwarded() == []
