@@ -64,7 +64,6 @@ replica. See ``docs/detectors/counterfactual.md``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -90,7 +89,7 @@ from detectors.base import (
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
 from firewall.core.detector_context import (
     DetectorContext,
-    UpstreamClient,
+    ProbeSender,
     UpstreamProbeError,
     all_or_first_error,
 )
@@ -168,8 +167,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
         self._context: DetectorContext | None = None
-        self._client: UpstreamClient | None = None
-        self._slots = asyncio.Semaphore(self.params.concurrency)
+        self._sender: ProbeSender | None = None
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self.load_error: str | None = None
@@ -185,9 +183,8 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             self.load_error = "counterfactual needs the firewall's upstream client (run it in the proxy)"
             self._ready = False
             return
-        self._client = context.upstream
+        self._sender = ProbeSender(self.name, context.upstream, context.metrics, self.params.concurrency)
         if context.metrics is not None:
-            context.metrics.prepare_probes(self.name)
             context.metrics.prepare_candidates(self.name)
         self._ready = True
 
@@ -281,50 +278,47 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
     async def _judge(self, sample: Sample, t0: float) -> Finding:
         now = time.monotonic()
         segments = sample.segments
-        results: list[tuple[float, Span, str]] = []
+        results: list[Span] = []  # each candidate, its reason and its own score
         to_probe: list[tuple[Span, bytes]] = []
         context = self._context_key(segments) if self.params.remember_cleared == "request" else b""
         for span in self._candidates(sample):
             seg = segments[span.segment]
             if self.params.api == "chat" and seg.role not in _CHAT_ROLES:
-                results.append((0.0, Span(span.segment, span.start, span.end, R_UNPROBEABLE), R_UNPROBEABLE))
+                results.append(Span(span.segment, span.start, span.end, R_UNPROBEABLE, 0.0))
                 self._judged("unprobeable")
                 continue
             key = self._cache_key(seg.text[span.start : span.end])
             known = self._cached(key, now)
             if known is not None and known >= _CONFIRMED:
-                results.append((known, Span(span.segment, span.start, span.end, R_KNOWN, known), R_KNOWN))
+                results.append(Span(span.segment, span.start, span.end, R_KNOWN, known))
                 self._judged("known_trigger")
                 continue
             cleared = self._cached(key + context, now)
             if cleared is not None:
-                results.append(
-                    (cleared, Span(span.segment, span.start, span.end, R_UNCHANGED, cleared), R_UNCHANGED)
-                )
+                results.append(Span(span.segment, span.start, span.end, R_UNCHANGED, cleared))
                 self._judged("known_clear")
                 continue
             to_probe.append((span, key))
         if to_probe:
             cost = 1 + len(to_probe) * (1 + self.params.controls)
             if not self._spend(cost, now):
-                self._count("over_budget", cost)
+                assert self._sender is not None  # noqa: S101 - ready only with it
+                self._sender.count("over_budget", cost)
                 return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
             scores = await self._probe_all(sample, [span for span, _ in to_probe])
             for (span, key), score in zip(to_probe, scores, strict=True):
                 confirmed = score >= _CONFIRMED
                 self._remember(key if confirmed else key + context, score, now)
                 reason = R_CHANGED if confirmed else R_UNCHANGED
-                scored = Span(span.segment, span.start, span.end, reason, round(score, 4))
-                results.append((score, scored, reason))
+                results.append(Span(span.segment, span.start, span.end, reason, score))
                 self._judged("confirmed" if confirmed else "cleared")
         if not results:
             return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
-        results.sort(key=lambda r: -r[0])
         return Finding(
             detector=self.name,
-            score=min(1.0, max(0.0, results[0][0])),
-            reasons=tuple(sorted({r[2] for r in results})),
-            spans=tuple(sorted((r[1] for r in results), key=lambda s: (s.segment, s.start))),
+            score=min(1.0, max(0.0, max(s.score or 0.0 for s in results))),
+            reasons=tuple(sorted({s.reason for s in results})),
+            spans=tuple(sorted(results, key=lambda s: (s.segment, s.start))),
             duration_seconds=time.perf_counter() - t0,
         )
 
@@ -358,7 +352,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         return await all_or_first_error([self._ask(v, model) for v in variants])
 
     async def _ask(self, segments: Sequence[Segment], model: str | None) -> str:
-        assert self._client is not None  # noqa: S101 - start() made the detector ready only with it
+        assert self._sender is not None  # noqa: S101 - start() made the detector ready only with it
         p = self.params
         body: dict[str, Any] = {
             "model": p.model or model or "default",
@@ -373,30 +367,14 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             ]
         else:
             body["prompt"] = "\n".join(s.text for s in segments)
-        async with self._slots:
-            try:
-                answer = await self._client.post_json(
-                    p.path, body, timeout_s=p.timeout_seconds, probe=self.name
-                )
-                text = _answer_text(answer, p.api)
-            except UpstreamProbeError as exc:
-                self._count(exc.reason)
-                raise
-            except asyncio.CancelledError:
-                self._count("cancelled")
-                raise
-        self._count("ok")
-        return text
+        return await self._sender.send(
+            p.path, body, timeout_s=p.timeout_seconds, read=lambda answer: _answer_text(answer, p.api)
+        )
 
     def _judged(self, outcome: str) -> None:
         context = self._context
         if context is not None and context.metrics is not None:
             context.metrics.count_candidates(self.name, outcome)
-
-    def _count(self, outcome: str, n: int = 1) -> None:
-        context = self._context
-        if context is not None and context.metrics is not None:
-            context.metrics.count_probes(self.name, outcome, n)
 
 
 def _strongest_first(finding: Finding) -> list[Span]:

@@ -26,7 +26,6 @@ renormalised and the tail is 0. The maximum is ``log2(k + 1)`` bits.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from firewall.core.detector_context import (
     DetectorContext,
-    UpstreamClient,
+    ProbeSender,
     UpstreamProbeError,
     all_or_first_error,
 )
@@ -97,18 +96,12 @@ class UpstreamProber:
     def __init__(self, detector: str, settings: ProbeSettings, context: DetectorContext) -> None:
         if context.upstream is None:
             raise RuntimeError("upstream probing needs the firewall's upstream client (run it in the proxy)")
-        self.detector = detector
         self.settings = settings
-        self.client: UpstreamClient = context.upstream
-        self.metrics = context.metrics
         self.h_max = math.log2(settings.top_logprobs + 1)
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        if self.metrics is not None:
-            self.metrics.prepare_probes(detector)
+        self._sender = ProbeSender(detector, context.upstream, context.metrics, settings.concurrency)
 
     def count(self, outcome: str, n: int = 1) -> None:
-        if self.metrics is not None and n:
-            self.metrics.count_probes(self.detector, outcome, n)
+        self._sender.count(outcome, n)
 
     async def entropies(self, copies: Sequence[str], model: str | None) -> list[float]:
         """One probe per copy, at most ``concurrency`` in flight; the first failure cancels the rest."""
@@ -124,17 +117,9 @@ class UpstreamProber:
             "logprobs": True,
             "top_logprobs": s.top_logprobs,
         }
-        async with self._slots:
-            try:
-                answer = await self.client.post_json(
-                    s.path, body, timeout_s=s.timeout_seconds, probe=self.detector
-                )
-                entropy = first_token_entropy(_top_logprobs(answer), s.top_logprobs)
-            except UpstreamProbeError as exc:
-                self.count(exc.reason)  # timeout, unavailable or error: the class says which
-                raise
-            except asyncio.CancelledError:
-                self.count("cancelled")  # sent (and maybe billed), answer never read
-                raise
-        self.count("ok")
-        return entropy
+        return await self._sender.send(
+            s.path,
+            body,
+            timeout_s=s.timeout_seconds,
+            read=lambda answer: first_token_entropy(_top_logprobs(answer), s.top_logprobs),
+        )

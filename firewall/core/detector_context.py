@@ -32,6 +32,7 @@ from firewall.core.telemetry import DetectorTelemetry
 __all__ = [
     "ContextAware",
     "DetectorContext",
+    "ProbeSender",
     "UpstreamClient",
     "all_or_first_error",
     "UpstreamProbeError",
@@ -92,6 +93,46 @@ class UpstreamClient:
 
 
 _T = TypeVar("_T")
+
+
+class ProbeSender:
+    """The probes one detector sends upstream: at most ``concurrency`` in flight, each counted.
+
+    Every probe is a billed call, so how it ended is counted the same way for every probing
+    detector (``trigger_firewall_strip_probes_total{detector,outcome}``): ``ok``; ``error``,
+    ``timeout`` or ``unavailable`` (the error's own reason, also when the answer cannot be
+    read); ``cancelled`` (sent, answer never read); ``over_budget`` by the caller.
+    """
+
+    def __init__(
+        self, detector: str, client: UpstreamClient, metrics: DetectorTelemetry | None, concurrency: int
+    ) -> None:
+        self.detector = detector
+        self.client = client
+        self.metrics = metrics
+        self._slots = asyncio.Semaphore(concurrency)
+        if metrics is not None:
+            metrics.prepare_probes(detector)
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        if self.metrics is not None and n:
+            self.metrics.count_probes(self.detector, outcome, n)
+
+    async def send(self, path: str, body: Any, *, timeout_s: float, read: Callable[[Any], _T]) -> _T:
+        """POST ``body`` to ``path`` and ``read`` the answer (raising :class:`UpstreamProbeError`)."""
+        async with self._slots:
+            try:
+                result = read(
+                    await self.client.post_json(path, body, timeout_s=timeout_s, probe=self.detector)
+                )
+            except UpstreamProbeError as exc:
+                self.count(exc.reason)
+                raise
+            except asyncio.CancelledError:
+                self.count("cancelled")
+                raise
+        self.count("ok")
+        return result
 
 
 async def all_or_first_error(calls: Sequence[Awaitable[_T]]) -> list[_T]:
