@@ -34,7 +34,7 @@ from firewall.evaluation.code_labels import LABELS_PATH, LabelReport, label_prec
 from firewall.evaluation.real_traffic import Turn, code_answers, human_turns, load_conversations
 from firewall.evaluation.triggers import TriggerFamily
 from firewall.offline.scanning import Scanner
-from firewall.screening.policy import DetectorRule
+from firewall.screening.policy import DetectorRule, removable
 
 __all__ = ["RateRow", "RealTrafficReport", "format_real_traffic", "run_real_traffic"]
 
@@ -124,7 +124,7 @@ def _tally_detectors(
         if name not in verdict.fired:
             continue
         rule, finding = rules[name], findings[name]
-        if rule.action is Action.SANITIZE and finding.remedy and finding.residual < rule.threshold:
+        if rule.action is Action.SANITIZE and removable(verdict.phase, finding, rule.threshold):
             row.sanitized += enforce
             row.flagged += not enforce  # shadow mode logs what it would have removed
             continue

@@ -30,7 +30,7 @@ from firewall.config.schema import DetectorOverride, FirewallConfig, RouteConfig
 from firewall.core.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase, Verdict
 from firewall.protocols import adapter_for
 
-__all__ = ["DetectorRule", "Policy", "RoutePolicy", "compile_policy"]
+__all__ = ["DetectorRule", "Policy", "RoutePolicy", "compile_policy", "removable"]
 
 #: Findings that leave the question open: the rule's fail mode answers it (a partial
 #: finding below its threshold did not read everything).
@@ -111,7 +111,7 @@ class RoutePolicy:
                     fired.append(finding.detector)
                     wanted = rule.action
                     if wanted is Action.SANITIZE:
-                        if _removable(phase, finding, rule.threshold):
+                        if removable(phase, finding, rule.threshold):
                             remedy += finding.remedy
                         else:
                             wanted = Action.BLOCK
@@ -155,7 +155,7 @@ class RoutePolicy:
 _CHANGES = frozenset({Action.BLOCK, Action.SANITIZE})
 
 
-def _removable(phase: Phase, finding: Finding, threshold: float) -> bool:
+def removable(phase: Phase, finding: Finding, threshold: float) -> bool:
     """Whether removing ``finding``'s remedy clears it: only requests are rewritten."""
     return phase is Phase.INPUT and bool(finding.remedy) and finding.residual < threshold
 
