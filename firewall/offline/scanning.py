@@ -29,13 +29,13 @@ import orjson
 from firewall.config.schema import FirewallConfig
 from firewall.core.errors import ConfigError, FirewallError, ProtocolError
 from firewall.core.types import Action, Phase, Segment, Verdict
-from firewall.protocols.json_edit import remove_json_chars
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
 from firewall.screening.screen import (
     after_sanitizing,
     remove_chars,
     screen,
     screen_or_pass,
+    screen_sanitized,
     screened_segments,
 )
 
@@ -158,15 +158,18 @@ class Scanner:
         verdict = await screen_or_pass(runtime, route, phase, tuple(segments), model=model, request_id=rid)
         if verdict.sanitizes:
             if request is not None:
-                raw, _ = remove_json_chars(orjson.dumps(request), verdict.remedy)
-                cleaned = orjson.loads(raw)
-                model = route.adapter.model(cleaned)
-                segments = self.segments({"request": cleaned}, phase)
+                try:
+                    cleaned = await screen_sanitized(
+                        runtime, route, verdict, orjson.dumps(request), request_id=rid
+                    )
+                except ProtocolError as exc:  # the proxy answers 400: not a record to score
+                    raise RecordError(str(exc)) from exc
+                verdict = cleaned.verdict
             else:
                 remedy = verdict.remedy
                 segments = [dataclasses.replace(s, text=remove_chars(s.text, remedy)) for s in segments]
-            second = await screen(runtime, route, phase, tuple(segments), model=model, request_id=rid)
-            verdict = after_sanitizing(verdict, second)
+                second = await screen(runtime, route, phase, tuple(segments), model=model, request_id=rid)
+                verdict = after_sanitizing(verdict, second)
         return ScanOutcome(record_id, verdict, time.perf_counter() - start)
 
     async def scan_record(self, record: Any, phase: Phase) -> dict[str, Any]:

@@ -46,7 +46,6 @@ from firewall.core.errors import (
 from firewall.core.types import Mode, Phase, Segment, Verdict
 from firewall.observability.audit import fingerprint
 from firewall.protocols.json_checks import check_unambiguous
-from firewall.protocols.json_edit import remove_json_chars
 from firewall.proxy import relay
 from firewall.proxy.answers import error_response, firewall_error_response, verdict_response
 from firewall.proxy.exchange import Exchange, Outcome, record_verdict, write_audit
@@ -54,7 +53,7 @@ from firewall.proxy.paths import check_path
 from firewall.proxy.request_ids import client_request_id, new_request_id
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
-from firewall.screening.screen import after_sanitizing, screen, screened_segments
+from firewall.screening.screen import screen, screen_sanitized, screened_segments
 
 __all__ = ["handle"]
 
@@ -300,23 +299,16 @@ async def _screened(
 async def _sanitized(
     runtime: Runtime, matched: MatchedRoute, ex: Exchange, raw: bytes, first: Verdict
 ) -> tuple[bytes, Any, MatchedRoute, list[Segment], Verdict]:
-    """Remove a sanitize verdict's characters from the body and screen what is left.
-
-    The edited bytes are what the upstream will read, so they are parsed, checked and
-    screened again as a new request (a removal can join a key or a model name back
-    together); :func:`~firewall.screening.screen.after_sanitizing` makes one verdict
-    of the two. Raises :class:`ProtocolError` when the edited body is ambiguous.
-    """
-    raw, removed = remove_json_chars(raw, first.remedy)
-    body = _parse_json(raw)
-    check_unambiguous(raw, body)
-    ex.model = matched.adapter.model(body)
-    resolved = matched.for_model(ex.model)
-    ex.mode = resolved.policy.mode
-    segments = screened_segments(resolved, resolved.adapter.input_segments(body))
-    second = await screen(runtime, resolved, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id)
-    ex.sanitized = {"removed_chars": removed, "code_points": [f"U+{ord(c):04X}" for c in first.remedy]}
-    return raw, body, resolved, segments, after_sanitizing(first, second)
+    """Clean the body of a sanitize verdict's characters (:func:`screen_sanitized`) and record
+    on the exchange what it now is: its model, mode and what was removed."""
+    cleaned = await screen_sanitized(runtime, matched, first, raw, request_id=ex.request_id)
+    ex.model = cleaned.model
+    ex.mode = cleaned.route.policy.mode
+    ex.sanitized = {
+        "removed_chars": cleaned.removed,
+        "code_points": [f"U+{ord(c):04X}" for c in first.remedy],
+    }
+    return cleaned.raw, cleaned.body, cleaned.route, cleaned.segments, cleaned.verdict
 
 
 async def _forward_unscreened(

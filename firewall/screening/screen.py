@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
+import orjson
+
+from firewall.core.errors import InvalidJson
 from firewall.core.types import Action, BlockKind, Finding, FindingStatus, Phase, Sample, Segment, Verdict
+from firewall.protocols.json_checks import check_unambiguous
+from firewall.protocols.json_edit import remove_json_chars
 from firewall.screening.runtime import MatchedRoute, Runtime
 
 __all__ = [
+    "Sanitized",
     "after_sanitizing",
     "remove_chars",
+    "screen_sanitized",
     "screen",
     "screen_or_pass",
     "screened_segments",
@@ -126,3 +134,40 @@ def after_sanitizing(first: Verdict, second: Verdict | None) -> Verdict:
         block_kind=None,
         remedy=first.remedy,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sanitized:
+    """A request body cleaned of a sanitize verdict's characters, and its screening."""
+
+    raw: bytes
+    body: Any
+    route: MatchedRoute
+    model: str | None
+    segments: list[Segment]
+    verdict: Verdict
+    removed: int
+
+
+async def screen_sanitized(
+    runtime: Runtime, route: MatchedRoute, first: Verdict, raw: bytes, *, request_id: str = ""
+) -> Sanitized:
+    """Remove ``first.remedy`` from a JSON body in place and screen what is left, as the model reads it.
+
+    The edited bytes are what the upstream would read, so they are parsed, checked and
+    screened again as a new request (a removal can join a key or a model name back
+    together), under the policy of the model they name; :func:`after_sanitizing` makes one
+    verdict of the two. Raises :class:`~firewall.core.errors.ProtocolError` when the edited
+    body is ambiguous. The proxy and ``scan`` both clean request bodies here.
+    """
+    raw, removed = remove_json_chars(raw, first.remedy)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # removal keeps JSON valid; never trust that blindly
+        raise InvalidJson(f"Request body is not valid JSON once cleaned: {exc.msg}.") from exc
+    check_unambiguous(raw, body)
+    model = route.adapter.model(body)
+    resolved = route.for_model(model)
+    segments = screened_segments(resolved, resolved.adapter.input_segments(body))
+    second = await screen(runtime, resolved, Phase.INPUT, segments, model=model, request_id=request_id)
+    return Sanitized(raw, body, resolved, model, segments, after_sanitizing(first, second), removed)

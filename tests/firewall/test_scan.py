@@ -106,3 +106,20 @@ def test_scan_reads_stdin_and_shows_progress(tmp_path: Path) -> None:
     out = results(proc.stdout.decode())
     assert [r["id"] for r in out] == list(range(300))
     assert b"300 lines" in proc.stderr
+
+
+def test_a_request_that_cleaning_makes_ambiguous_is_a_bad_record_as_the_proxy_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The defaults sanitize: removing the zero-width space would make a second "messages" key,
+    # which the proxy refuses (400 ambiguous_json, tests/integration/test_sanitize.py).
+    request = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "wo\u200brd"}],
+        "mess\u200bages": [{"role": "user", "content": "hi"}],
+    }
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "joined", "request": request}])
+    assert main(["scan", str(src)]) == 0
+    captured = capsys.readouterr()
+    assert results(captured.out) == []
+    assert "in.jsonl:1: skipped" in captured.err
