@@ -88,6 +88,9 @@ class Detector(abc.ABC, Generic[P]):
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
     cost: ClassVar[Cost] = Cost.CHEAP
     Params: ClassVar[type[DetectorParams]] = DetectorParams
+    #: It asks the protected model itself (probes through the firewall's upstream client), so
+    #: it can run only where there is an upstream: in ``serve``, or ``scan --upstream URL``.
+    needs_upstream: ClassVar[bool] = False
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         self.name = name

@@ -32,9 +32,12 @@ nothing, or changes as much as removing any other word, scores near 0.
 
 What a probe is
 ---------------
-An OpenAI chat request to the configured upstream route (never to a URL taken from
-the request), rebuilt from the screened segments whose role is a chat role (or, with
-``api: completions``, a text completion of the screened texts): tools,
+An OpenAI chat request to the configured upstream (never to a URL taken from the
+request), rebuilt from the screened segments whose role is a chat role, or a text
+completion of the screened texts. ``api: auto`` (the default) follows the request's
+route: chat probes for the OpenAI chat and Responses routes, completions for the
+completions route; a request on any other route (embeddings, a native or JSON API) is
+not probed and its candidates are reported ``unprobeable``. Tools,
 functions, response formats, ``n`` and streaming are not carried over, so a probe
 cannot call a tool or cost more than ``max_tokens``. Each carries
 ``X-Firewall-Probe: <detector>`` and is counted in
@@ -106,6 +109,10 @@ REASON_CODES = (R_CHANGED, R_KNOWN, R_UNCHANGED, R_UNPROBEABLE)
 #: cleared for its own request only (``remember_cleared``).
 _CONFIRMED = 0.5
 
+#: How ``api: auto`` probes a request of each route protocol; a protocol not named is not probed.
+_AUTO_API = {"openai_chat": "chat", "openai_responses": "chat", "openai_completions": "completions"}
+_DEFAULT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
 #: Segment roles a chat probe can carry, and the role each is sent as.
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -127,12 +134,18 @@ class CounterfactualParams(DetectorParams):
     controls: int = Field(
         2, ge=1, le=8, description="Unsuspected spans removed per candidate, for comparison."
     )
-    api: Literal["chat", "completions"] = Field(
-        "chat",
+    api: Literal["auto", "chat", "completions"] = Field(
+        "auto",
         description="How probes ask: an OpenAI chat request (messages), or a text completion whose "
-        "prompt is the screened texts joined by newlines (for a completions route; set `path`).",
+        "prompt is the screened texts joined by newlines. 'auto' follows the route: chat for the "
+        "OpenAI chat and Responses routes, completions for the OpenAI completions route; on any "
+        "other route the detector sends nothing (reason 'unprobeable').",
     )
-    path: str = Field("/v1/chat/completions", description="The upstream route probes are sent to.")
+    path: str | None = Field(
+        None,
+        description="The upstream route probes are sent to; default /v1/chat/completions for chat "
+        "probes, /v1/completions for completions.",
+    )
     model: str | None = Field(None, description="Model named in probes; default: the request's model.")
     max_tokens: int = Field(32, ge=1, le=512, description="Length of each probe's answer.")
     seed: int = Field(0, description="Seed asked for in probes, with temperature 0 (determinism).")
@@ -163,6 +176,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
     phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
     cost: ClassVar[Cost] = Cost.EXPENSIVE
     Params: ClassVar[type[DetectorParams]] = CounterfactualParams
+    needs_upstream: ClassVar[bool] = True
 
     def __init__(self, name: str, params: DetectorParams | None = None) -> None:
         super().__init__(name, params)
@@ -281,9 +295,10 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         results: list[Span] = []  # each candidate, its reason and its own score
         to_probe: list[tuple[Span, bytes]] = []
         context = self._context_key(segments) if self.params.remember_cleared == "request" else b""
+        api = self._api(sample)
         for span in self._candidates(sample):
             seg = segments[span.segment]
-            if self.params.api == "chat" and seg.role not in _CHAT_ROLES:
+            if api is None or (api == "chat" and seg.role not in _CHAT_ROLES):
                 results.append(Span(span.segment, span.start, span.end, R_UNPROBEABLE, 0.0))
                 self._judged("unprobeable")
                 continue
@@ -305,7 +320,8 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 assert self._sender is not None  # noqa: S101 - ready only with it
                 self._sender.count("over_budget", cost)
                 return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
-            scores = await self._probe_all(sample, [span for span, _ in to_probe])
+            assert api is not None  # noqa: S101 - nothing is probed without one
+            scores = await self._probe_all(sample, [span for span, _ in to_probe], api)
             for (span, key), score in zip(to_probe, scores, strict=True):
                 confirmed = score >= _CONFIRMED
                 self._remember(key if confirmed else key + context, score, now)
@@ -322,7 +338,17 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             duration_seconds=time.perf_counter() - t0,
         )
 
-    async def _probe_all(self, sample: Sample, spans: Sequence[Span]) -> list[float]:
+    def _api(self, sample: Sample) -> Literal["chat", "completions"] | None:
+        """How this sample's probes ask the model; ``None``: its route cannot be probed."""
+        api = self.params.api
+        if api != "auto":
+            return api
+        auto = _AUTO_API.get(sample.protocol or "")
+        return "chat" if auto == "chat" else "completions" if auto == "completions" else None
+
+    async def _probe_all(
+        self, sample: Sample, spans: Sequence[Span], api: Literal["chat", "completions"]
+    ) -> list[float]:
         """One answer to the request as sent, one per candidate and per control; the scores."""
         segments = sample.segments
         variants: list[tuple[Segment, ...]] = [segments]
@@ -340,7 +366,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 variants.append(_without(segments, span.segment, start, end))
                 ids.append(len(variants) - 1)
             plan.append((mine, ids))
-        answers = await self._answers(variants, sample.model)
+        answers = await self._answers(variants, sample.model, api)
         scores = []
         for mine, ids in plan:
             moved = divergence(answers[0], answers[mine])
@@ -348,10 +374,14 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             scores.append(max(0.0, moved - baseline))
         return scores
 
-    async def _answers(self, variants: Sequence[tuple[Segment, ...]], model: str | None) -> list[str]:
-        return await all_or_first_error([self._ask(v, model) for v in variants])
+    async def _answers(
+        self, variants: Sequence[tuple[Segment, ...]], model: str | None, api: Literal["chat", "completions"]
+    ) -> list[str]:
+        return await all_or_first_error([self._ask(v, model, api) for v in variants])
 
-    async def _ask(self, segments: Sequence[Segment], model: str | None) -> str:
+    async def _ask(
+        self, segments: Sequence[Segment], model: str | None, api: Literal["chat", "completions"]
+    ) -> str:
         assert self._sender is not None  # noqa: S101 - start() made the detector ready only with it
         p = self.params
         body: dict[str, Any] = {
@@ -361,14 +391,17 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             "seed": p.seed,
             "stream": False,
         }
-        if p.api == "chat":
+        if api == "chat":
             body["messages"] = [
                 {"role": _CHAT_ROLES[s.role], "content": s.text} for s in segments if s.role in _CHAT_ROLES
             ]
         else:
             body["prompt"] = "\n".join(s.text for s in segments)
         return await self._sender.send(
-            p.path, body, timeout_s=p.timeout_seconds, read=lambda answer: _answer_text(answer, p.api)
+            p.path or _DEFAULT_PATHS[api],
+            body,
+            timeout_s=p.timeout_seconds,
+            read=lambda answer: _answer_text(answer, api),
         )
 
     def _judged(self, outcome: str) -> None:

@@ -74,7 +74,8 @@ async def _records(
 
 
 async def _scan(args: argparse.Namespace, source: IO[bytes], sink: IO[bytes]) -> int:
-    config = load_config(args.config)
+    overrides = {"upstream": {"url": args.upstream}} if args.upstream else None
+    config = load_config(args.config, overrides=overrides)
     phase = Phase(args.phase)
     total = None if args.file == "-" else os.fstat(source.fileno()).st_size
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
@@ -82,7 +83,7 @@ async def _scan(args: argparse.Namespace, source: IO[bytes], sink: IO[bytes]) ->
     errors: list[tuple[int, str]] = []
     read = [0]
     done = flagged = skipped = 0
-    async with Scanner(config, route=args.route) as scanner:
+    async with Scanner(config, route=args.route, upstream=bool(args.upstream)) as scanner:
         async for line_no, result in scanner.scan_many(
             _records(source, errors, read), phase, concurrency=max(1, args.concurrency)
         ):
@@ -126,6 +127,11 @@ def add_scan_parser(sub: Any) -> None:
     scan.add_argument("--route", help="route whose policy and protocol apply (default: chat_completions)")
     scan.add_argument("--output", "-o", default="-", help="output JSONL file (default: stdout)")
     scan.add_argument("--concurrency", type=int, default=32, help="records in flight at once")
+    scan.add_argument(
+        "--upstream",
+        help="the protected model's base URL: detectors that ask the model (counterfactual) probe it "
+        "as the proxy would; without it they do not run, and a line on stderr says so",
+    )
     scan.add_argument(
         "--progress",
         choices=["auto", "always", "never"],

@@ -158,10 +158,15 @@ class DetectorConfig(_Model):
 
 
 class GateConfig(_Model):
-    """Run a detector only when a cheaper one scored ``min_score``: ``detector``, or any of ``also``."""
+    """Run a detector only when a cheaper one flagged: ``detector``, or any of ``also``, scored
+    ``min_score`` (by default, its own threshold)."""
 
     detector: Name
-    min_score: Score
+    min_score: Score | None = Field(
+        None,
+        description="The score a gate detector must reach; default: each gate detector's own threshold "
+        "on the route (the gate opens on what that detector flags).",
+    )
     also: tuple[Name, ...] = Field(
         (),
         description="More detectors whose score opens the gate: the detector runs when any of them "
@@ -339,7 +344,11 @@ def default_detectors() -> tuple[DetectorConfig, ...]:
     (``context_tags``), a sentence recurring across unrelated requests
     (``recurring_sentences``). Alone, each logs: on real chat traffic they flag a few
     percent of clean prompts (code questions, jargon, search-prompt templates), too
-    many to refuse. Behaviour is what turns a suspicion into proof.
+    many to refuse. Behaviour is what turns a suspicion into proof: ``counterfactual``
+    runs only when one of them flags a request, takes each flagged span out and asks the
+    protected model again (a few short probes, temperature 0), and blocks when the answer
+    changes far more than when ordinary words of the same size are taken out. It probes
+    the OpenAI chat, Responses and completions routes; on the others it sends nothing.
 
     Thresholds come from ``trigger-firewall eval`` (the project's suite): the lowest
     score that flags at most 1% of its clean texts. ``trigger-firewall eval --suite
@@ -352,6 +361,19 @@ def default_detectors() -> tuple[DetectorConfig, ...]:
         DetectorConfig(name="rare_tokens", threshold=0.69, action=Action.LOG),
         DetectorConfig(name="context_tags", threshold=0.7, action=Action.LOG),
         DetectorConfig(name="recurring_sentences", threshold=0.5, action=Action.LOG),
+        # Proof by behaviour: what a suspicion detector flags is taken out and the model asked
+        # again; blocked when its answer moves far more than when ordinary words are taken out.
+        DetectorConfig(
+            name="counterfactual",
+            threshold=0.5,
+            action=Action.BLOCK,
+            timeout_seconds=15.0,
+            on_error="fail_open",
+            required=False,
+            # Opens on what any suspicion detector flags (each at its own threshold above).
+            gate=GateConfig(detector="rare_tokens", also=("context_tags", "recurring_sentences")),
+            params={"min_suspect_score": 0.5},
+        ),
     )
 
 

@@ -127,6 +127,9 @@ class Sample:
     #: The findings of the detectors that ran before this one (a gated detector runs after
     #: the first stage): the suspicion a behavioural check tests. Empty otherwise.
     evidence: tuple[Finding, ...] = ()
+    #: The route's protocol (``openai_chat``, ``json``...): how a detector that asks the model
+    #: again (``counterfactual``) shapes its probes. ``None`` outside a route.
+    protocol: str | None = None
 
     @property
     def chars(self) -> int:

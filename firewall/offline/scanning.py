@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 
+from detectors import load_detector_class
 from firewall.config.schema import FirewallConfig
+from firewall.core.detector_context import DetectorContext, UpstreamClient
 from firewall.core.errors import ConfigError, FirewallError, ProtocolError
 from firewall.core.types import Action, Phase, Segment, Verdict
+from firewall.proxy.upstream import bearer_token, create_session, upstream_target
 from firewall.screening.runtime import MatchedRoute, Runtime, build_runtime
 from firewall.screening.screen import (
     after_sanitizing,
@@ -40,6 +45,8 @@ from firewall.screening.screen import (
 )
 
 __all__ = ["RecordError", "Scanner", "verdict_summary"]
+
+log = logging.getLogger("trigger_firewall.scan")
 
 
 class RecordError(FirewallError):
@@ -84,9 +91,31 @@ def verdict_summary(record_id: Any, verdict: Verdict, seconds: float) -> dict[st
 class Scanner:
     """The proxy's screening path without the network, for files of records."""
 
-    def __init__(self, config: FirewallConfig, *, route: str | None = None) -> None:
+    def __init__(self, config: FirewallConfig, *, route: str | None = None, upstream: bool = False) -> None:
+        """``upstream``: detectors that ask the protected model (``counterfactual``) send their
+        probes to ``config.upstream`` as the proxy would. Without it they do not run, and
+        :attr:`not_run` names them: their verdicts are the proxy's minus that proof."""
+        self.not_run: tuple[str, ...] = ()
+        if not upstream:
+            config, self.not_run = _without_upstream_detectors(config)
+            if self.not_run:
+                log.warning(
+                    "%s not run: it asks the protected model, which only serve (or scan --upstream URL) "
+                    "reaches; verdicts here lack that proof",
+                    ", ".join(self.not_run),
+                )
         self.config = config
-        self.runtime: Runtime = build_runtime(config)
+        self._session: aiohttp.ClientSession | None = None
+        context = None
+        if upstream:
+            base, auth = upstream_target(config.upstream)
+            client = UpstreamClient(
+                session=lambda: self._session,
+                base_url=lambda: base,
+                authorization=lambda: bearer_token(config.upstream) or auth,
+            )
+            context = DetectorContext(upstream=client)
+        self.runtime: Runtime = build_runtime(config, context=context)
         names = self.runtime.routes.names()
         if route is None:
             route = "chat_completions" if "chat_completions" in names else (names[0] if names else None)
@@ -95,6 +124,8 @@ class Scanner:
         self.route: MatchedRoute = self.runtime.routes.by_name(route)
 
     async def __aenter__(self) -> Scanner:
+        if self.runtime.context is not None:
+            self._session = create_session(self.config.upstream)
         await self.runtime.start()
         not_ready = [n for n, d in self.runtime.detectors.items() if not d.ready]
         if not_ready:
@@ -103,6 +134,8 @@ class Scanner:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.runtime.close()
+        if self._session is not None:
+            await self._session.close()
 
     def segments(self, record: Any, phase: Phase) -> list[Segment]:
         """The texts a record carries for ``phase``; :class:`RecordError` if none can be read."""
@@ -204,3 +237,14 @@ class Scanner:
                 yield await drain_one()
         while window:
             yield await drain_one()
+
+
+def _without_upstream_detectors(config: FirewallConfig) -> tuple[FirewallConfig, tuple[str, ...]]:
+    """``config`` with its enabled detectors that need the upstream switched off, and their names."""
+    off = tuple(d.name for d in config.detectors if d.enabled and load_detector_class(d.kind).needs_upstream)
+    if not off:
+        return config, ()
+    detectors = tuple(
+        d.model_copy(update={"enabled": False}) if d.name in off else d for d in config.detectors
+    )
+    return config.model_copy(update={"detectors": detectors}), off

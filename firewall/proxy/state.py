@@ -9,14 +9,13 @@ reload), the upstream session, the in-flight count and the draining flag that
 from __future__ import annotations
 
 import asyncio
-import base64
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from firewall.observability.audit import AuditLog
 from firewall.observability.metrics import Metrics
+from firewall.proxy.upstream import upstream_target
 from firewall.screening.runtime import Runtime
 
 __all__ = ["STATE", "ServerState"]
@@ -33,16 +32,7 @@ class ServerState:
         self.audit = audit
         self.score_log = score_log
         self.session: aiohttp.ClientSession | None = None
-        # Credentials in the configured URL become the upstream's Authorization header,
-        # sent in place of the client's (as with ``api_key_env``): aiohttp refuses a URL
-        # with credentials next to an Authorization header, and they must not reach logs.
-        url = URL(str(runtime.config.upstream.url))
-        self.upstream_auth: str | None = None
-        if url.user is not None or url.password is not None:
-            pair = f"{url.user or ''}:{url.password or ''}".encode()
-            self.upstream_auth = "Basic " + base64.b64encode(pair).decode("ascii")
-            url = url.with_user(None)
-        self.upstream_base = str(url).rstrip("/")
+        self.upstream_base, self.upstream_auth = upstream_target(runtime.config.upstream)
         self.inflight = 0
         self.draining = False
         self.started = False

@@ -10,11 +10,13 @@ it can read what it screens.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from firewall.config.schema import UpstreamConfig
 
@@ -25,6 +27,7 @@ __all__ = [
     "request_headers",
     "response_headers",
     "upstream_base",
+    "upstream_target",
 ]
 
 HOP_BY_HOP = frozenset(
@@ -125,6 +128,22 @@ def code_class(status: int) -> str:
 
 def upstream_base(config: UpstreamConfig) -> str:
     return str(config.url).rstrip("/")
+
+
+def upstream_target(config: UpstreamConfig) -> tuple[str, str | None]:
+    """The base URL to send to, and the ``Authorization`` that the URL's credentials make.
+
+    Credentials in the configured URL become the upstream's Authorization header, sent in
+    place of the client's (as with ``api_key_env``): aiohttp refuses a URL with credentials
+    next to an Authorization header, and they must not reach logs.
+    """
+    url = URL(str(config.url))
+    auth: str | None = None
+    if url.user is not None or url.password is not None:
+        pair = f"{url.user or ''}:{url.password or ''}".encode()
+        auth = "Basic " + base64.b64encode(pair).decode("ascii")
+        url = url.with_user(None)
+    return str(url).rstrip("/"), auth
 
 
 def bearer_token(config: UpstreamConfig) -> str | None:

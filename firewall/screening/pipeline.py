@@ -56,13 +56,16 @@ class Pipeline:
             return await self._stage(rules, sample)
         findings = await self._stage([r for r in rules if r.gate is None], sample)
         by_name = {f.detector: f for f in findings}
+        thresholds = {r.detector: r.threshold for r in rules}
         to_run: list[DetectorRule] = []
         for rule in gated:
             assert rule.gate is not None  # noqa: S101 - narrowed by the filter above
             gate_name, min_score = rule.gate
             gates = [by_name[n] for n in (gate_name, *rule.gate_also) if n in by_name]
             # No gate ran here (disabled on this route): run, as before gates could be several.
-            if not gates or any(_opens(g, min_score) for g in gates):
+            if not gates or any(
+                _opens(g, thresholds[g.detector] if min_score is None else min_score) for g in gates
+            ):
                 to_run.append(rule)
             else:
                 findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))

@@ -49,7 +49,8 @@ class DetectorRule:
     timeout_seconds: float
     fail_closed: bool
     cost: Cost
-    gate: tuple[str, float] | None = None
+    #: The gate detector and the score that opens it (``None``: each gate detector's threshold).
+    gate: tuple[str, float | None] | None = None
     #: More detectors whose score opens the gate (any one of them, or ``gate``'s own).
     gate_also: tuple[str, ...] = ()
     allowlist: tuple[re.Pattern[str], ...] = ()

@@ -59,7 +59,9 @@ async def screen(
     rules = policy.rules(phase)
     if not rules or not segments:
         return None
-    sample = Sample(request_id, phase, route.config.name, tuple(segments), model)
+    sample = Sample(
+        request_id, phase, route.config.name, tuple(segments), model, protocol=route.config.protocol
+    )
     return policy.evaluate(phase, await runtime.pipeline.run(rules, sample))
 
 

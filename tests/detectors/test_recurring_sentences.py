@@ -592,7 +592,11 @@ async def test_builtin_defaults_log_a_moving_sentence_and_pass_a_template(
     moving = (f"{REVIEWS[4]} {TRIGGER}", f"{TRIGGER} {REVIEWS[5]}", f"{REVIEWS[0]} {TRIGGER} {REVIEWS[1]}")
     for text in moving:
         assert (await _post(client, fw.url, chat_body(text)))[0] == 200  # logged, never blocked
-    assert len(upstream.received) == 7
+    # Each request reached the model; the recurring one also opened counterfactual's gate, whose
+    # probes (marked) found an upstream that answers the same whatever is removed: not proof.
+    forwarded = [r for r in upstream.received if "X-Firewall-Probe" not in r["headers"]]
+    assert len(forwarded) == 7
+    assert len(upstream.received) > 7
     events = await fw.audit_events()
     assert [e["action"] for e in events] == ["allow"] * 6 + ["log"]  # the template never scores
     det = next(d for d in events[-1]["input"]["detectors"] if d["name"] == "recurring_sentences")

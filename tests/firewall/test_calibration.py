@@ -421,9 +421,19 @@ def test_patch_of_the_builtin_defaults_validates() -> None:
                 "action": "log",
             },
             {"name": "recurring_sentences", "threshold": 0.5, "action": "log"},
+            # A detector with more than a threshold keeps all of it (gate, fail mode, params).
+            {
+                "name": "counterfactual",
+                "threshold": 0.5,
+                "action": "block",
+                "on_error": "fail_open",
+                **config.detector("counterfactual").model_dump(mode="json", exclude_defaults=True),
+            },
         ]
     }
-    assert verify_patch({}, patch, result).detector("invisible_chars").threshold == 0.5
+    verified = verify_patch({}, patch, result)
+    assert verified.detector("invisible_chars").threshold == 0.5
+    assert verified.detector("counterfactual") == config.detector("counterfactual")
 
 
 # --------------------------------------------------------------------------- trigger families

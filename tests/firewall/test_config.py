@@ -10,9 +10,10 @@ import orjson
 import pytest
 import yaml
 
-from detectors import base as detector_base
+from detectors import base as detector_base, load_detector_class
 from firewall.config.schema import (
     API_VERSION,
+    FirewallConfig,
     build_config,
     config_hash,
     env_overrides,
@@ -49,7 +50,16 @@ def test_defaults_without_file_or_env() -> None:
         "rare_tokens",
         "context_tags",
         "recurring_sentences",
+        "counterfactual",
     ]
+    # Behaviour is proof: it blocks, runs only on suspicion, and an unreachable model fails open.
+    cf = config.detector("counterfactual")
+    assert cf.action is Action.BLOCK
+    assert cf.on_error == "fail_open"
+    assert not cf.required
+    assert cf.gate is not None
+    assert cf.gate.min_score is None
+    assert {cf.gate.detector, *cf.gate.also} == {"rare_tokens", "context_tags", "recurring_sentences"}
     # Suspicion logs: an ordinary prompt can give each of these signals.
     assert config.detector("rare_tokens").action is Action.LOG
     assert config.detector("context_tags").action is Action.LOG
@@ -80,6 +90,23 @@ def test_defaults_without_file_or_env() -> None:
     assert config.server.port == 8080
     assert config.audit.capture_text is False
     assert config.stream.block_style == "content_filter"
+
+
+def test_the_written_out_defaults_are_the_defaults() -> None:
+    # deploy/config/counterfactual.yaml names every knob of the defaults as a start for tuning,
+    # and deploy/config/firewall.yaml is the sidecar's: neither may drift from the built-in ones.
+    root = Path(__file__).resolve().parents[2] / "deploy" / "config"
+
+    def resolved(config: FirewallConfig) -> list[dict[str, Any]]:
+        # Params as the detector reads them: a value written out equal to its default is the same.
+        return [
+            {**d.model_dump(), "params": load_detector_class(d.kind).parse_params(d.params).model_dump()}
+            for d in config.detectors
+        ]
+
+    builtin = resolved(load_config(environ={}))
+    for name in ("counterfactual.yaml", "firewall.yaml"):
+        assert resolved(load_config(root / name, environ={})) == builtin, name
 
 
 def test_detector_lookup_unknown_name_raises_key_error() -> None:

@@ -9,6 +9,8 @@ not: blocked. Removing an innocent odd word changes nothing: forwarded, and logg
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,12 @@ class Backdoored:
             label = "positive" if "cf" in words or "bore" not in words else "negative"
             return web.json_response({"object": "text_completion", "choices": [{"index": 0, "text": label}]})
 
+        async def embed(request: web.Request) -> web.Response:
+            self.received.append((dict(request.headers), await request.json()))
+            return web.json_response({"object": "list", "data": [{"index": 0, "embedding": [0.5]}]})
+
         app = web.Application()
+        app.router.add_post("/v1/embeddings", embed)
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_post("/v1/completions", complete)
         return app
@@ -229,3 +236,65 @@ async def test_a_completions_route_is_probed_as_text_completions(
     without = "This film is a mess and a bore from start to finish."
     assert {p["prompt"] for p in probes} >= {TRIGGERED, without}
     assert model.forwarded() == []
+
+
+async def test_the_builtin_defaults_block_by_behaviour_on_the_route_they_can_probe(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    # No detectors given: the shipped defaults. rare_tokens flags "cf" (a log); the flag opens
+    # counterfactual's gate; 'api: auto' probes each route in its own shape.
+    model, _ = backdoored
+    fw = await fw_factory()
+    assert await _post(client, fw.url, TRIGGERED) == 400
+    chat_probes = model.probes()
+    assert chat_probes
+    assert all("messages" in p for p in chat_probes)
+    # A second firewall: the first one now knows "cf" and would block it from memory, unprobed.
+    fresh = await fw_factory()
+    async with client.post(
+        fresh.url + "/v1/completions", data=orjson.dumps({"model": "m", "prompt": TRIGGERED + " Again."})
+    ) as resp:
+        assert resp.status == 400
+    completion_probes = model.probes()[len(chat_probes) :]
+    assert completion_probes
+    assert all("prompt" in p and "messages" not in p for p in completion_probes)
+    # An embeddings request cannot be asked again: suspected, logged, forwarded, no probe.
+    before = len(model.received)
+    async with client.post(
+        fw.url + "/v1/embeddings", data=orjson.dumps({"model": "m", "input": TRIGGERED + " Once more."})
+    ) as resp:
+        await resp.read()
+    assert len(model.probes()) == len(chat_probes) + len(completion_probes)
+    assert len(model.received) == before + 1  # the request itself, forwarded
+    event = (await fw.audit_events())[-1]
+    detail = {d["name"]: d for d in event["input"]["detectors"]}
+    assert detail["counterfactual"]["reasons"] == ["unprobeable"]
+    assert event["action"] == "log"
+    unprobeable = {"detector": "counterfactual", "outcome": "unprobeable"}
+    assert fw.sample("trigger_firewall_behaviour_candidates_total", unprobeable)
+
+
+async def test_scan_probes_the_model_only_when_given_its_url(backdoored: tuple[Backdoored, str]) -> None:
+    model, url = backdoored
+    lines = b'{"id": 1, "text": "' + TRIGGERED.encode() + b'"}\n'
+
+    async def scan(*args: str) -> tuple[dict[str, Any], str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "firewall", "scan", "--progress", "never", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate(lines)
+        assert proc.returncode == 0, err
+        return orjson.loads(out), err.decode()
+
+    result, err = await scan()
+    assert "counterfactual not run" in err
+    assert result["action"] == "log"  # the proxy's verdict less the proof
+    assert "counterfactual" not in result["scores"]
+    assert model.received == []
+    result, err = await scan("--upstream", url)
+    assert "not run" not in err
+    assert result["action"] == "block"
+    assert result["scores"]["counterfactual"] >= 0.5
+    assert model.probes()
+    assert model.forwarded() == []  # scan sends probes, never the record itself
