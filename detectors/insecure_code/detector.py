@@ -314,10 +314,19 @@ class InsecureCodeDetector(Detector[InsecureCodeParams]):
         blocks = state.blocks_before + extract_blocks(text, state.resume)
         evidence: list[_Evidence] = []
         context_lang = ""
+        program: list[tuple[str, str]] = []  # (language, code) of the earlier non-inline blocks
         for block in blocks:
-            evidence.extend(self._block(index, text, block, streaming, state, context_lang))
+            raw = text[block.start : block.end]
+            code = _dedent(raw, block.indent) if block.indent else raw
+            lang = identify(block.tag, code)
+            if block.kind == "inline" and lang == "other" and context_lang:
+                lang = context_lang  # a one-liner in an answer about Python is most likely Python
+            earlier = () if block.kind == "inline" else tuple(c for ln, c in reversed(program) if ln == lang)
+            evidence.extend(self._block(index, text, block, streaming, state, raw, code, lang, earlier))
             if block.kind == "fenced" and not context_lang:
                 context_lang = canonical_tag(block.tag) or ""
+            if block.kind != "inline":
+                program.append((lang, code))
         last_closed = max((b.outer_end for b in blocks if b.kind == "fenced" and b.closed), default=-1)
         if cached and last_closed > state.resume:
             state.blocks_before = [b for b in blocks if b.start < last_closed]
@@ -325,13 +334,21 @@ class InsecureCodeDetector(Detector[InsecureCodeParams]):
         return evidence
 
     def _block(
-        self, index: int, text: str, block: Block, streaming: bool, state: _StreamState, context_lang: str
+        self,
+        index: int,
+        text: str,
+        block: Block,
+        streaming: bool,
+        state: _StreamState,
+        raw: str,
+        code: str,
+        lang: str,
+        earlier: tuple[str, ...],
     ) -> list[_Evidence]:
-        raw = text[block.start : block.end]
-        code = _dedent(raw, block.indent) if block.indent else raw
-        lang = identify(block.tag, code)
-        if block.kind == "inline" and lang == "other" and context_lang:
-            lang = context_lang  # a one-liner in an answer about Python is most likely Python
+        """Evidence from one block; ``earlier`` is the code of the answer's earlier blocks in
+        the same language (nearest first), read as parts of the same program. Earlier blocks
+        are complete before this one starts, so a stream judges each block as the whole text
+        does, and a closed block's cached hits stay valid."""
         if self._languages is not None and lang not in self._languages:
             return []
         open_now = streaming and (not block.closed or (block.kind != "fenced" and block.end >= len(text)))
@@ -339,12 +356,12 @@ class InsecureCodeDetector(Detector[InsecureCodeParams]):
         if block.kind == "inline":
             hits = analyse_block(pack, lang, code, disabled=self._disabled)
         elif open_now:
-            hits = self._open_block(state, block, lang, code)
+            hits = self._open_block(state, block, lang, code, earlier)
         else:
             key = (block.start, block.end, block.tag)
             cached = state.closed.get(key)
             if cached is None:
-                cached = analyse_block(pack, lang, code, disabled=self._disabled)
+                cached = analyse_block(pack, lang, code, disabled=self._disabled, context=earlier)
                 state.closed[key] = cached
                 if state.open_key == (block.start, block.tag):
                     state.open_key = None
@@ -362,7 +379,9 @@ class InsecureCodeDetector(Detector[InsecureCodeParams]):
             out.append(_Evidence(weight, rule.id, index, block.start + s, block.start + e))
         return out
 
-    def _open_block(self, state: _StreamState, block: Block, lang: str, code: str) -> tuple[Hit, ...]:
+    def _open_block(
+        self, state: _StreamState, block: Block, lang: str, code: str, earlier: tuple[str, ...]
+    ) -> tuple[Hit, ...]:
         """Final hits on a block still being streamed, re-using the previous scan's work.
 
         The line tier re-runs on the complete rows (cheap: anchors and a C-speed lexer);
@@ -382,7 +401,7 @@ class InsecureCodeDetector(Detector[InsecureCodeParams]):
         line_hits = analyse_block(pack, lang, code, closed=False, disabled=self._disabled, syntax=False)
         if rows - state.open_syntax_rows >= max(_SYNTAX_STEP, state.open_syntax_rows // 2):
             state.open_syntax_hits = analyse_block(
-                pack, lang, code, closed=False, disabled=self._disabled, lines=False
+                pack, lang, code, closed=False, disabled=self._disabled, lines=False, context=earlier
             )
             state.open_syntax_rows = rows
         hits = tuple(sorted({*line_hits, *state.open_syntax_hits}, key=lambda h: (h.first, h.rule)))

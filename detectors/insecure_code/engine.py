@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tree_sitter import Node
+
 from detectors.insecure_code.anchors import anchors
 from detectors.insecure_code.lines import LogicalLine, logical_lines
 from detectors.insecure_code.rules import INFINITE, Rule, RulePack
@@ -60,6 +62,22 @@ def _script_only(lang: str, code: str) -> str:
         pos = m.end(2)
     out.append(_NOT_NEWLINE_RE.sub(" ", code[pos:]))
     return "".join(out)
+
+
+def _context_roots(lang: str, context: Sequence[str], offset: int, budget: int) -> list[Node]:
+    """The earlier blocks of the answer, each parsed on its own (a fragment's syntax errors
+    stay in its own tree), padded with newlines so that their byte offsets follow the
+    block's: positions then tell the block's nodes from the context's. At most ``budget``
+    characters, nearest blocks first."""
+    roots: list[Node] = []
+    for code in context:
+        budget -= len(code)
+        if budget < 0:
+            break
+        root, _ = parse(lang, "\n" * offset + _script_only(lang, code))
+        roots.append(root)
+        offset = root.end_byte + 1
+    return roots
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +244,19 @@ def _matches(rule: Rule, t: str) -> bool:
     return False
 
 
+def _match_rows(rule: Rule, ll: LogicalLine) -> tuple[int, int]:
+    """Rows of the first match of a line rule in a logical line: where its ``context``
+    window is centred. A logical line can join a whole brace-delimited body (up to
+    ``MAX_JOIN`` rows), and "near a password" means near the call, not anywhere in that
+    body (``$filename = uniqid()`` and, eight rows on, an S3 object's ``'Key' =>``)."""
+    t = ll.text
+    for p in rule.patterns:
+        m = p.search(t)
+        if m is not None:
+            return ll.first + t.count("\n", 0, m.start()), ll.first + t.count("\n", 0, m.end())
+    return ll.first, ll.last
+
+
 def _final(rule: Rule, last: int, complete_rows: int, closed: bool) -> bool:
     if closed:
         return True
@@ -242,12 +273,18 @@ def analyse_block(
     disabled: frozenset[str] = frozenset(),
     syntax: bool = True,
     lines: bool = True,
+    context: Sequence[str] = (),
 ) -> tuple[Hit, ...]:
     """Hits of every enabled rule for ``lang`` on ``code`` (rows relative to the block).
 
     For an open block, ``code`` may end in an incomplete row; only complete rows are
     analysed and only final hits are returned (see the module docstring). ``syntax`` and
     ``lines`` switch the two tiers (the stream re-runs the syntax tier less often).
+
+    ``context`` holds the code of the answer's earlier blocks in the same language, nearest
+    first: parts of the same program. The syntax tier reads their declarations, imports,
+    functions and calls for what ``code`` does not define itself (see
+    :func:`detectors.insecure_code.sinks.analyse_tree`); only hits in ``code`` are returned.
     """
     lr = _lang_rules(pack, lang, disabled)
     rows_text = code.split("\n")
@@ -265,14 +302,24 @@ def analyse_block(
         for rule in candidates:
             if not _matches(rule, t) or any(p.search(t) for p in rule.unless):
                 continue
-            if _final(rule, ll.last, complete_rows, closed) and _context_ok(rule, rows, ll.first, ll.last):
+            if not _final(rule, ll.last, complete_rows, closed):
+                continue
+            first, last = _match_rows(rule, ll) if rule.context else (ll.first, ll.last)
+            if _context_ok(rule, rows, first, last):
                 hits.append(Hit(rule.id, ll.first, ll.last))
     if syntax and lr.syntax and lr.tables is not None and len(code) <= MAX_SYNTAX_CHARS:
         parsed = code if closed else "\n".join(rows_text[:complete_rows])
         root, shift = parse(lang, _script_only(lang, parsed))
         by_id = {r.id: r for r in lr.syntax}
         for sh in analyse_tree(
-            lang, root, shift, lr.syntax, lr.tables, complete_rows=complete_rows, closed=closed
+            lang,
+            root,
+            shift,
+            lr.syntax,
+            lr.tables,
+            complete_rows=complete_rows,
+            closed=closed,
+            context=_context_roots(lang, context, root.end_byte, MAX_SYNTAX_CHARS - len(code)),
         ):
             rule = by_id[sh.rule]
             if rule.unless and any(p.search(rows.span(sh.first, sh.last)) for p in rule.unless):

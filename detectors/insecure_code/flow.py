@@ -459,7 +459,8 @@ def _callback_call(ctx: _Ctx, fn: Node) -> _Call | None:
 
 def _closure(ctx: _Ctx, node: Node, name: str, category: str, depth: int) -> int:
     """``F_UNTRUSTED`` for a name the innermost scope does not define: an enclosing function's
-    variable or parameter decides; a builtin is safe; a name defined nowhere may hold anything."""
+    variable or parameter decides; a builtin, a function or an import of the snippet is safe; a
+    name defined nowhere may hold anything."""
     if name in ctx.tables.builtins:
         return 0
     pos = node.start_byte
@@ -474,6 +475,8 @@ def _closure(ctx: _Ctx, node: Node, name: str, category: str, depth: int) -> int
             return _carry(_param(ctx, fn, name, category, depth))
     if any(f.name == name for f in ctx.funcs):
         return 0  # a function of the snippet, passed as a value
+    if name in ctx.aliases:
+        return 0  # an import (``import styles from "./a.css"``): a module's export is code, not input
     return F_UNTRUSTED
 
 
@@ -497,7 +500,9 @@ def _call_flags(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         return (F_DYN | (f & _CARRIED)) if f else 0
     local = _local_function(ctx, call.last)
     if local is not None:
-        f = _union(ctx, parts, category, depth) | _returns(ctx, local, category, depth)
+        f = _returns(ctx, local, category, depth)
+        if _passes_params(ctx, local, category, depth):
+            f |= _union(ctx, parts, category, depth)
         return F_OPAQUE | (f & (_CARRIED | F_DYN))
     if call.last in _TRANSPARENT_ALL or call.short in _TRANSPARENT_ALL:
         if call.recv is not None and not _module_like(ctx, call.recv):
@@ -577,6 +582,28 @@ def _local_function(ctx: _Ctx, name: str) -> _Func | None:
 
 
 _RETURN_TYPES: Final = frozenset({"return_statement", "return"})
+
+
+def _passes_params(ctx: _Ctx, fn: _Func, category: str, depth: int) -> bool:
+    """Whether what ``fn`` returns is built from its parameters (``return "SELECT " + x``),
+    so that a call's arguments flow into its result. Judged by re-reading the returns with
+    every parameter taken as request data: a parameter that only feeds a call returning new
+    data (``return requests.get(url + city).json()``) does not reach the result."""
+    key = (fn.start, f"<passes {category}>")
+    cached = ctx.memo.get(key)
+    if cached is not None:
+        return bool(cached)
+    if not fn.params:
+        ctx.memo[key] = 0
+        return False
+    saved_tainted, saved_memo = fn.tainted, ctx.memo
+    fn.tainted, ctx.memo = set(fn.params), {}
+    try:
+        passes = bool(_returns(ctx, fn, category, depth) & F_TAINT)
+    finally:
+        fn.tainted, ctx.memo = saved_tainted, saved_memo
+    ctx.memo[key] = int(passes)
+    return passes
 
 
 def _returns(ctx: _Ctx, fn: _Func, category: str, depth: int) -> int:

@@ -137,6 +137,7 @@ class _Ctx:
     memo: dict[tuple[int, str], int] = field(default_factory=dict)
     active: set[tuple[int, str]] = field(default_factory=set)
     calls: list[_Call] = field(default_factory=list)
+    own_end: int = 1 << 62  # nodes from here on belong to the answer's earlier blocks (context)
 
 
 # --------------------------------------------------------------------------- structure

@@ -173,8 +173,8 @@ def _rows(ctx: _Ctx, node: Node) -> tuple[int, int]:
 
 def _usable(ctx: _Ctx, node: Node) -> bool:
     """On an open block, judge only complete, error-free statements (later rows may change them)."""
-    if ctx.closed:
-        return True
+    if ctx.closed or node.start_byte >= ctx.own_end:
+        return True  # a closed block, or an earlier (closed) block of the answer
     return node.end_point[0] - ctx.shift < ctx.complete_rows and not node.has_error
 
 
@@ -197,17 +197,36 @@ def analyse_tree(
     *,
     complete_rows: int,
     closed: bool,
+    context: Sequence[Node] = (),
 ) -> list[SinkHit]:
-    """Run the syntax-tier ``rules`` on a parsed block; return their hits (rows of the block)."""
+    """Run the syntax-tier ``rules`` on a parsed block; return their hits (rows of the block).
+
+    ``context`` are the trees of the answer's earlier blocks in the same language, whose
+    byte offsets follow the block's (:func:`detectors.insecure_code.engine._context_roots`).
+    Their imports, functions, assignments and calls join the block's: a helper defined or
+    called there, a module imported there, a variable assigned there. A name the block
+    assigns itself keeps the block's own values (an answer often shows one program in
+    several versions). Sinks are judged in the block only; the context's own sinks were
+    judged with its own block.
+    """
     spec = SPECS[lang]
     ctx = _Ctx(lang, spec, tables, shift, complete_rows, closed)
     found = captures(lang, root)
-    assigns = found.get("assign", [])
-    ctx.aliases = imports_of(lang, found.get("import", []), assigns)
-    _build_funcs(ctx, found.get("func", []))
+    own_end = ctx.own_end = root.end_byte
+    merged = {role: list(found.get(role, [])) for role in ("assign", "import", "func", "call")}
+    for extra in context:
+        more = captures(lang, extra)
+        for role, nodes in merged.items():
+            nodes.extend(more.get(role, []))
+    assigns = merged["assign"]
+    ctx.aliases = imports_of(lang, merged["import"], assigns)
+    _build_funcs(ctx, merged["func"])
     _build_env(ctx, assigns)
-    ctx.calls = [_make_call(ctx, n) for n in found.get("call", [])]
+    ctx.calls = [_make_call(ctx, n) for n in merged["call"]]
     _writers(ctx)
+    if context:
+        _own_values_first(ctx, own_end)
+    assigns = [a for a in assigns if a.start_byte < own_end]
     by_name: dict[str, list[tuple[Rule, AstSpec]]] = {}
     by_node: dict[str, list[tuple[Rule, AstSpec]]] = {}
     assign_rules: list[tuple[Rule, AstSpec]] = []
@@ -235,6 +254,7 @@ def analyse_tree(
         candidates = by_name.get(call.last, []) + by_name.get(call.short, []) + wildcard
         if not candidates or not _usable(ctx, call.node):
             continue
+        own = call.node.start_byte < own_end
         names = (call.resolved, call.raw, call.short)
         for rule, ast in dict.fromkeys(candidates):
             # A bare glob must match the whole callee (imports resolved), not its last name.
@@ -245,7 +265,8 @@ def analyse_tree(
             if ast.sized_dest and _sized_copy(ctx, call):
                 continue
             if _judge(ctx, rule, ast, selected):
-                emit(rule, call.node)
+                if own:
+                    emit(rule, call.node)
                 continue
             for n in selected:
                 param = _param_of(ctx, n)
@@ -270,12 +291,23 @@ def analyse_tree(
         for rule, ast in assign_rules:
             if any(p.match(target) for p in ast.assigns) and _judge(ctx, rule, ast, [right]):
                 emit(rule, a)
-    _wrappers(ctx, summaries, emit)
+    _wrappers(ctx, summaries, emit, own_end)
     return hits
 
 
+def _own_values_first(ctx: _Ctx, own_end: int) -> None:
+    """Where the block assigns a name itself, the context's assignments to it are dropped."""
+    for key, values in ctx.env.items():
+        own = [v for v in values if v[0].start_byte < own_end]
+        if own and len(own) < len(values):
+            ctx.env[key] = own
+
+
 def _wrappers(
-    ctx: _Ctx, summaries: list[tuple[str, int, Rule, AstSpec]], emit: Callable[[Rule, Node], None]
+    ctx: _Ctx,
+    summaries: list[tuple[str, int, Rule, AstSpec]],
+    emit: Callable[[Rule, Node], None],
+    own_end: int,
 ) -> None:
     """Calls to small wrapper functions whose parameter reaches a sink (up to three levels).
 
@@ -299,7 +331,8 @@ def _wrappers(
                 arg = call.args[index]
                 mode = "dynamic" if ast.when in ("nonliteral", "always") else ast.when
                 if _when(mode, classify(ctx, arg, rule.category)):
-                    emit(rule, call.node)
+                    if call.node.start_byte < own_end:
+                        emit(rule, call.node)
                     continue
                 param = _param_of(ctx, arg)
                 if param is not None and param[0].name and param[0].name != call.last:

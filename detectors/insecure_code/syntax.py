@@ -115,6 +115,7 @@ SPECS: Final[dict[str, LangSpec]] = {
         },
         pairs=frozenset({"pair"}),
         objects=frozenset({"object"}),
+        extra_sinks=frozenset({"jsx_attribute"}),  # dangerouslySetInnerHTML={...}
     ),
     "java": LangSpec(
         grammar="java",
@@ -310,7 +311,7 @@ def _variant(base: str, grammar: str, **changes: Any) -> LangSpec:
     return dataclasses.replace(SPECS[base], grammar=grammar, **changes)
 
 
-SPECS["typescript"] = _variant("javascript", "typescript")
+SPECS["typescript"] = _variant("javascript", "typescript", extra_sinks=frozenset())  # no JSX in .ts
 SPECS["tsx"] = _variant("javascript", "tsx")
 SPECS["cpp"] = _variant(
     "c",

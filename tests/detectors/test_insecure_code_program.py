@@ -1,0 +1,197 @@
+"""An answer's code blocks of one language read as one program (insecure_code, fifth round).
+
+Blocks of one answer are parts of one program: an import, a declaration or a helper in an
+earlier block informs a sink in a later one. Only *earlier* blocks inform a block, so a
+stream judges each block as the whole text does (later rows never undo a finding) and a
+closed block's cached hits stay valid.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from detectors.base import FindingStatus, Phase, Sample, Segment
+from detectors.insecure_code.detector import InsecureCodeDetector
+from detectors.insecure_code.engine import analyse_block
+from detectors.insecure_code.rules import load_rules
+
+PACK = load_rules()
+STREAM = "/channels/0"
+
+
+def _answer(*blocks: tuple[str, str]) -> str:
+    parts = ["Here is how to do it."]
+    for tag, code in blocks:
+        parts.append(f"Next:\n```{tag}\n{code.rstrip()}\n```")
+    parts.append("Let me know if you need more.\n")
+    return "\n\n".join(parts)
+
+
+def _reasons(
+    text: str, *, rid: str = "r", source: str = "/text", det: InsecureCodeDetector | None = None
+) -> set[str]:
+    finding = (det or InsecureCodeDetector()).score_sample(
+        Sample(rid, Phase.OUTPUT, "test", (Segment("assistant", text, source),))
+    )
+    assert finding.status is FindingStatus.OK, finding.error
+    return set(finding.reasons) if finding.score >= 0.5 else set()
+
+
+_IMPORT_CSS = ("jsx", "import styles from '../styles/page.css';")
+_STYLE_TAG = (
+    "jsx",
+    "export default function Page() {\n  return <style dangerouslySetInnerHTML={{ __html: styles }} />;\n}",
+)
+_STYLE_TAG_TO_STRING = (
+    "jsx",
+    "export default function Page() {\n"
+    "  return <style dangerouslySetInnerHTML={{ __html: styles.toString() }} />;\n}",
+)
+
+
+@pytest.mark.parametrize(
+    ("context", "sink", "rule"),
+    [
+        # an imported stylesheet (imported in the block before) is the app's own code
+        (_IMPORT_CSS, _STYLE_TAG, "JS-XSS-003"),
+        (_IMPORT_CSS, _STYLE_TAG_TO_STRING, "JS-XSS-003"),
+        # a constant declared in an earlier block
+        (
+            ("javascript", 'const banner = "<b>Saved</b>";'),
+            ("javascript", "status.innerHTML = banner;"),
+            "JS-XSS-001",
+        ),
+    ],
+)
+def test_an_earlier_block_defines_what_a_later_sink_uses(
+    context: tuple[str, str], sink: tuple[str, str], rule: str
+) -> None:
+    assert rule not in _reasons(_answer(context, sink))
+    # alone, the name is defined nowhere and may hold anything
+    assert rule in _reasons(_answer(sink))
+
+
+def test_an_earlier_block_can_also_show_the_source() -> None:
+    source = ("python", 'from flask import request\nname = request.args["name"]')
+    sink = ("python", 'return render_template_string("<h1>Hello " + name + "</h1>")')
+    assert "PY-XSS-002" in _reasons(_answer(source, sink))
+    assert "PY-XSS-002" not in _reasons(_answer(sink))
+
+
+def test_a_block_keeps_its_own_assignments() -> None:
+    # An answer often shows a program twice (before and after a fix): a name the block
+    # assigns itself is not mixed with the earlier version's value.
+    before = ("python", 'q = "SELECT * FROM users WHERE name = \'" + request.args["name"] + "\'"')
+    after = ("python", 'q = "SELECT * FROM users WHERE name = %s"\ncur.execute(q, (request.args["name"],))')
+    assert not _reasons(_answer(before, after))
+    reuse = ("python", "cur.execute(q)")
+    assert "PY-SQLI-001" in _reasons(_answer(before, reuse))
+
+
+def test_other_languages_and_inline_snippets_are_not_context() -> None:
+    css = ("python", "styles = open('page.css').read()")
+    assert "JS-XSS-003" in _reasons(_answer(css, _STYLE_TAG))
+
+
+def test_a_later_block_never_undoes_an_earlier_finding() -> None:
+    # The helper's parameter may get anything when the helper is judged: the call with
+    # constants comes later, and a stream has released nothing of it yet.
+    helper = ("javascript", "function showModal(title) {\n  modal.innerHTML = `<h5>${title}</h5>`;\n}")
+    call = ("javascript", "showModal('Saved');")
+    assert "JS-XSS-001" in _reasons(_answer(helper, call))
+
+
+def test_a_wrapper_defined_in_an_earlier_block_is_a_sink() -> None:
+    wrapper = "def fetch(cur, sql):\n    cur.execute(sql)\n    return cur.fetchall()"
+    call = 'rows = fetch(cur, "SELECT * FROM users WHERE name = \'" + name + "\'")'
+    assert "PY-SQLI-001" in {h.rule for h in analyse_block(PACK, "python", call, context=(wrapper,))}
+    assert "PY-SQLI-001" not in {h.rule for h in analyse_block(PACK, "python", call)}
+    assert not analyse_block(PACK, "python", wrapper)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    ("blocks", "rule"),
+    [
+        ((_IMPORT_CSS, _STYLE_TAG), None),
+        ((("python", 'from flask import request\nname = request.args["name"]'),
+          ("python", 'return render_template_string("<h1>Hello " + name + "</h1>")')), "PY-XSS-002"),
+    ],
+)  # fmt: skip
+def test_a_stream_judges_blocks_as_the_whole_text_does(
+    blocks: tuple[tuple[str, str], ...], rule: str | None, seed: int
+) -> None:
+    text = _answer(*blocks)
+    det = InsecureCodeDetector()
+    whole = _reasons(text, rid="whole", det=det)
+    assert whole == ({rule} if rule else set())
+    rng = random.Random(seed)
+    cuts = [
+        *sorted({rng.randrange(1, len(text)) for _ in range(40)} | set(range(0, len(text), 16))),
+        len(text),
+    ]
+    rid = f"s{seed}"
+    for n in cuts:
+        mid = _reasons(text[:n], rid=rid, source=STREAM, det=det)
+        assert mid <= whole, (n, mid)  # a prefix never fires what the whole text does not
+    assert _reasons(text, rid=rid, source=STREAM, det=det) == whole
+    assert _reasons(text, rid=rid, source=STREAM + "#final", det=det) == whole
+
+
+def test_a_local_function_passes_on_its_arguments_only_when_its_result_is_built_from_them() -> None:
+    fetches = (
+        "from flask import request, Response\nfrom urllib.request import urlopen\n\n"
+        "def weather(city):\n    return urlopen(API + city).read()\n\n"
+        "@app.route('/w')\ndef w():\n    return Response(weather(request.args['c']))\n"
+    )
+    builds = (
+        "from flask import request, Response\n\n"
+        "def greet(name):\n    return '<h1>Hello ' + name + '</h1>'\n\n"
+        "@app.route('/g')\ndef g():\n    return Response(greet(request.args['n']))\n"
+    )
+    assert "PY-XSS-002" not in {h.rule for h in analyse_block(PACK, "python", fetches)}
+    assert "PY-XSS-002" in {h.rule for h in analyse_block(PACK, "python", builds)}
+
+
+@pytest.mark.parametrize(
+    ("code", "fires"),
+    [
+        # the random name is for a file; the "Key" eight rows on is an S3 object key
+        ("<?php\nforeach ($rows as $row) {\n    list($email, $url) = str_getcsv($row);\n"
+         "    $data = file_get_contents($url);\n\n    $filename = uniqid() . '.mp4';\n\n"
+         "    $s3->putObject([\n        'Bucket' => $bucket,\n        'Key' => $filename,\n"
+         "        'Body' => $data,\n    ]);\n}\n", False),
+        ("<?php\nforeach ($users as $u) {\n    $token = md5(uniqid(mt_rand(), true));\n"
+         "    save($u, $token);\n}\n", True),
+        ("<?php\n$row = [\n    'id' => $id,\n    'reset_token' => uniqid(),\n];\n", True),
+    ],
+)  # fmt: skip
+def test_context_words_are_looked_for_near_the_call_not_in_the_whole_body(code: str, fires: bool) -> None:
+    assert ("PHP-RAND-001" in {h.rule for h in analyse_block(PACK, "php", code)}) is fires
+
+
+@pytest.mark.parametrize(
+    ("lang", "code", "fires"),
+    [
+        ("tsx", "export function C({ body }) {\n"
+         "  return <div dangerouslySetInnerHTML={{ __html: body }} />;\n}", True),
+        ("javascript", "class D extends Document {\n  render() {\n"
+         "    return <style dangerouslySetInnerHTML={{ __html: this.props.css }} />;\n  }\n}", True),
+        ("javascript", "function P({ post }) {\n  const markup = { __html: post.body };\n"
+         "  return <article dangerouslySetInnerHTML={markup} />;\n}", True),
+        ("javascript", "function P() {\n  const [html, setHtml] = useState('');\n"
+         "  fetch('/api/post').then(r => r.text()).then(t => { el.innerHTML = t; });\n"
+         "  return <div dangerouslySetInnerHTML={{ __html: location.hash.slice(1) }} />;\n}", True),
+        ("javascript", "import css from './a.css';\n"
+         "export const S = () => <style dangerouslySetInnerHTML={{ __html: css }} />;", False),
+        ("javascript", "const HTML = '<b>x</b>';\n"
+         "export const S = () => <p dangerouslySetInnerHTML={{ __html: HTML }} />;", False),
+        ("typescript", "export function C({ body }: P) {\n"
+         "  return <div dangerouslySetInnerHTML={{ __html: body }} />;\n}", True),
+    ],
+)  # fmt: skip
+def test_dangerously_set_inner_html_needs_untrusted_text(lang: str, code: str, fires: bool) -> None:
+    rules = {h.rule for h in analyse_block(PACK, lang, code)}
+    assert bool(rules & {"JS-XSS-003", "JS-XSS-005"}) is fires, rules
