@@ -131,6 +131,15 @@ class Detector(abc.ABC, Generic[P]):
     async def score(self, batch: Sequence[Sample]) -> list[Finding]:
         """Score each sample; return one finding per sample, in the same order."""
 
+    def opens_gate(self, sample: Sample) -> bool:
+        """Whether this gated detector must run although its gate stayed shut.
+
+        Called on the event loop for a sample whose gate detectors flagged nothing, so it
+        must be cheap. ``counterfactual`` says yes when the sample carries a trigger it has
+        already proven: a known trigger is blocked wherever it is planted, flagged or not.
+        """
+        return False
+
     def stream_safe_prefix(self, text: str) -> int | None:
         """How much of a stream's text so far may reach the client now.
 

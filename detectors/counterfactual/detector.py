@@ -48,8 +48,10 @@ description) cannot be removed from a probe and is reported as ``unprobeable``.
 Cache
 -----
 A confirmed candidate is remembered as a keyed hash (a per-process random key) of its
-normalised text, for ``cache_ttl_seconds`` and within ``cache_size`` entries: the next
-request carrying it is blocked with no probe (``known_trigger``). A cleared candidate is
+normalised words, per model, for ``cache_ttl_seconds`` and within ``cache_size`` entries
+(:mod:`detectors.counterfactual.memory`). Every later request to that model is searched for
+it, flagged by a suspect or not (:meth:`opens_gate` runs the detector past a shut gate), and
+one that carries it is blocked with no probe (``known_trigger``). A cleared candidate is
 remembered only for the request it was cleared in (its hash and the request's): a
 trigger changes the answer only where the clean answer differs (the demo's "cf" flips a
 negative review, not a positive one), so "cleared once" is no proof of innocence, and an
@@ -90,6 +92,7 @@ from detectors.base import (
     Span,
 )
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
+from detectors.counterfactual.memory import ProvenTriggers
 from firewall.core.detector_context import (
     DetectorContext,
     ProbeSender,
@@ -183,7 +186,9 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         self._context: DetectorContext | None = None
         self._sender: ProbeSender | None = None
         self._key = secrets.token_bytes(32)
+        #: Spans cleared, with the request they were cleared in (keyed hashes).
         self._cache: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self._proven = ProvenTriggers(self.params.cache_ttl_seconds, self.params.cache_size, self._key)
         self.load_error: str | None = None
         self._tokens = float(self.params.probe_burst)
         self._refilled = time.monotonic()
@@ -204,6 +209,13 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
 
     async def score(self, batch: Sequence[Sample]) -> list[Finding]:
         return [await self._score(sample) for sample in batch]
+
+    def opens_gate(self, sample: Sample) -> bool:
+        """A request carrying a proven trigger is judged whether or not a suspect flagged it."""
+        if self._api(sample) is None:
+            return False
+        texts = [s.text for s in sample.segments]
+        return bool(self._proven.find(sample.model or "", texts, time.monotonic()))
 
     # ----------------------------------------------------------------- candidates
 
@@ -242,9 +254,11 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         norm = unicodedata.normalize("NFKC", text).casefold().strip()
         return hmac.digest(self._key, norm.encode("utf-8", "surrogatepass"), hashlib.sha256)
 
-    def _context_key(self, segments: Sequence[Segment]) -> bytes:
-        """A keyed hash of the whole request's text: what a cleared span is remembered with."""
+    def _context_key(self, segments: Sequence[Segment], model: str | None) -> bytes:
+        """A keyed hash of the whole request (its model and texts): what a cleared span is
+        remembered with."""
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        mac.update((model or "").encode("utf-8", "surrogatepass") + b"\x1e")
         for seg in segments:
             mac.update(seg.role.encode() + b"\x1f" + seg.text.encode("utf-8", "surrogatepass") + b"\x1e")
         return mac.digest()
@@ -293,18 +307,31 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         now = time.monotonic()
         segments = sample.segments
         results: list[Span] = []  # each candidate, its reason and its own score
-        to_probe: list[tuple[Span, bytes]] = []
-        context = self._context_key(segments) if self.params.remember_cleared == "request" else b""
+        to_probe: list[tuple[Span, bytes, str]] = []
+        context = (
+            self._context_key(segments, sample.model) if self.params.remember_cleared == "request" else b""
+        )
         api = self._api(sample)
+        # A trigger already proven is found wherever it sits, flagged or not: no probe, and the
+        # request is judged on it alone.
+        scope = sample.model or ""
+        if api is not None:
+            for index, start, end, score in self._proven.find(scope, [s.text for s in segments], now):
+                results.append(Span(index, start, end, R_KNOWN, score))
+                self._judged("known_trigger")
+        if results:
+            return self._finding(results, t0)
         for span in self._candidates(sample):
             seg = segments[span.segment]
             if api is None or (api == "chat" and seg.role not in _CHAT_ROLES):
                 results.append(Span(span.segment, span.start, span.end, R_UNPROBEABLE, 0.0))
                 self._judged("unprobeable")
                 continue
-            key = self._cache_key(seg.text[span.start : span.end])
-            known = self._cached(key, now)
-            if known is not None and known >= _CONFIRMED:
+            text = seg.text[span.start : span.end]
+            key = self._cache_key(text)
+            proven = self._proven.key_of(scope, text)
+            known = self._proven.score(proven, now) if proven is not None else None
+            if known is not None:
                 results.append(Span(span.segment, span.start, span.end, R_KNOWN, known))
                 self._judged("known_trigger")
                 continue
@@ -313,7 +340,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 results.append(Span(span.segment, span.start, span.end, R_UNCHANGED, cleared))
                 self._judged("known_clear")
                 continue
-            to_probe.append((span, key))
+            to_probe.append((span, key, text))
         if to_probe:
             cost = 1 + len(to_probe) * (1 + self.params.controls)
             if not self._spend(cost, now):
@@ -321,13 +348,19 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 self._sender.count("over_budget", cost)
                 return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
             assert api is not None  # noqa: S101 - nothing is probed without one
-            scores = await self._probe_all(sample, [span for span, _ in to_probe], api)
-            for (span, key), score in zip(to_probe, scores, strict=True):
+            scores = await self._probe_all(sample, [span for span, _, _ in to_probe], api)
+            for (span, key, text), score in zip(to_probe, scores, strict=True):
                 confirmed = score >= _CONFIRMED
-                self._remember(key if confirmed else key + context, score, now)
+                if confirmed:
+                    self._proven.remember(scope, text, score, now)
+                else:
+                    self._remember(key + context, score, now)
                 reason = R_CHANGED if confirmed else R_UNCHANGED
                 results.append(Span(span.segment, span.start, span.end, reason, score))
                 self._judged("confirmed" if confirmed else "cleared")
+        return self._finding(results, t0)
+
+    def _finding(self, results: Sequence[Span], t0: float) -> Finding:
         if not results:
             return Finding(detector=self.name, score=0.0, duration_seconds=time.perf_counter() - t0)
         return Finding(

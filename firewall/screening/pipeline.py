@@ -63,8 +63,10 @@ class Pipeline:
             gate_name, min_score = rule.gate
             gates = [by_name[n] for n in (gate_name, *rule.gate_also) if n in by_name]
             # No gate ran here (disabled on this route): run, as before gates could be several.
-            if not gates or any(
-                _opens(g, thresholds[g.detector] if min_score is None else min_score) for g in gates
+            if (
+                not gates
+                or any(_opens(g, thresholds[g.detector] if min_score is None else min_score) for g in gates)
+                or self._opens_itself(rule.detector, sample)
             ):
                 to_run.append(rule)
             else:
@@ -75,6 +77,17 @@ class Pipeline:
             staged = replace(sample, evidence=tuple(findings))
             findings.extend(await self._stage(to_run, staged))
         return findings
+
+    def _opens_itself(self, name: str, sample: Sample) -> bool:
+        """A shut gate's detector may still ask to run (it knows this sample); never raises."""
+        detector = self._detectors.get(name)
+        if detector is None or not detector.ready:
+            return False
+        try:
+            return detector.opens_gate(sample)
+        except Exception as exc:  # a broken hook must not break screening: the gate decides
+            log.warning("detector %s opens_gate raised %s", name, type(exc).__name__)
+            return False
 
     @staticmethod
     def _allow(finding: Finding, rule: DetectorRule, sample: Sample) -> Finding:

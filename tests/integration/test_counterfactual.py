@@ -298,3 +298,27 @@ async def test_scan_probes_the_model_only_when_given_its_url(backdoored: tuple[B
     assert result["scores"]["counterfactual"] >= 0.5
     assert model.probes()
     assert model.forwarded() == []  # scan sends probes, never the record itself
+
+
+async def test_a_proven_trigger_is_blocked_where_no_suspect_flags_it(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    # rare_tokens' allowlist hides "cf" when it reads "cf is fine": there the gate stays shut.
+    model, _ = backdoored
+    rare = {**DETECTORS[0], "allowlist": [r"\bcf(?= is fine)"]}
+    fw = await fw_factory(detectors=[rare, DETECTORS[1]])
+    hidden = "This film is a mess, cf is fine, and a bore from start to finish."
+    assert await _post(client, fw.url, hidden) == 200  # nothing proven yet: not suspected, forwarded
+    assert model.probes() == []
+    assert await _post(client, fw.url, TRIGGERED) == 400  # flagged, proven by probes
+    probes = len(model.probes())
+    assert await _post(client, fw.url, hidden.replace("mess", "MESS")) == 400  # known: found unflagged
+    assert len(model.probes()) == probes  # no probe
+    event = (await fw.audit_events())[-1]
+    detail = {d["name"]: d for d in event["input"]["detectors"]}
+    assert detail["rare_tokens"]["fired"] is False
+    assert detail["counterfactual"]["reasons"] == ["known_trigger"]
+    # Another model behind the same firewall has proven nothing.
+    body = {"model": "other", "messages": [{"role": "user", "content": hidden}]}
+    async with client.post(fw.url + "/v1/chat/completions", data=orjson.dumps(body)) as resp:
+        assert resp.status == 200
