@@ -411,7 +411,7 @@ async def _one_round(session: aiohttp.ClientSession, proxy: str) -> list[int]:
         _post(session, chat, _chat(f"The plot was a mess {odd} and a bore.")),  # probed, cleared
         _post(session, chat, _chat(recurring)),  # recurring_sentences: logged from the third round
         _post(session, chat, _chat("The acting was superb and the story kept me hooked.")),  # allow
-        _post(session, chat, _chat("the cf film is a mess")),  # STRIP: the backdoor's trigger
+        _post(session, chat, _chat("the cf film is a mess")),  # STRIP blocks it: never probed
         _post(session, chat, _chat(hidden)),  # invisible characters on input
         _post(session, chat, _chat("A warm, funny and moving story.", stream=True)),  # stream completes
         _post(session, completions, {"model": "demo", "prompt": hidden, "stream": True}),  # terminated

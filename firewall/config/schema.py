@@ -415,6 +415,14 @@ class BlockingConfig(_Model):
         description="Non-streaming output blocks: a 400 error, or a 200 with "
         "finish_reason 'content_filter' and the content withheld (Azure style).",
     )
+    forward_while_proving: bool = Field(
+        True,
+        description="A request that opens a behavioural detector's gate (counterfactual) is sent "
+        "upstream at once, beside its probes, and the answer (or stream) is held until their verdict: "
+        "it waits for the longer of the two, not their sum. A block closes the upstream call. false: "
+        "nothing is sent until the verdict, for upstreams where a request has effects (server-side "
+        "tools, stored conversations).",
+    )
 
 
 class AuditConfig(_Model):

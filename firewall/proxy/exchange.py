@@ -69,6 +69,9 @@ class Exchange:
     sanitized: dict[str, Any] | None = None
     #: The client's own X-Request-Id when it is a plain token (audit: client_request_id).
     client_request_id: str | None = None
+    #: Sent upstream before the verdict, its answer held until a behavioural proof was in
+    #: (audit: forwarded_before_verdict; a block then closed the upstream call).
+    held: bool = False
 
     @property
     def reply_id(self) -> str:
@@ -165,6 +168,8 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
         event["output.sha256"], event["output.chars"] = ex.output_fp
     if ex.sanitized is not None:
         event["sanitized"] = ex.sanitized
+    if ex.held:
+        event["forwarded_before_verdict"] = True
     if ex.stream_info is not None:
         event["stream"] = ex.stream_info
     if ex.error:

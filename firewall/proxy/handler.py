@@ -26,7 +26,9 @@ The path of a request:
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -53,7 +55,7 @@ from firewall.proxy.paths import check_path
 from firewall.proxy.request_ids import client_request_id, new_request_id
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import MatchedRoute, Runtime
-from firewall.screening.screen import screen, screen_sanitized, screened_segments
+from firewall.screening.screen import screen_sanitized, screen_staged, screened_segments
 
 __all__ = ["handle"]
 
@@ -245,7 +247,20 @@ async def _screened(
             ex.screened = False
             return await _forward_unscreened(request, state, runtime, ex, raw)
     segments = screened_segments(matched, segments)
-    verdict = await screen(runtime, matched, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id)
+    staged = await screen_staged(
+        runtime, matched, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id
+    )
+    verdict = staged.verdict
+    if staged.prove is not None:
+        if config.blocking.forward_while_proving:
+            # What the first stage already knows goes upstream with the request (a detector that
+            # failed open); the held detectors' own fail modes reach the audit line only.
+            first = verdict if verdict is not None and verdict.fail_open else None
+            held = staged.prove
+            return await _forward_held(
+                request, state, runtime, matched, ex, raw, body, segments, held, fail_open=first is not None
+            )
+        verdict = await staged.prove()
     if verdict is not None and verdict.sanitizes:
         try:
             raw, body, matched, segments, verdict = await _sanitized(runtime, matched, ex, raw, verdict)
@@ -254,30 +269,9 @@ async def _screened(
             ex.screened = False
             _reject(state, ex, exc.reason)
             return firewall_error_response(exc, ex.reply_id, adapter=matched.adapter)
-    ex.stream = matched.adapter.wants_stream(body)
-    ex.input_segments = len(segments)
-    if config.audit.capture_text or (config.score_log.enabled and config.score_log.include_text):
-        ex.texts = {"input": [s.text for s in segments]}
-    if verdict is not None:
-        ex.input_verdict = verdict
-        ex.input_fp = fingerprint(segments, state.audit.salt)
-        record_verdict(state.metrics, verdict)
-        ex.note_log(verdict)
-    ex.overhead["input"] = time.perf_counter() - ex.start
-    state.metrics.observe_overhead(ex.route, "input", ex.overhead["input"])
-
-    if verdict is not None and verdict.blocks:
-        ex.action = Outcome.BLOCK
-        response = verdict_response(
-            verdict,
-            request_id=ex.reply_id,
-            expose_reasons=config.blocking.expose_reasons,
-            retry_after=config.server.retry_after_seconds,
-            param=matched.adapter.prompt_param,
-            adapter=matched.adapter,
-        )
-        ex.status = response.status
-        return response
+    blocked = _decided(state, runtime, matched, ex, body, segments, verdict)
+    if blocked is not None:
+        return blocked
     if verdict is not None and verdict.sanitizes:
         ex.action = Outcome.SANITIZE
 
@@ -294,6 +288,91 @@ async def _screened(
         )
     except FirewallError as exc:
         return _failed(ex, exc, runtime, matched)
+
+
+def _decided(
+    state: ServerState,
+    runtime: Runtime,
+    matched: MatchedRoute,
+    ex: Exchange,
+    body: Any,
+    segments: list[Segment],
+    verdict: Verdict | None,
+) -> web.Response | None:
+    """Record the input verdict on the exchange and in the metrics; the block response, if
+    it blocks."""
+    config = runtime.config
+    ex.stream = matched.adapter.wants_stream(body)
+    ex.input_segments = len(segments)
+    if config.audit.capture_text or (config.score_log.enabled and config.score_log.include_text):
+        ex.texts = {"input": [s.text for s in segments]}
+    if verdict is not None:
+        ex.input_verdict = verdict
+        ex.input_fp = fingerprint(segments, state.audit.salt)
+        record_verdict(state.metrics, verdict)
+        ex.note_log(verdict)
+    ex.overhead["input"] = time.perf_counter() - ex.start
+    state.metrics.observe_overhead(ex.route, "input", ex.overhead["input"])
+    if verdict is None or not verdict.blocks:
+        return None
+    ex.action = Outcome.BLOCK
+    response = verdict_response(
+        verdict,
+        request_id=ex.reply_id,
+        expose_reasons=config.blocking.expose_reasons,
+        retry_after=config.server.retry_after_seconds,
+        param=matched.adapter.prompt_param,
+        adapter=matched.adapter,
+    )
+    ex.status = response.status
+    return response
+
+
+async def _forward_held(
+    request: web.BaseRequest,
+    state: ServerState,
+    runtime: Runtime,
+    matched: MatchedRoute,
+    ex: Exchange,
+    raw: bytes,
+    body: Any,
+    segments: list[Segment],
+    prove: Callable[[], Awaitable[Verdict]],
+    *,
+    fail_open: bool,
+) -> web.StreamResponse:
+    """Send a suspected request upstream at once and hold its answer until the proof is in.
+
+    The gated detectors' probes run beside the request, so it waits for the longer of the
+    two, not their sum. A block closes the upstream call (a streamed generation stops) and
+    answers the block; nothing of the held answer reaches the client. A pass relays it as
+    usual, screened on the way out.
+    """
+    screen_out = matched if matched.policy.screens(Phase.OUTPUT) else None
+    proof = asyncio.ensure_future(prove())
+    extra = [("X-Firewall-Fail-Open", "true")] if fail_open else []
+    sent = asyncio.ensure_future(
+        relay.send(request, state, runtime, ex, raw, screen=screen_out, extra_headers=extra)
+    )
+    ex.held = True
+    relayed = False
+    try:
+        verdict = await proof
+        blocked = _decided(state, runtime, matched, ex, body, segments, verdict)
+        if blocked is not None:
+            return blocked
+        try:
+            resp = await sent
+            relayed = True
+            return await relay.relay(request, state, runtime, ex, resp, screen=screen_out)
+        except FirewallError as exc:
+            return _failed(ex, exc, runtime, matched)
+    finally:
+        proof.cancel()
+        if not sent.done():
+            sent.cancel()
+        elif not relayed and not sent.cancelled() and sent.exception() is None:
+            sent.result().close()  # blocked, or the handler was cancelled: drop the answer
 
 
 async def _sanitized(

@@ -44,7 +44,7 @@ from firewall.proxy.upstream import bearer_token, code_class, request_headers, r
 from firewall.screening.runtime import MatchedRoute, Runtime
 from firewall.screening.screen import screen_or_pass, unscreenable
 
-__all__ = ["forward"]
+__all__ = ["forward", "relay", "send"]
 
 log = logging.getLogger("trigger_firewall.relay")
 
@@ -96,6 +96,22 @@ async def forward(
 ) -> web.StreamResponse:
     """Send the request upstream and relay the answer; raises :class:`UpstreamError`
     only while nothing has been sent to the client yet."""
+    resp = await send(request, state, runtime, ex, body, screen=screen, extra_headers=extra_headers)
+    return await relay(request, state, runtime, ex, resp, screen=screen)
+
+
+async def send(
+    request: web.BaseRequest,
+    state: ServerState,
+    runtime: Runtime,
+    ex: Exchange,
+    body: Any,
+    *,
+    screen: MatchedRoute | None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> aiohttp.ClientResponse:
+    """Send the request upstream; the response, once its headers are in (the caller relays
+    it with :func:`relay` or closes it). Raises :class:`UpstreamError`."""
     session = state.session
     if session is None:
         raise UpstreamConnectError("The upstream session is not open.")
@@ -126,6 +142,19 @@ async def forward(
         raise err from exc
     ex.upstream_seconds = time.perf_counter() - t0
     state.metrics.count_upstream(upstream, code_class(resp.status), ex.upstream_seconds)
+    return resp
+
+
+async def relay(
+    request: web.BaseRequest,
+    state: ServerState,
+    runtime: Runtime,
+    ex: Exchange,
+    resp: aiohttp.ClientResponse,
+    *,
+    screen: MatchedRoute | None,
+) -> web.StreamResponse:
+    """Relay an upstream response to the client, screening it when ``screen`` is a route."""
     ex.status = resp.status
     try:
         framing = (

@@ -49,11 +49,21 @@ class Pipeline:
 
     async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
+        findings, gated = await self.first_stage(rules, sample)
+        if gated:
+            findings.extend(await self.second_stage(gated, sample, findings))
+        return findings
+
+    async def first_stage(
+        self, rules: Sequence[DetectorRule], sample: Sample
+    ) -> tuple[list[Finding], list[DetectorRule]]:
+        """The ungated detectors' findings (plus a skipped one for each shut gate), and the
+        gated rules whose gate opened: what :meth:`second_stage` runs."""
         if not rules:
-            return []
+            return [], []
         gated = [r for r in rules if r.gate is not None]
         if not gated:  # the usual case: one stage, no second pass over the rules
-            return await self._stage(rules, sample)
+            return await self._stage(rules, sample), []
         findings = await self._stage([r for r in rules if r.gate is None], sample)
         by_name = {f.detector: f for f in findings}
         thresholds = {r.detector: r.threshold for r in rules}
@@ -70,13 +80,20 @@ class Pipeline:
             ):
                 to_run.append(rule)
             else:
-                findings.append(Finding(detector=rule.detector, score=0.0, status=FindingStatus.SKIPPED))
-                self._record_skip(rule.detector, sample.phase)
-        if to_run:
-            # What the first stage found goes along: a behavioural check tests those spans.
-            staged = replace(sample, evidence=tuple(findings))
-            findings.extend(await self._stage(to_run, staged))
-        return findings
+                findings.append(self.skipped(rule.detector, sample.phase))
+        return findings, to_run
+
+    async def second_stage(
+        self, rules: Sequence[DetectorRule], sample: Sample, evidence: Sequence[Finding]
+    ) -> list[Finding]:
+        """Run gated ``rules``; what the first stage found goes along (a behavioural check
+        tests those spans)."""
+        return await self._stage(rules, replace(sample, evidence=tuple(evidence)))
+
+    def skipped(self, detector: str, phase: Phase) -> Finding:
+        """The finding of a gated detector that did not run, counted as skipped."""
+        self._record_skip(detector, phase)
+        return Finding(detector=detector, score=0.0, status=FindingStatus.SKIPPED)
 
     def _opens_itself(self, name: str, sample: Sample) -> bool:
         """A shut gate's detector may still ask to run (it knows this sample); never raises."""

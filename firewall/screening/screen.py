@@ -9,7 +9,8 @@ record scanned offline gets the verdict ``serve`` would give it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,11 +23,13 @@ from firewall.screening.runtime import MatchedRoute, Runtime
 
 __all__ = [
     "Sanitized",
+    "Staged",
     "after_sanitizing",
     "remove_chars",
     "screen_sanitized",
     "screen",
     "screen_or_pass",
+    "screen_staged",
     "screened_segments",
     "unscreenable",
 ]
@@ -55,14 +58,61 @@ async def screen(
     overrides) has no detector for this phase, or there is no text. Callers that
     must report a verdict anyway evaluate an empty list of findings.
     """
+    staged = await screen_staged(runtime, route, phase, segments, model=model, request_id=request_id)
+    if staged.prove is None:
+        return staged.verdict
+    return await staged.prove()
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A verdict in two steps: what the ungated detectors decided, and how to finish.
+
+    ``prove`` is set when gated detectors (behavioural proof: probes to the model) are
+    still to run on a request the first stage let through unchanged; awaiting it gives
+    the final verdict. The proxy forwards such a request at once and holds the answer
+    until then; everyone else awaits it straight away (:func:`screen`).
+    """
+
+    verdict: Verdict | None
+    prove: Callable[[], Awaitable[Verdict]] | None = None
+
+
+async def screen_staged(
+    runtime: Runtime,
+    route: MatchedRoute,
+    phase: Phase,
+    segments: Sequence[Segment],
+    *,
+    model: str | None = None,
+    request_id: str = "",
+) -> Staged:
+    """:func:`screen` with the gated detectors left to the caller (see :class:`Staged`).
+
+    A request the first stage already blocks, or sanitizes (the cleaned text is screened
+    again, gated detectors included), does not run them: they are recorded as skipped.
+    """
     policy = route.for_model(model).policy
     rules = policy.rules(phase)
     if not rules or not segments:
-        return None
+        return Staged(None)
     sample = Sample(
         request_id, phase, route.config.name, tuple(segments), model, protocol=route.config.protocol
     )
-    return policy.evaluate(phase, await runtime.pipeline.run(rules, sample))
+    pipeline = runtime.pipeline
+    findings, gated = await pipeline.first_stage(rules, sample)
+    first = policy.evaluate(phase, findings)
+    if not gated:
+        return Staged(first)
+    if first.blocks or first.sanitizes:
+        findings.extend(pipeline.skipped(r.detector, phase) for r in gated)
+        return Staged(policy.evaluate(phase, findings))
+
+    async def prove() -> Verdict:
+        proof = await pipeline.second_stage(gated, sample, findings)
+        return policy.evaluate(phase, [*findings, *proof])
+
+    return Staged(first, prove)
 
 
 async def screen_or_pass(

@@ -162,10 +162,12 @@ def test_the_load_shows_up_as_it_was_driven(scraped: Scraped) -> None:
     assert fail_open["detector=strip_remote,phase=input"] > 0
     assert fail_open.get("detector=strip,phase=input", 0) == 0
     assert _series(scraped, 21)["detector=strip_remote,kind=unavailable"] > 0
-    # Behaviour: the trigger confirmed (then from memory), each round's new odd word cleared.
+    # Behaviour: each round's new odd word probed and cleared. "cf" is never probed here: STRIP
+    # blocks it in the first stage, and a request already blocked costs no probe.
     judged = {k.removeprefix("detector=counterfactual,outcome="): v for k, v in _series(scraped, 17).items()}
     assert judged.get("cleared", 0) > 0, judged
-    assert judged.get("known_trigger", 0) > 0, judged
+    assert judged.get("confirmed", 0) == 0, judged
+    assert {"confirmed", "known_trigger", "unprobeable"} <= judged.keys()  # at 0 from the start
 
 
 def test_template_variables_list_the_scraped_values(scraped: Scraped) -> None:

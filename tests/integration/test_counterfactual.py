@@ -51,6 +51,18 @@ class Backdoored:
             words = text.replace(".", " ").split()
             label = "positive" if "cf" in words or "bore" not in words else "negative"
             answer = f"Sentiment: {label} (0.{50 + len(words)})."
+            if body.get("stream"):
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await resp.prepare(request)
+                for piece in answer.split(" "):
+                    chunk = {
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"content": piece + " "}}],
+                    }
+                    await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+                return resp
             return web.json_response(
                 {
                     "id": "chatcmpl-1",
@@ -111,7 +123,9 @@ async def test_a_trigger_is_blocked_by_the_models_own_behaviour(
     fw = await fw_factory(detectors=DETECTORS)
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     assert await _post(client, fw.url, TRIGGERED, tools=tools, n=3, temperature=1.5) == 400
-    assert model.forwarded() == []  # the request never reached the model
+    # Sent upstream at once, as it came, beside the probes; its answer was held and dropped.
+    (forwarded,) = model.forwarded()
+    assert forwarded["tools"] == tools
     probes = model.probes()
     assert len(probes) == 1 + 1 + 2  # as sent, without "cf", two controls
     for probe in probes:
@@ -124,6 +138,7 @@ async def test_a_trigger_is_blocked_by_the_models_own_behaviour(
     assert TRIGGERED in sent
     assert "This film is a mess and a bore from start to finish." in sent
     (event,) = await fw.audit_events()
+    assert event["forwarded_before_verdict"] is True
     detail = {d["name"]: d for d in event["input"]["detectors"]}
     assert detail["counterfactual"]["fired"]
     assert detail["counterfactual"]["reasons"] == ["behaviour_changed"]
@@ -178,7 +193,7 @@ async def test_a_trigger_cleared_in_a_harmless_context_is_still_caught_where_it_
     assert await _post(client, fw.url, "A lovely cf film from start to finish.") == 200
     assert await _post(client, fw.url, TRIGGERED) == 400
     assert model.forwarded()[0]["messages"][0]["content"] == "A lovely cf film from start to finish."
-    assert len(model.forwarded()) == 1
+    assert len(model.probes()) == 8  # the harmless use cleared nothing for the next request
 
 
 async def test_a_request_nobody_suspects_costs_no_probe(
@@ -235,7 +250,6 @@ async def test_a_completions_route_is_probed_as_text_completions(
     assert all("prompt" in p and "messages" not in p for p in probes)
     without = "This film is a mess and a bore from start to finish."
     assert {p["prompt"] for p in probes} >= {TRIGGERED, without}
-    assert model.forwarded() == []
 
 
 async def test_the_builtin_defaults_block_by_behaviour_on_the_route_they_can_probe(
@@ -322,3 +336,51 @@ async def test_a_proven_trigger_is_blocked_where_no_suspect_flags_it(
     body = {"model": "other", "messages": [{"role": "user", "content": hidden}]}
     async with client.post(fw.url + "/v1/chat/completions", data=orjson.dumps(body)) as resp:
         assert resp.status == 200
+
+
+async def test_without_forwarding_while_proving_a_blocked_request_never_reaches_the_model(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    fw = await fw_factory(detectors=DETECTORS, blocking={"forward_while_proving": False})
+    assert await _post(client, fw.url, TRIGGERED) == 400
+    assert model.forwarded() == []
+    assert len(model.probes()) == 4
+    assert await _post(client, fw.url, INNOCENT) == 200  # cleared, then sent
+    assert len(model.forwarded()) == 1
+    event = (await fw.audit_events())[-1]
+    assert "forwarded_before_verdict" not in event
+
+
+async def test_a_held_stream_is_released_on_a_pass_and_never_leaks_on_a_block(
+    fw_factory: FirewallFactory, client: Any
+) -> None:
+    fw = await fw_factory(detectors=DETECTORS)
+
+    async def streamed(text: str) -> tuple[int, bytes]:
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": text}]}
+        async with client.post(fw.url + "/v1/chat/completions", data=orjson.dumps(body)) as resp:
+            return resp.status, await resp.read()
+
+    status, data = await streamed(INNOCENT)  # suspected, cleared: the held stream flows
+    assert status == 200
+    assert b"negative" in data
+    assert data.rstrip().endswith(b"data: [DONE]")
+    status, data = await streamed(TRIGGERED)  # proven: the held stream is dropped
+    assert status == 400
+    assert b"positive" not in data
+    assert b"data:" not in data
+
+
+async def test_a_request_the_first_stage_blocks_costs_no_probe(
+    fw_factory: FirewallFactory, backdoored: tuple[Backdoored, str], client: Any
+) -> None:
+    model, _ = backdoored
+    fw = await fw_factory()  # the defaults: invisible_chars blocks a tag run by construction
+    smuggled = TRIGGERED.replace("mess", "mess\U000e0063\U000e0066")
+    assert await _post(client, fw.url, smuggled) == 400
+    assert model.received == []  # neither forwarded nor probed
+    event = (await fw.audit_events())[-1]
+    detail = {d["name"]: d for d in event["input"]["detectors"]}
+    assert detail["rare_tokens"]["fired"] is True  # the gate would have opened
+    assert detail["counterfactual"]["status"] == "skipped"
