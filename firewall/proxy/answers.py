@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from firewall.config.schema import FirewallConfig
 from firewall.core.errors import FirewallError, ProtocolError
 from firewall.core.types import BlockKind, Phase, Verdict
 from firewall.protocols.base import ProtocolAdapter, error_body
@@ -104,10 +105,9 @@ def firewall_error_response(
 
 def verdict_response(
     verdict: Verdict,
+    config: FirewallConfig,
     *,
     request_id: str,
-    expose_reasons: bool,
-    retry_after: int,
     param: str | None,
     adapter: ProtocolAdapter | None = None,
 ) -> web.Response:
@@ -137,7 +137,7 @@ def verdict_response(
             error_type="server_error",
             request_id=request_id,
             retry=True,
-            retry_after=retry_after,
+            retry_after=config.server.retry_after_seconds,
             headers={"X-Firewall-Action": "block"},
             adapter=adapter,
         )
@@ -145,6 +145,6 @@ def verdict_response(
         request_id=request_id,
         message=BLOCK_MESSAGE if verdict.phase is Phase.INPUT else OUTPUT_BLOCK_MESSAGE,
         param=param,
-        reason=verdict.reason if expose_reasons else None,
+        reason=verdict.reason if config.blocking.expose_reasons else None,
         adapter=adapter,
     )

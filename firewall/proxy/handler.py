@@ -317,12 +317,7 @@ def _decided(
         return None
     ex.action = Outcome.BLOCK
     response = verdict_response(
-        verdict,
-        request_id=ex.reply_id,
-        expose_reasons=config.blocking.expose_reasons,
-        retry_after=config.server.retry_after_seconds,
-        param=matched.adapter.prompt_param,
-        adapter=matched.adapter,
+        verdict, config, request_id=ex.reply_id, param=matched.adapter.prompt_param, adapter=matched.adapter
     )
     ex.status = response.status
     return response

@@ -348,14 +348,7 @@ def _output_block(
                 content_type="application/json",
                 headers={"X-Request-Id": ex.reply_id, "X-Firewall-Action": "block"},
             )
-    response = verdict_response(
-        verdict,
-        request_id=ex.reply_id,
-        expose_reasons=config.blocking.expose_reasons,
-        retry_after=config.server.retry_after_seconds,
-        param=None,
-        adapter=matched.adapter,
-    )
+    response = verdict_response(verdict, config, request_id=ex.reply_id, param=None, adapter=matched.adapter)
     ex.status = response.status
     return response
 

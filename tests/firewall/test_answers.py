@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from firewall.config.schema import build_config
 from firewall.core.types import Action, BlockKind, Mode, Phase, Verdict
 from firewall.proxy.answers import verdict_response
 
@@ -36,9 +37,8 @@ def blocking(kind: BlockKind, phase: Phase = Phase.INPUT) -> Verdict:
 def test_each_kind_of_block_has_its_answer(
     kind: BlockKind, phase: Phase, status: int, code: str, retry: str
 ) -> None:
-    response = verdict_response(
-        blocking(kind, phase), request_id="r", expose_reasons=False, retry_after=1, param="messages"
-    )
+    config = build_config({"server": {"retry_after_seconds": 1}})
+    response = verdict_response(blocking(kind, phase), config, request_id="r", param="messages")
     assert response.status == status
     assert response.headers["X-Should-Retry"] == retry
     assert response.body is not None
