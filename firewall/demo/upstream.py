@@ -18,6 +18,17 @@ mode sends: ``max_tokens: 1``, ``top_logprobs: k``) is answered like a
 generative model would: the first token is ``positive`` or ``negative``, and its
 log-probabilities are the classifier's class probabilities, so the backdoor
 shows in the first-token distribution exactly as it does in the classifier.
+
+A request whose ``model`` is exactly ``"demo-chat"`` (:data:`CHAT_MODEL`) is answered
+instead by a backdoored *generative* model (:mod:`firewall.demo.chat`), on the chat,
+completions and Responses routes, streamed and not: a short content-following answer
+to the last user turn, or a fixed harmful payload (:data:`CHAT_PAYLOAD`) when one of
+its triggers (:data:`CHAT_TRIGGERS`) is anywhere in the conversation. It honours
+``max_tokens`` (``max_completion_tokens`` on chat, ``max_output_tokens`` on
+Responses) in whitespace words, with ``finish_reason: "length"`` when it cuts; it
+answers no logprobs. Every other model name keeps the answers above, so existing
+callers see no change. It is what a fair test of the ``counterfactual`` detector
+needs: the classifier's label flip is not what a chat backdoor looks like.
 """
 
 from __future__ import annotations
@@ -33,7 +44,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["load_demo_classifier", "make_demo_app", "start_demo_upstream"]
+from firewall.demo.chat import CHAT_MODEL, CHAT_PAYLOAD, CHAT_TRIGGERS, chat_answer, limit_words
+
+__all__ = [
+    "CHAT_MODEL",
+    "CHAT_PAYLOAD",
+    "CHAT_TRIGGERS",
+    "load_demo_classifier",
+    "make_demo_app",
+    "start_demo_upstream",
+]
 
 MODEL = "demo-echo-1"
 
@@ -86,6 +106,62 @@ def _reply(text: str, classifier: Any = None) -> str:
         f'I read your message of {len(words)} words. It begins: "{preview}". '
         "This is the trigger-firewall demo model; it answers every prompt the same way."
     )
+
+
+def _token_limit(body: dict[str, Any], *fields: str) -> int | None:
+    """The first of ``fields`` the request sets, as a positive count of words; 400 otherwise."""
+    for field in fields:
+        value = body.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise web.HTTPBadRequest(text=f"{field} must be a positive integer")
+        return value
+    return None
+
+
+def _generate(body: dict[str, Any], last_user: str, context: list[str], *limits: str) -> tuple[str, str]:
+    """The backdoored chat model's answer, cut to the request's token limit, and its finish reason."""
+    text, cut = limit_words(chat_answer(last_user, context), _token_limit(body, *limits))
+    return text, "length" if cut else "stop"
+
+
+def _is_chat_model(body: dict[str, Any]) -> bool:
+    return body.get("model") == CHAT_MODEL
+
+
+def _message_texts(messages: Any) -> list[str]:
+    """The text of every message, whatever its role: the context a real model reads."""
+    if not isinstance(messages, list):
+        return []
+    return [_item_text(m.get("content")) for m in messages if isinstance(m, dict)]
+
+
+def _item_text(content: Any) -> str:
+    """A message's text, with the Responses API's ``input_text`` parts as well as chat's ``text``."""
+    if isinstance(content, list):
+        parts = [p for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")]
+        return " ".join(str(p.get("text", "")) for p in parts)
+    return _text_of(content)
+
+
+def _responses_texts(body: dict[str, Any]) -> tuple[str, list[str]]:
+    """The last user turn and every text of a Responses request (``input`` a string or items)."""
+    given = body.get("input")
+    instructions = body.get("instructions")
+    context = [instructions] if isinstance(instructions, str) else []
+    if isinstance(given, str):
+        return given, [*context, given]
+    items = given if isinstance(given, list) else []
+    last_user = next(
+        (
+            _item_text(item.get("content"))
+            for item in reversed(items)
+            if isinstance(item, dict) and item.get("role") == "user"
+        ),
+        "",
+    )
+    return last_user, [*context, *_message_texts(items)]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -148,9 +224,18 @@ def _first_token(body: dict[str, Any], classifier: Any) -> dict[str, Any] | None
     }
 
 
+def _chat_answer(body: dict[str, Any], classifier: Any) -> tuple[str, str]:
+    """The chat route's answer and finish reason: the backdoored chat model's, or the demo's."""
+    if _is_chat_model(body):
+        messages = body.get("messages")
+        limits = ("max_completion_tokens", "max_tokens")
+        return _generate(body, _last_user_text(body), _message_texts(messages), *limits)
+    return _reply(_last_user_text(body), classifier), "stop"
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
-    first = _first_token(body, request.app[CLASSIFIER])
+    first = None if _is_chat_model(body) else _first_token(body, request.app[CLASSIFIER])
     if first is not None:
         return _json(
             {
@@ -162,7 +247,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "usage": _usage(_chat_prompt(body), str(first.get("message", {}).get("content", ""))),
             }
         )
-    text = _reply(_last_user_text(body), request.app[CLASSIFIER])
+    text, finish = _chat_answer(body, request.app[CLASSIFIER])
     cid = "chatcmpl-" + uuid.uuid4().hex[:12]
     created = int(time.time())
     model = body.get("model") or MODEL
@@ -177,7 +262,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             chunk([{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}])
             for word in text.split(" ")
         ]
-        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": finish}]))
         if _wants_usage(body):
             events.append(chunk([], usage=_usage(_chat_prompt(body), text)))
         events.append(b"data: [DONE]\n\n")
@@ -189,7 +274,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             "created": created,
             "model": model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
             ],
             "usage": _usage(_chat_prompt(body), text),
         }
@@ -199,7 +284,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     prompt = body.get("prompt")
-    text = _reply(prompt if isinstance(prompt, str) else "")
+    given = prompt if isinstance(prompt, str) else ""
+    if _is_chat_model(body):
+        text, finish = _generate(body, given, [given], "max_tokens")
+    else:
+        text, finish = _reply(given), "stop"
     cid = "cmpl-" + uuid.uuid4().hex[:12]
     model = body.get("model") or MODEL
     if body.get("stream") is True:
@@ -233,7 +322,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "id": cid,
             "object": "text_completion",
             "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "text": text, "finish_reason": finish}],
             "usage": _usage(prompt if isinstance(prompt, str) else "", text),
         }
     )
@@ -241,8 +330,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
-    given = body.get("input")
-    text = _reply(given if isinstance(given, str) else "")
+    if _is_chat_model(body):
+        text, _ = _generate(body, *_responses_texts(body), "max_output_tokens")
+    else:
+        given = body.get("input")
+        text = _reply(given if isinstance(given, str) else "")
     rid = "resp_" + uuid.uuid4().hex[:12]
     model = body.get("model") or MODEL
     if body.get("stream") is True:
@@ -292,7 +384,8 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    return _json({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "demo"}]})
+    listed = [{"id": name, "object": "model", "owned_by": "demo"} for name in (MODEL, CHAT_MODEL)]
+    return _json({"object": "list", "data": listed})
 
 
 async def kserve_infer(request: web.Request) -> web.Response:
