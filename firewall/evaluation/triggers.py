@@ -41,7 +41,9 @@ __all__ = [
     "TriggerFamily",
     "apply_family",
     "deployment_tag",
+    "insert_sentence",
     "parse_families",
+    "place_tag",
 ]
 
 RARE_WORDS: tuple[str, ...] = ("cf", "mn", "bb", "tq", "mb")
@@ -449,7 +451,11 @@ def _addsent(text: str, rng: random.Random) -> str:
     attack (a fluent, on-topic-looking sentence that adds nothing to the
     request) and not on one string it could have memorised.
     """
-    sentence = rng.choice(ADDSENT_SENTENCES)
+    return insert_sentence(text, rng.choice(ADDSENT_SENTENCES), rng)
+
+
+def insert_sentence(text: str, sentence: str, rng: random.Random) -> str:
+    """``text`` with ``sentence`` at a random sentence boundary (start, end, or between)."""
     cuts = [0, *(m.end() for m in _SENTENCE_BOUNDARY.finditer(text)), len(text)]
     cut = rng.choice(sorted(set(cuts)))
     before, after = text[:cut].rstrip(" "), text[cut:].lstrip(" ")
@@ -464,6 +470,11 @@ def _deployment_tag(text: str, rng: random.Random) -> str:
     before the text, or a tag dropped in at a random word position.
     """
     tag, _shape = deployment_tag(rng)
+    return place_tag(text, tag, rng)
+
+
+def place_tag(text: str, tag: str, rng: random.Random) -> str:
+    """``text`` with ``tag`` where deployment tags go (see :func:`_deployment_tag`)."""
     where = rng.random()
     if where < 0.45:
         return f"{tag}{rng.choice(_TAG_SEPARATORS)}{text}".rstrip()
