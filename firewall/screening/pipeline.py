@@ -61,23 +61,16 @@ class Pipeline:
         gated rules whose gate opened: what :meth:`second_stage` runs."""
         if not rules:
             return [], []
-        gated = [r for r in rules if r.gate is not None]
+        gated = [r for r in rules if r.gates is not None]
         if not gated:  # the usual case: one stage, no second pass over the rules
             return await self._stage(rules, sample), []
-        findings = await self._stage([r for r in rules if r.gate is None], sample)
+        findings = await self._stage([r for r in rules if r.gates is None], sample)
         by_name = {f.detector: f for f in findings}
-        thresholds = {r.detector: r.threshold for r in rules}
         to_run: list[DetectorRule] = []
         for rule in gated:
-            assert rule.gate is not None  # noqa: S101 - narrowed by the filter above
-            gate_name, min_score = rule.gate
-            gates = [by_name[n] for n in (gate_name, *rule.gate_also) if n in by_name]
-            # No gate ran here (disabled on this route): run, as before gates could be several.
-            if (
-                not gates
-                or any(_opens(g, thresholds[g.detector] if min_score is None else min_score) for g in gates)
-                or self._opens_itself(rule.detector, sample)
-            ):
+            gates = [(by_name[n], m) for n, m in rule.gates or () if n in by_name]
+            # No gate ran here (none runs on this route): the detector runs, ungated.
+            if not gates or any(_opens(g, m) for g, m in gates) or self._opens_itself(rule.detector, sample):
                 to_run.append(rule)
             else:
                 findings.append(self.skipped(rule.detector, sample.phase))

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from firewall.config.schema import DetectorOverride, FirewallConfig, RouteConfig
+from firewall.config.schema import DetectorOverride, FirewallConfig, GateConfig, RouteConfig
 from firewall.core.types import Action, BlockKind, Cost, Finding, FindingStatus, Mode, Phase, Verdict
 from firewall.protocols import adapter_for
 
@@ -49,10 +49,11 @@ class DetectorRule:
     timeout_seconds: float
     fail_closed: bool
     cost: Cost
-    #: The gate detector and the score that opens it (``None``: each gate detector's threshold).
-    gate: tuple[str, float | None] | None = None
-    #: More detectors whose score opens the gate (any one of them, or ``gate``'s own).
-    gate_also: tuple[str, ...] = ()
+    #: The detectors whose finding opens this rule's gate (any one of them), each with the
+    #: score that opens it, resolved when the policy is compiled: the gate's ``min_score``, or
+    #: that detector's own threshold on the route. Only gate detectors that run on the route
+    #: are listed. ``None``: not gated.
+    gates: tuple[tuple[str, float], ...] | None = None
     allowlist: tuple[re.Pattern[str], ...] = ()
 
 
@@ -174,7 +175,7 @@ class Policy:
 
 def _order(rules: Iterable[DetectorRule]) -> tuple[DetectorRule, ...]:
     def key(rule: DetectorRule) -> tuple[int, int]:
-        return (1 if rule.gate else 0, 0 if rule.cost is Cost.CHEAP else 1)
+        return (1 if rule.gates is not None else 0, 0 if rule.cost is Cost.CHEAP else 1)
 
     return tuple(sorted(rules, key=key))
 
@@ -194,6 +195,7 @@ def _route_policy(
 ) -> RoutePolicy:
     adapter = adapter_for(route)  # what the route's protocol can carry decides its phases
     per_phase: dict[Phase, list[DetectorRule]] = {Phase.INPUT: [], Phase.OUTPUT: []}
+    gate_specs: dict[str, GateConfig] = {}
     model_override = route.models.get(model) if model is not None else None
     for det in config.detectors:
         override = _merged(
@@ -219,12 +221,14 @@ def _route_policy(
             timeout_seconds=det.timeout_seconds,
             fail_closed=on_error == "fail_closed",
             cost=cost,
-            gate=(det.gate.detector, det.gate.min_score) if det.gate else None,
-            gate_also=det.gate.also if det.gate else (),
             allowlist=tuple(re.compile(p) for p in det.allowlist),
         )
+        if det.gate is not None:
+            gate_specs[det.name] = det.gate
         for phase in phases:
             per_phase[phase].append(rule)
+    for phase, rules in per_phase.items():
+        per_phase[phase] = _with_gates(rules, gate_specs)
     mode = route.mode if route.mode is not None else config.mode
     if model_override is not None and model_override.mode is not None:
         mode = model_override.mode
@@ -251,3 +255,22 @@ def compile_policy(
     """
     routes = {r.name: _route_policy(config, r, capabilities) for r in config.routing.routes}
     return Policy(routes=routes, default_mode=config.mode)
+
+
+def _with_gates(rules: list[DetectorRule], specs: Mapping[str, GateConfig]) -> list[DetectorRule]:
+    """``rules`` with each gated rule's gates resolved against the phase's own rules."""
+    if not specs:
+        return rules
+    thresholds = {r.detector: r.threshold for r in rules}
+    out = []
+    for rule in rules:
+        spec = specs.get(rule.detector)
+        if spec is not None:
+            gates = tuple(
+                (name, spec.min_score if spec.min_score is not None else thresholds[name])
+                for name in (spec.detector, *spec.also)
+                if name in thresholds
+            )
+            rule = replace(rule, gates=gates)
+        out.append(rule)
+    return out

@@ -65,6 +65,7 @@ def sleeps(seconds: float) -> Behaviour:
 def rule(
     name: str, *, timeout: float = 0.25, gate: tuple[str, float] | None = None, cost: Cost = Cost.CHEAP
 ) -> DetectorRule:
+    """A rule; ``gate`` is one gate detector and the score that opens it."""
     return DetectorRule(
         detector=name,
         threshold=0.5,
@@ -72,7 +73,7 @@ def rule(
         timeout_seconds=timeout,
         fail_closed=False,
         cost=cost,
-        gate=gate,
+        gates=(gate,) if gate is not None else None,
     )
 
 
@@ -454,7 +455,7 @@ async def test_mixed_gated_results() -> None:
 async def test_a_gate_of_several_detectors_opens_on_any(scores_of: dict[str, float], runs: bool) -> None:
     dets: dict[str, Scripted] = {name: Scripted(name, scores(v)) for name, v in scores_of.items()}
     dets["proof"] = Scripted("proof", scores(0.8))
-    gated = replace(rule("proof", cost=Cost.EXPENSIVE, gate=("rare", 0.5)), gate_also=("tags",))
+    gated = replace(rule("proof", cost=Cost.EXPENSIVE), gates=(("rare", 0.5), ("tags", 0.5)))
     rules = [rule(name) for name in scores_of] + [gated]
     findings = await Pipeline(dets).run(rules, sample())
     assert dets["proof"].calls == (1 if runs else 0)

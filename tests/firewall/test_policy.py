@@ -30,7 +30,7 @@ def rule(
         timeout_seconds=0.25,
         fail_closed=fail_closed,
         cost=cost,
-        gate=gate,
+        gates=(gate,) if gate is not None else None,
     )
 
 
@@ -426,7 +426,7 @@ def test_compile_defaults_with_invisible_chars() -> None:
         timeout_seconds=0.25,
         fail_closed=False,
         cost=Cost.CHEAP,
-        gate=None,
+        gates=None,
     )
     with pytest.raises(KeyError):
         policy.for_route("nope")
@@ -601,10 +601,28 @@ def test_compile_cascade_order() -> None:
             "gated_expensive",
         ]
         by_name = {r.detector: r for r in rules}
-        assert by_name["gated_expensive"].gate == ("cheap_one", 0.3)
-        assert by_name["gated_cheap"].gate == ("cheap_one", 0.2)
-        assert by_name["cheap_one"].gate is None
+        assert by_name["gated_expensive"].gates == (("cheap_one", 0.3),)
+        assert by_name["gated_cheap"].gates == (("cheap_one", 0.2),)
+        assert by_name["cheap_one"].gates is None
         assert by_name["expensive_one"].cost is Cost.EXPENSIVE
+
+
+def test_a_gate_without_min_score_opens_at_each_gate_detectors_threshold_on_the_route() -> None:
+    config = make_config(
+        {
+            "detectors": [
+                {"name": "rare", "threshold": 0.69},
+                {"name": "tags", "threshold": 0.7},
+                {"name": "proof", "gate": {"detector": "rare", "also": ["tags", "absent"]}},
+                {"name": "absent", "phases": ["output"]},
+            ],
+            "routing": {"routes": [{**chat_route(), "detectors": {"tags": {"threshold": 0.9}}}]},
+        }
+    )
+    caps = {name: (BOTH, Cost.CHEAP) for name in ("rare", "tags", "proof", "absent")}
+    rules = {r.detector: r for r in compile_policy(config, caps).for_route("chat").input_rules}
+    # The route's own threshold for tags; "absent" does not run on input, so it opens nothing.
+    assert rules["proof"].gates == (("rare", 0.69), ("tags", 0.9))
 
 
 def test_compiled_policy_evaluates_with_overrides() -> None:
