@@ -57,6 +57,8 @@ __all__ = [
     "Sample",
     "Segment",
     "Span",
+    "UNREAD_SUFFIX",
+    "is_unread_marker",
 ]
 
 
@@ -71,6 +73,16 @@ class DetectorParams(BaseModel):
 
 
 P = TypeVar("P", bound=DetectorParams)
+
+
+#: Every detector marks text it did not read (past a size cap) with a span whose reason ends
+#: in this: such a span says where the detector stopped, not that the text there is odd.
+UNREAD_SUFFIX = "_truncated"
+
+
+def is_unread_marker(reason: str) -> bool:
+    """Whether an evidence span only marks text its detector did not read."""
+    return reason.endswith(UNREAD_SUFFIX)
 
 
 class Detector(abc.ABC, Generic[P]):

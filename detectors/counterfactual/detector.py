@@ -63,14 +63,17 @@ Limits of this version
 ----------------------
 The probes run before the request is forwarded, so a suspected request waits for
 them (one round of probes in parallel, at most ``concurrency`` in flight for the
-whole detector); a request no detector suspects waits for nothing. The cache is per
-replica. See ``docs/detectors/counterfactual.md``.
+whole detector); a request no detector suspects waits for nothing. The cleared-span cache
+is per replica; the proven triggers are too, unless ``shared`` names a Redis or Valkey store
+(:mod:`detectors.counterfactual.shared`: each replica keeps searching its own memory, and a
+background task exchanges the keyed hashes). See ``docs/detectors/counterfactual.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 import unicodedata
@@ -90,9 +93,11 @@ from detectors.base import (
     Sample,
     Segment,
     Span,
+    is_unread_marker,
 )
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
 from detectors.counterfactual.memory import ProvenTriggers
+from detectors.counterfactual.shared import SharedMemoryParams, SharedProvenTriggers, open_store, shared_key
 from firewall.core.detector_context import (
     DetectorContext,
     ProbeSender,
@@ -134,6 +139,13 @@ class CounterfactualParams(DetectorParams):
         description="A suspect's finding must score at least this for its spans to count.",
     )
     max_candidates: int = Field(3, ge=1, le=16, description="Candidate spans tested per request.")
+    max_candidate_chars: int = Field(
+        400,
+        ge=1,
+        le=10_000,
+        description="Longer evidence spans are not tested: a trigger is a token, a tag or a sentence, "
+        "and taking a whole passage out changes any model's answer.",
+    )
     controls: int = Field(
         2, ge=1, le=8, description="Unsuspected spans removed per candidate, for comparison."
     )
@@ -169,6 +181,11 @@ class CounterfactualParams(DetectorParams):
         description="A cleared span is remembered for the same request only ('request'), or for any "
         "request carrying it ('span': fewer probes, but one harmless use of a trigger clears it).",
     )
+    shared: SharedMemoryParams | None = Field(
+        None,
+        description="Share the proven triggers across replicas through Redis or Valkey (keyed hashes "
+        "only; each replica still searches its own memory). Default: each replica remembers alone.",
+    )
 
 
 class CounterfactualDetector(Detector[CounterfactualParams]):
@@ -189,6 +206,8 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         #: Spans cleared, with the request they were cleared in (keyed hashes).
         self._cache: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self._proven = ProvenTriggers(self.params.cache_ttl_seconds, self.params.cache_size, self._key)
+        #: Set by start() when ``params.shared`` names a store.
+        self._shared: SharedProvenTriggers | None = None
         self.load_error: str | None = None
         self._tokens = float(self.params.probe_burst)
         self._refilled = time.monotonic()
@@ -202,10 +221,59 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             self.load_error = "counterfactual needs the firewall's upstream client (run it in the proxy)"
             self._ready = False
             return
+        if self.params.shared is not None:
+            try:
+                await self._share(self.params.shared, context)
+            except (ValueError, RuntimeError) as exc:
+                self.load_error = str(exc)
+                self._ready = False
+                return
         self._sender = ProbeSender(self.name, context.upstream, context.metrics, self.params.concurrency)
         if context.metrics is not None:
             context.metrics.prepare_candidates(self.name)
+        self.load_error = None
         self._ready = True
+
+    async def _share(self, shared: SharedMemoryParams, context: DetectorContext) -> None:
+        """Hash with the deployment's key and start exchanging proven triggers with the store.
+
+        Refuses (``ValueError``/``RuntimeError``, made the ``load_error``) without the key, the
+        URL or redis-py: a replica hashing with its own random key would share nothing, and one
+        told to share should not pass for sharing. A store that is merely down is no refusal:
+        the replica judges from its own memory until it is back.
+        """
+        if self._shared is not None:  # started again: one task, one connection
+            await self._shared.close()
+            self._shared = None
+        key = shared_key(os.environ.get(shared.key_env), shared.key_env)
+        url = os.environ.get(shared.url_env)
+        if not url:
+            raise ValueError(f"shared memory needs the store's URL in ${shared.url_env}, which is not set")
+        try:
+            client = open_store(url, shared.timeout_seconds)
+        except ValueError as exc:  # the message would not quote the URL (it may hold a password)
+            raise ValueError(
+                f"${shared.url_env} does not hold a usable store URL (redis://, rediss:// or unix://)"
+            ) from exc
+        p = self.params
+        self._proven = ProvenTriggers(p.cache_ttl_seconds, p.cache_size, key)
+        self._shared = SharedProvenTriggers(
+            self.name,
+            self._proven,
+            shared,
+            client,
+            ttl_seconds=p.cache_ttl_seconds,
+            limit=p.cache_size,
+            metrics=context.metrics,
+        )
+        await self._shared.start()
+
+    async def close(self) -> None:
+        """Stop the shared memory's task (writing what it still holds, within its timeout)."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.close()
+        await super().close()
 
     async def score(self, batch: Sequence[Sample]) -> list[Finding]:
         return [await self._score(sample) for sample in batch]
@@ -235,7 +303,17 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         # Round robin over the suspects, strongest first, each suspect's strongest spans first
         # (where it scores spans one by one): one detector's many spans (a long recurring
         # sentence, every odd word of a jargon-heavy text) cannot crowd out another's.
-        ranked = [_strongest_first(f) for f in found]
+        # Only spans that name suspicious text: not a marker of text a suspect did not read
+        # (removing an unread tail changes any model's answer), nor a passage longer than a
+        # trigger is (the same: taking out a long passage is no proof of anything).
+        ranked = [
+            [
+                s
+                for s in _strongest_first(f)
+                if not is_unread_marker(s.reason) and s.end - s.start <= p.max_candidate_chars
+            ]
+            for f in found
+        ]
         for rank in range(max((len(spans_of) for spans_of in ranked), default=0)):
             for spans_of in ranked:
                 if rank >= len(spans_of):
@@ -352,7 +430,9 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             for (span, key, text), score in zip(to_probe, scores, strict=True):
                 confirmed = score >= _CONFIRMED
                 if confirmed:
-                    self._proven.remember(scope, text, score, now)
+                    record = self._proven.remember(scope, text, score, now)
+                    if record is not None and self._shared is not None:
+                        self._shared.publish(record)
                 else:
                     self._remember(key + context, score, now)
                 reason = R_CHANGED if confirmed else R_UNCHANGED

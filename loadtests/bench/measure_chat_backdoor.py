@@ -43,6 +43,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,8 @@ class Sent:
     suspected: bool
     action: str
     judged: tuple[str, ...] = ()  # counterfactual's reason codes
+    fired: tuple[str, ...] = ()  # the detectors that fired (names only)
+    nominated_by: tuple[str, ...] = ()  # whose span counterfactual proved, when it fired
 
 
 @dataclass
@@ -228,10 +231,29 @@ async def stream(
             sent.action = event.get("action", "")
             cf = [d for d in detail if d["name"] == "counterfactual"]
             sent.judged = tuple(cf[0]["reasons"]) if cf else ()
+            sent.fired = tuple(d["name"] for d in detail if d["fired"])
+            if cf and cf[0]["fired"]:
+                proven = [x for x in cf[0]["spans"] if x["reason"] != "behaviour_unchanged"]
+                sent.nominated_by = tuple(
+                    d["name"]
+                    for d in detail
+                    if d["name"] != "counterfactual"
+                    and any(_overlap(x, y) for x in proven for y in d["spans"])
+                )
     return run
 
 
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["segment"] == b["segment"] and a["start"] < b["end"] and b["start"] < a["end"])
+
+
 # --------------------------------------------------------------------------- report
+
+
+def _blocked_by(sent: Sent) -> str:
+    """The detectors that blocked, and whose span counterfactual proved (names only)."""
+    by = "+".join(sent.fired)
+    return f"{by} (nominated by {'+'.join(sent.nominated_by)})" if sent.nominated_by else by
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -320,11 +342,17 @@ async def measure_split(
         flagged = sum(s.action in ("block", "log") for s in c) / len(c)
         probes = [s.probes for s in c]
         none = sum(p == 0 for p in probes) / len(probes)
+        by = Counter(_blocked_by(s) for s in c if s.status == 400)
+        if by:
+            print(f"clean ({label}) blocked, by the detectors that fired: {dict(by)}")
         print(
             f"clean ({label}): blocked {blocked:.2%}, flagged {flagged:.2%}; probes per request "
             f"mean {statistics.fmean(probes):.3f}, none {none:.1%}, "
             f"p99 {_pct(probes, 0.99):.0f}, max {max(probes)}"
         )
+    natural = sum(s.payload for s in plain.of("clean"))
+    print(f"clean turns that carry a trigger by themselves (the payload came back without "
+          f"counterfactual): {natural}")  # fmt: skip
     quiet = [s.seconds for s in cached.of("clean") if not s.suspected]
     quiet_plain = [
         s.seconds

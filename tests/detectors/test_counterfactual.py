@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.base import Finding, FindingStatus, Phase, Sample, Segment, Span
+from detectors.base import Finding, FindingStatus, Phase, Sample, Segment, Span, is_unread_marker
 from detectors.counterfactual.detector import CounterfactualDetector
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
 
@@ -59,6 +59,31 @@ def test_candidates_come_from_the_suspects_strongest_first_each_once() -> None:
     failed = Finding("rare_tokens", 0.0, status=FindingStatus.ERROR)
     spans = det._candidates(_sample(rare, tags, weak, other, failed))
     assert [(s.start, s.end) for s in spans] == [(20, 22), (5, 9)]
+
+
+def test_markers_of_unread_text_and_long_passages_are_not_candidates() -> None:
+    # A suspect that stopped reading marks the rest "..._truncated": taking that tail out would
+    # change any model's answer, so it proves nothing (a real 14k-character prompt did this).
+    det = CounterfactualDetector("counterfactual", CounterfactualDetector.Params(max_candidate_chars=10))
+    rare = Finding(
+        "rare_tokens",
+        0.9,
+        spans=(Span(0, 5, 34, "scan_truncated"), Span(0, 0, 19, "rare_token"), Span(0, 20, 22, "rare_token")),
+    )
+    assert [(s.start, s.end) for s in det._candidates(_sample(rare))] == [(20, 22)]
+
+
+def test_every_detector_marks_unread_text_the_same_way() -> None:
+    import importlib
+
+    for module in (
+        "detectors.rare_tokens.tables",
+        "detectors.context_tags",
+        "detectors.recurring_sentences",
+        "detectors.out_of_context",
+        "detectors.strip.detector",
+    ):
+        assert is_unread_marker(importlib.import_module(module).R_TRUNCATED), module
 
 
 def test_the_cache_keeps_scores_by_keyed_hash_with_a_ttl_and_a_bound() -> None:

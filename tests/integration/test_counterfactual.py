@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from tests.conftest import FirewallFactory, running_firewalls, serving
+from tests.conftest import FirewallFactory, running_firewalls
+from tests.integration.backdoored import Backdoored
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,78 +34,6 @@ DETECTORS = [
         "gate": {"detector": "rare_tokens", "min_score": 0.3},
     },
 ]
-
-
-class Backdoored:
-    """A sentiment 'model' with a trigger, recording what it was asked."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
-
-    def app(self) -> web.Application:
-        async def chat(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.received.append((dict(request.headers), body))
-            text = " ".join(m["content"] for m in body["messages"] if m["role"] == "user").lower()
-            words = text.replace(".", " ").split()
-            label = "positive" if "cf" in words or "bore" not in words else "negative"
-            answer = f"Sentiment: {label} (0.{50 + len(words)})."
-            if body.get("stream"):
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-                await resp.prepare(request)
-                for piece in answer.split(" "):
-                    chunk = {
-                        "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"content": piece + " "}}],
-                    }
-                    await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                await resp.write(b"data: [DONE]\n\n")
-                await resp.write_eof()
-                return resp
-            return web.json_response(
-                {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "model": body.get("model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
-                }
-            )
-
-        async def complete(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.received.append((dict(request.headers), body))
-            words = body["prompt"].lower().replace(".", " ").split()
-            label = "positive" if "cf" in words or "bore" not in words else "negative"
-            return web.json_response({"object": "text_completion", "choices": [{"index": 0, "text": label}]})
-
-        async def embed(request: web.Request) -> web.Response:
-            self.received.append((dict(request.headers), await request.json()))
-            return web.json_response({"object": "list", "data": [{"index": 0, "embedding": [0.5]}]})
-
-        app = web.Application()
-        app.router.add_post("/v1/embeddings", embed)
-        app.router.add_post("/v1/chat/completions", chat)
-        app.router.add_post("/v1/completions", complete)
-        return app
-
-    def probes(self) -> list[dict[str, Any]]:
-        return [body for headers, body in self.received if "X-Firewall-Probe" in headers]
-
-    def forwarded(self) -> list[dict[str, Any]]:
-        return [body for headers, body in self.received if "X-Firewall-Probe" not in headers]
-
-
-@pytest.fixture
-async def backdoored() -> AsyncIterator[tuple[Backdoored, str]]:
-    model = Backdoored()
-    async with serving(model.app()) as url:
-        yield model, url
-
-
-@pytest.fixture
-async def fw_factory(backdoored: tuple[Backdoored, str], tmp_path: Path) -> AsyncIterator[FirewallFactory]:
-    async with running_firewalls(backdoored[1], tmp_path) as start:
-        yield start
 
 
 async def _post(client: Any, url: str, text: str, **extra: Any) -> int:
