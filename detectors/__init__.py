@@ -33,7 +33,6 @@ _BUILTINS: dict[str, str] = {
     "perplexity": "detectors.perplexity:PerplexityDetector",
     "context_tags": "detectors.context_tags:ContextTagsDetector",
     "counterfactual": "detectors.counterfactual.detector:CounterfactualDetector",
-    "out_of_context": "detectors.out_of_context:OutOfContextDetector",
     "recurring_sentences": "detectors.recurring_sentences:RecurringSentencesDetector",
 }
 

@@ -4,10 +4,10 @@ Why this exists
 ---------------
 A per-request detector cannot tell an AddSent trigger ("I watched this 3D
 movie.") from a review's own narrative at a 1% false-positive budget: every
-word is ordinary and the sentence fits its text (``out_of_context`` reaches
-AUROC 0.88, TPR 0.17 at 1% FPR). But a backdoor's trigger is *fixed*: to use
-it, the attacker must send the same sentence again and again, in different
-prompts. A sentence of several words that recurs verbatim in *unrelated*
+word is ordinary and the sentence fits its text (a leave-one-sentence-out detector under
+the reference LM, since retired, reached AUROC 0.88, TPR 0.17 at 1% FPR). But a
+backdoor's trigger is *fixed*: to use it, the attacker must send the same sentence
+again and again, in different prompts. A sentence of several words that recurs verbatim in *unrelated*
 prompts is rare in natural text. This detector remembers sentences (as keyed
 hashes, never text) across requests and scores a sentence by the number of
 distinct contexts it has been seen in. Stateful detection across queries has
@@ -28,7 +28,7 @@ How a request is scored
 -----------------------
 1. **Units.** Sentences, lines and list items of the segments whose role is in
    ``roles`` (users' text; system prompts are templates and assistant turns are
-   the model's), split as :func:`detectors.ooc_text.split_units` does (code
+   the model's), split as :func:`detectors.sentence_units.split_units` does (code
    masked) but more finely (see :func:`sentence_spans`: a fixed sentence must
    come out as a unit of its own). Each unit is normalised (case-folded,
    whitespace collapsed, surrounding punctuation and quotes stripped). Units of
@@ -107,8 +107,8 @@ from detectors.base import (
 )
 from detectors.data_files import read_data_file
 
-# The splitting pieces of ooc_text, reused (see sentence_spans for why not split_units itself).
-from detectors.ooc_text import SENTENCE_END, mask_code, prose_lines, strip_span
+# The splitting pieces of sentence_units, reused (see sentence_spans for why not split_units itself).
+from detectors.sentence_units import SENTENCE_END, mask_code, prose_lines, strip_span
 from firewall.core.files import FileSignature, file_signature
 
 __all__ = [
@@ -256,7 +256,7 @@ def normalise(text: str) -> str:
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """``[start, end)`` of every sentence, line and list item, code skipped.
 
-    The rules of :func:`detectors.ooc_text.split_units` (code masked, lines and list
+    The rules of :func:`detectors.sentence_units.split_units` (code masked, lines and list
     items are units, sentence ends are ``.!?`` runs before whitespace, never before
     ``,;:``) *without* its exceptions for abbreviations, initials, ellipses and
     quotations. Here over-splitting costs nothing (a fixed sentence splits the same way

@@ -95,6 +95,7 @@ from detectors.base import (
     Span,
     is_unread_marker,
 )
+from detectors.counterfactual.budget import ShareBudget
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
 from detectors.counterfactual.memory import ProvenTriggers
 from detectors.counterfactual.shared import SharedMemoryParams, SharedProvenTriggers, open_store, shared_key
@@ -176,6 +177,13 @@ class CounterfactualParams(DetectorParams):
         "its finding is an error ('over_budget'), and the rule's on_error decides.",
     )
     probe_burst: int = Field(40, ge=1, le=100_000, description="Probes the budget can spend at once.")
+    probe_share: float | None = Field(
+        1.0,
+        gt=0,
+        description="At most this many probes per request the detector's routes screened over the last "
+        "minute (plus probe_burst), suspected or not; null: no share. A request whose probes do not fit "
+        "is not probed ('over_budget', as for the per-second bucket).",
+    )
     remember_cleared: Literal["request", "span"] = Field(
         "request",
         description="A cleared span is remembered for the same request only ('request'), or for any "
@@ -210,6 +218,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         self._shared: SharedProvenTriggers | None = None
         self.load_error: str | None = None
         self._tokens = float(self.params.probe_burst)
+        self._probe_share = ShareBudget(self.params.probe_share, self.params.probe_burst)
         self._refilled = time.monotonic()
 
     def bind_context(self, context: DetectorContext) -> None:
@@ -280,10 +289,12 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
 
     def opens_gate(self, sample: Sample) -> bool:
         """A request carrying a proven trigger is judged whether or not a suspect flagged it."""
+        now = time.monotonic()
+        self._probe_share.saw(now)  # every request of the rule's routes: the share's denominator
         if self._api(sample) is None:
             return False
         texts = [s.text for s in sample.segments]
-        return bool(self._proven.find(sample.model or "", texts, time.monotonic()))
+        return bool(self._proven.find(sample.model or "", texts, now))
 
     # ----------------------------------------------------------------- candidates
 
@@ -374,6 +385,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
 
     async def _score(self, sample: Sample) -> Finding:
         t0 = time.perf_counter()
+        self._probe_share.saw(time.monotonic())
         try:
             return await self._judge(sample, t0)
         except UpstreamProbeError as exc:
@@ -421,10 +433,11 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             to_probe.append((span, key, text))
         if to_probe:
             cost = 1 + len(to_probe) * (1 + self.params.controls)
-            if not self._spend(cost, now):
+            if not self._probe_share.allows(cost, now) or not self._spend(cost, now):
                 assert self._sender is not None  # noqa: S101 - ready only with it
                 self._sender.count("over_budget", cost)
                 return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
+            self._probe_share.spent(cost, now)
             assert api is not None  # noqa: S101 - nothing is probed without one
             scores = await self._probe_all(sample, [span for span, _, _ in to_probe], api)
             for (span, key, text), score in zip(to_probe, scores, strict=True):

@@ -2,8 +2,8 @@
 
 Why numpy
 ---------
-The out-of-context detector needs one embedding per sentence of a prompt: a few
-short rows. all-MiniLM-L6-v2 is a 6-layer, 384-wide BERT (22.7M parameters); a
+STRIP's MiniLM replica of a protected classifier needs sentence embeddings of a few
+short texts at a time. all-MiniLM-L6-v2 is a 6-layer, 384-wide BERT (22.7M parameters); a
 forward pass over ten 20-token sentences is a handful of small matrix products,
 which numpy runs in a few milliseconds. Doing it here keeps the serving stack
 what the reference model already needs (numpy + ``tokenizers``): no torch, no
@@ -21,7 +21,7 @@ A folder with the same files (``model.safetensors``, ``config.json``,
 
 What it computes (the sentence-transformers recipe of that model): BERT with
 absolute positions and token type 0, mean pooling over the attention mask, L2
-normalisation. ``tests/detectors/test_out_of_context.py`` checks it against
+normalisation. ``tests/firewall/test_sentence_encoder.py`` checks it against
 transformers' own ``BertModel`` on the same weights.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detectors.base import Finding, FindingStatus, Phase, Sample, Segment, Span, is_unread_marker
+from detectors.counterfactual.budget import ShareBudget
 from detectors.counterfactual.detector import CounterfactualDetector
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
 
@@ -80,7 +81,6 @@ def test_every_detector_marks_unread_text_the_same_way() -> None:
         "detectors.rare_tokens.tables",
         "detectors.context_tags",
         "detectors.recurring_sentences",
-        "detectors.out_of_context",
         "detectors.strip.detector",
     ):
         assert is_unread_marker(importlib.import_module(module).R_TRUNCATED), module
@@ -129,3 +129,21 @@ def test_within_a_suspect_its_strongest_spans_are_tested_first() -> None:
 def test_a_span_with_a_score_says_so_in_its_record() -> None:
     assert Span(0, 1, 2, "r").as_dict() == {"segment": 0, "start": 1, "end": 2, "reason": "r"}
     assert Span(0, 1, 2, "r", 0.51234).as_dict()["score"] == 0.5123
+
+
+def test_the_share_budget_follows_the_traffic_over_a_sliding_minute() -> None:
+    budget = ShareBudget(0.5, allowance=4)
+    assert budget.allows(4, now=0.0)  # a quiet service can still prove its first suspicion
+    budget.spent(4, now=0.0)
+    assert not budget.allows(1, now=1.0)  # nothing seen yet: only the allowance
+    for _ in range(10):
+        budget.saw(now=2.0)
+    assert budget.allows(5, now=3.0)  # 0.5 x 10 requests + 4 - 4 spent
+    assert not budget.allows(6, now=3.0)
+    # Half a minute into the next window, the previous one counts half.
+    budget.spent(5, now=3.0)
+    assert budget.allows(0, now=90.0)
+    assert not budget.allows(3, now=90.0)  # (9 x 0.5) spent against 0.5 x (10 x 0.5) + 4
+    assert budget.allows(2, now=90.0)
+    assert ShareBudget(None, allowance=0).allows(1_000, now=0.0)  # no share: no limit
+    assert budget.allows(4, now=10_000.0)  # long idle: both windows forgotten

@@ -12,7 +12,6 @@ import orjson
 import pytest
 
 from detectors import load_detector_class
-from detectors.ooc_text import split_units
 from detectors.recurring_sentences import (
     BASELINE_FORMAT,
     REASON,
@@ -22,6 +21,7 @@ from detectors.recurring_sentences import (
     normalise,
     sentence_spans,
 )
+from detectors.sentence_units import split_units
 from firewall.cli.main import main as cli_main
 from firewall.config.schema import load_config
 from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment
@@ -460,7 +460,7 @@ def _texts() -> list[str]:
 
 
 def test_sentence_spans_refine_split_units() -> None:
-    # Every unit of ooc_text.split_units is covered by units here (splitting only more, never less).
+    # Every unit of sentence_units.split_units is covered by units here (splitting only more, never less).
     for text in _texts():
         mine = sentence_spans(text)
         for unit in split_units(text, clauses=False):

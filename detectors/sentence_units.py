@@ -1,8 +1,9 @@
-"""Text side of the out-of-context detector: sentence/clause units and the cheap cues.
+"""Sentences, clauses and list items of a prompt, code left out: the units ``recurring_sentences``
+remembers.
 
 Pure Python, no models: this is what runs on every request, so it must stay in
-the tens of microseconds for a prompt-sized text. The model side lives in
-:mod:`detectors.out_of_context`.
+the tens of microseconds for a prompt-sized text. (It was written for the
+``out_of_context`` detector, since retired: docs/detectors/counterfactual.md says why.)
 
 Splitting rules (why each exists):
 
@@ -30,10 +31,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "SENTENCE_END",
-    "Cues",
     "Unit",
-    "cheap_cues",
-    "content_words",
     "mask_code",
     "prose_lines",
     "split_units",
@@ -73,22 +71,6 @@ ABBREVIATIONS = _wordset(
     viz
     """
 )
-
-# Function words: a unit shares "content" with the rest only through words outside this list.
-STOPWORDS = _wordset(
-    """
-    a about above after again against all am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further had
-    has have having he her here hers herself him himself his how i if in into is it its itself just
-    me more most my myself no nor not now of off on once only or other our ours ourselves out over
-    own same she should so some such than that the their theirs them themselves then there these
-    they this those through to too under until up very was we were what when where which while who
-    whom why will with would you your yours yourself yourselves also really even still much many
-    get got one ever never well like make made way thing things lot bit quite rather since though
-    yet however let us may might must shall
-    """
-)
-_FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves i'm i've i'd i'll".split())  # noqa: SIM905
 
 
 def mask_code(text: str) -> str:
@@ -201,84 +183,4 @@ def _clauses(text: str, start: int, end: int, min_words: int) -> list[Unit]:
         s, e = strip_span(text, start + a, start + b)
         if e > s:
             out.append(Unit(s, e, "clause"))
-    return out
-
-
-def _stem(word: str) -> str:
-    """A crude suffix strip, enough for "movie"/"movies", "watched"/"watching" to meet."""
-    for suffix in ("ing", "ed", "es", "s", "ly"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
-
-
-def words(text: str) -> list[str]:
-    return [w.lower().replace("\u2019", "'") for w in _WORD.findall(text)]
-
-
-def content_words(text: str) -> set[str]:
-    """Stemmed words outside the stop list, three letters or more."""
-    return {_stem(w) for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
-
-
-@dataclass(frozen=True, slots=True)
-class Cues:
-    """The cheap cues for one unit (see :func:`cheap_cues`)."""
-
-    edge: bool  # first or last unit of the text
-    overlap: float  # share of the unit's content words that the rest also uses (1.0: no content words)
-    no_shared: bool  # the unit has content words and shares none with the rest
-    person_shift: bool  # first-person unit in a text that is otherwise not first-person
-    style_shift: bool  # capitalised unit in otherwise all-lower-case text, or the reverse
-    n_words: int
-
-    @property
-    def score(self) -> float:
-        """How odd the unit looks on cheap cues alone, in [0, 1] (the gate's input)."""
-        s = (
-            0.15 * self.edge
-            + 0.15 * (1.0 - self.overlap)
-            + 0.4 * self.person_shift
-            + 0.3 * self.style_shift
-            + 0.25 * (self.n_words <= 10)  # inserted trigger sentences are short (AddSent: 5 words)
-        )
-        if self.n_words <= 3:
-            s *= 0.5  # "Thanks.", "Hi there!": too short to be out of anything's context
-        return min(s, 1.0)
-
-
-def _style(text: str) -> int:
-    """1: has capital letters, 0: all lower-case, -1: no letters (no opinion)."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return -1
-    return 1 if any(c.isupper() for c in letters) else 0
-
-
-def cheap_cues(text: str, units: Sequence[Unit]) -> list[Cues]:
-    """Cheap cues for every unit against the other units of ``text`` (empty below two units)."""
-    if len(units) < 2:
-        return []
-    unit_words = [words(text[u.start : u.end]) for u in units]
-    contents = [{_stem(w) for w in ws if len(w) >= 3 and w not in STOPWORDS} for ws in unit_words]
-    first = [any(w in _FIRST_PERSON for w in ws) for ws in unit_words]
-    styles = [_style(text[u.start : u.end]) for u in units]
-    out = []
-    last = len(units) - 1
-    for i in range(len(units)):
-        rest_content: set[str] = set().union(*(c for j, c in enumerate(contents) if j != i))
-        mine = contents[i]
-        overlap = len(mine & rest_content) / len(mine) if mine else 1.0
-        others_first = any(f for j, f in enumerate(first) if j != i)
-        other_styles = {s for j, s in enumerate(styles) if j != i and s >= 0}
-        out.append(
-            Cues(
-                edge=i in (0, last),
-                overlap=overlap,
-                no_shared=bool(mine) and overlap == 0.0,
-                person_shift=first[i] and not others_first,
-                style_shift=styles[i] >= 0 and len(other_styles) == 1 and styles[i] not in other_styles,
-                n_words=len(unit_words[i]),
-            )
-        )
     return out
