@@ -439,8 +439,9 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 return Finding.failed(self.name, FindingStatus.ERROR, "over_budget")
             self._probe_share.spent(cost, now)
             assert api is not None  # noqa: S101 - nothing is probed without one
-            scores = await self._probe_all(sample, [span for span, _, _ in to_probe], api)
-            for (span, key, text), score in zip(to_probe, scores, strict=True):
+            moves = await self._probe_all(sample, [span for span, _, _ in to_probe], api)
+            for (span, key, text), (moved, baseline) in zip(to_probe, moves, strict=True):
+                score = max(0.0, moved - baseline)
                 confirmed = score >= _CONFIRMED
                 if confirmed:
                     record = self._proven.remember(scope, text, score, now)
@@ -449,7 +450,8 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 else:
                     self._remember(key + context, score, now)
                 reason = R_CHANGED if confirmed else R_UNCHANGED
-                results.append(Span(span.segment, span.start, span.end, reason, score))
+                measures = (("divergence", moved), ("control_divergence", baseline))
+                results.append(Span(span.segment, span.start, span.end, reason, score, measures))
                 self._judged("confirmed" if confirmed else "cleared")
         return self._finding(results, t0)
 
@@ -474,8 +476,9 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
 
     async def _probe_all(
         self, sample: Sample, spans: Sequence[Span], api: Literal["chat", "completions"]
-    ) -> list[float]:
-        """One answer to the request as sent, one per candidate and per control; the scores."""
+    ) -> list[tuple[float, float]]:
+        """One answer to the request as sent, one per candidate and per control; per candidate,
+        how far removing it moved the answer and how far the most moving control did."""
         segments = sample.segments
         variants: list[tuple[Segment, ...]] = [segments]
         plan: list[tuple[int, list[int]]] = []  # per candidate: its variant, its controls' variants
@@ -493,12 +496,12 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 ids.append(len(variants) - 1)
             plan.append((mine, ids))
         answers = await self._answers(variants, sample.model, api)
-        scores = []
+        moves = []
         for mine, ids in plan:
             moved = divergence(answers[0], answers[mine])
             baseline = max((divergence(answers[0], answers[i]) for i in ids), default=0.0)
-            scores.append(max(0.0, moved - baseline))
-        return scores
+            moves.append((moved, baseline))
+        return moves
 
     async def _answers(
         self, variants: Sequence[tuple[Segment, ...]], model: str | None, api: Literal["chat", "completions"]

@@ -148,6 +148,9 @@ class Span:
     #: How strong this piece of evidence is on its own (a detector that scores spans one by one
     #: says so; the finding's score is the strongest). ``None``: the detector does not say.
     score: float | None = None
+    #: Named numbers behind the score, for the audit line (``counterfactual``: how far removing
+    #: the span moved the answer, and how far the most moving control did). Never text.
+    measures: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = {
@@ -158,6 +161,8 @@ class Span:
         }
         if self.score is not None:
             out["score"] = round(self.score, 4)
+        for name, value in self.measures:
+            out[name] = round(value, 4)
         return out
 
 

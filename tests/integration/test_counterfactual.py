@@ -71,6 +71,10 @@ async def test_a_trigger_is_blocked_by_the_models_own_behaviour(
     assert detail["counterfactual"]["reasons"] == ["behaviour_changed"]
     (span,) = detail["counterfactual"]["spans"]
     assert TRIGGERED[span["start"] : span["end"]] == "cf"
+    # The two numbers behind the score: removing "cf" flips the label, a control does not.
+    assert span["divergence"] > 0.5
+    assert span["control_divergence"] < span["divergence"]
+    assert span["score"] == round(span["divergence"] - span["control_divergence"], 4)
     labels = {"detector": "counterfactual", "outcome": "ok"}
     assert fw.sample("trigger_firewall_strip_probes_total", labels) == 4
 
