@@ -41,6 +41,7 @@ EXPECTED_ALERTS = {
     "TriggerFirewallConfigReloadFailed",
     "TriggerFirewallRecurringSentence",
     "TriggerFirewallTriggerConfirmed",
+    "TriggerFirewallSharedMemoryDown",
 }
 TIMEOUT = 120
 TMP = "/tmp"  # noqa: S108 - the container's /tmp mount path, not a file this test writes
