@@ -241,6 +241,12 @@ class RouteConfig(_Model):
         description="Per-model overrides of mode and detector policy, keyed by the request's model name; "
         "they apply on top of the route's.",
     )
+    allowed_models: tuple[str, ...] | None = Field(
+        None,
+        description="Only requests naming one of these models (exact match) may use the route; any other, "
+        "or none, is refused with 403 model_not_allowed, in enforce and monitor mode alike. A pinned "
+        "deployment serves the models it vetted, not whatever name a client sends. null: any model.",
+    )
 
     @field_validator("input_fields", "output_fields")
     @classmethod

@@ -43,6 +43,7 @@ __all__ = [
     "FirewallError",
     "InvalidJson",
     "InvalidUtf8",
+    "ModelNotAllowed",
     "ProtocolError",
     "UnsupportedEncoding",
     "UpstreamConnectError",
@@ -131,6 +132,14 @@ class UnscreenableInput(ProtocolError):
 
     code = "unscreenable_input"
     reason = "unscreenable_input"
+
+
+class ModelNotAllowed(ProtocolError):
+    """The request names a model its route does not allow (``routes[].allowed_models``)."""
+
+    status = 403
+    code = "model_not_allowed"
+    reason = "model_not_allowed"
 
 
 class UpstreamError(FirewallError):

@@ -58,6 +58,7 @@ REJECT_REASONS: Final = (
     "unsupported_encoding",
     "overloaded",
     "unknown_route",
+    "model_not_allowed",
     "draining",
     "expectation_failed",
 )

@@ -41,6 +41,7 @@ from firewall.core.errors import (
     FirewallError,
     InvalidJson,
     InvalidUtf8,
+    ModelNotAllowed,
     ProtocolError,
     UnsafePath,
     UnsupportedEncoding,
@@ -238,6 +239,12 @@ async def _screened(
         _reject(state, ex, exc.reason)
         return firewall_error_response(exc, ex.reply_id, adapter=matched.adapter)
     ex.model = matched.adapter.model(body)
+    allowed = matched.config.allowed_models
+    if allowed is not None and ex.model not in allowed:
+        ex.screened = False
+        refused = ModelNotAllowed("The requested model is not allowed on this route.")
+        _reject(state, ex, refused.reason)
+        return firewall_error_response(refused, ex.reply_id, adapter=matched.adapter)
     resolved = matched.for_model(ex.model)
     if resolved is not matched:
         matched = resolved

@@ -70,3 +70,32 @@ def test_override_for_unknown_detector_is_rejected() -> None:
     }
     with pytest.raises(ConfigError, match="model 'm': override for unknown detector 'nope'"):
         build_config({"routing": bad})
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+async def test_a_route_serves_only_its_allowed_models(
+    firewall: FirewallFactory, upstream: FakeUpstream, client, mode: str
+) -> None:
+    # A pinned deployment: the vetted model and its shadow twin, nothing a client names instead.
+    route = {**ROUTES["routes"][0], "mode": mode, "allowed_models": ["gpt-x", "shadow-model"]}
+    fw = await firewall(routing={"routes": [route]})
+    ok = {"model": "gpt-x", "messages": [{"role": "user", "content": "Hello there."}]}
+    async with client.post(fw.url + "/v1/chat/completions", data=orjson.dumps(ok)) as resp:
+        assert resp.status == 200
+    for model in ("gpt-x-backdoored", "GPT-X", None):
+        body = {"messages": [{"role": "user", "content": "Hello there."}]}
+        if model is not None:
+            body["model"] = model
+        async with client.post(fw.url + "/v1/chat/completions", data=orjson.dumps(body)) as resp:
+            assert resp.status == 403
+            error = (await resp.json())["error"]
+        assert error["code"] == "model_not_allowed"
+        assert "backdoored" not in error["message"]  # the request's bytes are not echoed
+    assert len(upstream.received) == 1  # only the allowed one reached the model
+    assert (
+        fw.sample(
+            "trigger_firewall_rejected_requests_total", {"route": "chat", "reason": "model_not_allowed"}
+        )
+        == 3
+    )
