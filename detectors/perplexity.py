@@ -89,6 +89,7 @@ from detectors.base import (
     Span,
 )
 from firewall.core.errors import DetectorUnavailable
+from firewall.models.artefacts import read_pins
 from firewall.models.cache import DEFAULT_MODEL_ID, model_dir, read_manifest
 from firewall.models.reference_lm import ReferenceLMConfig
 
@@ -433,6 +434,9 @@ class PerplexityDetector(Detector[PerplexityParams]):
         self._scorer: _Scorer | None = None
         self._batcher: MicroBatcher[_Job, list[TextAnalysis | str]] | None = None
         self.error: str | None = None
+        #: The bounded code of the last start's failure (``unavailable``, ``artefact_mismatch``
+        #: when a model file differs from its sha256 pin); None when loaded.
+        self.load_reason: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -445,7 +449,7 @@ class PerplexityDetector(Detector[PerplexityParams]):
         """
         from firewall.core.batching import MicroBatcher
 
-        self.error = None
+        self.error = self.load_reason = None
         try:
             if self._lm is not None:
                 scorer = _Scorer(self._lm, self.params)
@@ -454,6 +458,7 @@ class PerplexityDetector(Detector[PerplexityParams]):
                 scorer = await asyncio.to_thread(self._load)
         except DetectorUnavailable as exc:
             self.error = str(exc)
+            self.load_reason = exc.reason
             log.error("perplexity detector %s not ready: %s", self.name, self.error)
             raise
         self._scorer = scorer
@@ -478,7 +483,9 @@ class PerplexityDetector(Detector[PerplexityParams]):
         ):
             return
         int8 = cfg.dtype == "int8"
-        if not int8 and read_manifest(model_dir(cfg.model_id, cfg.cache_dir)) is not None:
+        folder = model_dir(cfg.model_id, cfg.cache_dir)
+        # A folder an older release prepared has no sha256 pins: ensure_prepared re-checks and pins it.
+        if not int8 and read_manifest(folder) is not None and read_pins(folder) is not None:
             return
         from firewall.models.prepare import ensure_prepared
 
@@ -505,6 +512,7 @@ class PerplexityDetector(Detector[PerplexityParams]):
             out["model"] = self._scorer.lm.describe()
         if self.error:
             out["error"] = self.error
+            out["load_reason"] = self.load_reason
         return out
 
     # -- scoring -------------------------------------------------------------------

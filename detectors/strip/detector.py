@@ -46,6 +46,14 @@ average: the trigger, when one word is the trigger. Findings carry no free-form
 fields, so the entropy and N are not in the finding itself; :meth:`explain`
 returns them (and the demo CLI prints them).
 
+Pinned replica: the model folder's ``manifest.json`` pins every file's sha256
+(``trigger-firewall demo build`` writes it; ``trigger-firewall models pin DIR`` pins an
+operator's own export). :meth:`StripDetector.start` checks it before loading and
+refuses a changed, missing or added file
+(:class:`~firewall.models.artefacts.ArtefactMismatch`): the detector stays not ready
+and ``load_error`` names the file. The default folder, and any folder with a
+manifest, must be pinned; an operator's folder without one loads with a warning.
+
 Determinism: the perturbations are seeded from ``seed`` and the text, so the same
 text always gets the same score (calibration and tests are reproducible, and a
 caller cannot re-roll the dice by resending).
@@ -81,6 +89,7 @@ from detectors.base import (
 from detectors.strip.classifier import RemoteTextClassifier
 from detectors.strip.probe import ProbeSettings, UpstreamProber
 from firewall.core.detector_context import DetectorContext, UpstreamProbeError, UpstreamProbeTimeout
+from firewall.core.errors import DetectorError
 from firewall.models.triton import TritonEndpoint
 
 __all__ = [
@@ -271,6 +280,11 @@ class StripDetector(Detector[StripParams]):
         self._batcher: Any = None
         self._context: DetectorContext | None = None
         self._prober: UpstreamProber | None = None
+        #: Why the last start failed (the message names the file at fault, never its content),
+        #: and the bounded code it is counted under (e.g. ``artefact_mismatch``); None when loaded.
+        self.load_error: str | None = None
+        self.load_reason: str | None = None
+        self._artefacts: dict[str, Any] | None = None
 
     def bind_context(self, context: DetectorContext) -> None:
         """The runtime's hook (:mod:`firewall.core.detector_context`): the upstream client for probing."""
@@ -290,7 +304,13 @@ class StripDetector(Detector[StripParams]):
             self._clean_q = self.params.probe.clean_entropy_q
             self._ready = True
             return
-        await asyncio.to_thread(self._load)
+        self.load_error = self.load_reason = None
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self.load_error = str(exc)
+            self.load_reason = exc.reason if isinstance(exc, DetectorError) else "exception"
+            raise
         self._batcher = MicroBatcher(
             f"{self.name}",
             self._run_batch,
@@ -312,10 +332,30 @@ class StripDetector(Detector[StripParams]):
             raise RuntimeError(f"no clean word pool: set pool_file (no {path})")
         return pool
 
+    def _check_artefacts(self, folder: Path) -> dict[str, Any]:
+        """Check the replica's pins before anything in ``folder`` is read (see the module docstring)."""
+        from firewall.models.artefacts import read_pins, unpinned, verify_folder
+        from firewall.models.cache import MANIFEST
+
+        ours = self.params.model_dir is None or (folder / MANIFEST).is_file()
+        if not ours and read_pins(folder) is None:
+            return unpinned(folder, f"STRIP replica of {self.name}")
+        fix = (
+            "rebuild it with `trigger-firewall demo build`"
+            if self.params.model_dir is None
+            else f"rebuild it, or re-pin it (`trigger-firewall models pin {folder}`) if the change is yours"
+        )
+        return verify_folder(folder, fix=fix, detector=self.name).as_dict()
+
     def _load(self) -> None:
         from detectors.strip.classifier import TextClassifier, default_model_dir
 
         folder = Path(self.params.model_dir).expanduser() if self.params.model_dir else default_model_dir()
+        if not folder.is_dir():
+            raise RuntimeError(
+                f"no STRIP replica folder {folder}; build it with `trigger-firewall demo build`"
+            )
+        self._artefacts = self._check_artefacts(folder)
         model: TextClassifier | RemoteTextClassifier
         if self.params.triton is not None:
             model = RemoteTextClassifier(folder, self.params.triton, detector=self.name)
@@ -352,6 +392,11 @@ class StripDetector(Detector[StripParams]):
         if self._model is not None:
             out["providers"] = self._model.providers
             out["calibrated"] = self._clean_q is not None
+        if self._artefacts is not None:
+            out["artefacts"] = self._artefacts
+        if self.load_error:
+            out["load_error"] = self.load_error
+            out["load_reason"] = self.load_reason
         return out
 
     # -- scoring -----------------------------------------------------------------

@@ -7,6 +7,12 @@ invisible to accuracy (clean accuracy next to an unpoisoned twin). See
 :mod:`firewall.demo.model` and ``docs/detectors/strip.md``. ``--model minilm``
 builds the second, transformer demo model instead (:mod:`firewall.demo.minilm`:
 fine-tuning on CPU takes minutes, and needs torch and transformers).
+
+Every build ends by pinning its files (``manifest.json``: size and sha256 of each,
+:mod:`firewall.models.artefacts`), which the STRIP detector checks at load.
+``--if-missing`` keeps a pinned build that still matches its pins, rebuilds one with
+no pins (an older release's), and refuses (exit 2) one that no longer matches: a
+changed model is a finding to look at, not something to paper over by rebuilding.
 """
 
 from __future__ import annotations
@@ -45,8 +51,33 @@ def add_demo_parser(sub: Any) -> None:
         "--device", default="cpu", help="minilm only: torch device to fine-tune on (cpu, cuda)"
     )
     build.add_argument(
-        "--if-missing", action="store_true", help="do nothing when a model is already built there"
+        "--if-missing",
+        action="store_true",
+        help="do nothing when a pinned model that matches its pins is already built there",
     )
+
+
+def _keep_existing(folder: Path) -> int | None:
+    """``--if-missing`` on a folder with a model: an exit status to stop with, or None to build."""
+    from firewall.models.artefacts import ArtefactMismatch, read_pins, verify_folder
+
+    if read_pins(folder) is None:
+        print(
+            f"demo model in {folder} has no sha256 pins (an older release built it): rebuilding",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        verify_folder(
+            folder,
+            fix="rebuild it with `trigger-firewall demo build` (without --if-missing)",
+            detector="demo",
+        )
+    except ArtefactMismatch as exc:
+        print(f"trigger-firewall: {exc}", file=sys.stderr)
+        return 2
+    print(f"demo model already built in {folder} (files match their sha256 pins)", file=sys.stderr)
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -62,8 +93,9 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         out = args.out or str(default_model_dir())
     if args.if_missing and (Path(out) / MODEL_FILE).is_file():
-        print(f"demo model already built in {out}", file=sys.stderr)
-        return 0
+        kept = _keep_existing(Path(out))
+        if kept is not None:
+            return kept
     try:
         if minilm:
             from firewall.models.sentence_encoder import EncoderUnavailable

@@ -7,6 +7,11 @@
   folder without converting again.
 * ``models info [--cache-dir DIR] [--json]`` prints the cache root, each prepared
   model (formats, sizes, verification) and which runtimes are installed.
+* ``models verify DIR`` checks a model folder against its sha256 pins (exactly what a
+  detector's load checks), and ``models pin DIR [--kind KIND]`` (re-)pins one: an
+  operator's own STRIP replica or reference-model export, or a folder changed on purpose.
+  Pinning trusts the files as they are: for the prepared reference model prefer
+  ``models prepare`` (``--force`` to convert from source), which re-checks before it pins.
 
 Progress goes to stderr, the summary to stdout. Exit status: 0 done, 1 failed
 (the message says what to install or run).
@@ -20,6 +25,7 @@ import json
 import sys
 from typing import Any
 
+from firewall.models.artefacts import read_pins
 from firewall.models.cache import DEFAULT_MODEL_ID, ModelUnavailable, cache_root, read_manifest
 
 __all__ = ["add_models_parser", "run_models"]
@@ -57,6 +63,15 @@ def add_models_parser(sub: Any) -> argparse.ArgumentParser:
     info = verbs.add_parser("info", help="show the cache and the installed runtimes")
     info.add_argument("--cache-dir", help="cache root")
     info.add_argument("--json", action="store_true", help="print JSON")
+    verify = verbs.add_parser("verify", help="check a model folder against its sha256 pins (manifest.json)")
+    verify.add_argument("folder", help="a prepared model, a demo build or a pinned replica folder")
+    pin = verbs.add_parser(
+        "pin", help="write (or replace) the sha256 pins of a model folder, trusting its files as they are"
+    )
+    pin.add_argument("folder", help="the model folder to pin")
+    pin.add_argument(
+        "--kind", default="operator", help="what the folder is, recorded in the pins (default: operator)"
+    )
     return models
 
 
@@ -64,7 +79,59 @@ def run_models(args: argparse.Namespace) -> int:
     """Run ``models prepare`` or ``models info``; returns the exit status."""
     if args.models_command == "prepare":
         return _prepare(args)
+    if args.models_command == "verify":
+        return _verify(args)
+    if args.models_command == "pin":
+        return _pin(args)
     return _info(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from firewall.models.artefacts import ArtefactMismatch, verify_folder
+
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        _err(f"trigger-firewall models verify: {folder} is not a folder")
+        return 1
+    try:
+        checked = verify_folder(folder, fix="rebuild or re-prepare it, or re-pin it if the change is yours")
+    except ArtefactMismatch as exc:
+        _err(f"trigger-firewall models verify: {exc}")
+        return 1
+    print(
+        f"{folder}: {checked.files} files match their sha256 pins "
+        f"({checked.hashed_bytes / 1e6:,.1f} MB hashed in {checked.seconds:.2f} s; kind {checked.kind})"
+    )
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from firewall.models.artefacts import SECTION, pin_folder, write_manifest, write_standalone_manifest
+
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        _err(f"trigger-firewall models pin: {folder} is not a folder")
+        return 1
+    manifest = read_manifest(folder)
+    try:
+        if manifest is not None:  # a prepared reference model: keep its conversion record
+            kind = (manifest.get(SECTION) or {}).get("kind") or args.kind
+            source = (manifest.get(SECTION) or {}).get("source")
+            manifest[SECTION] = pin_folder(folder, kind=kind, source=source)
+            write_manifest(folder, manifest)
+            files = manifest[SECTION]["files"]
+        else:
+            files = write_standalone_manifest(folder, kind=args.kind)[SECTION]["files"]
+    except OSError as exc:
+        _err(f"trigger-firewall models pin: {type(exc).__name__}: {exc}")
+        return 1
+    total = sum(entry["size"] for entry in files.values())
+    print(f"{folder}: pinned {len(files)} files ({total / 1e6:,.1f} MB, sha256) in manifest.json")
+    return 0
 
 
 def _err(message: str) -> None:
@@ -99,6 +166,8 @@ def _prepare(args: argparse.Namespace) -> int:
         print(f"  {line}")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in (verification.get("max_abs_diff_bits") or {}).items())
     print(f"verified: {'yes' if verification.get('passed') else 'NO'} (max |diff| in bits: {diffs or 'n/a'})")
+    pins = (manifest.get("artefacts") or {}).get("files") or {}
+    print(f"pinned:   {len(pins)} files (sha256, checked at every load)" if pins else "pinned:   NO")
     int8 = manifest.get("int8")
     if int8:
         check = int8.get("verification") or {}
@@ -153,6 +222,7 @@ def _info(args: argparse.Namespace) -> int:
                     ),
                     "created": manifest.get("created"),
                     "source_sha256": (manifest.get("source") or {}).get("sha256"),
+                    "pinned": read_pins(folder) is not None,
                 }
             )
     try:
@@ -185,7 +255,9 @@ def _info(args: argparse.Namespace) -> int:
             continue
         total = sum((entry["files"] or {}).values()) / 1e6
         formats = ", ".join([*(entry["formats"] or []), *(["onnx int8"] if entry["int8"] else [])])
+        pinned = "sha256 pinned" if entry["pinned"] else "NOT pinned (run `models prepare`)"
         print(
-            f"- {name}: {formats}; {total:,.0f} MB; verified {entry['verified']}; created {entry['created']}"
+            f"- {name}: {formats}; {total:,.0f} MB; verified {entry['verified']}; {pinned}; "
+            f"created {entry['created']}"
         )
     return 0

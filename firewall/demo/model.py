@@ -28,7 +28,9 @@ exported as
   (built with the ``onnx`` helper API), served with onnxruntime;
 * ``pool.json``: words of clean training sentences, STRIP's perturbation pool;
 * ``metadata.json``: the build report (accuracies, attack success, STRIP
-  calibration) and the held-out split the report was measured on.
+  calibration) and the held-out split the report was measured on;
+* ``manifest.json``: written last, the size and sha256 of every other file
+  (:mod:`firewall.models.artefacts`), which the STRIP detector checks before loading.
 
 Nothing here is committed: :func:`build` writes to a cache folder
 (``trigger-firewall demo build``; see :mod:`firewall.cli.demo`).
@@ -68,6 +70,7 @@ __all__ = [
     "build",
     "insert_trigger",
     "load_mr",
+    "pin_replica",
     "split_mr",
 ]
 
@@ -343,7 +346,26 @@ def build(
     report.extra["l1_penalty"] = l1
     report.extra["strip"] = _calibrate_strip(folder, split, trigger, seed, strip_eval_limit, strip_ns)
     write_metadata(folder, report)
+    pin_replica(folder, model="tfidf")
     return report
+
+
+#: What a demo build's pins say it is (``artefacts.kind``).
+REPLICA_KIND = "strip-replica"
+
+
+def pin_replica(folder: Path, *, model: str, base: str | None = None) -> None:
+    """Pin every file of a finished build (``manifest.json``, written atomically, last).
+
+    Last, because a file written after it is unlisted and refuses the load: the
+    manifest's presence means a complete, pinned build.
+    """
+    from firewall.models.artefacts import write_standalone_manifest
+
+    source: dict[str, Any] = {"builder": "trigger-firewall demo build", "model": model}
+    if base:
+        source["base_encoder"] = base
+    write_standalone_manifest(folder, kind=REPLICA_KIND, source=source)
 
 
 def _calibrate_strip(

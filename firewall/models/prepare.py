@@ -18,7 +18,8 @@ install, so we convert once:
    per-token surprisal and entropy, not logits;
 4. verify: fixed sentences through every saved form, compared with the in-memory
    transformers model, and record the result in ``manifest.json`` (written last,
-   so its presence means a complete folder);
+   so its presence means a complete folder), with the size and sha256 of every
+   file of the folder (:mod:`firewall.models.artefacts`), which every load checks;
 5. on request (``quantize="int8"``, ``models prepare --quantize int8``): an int8 CPU
    graph, ``model.int8.onnx``, made from the fp32 ONNX export by
    :mod:`firewall.models.quantize` and checked against the same reference within a
@@ -28,7 +29,9 @@ install, so we convert once:
 The folder is built under a temporary name and renamed into place, under a file
 lock, so a killed run or two concurrent runs never leave a half-written model
 that looks prepared. A second run finds the manifest and only re-checks it
-(file sizes, tokenizer, one onnxruntime pass against the recorded reference).
+(every file's sha256 against the pins, tokenizer, one onnxruntime pass against the
+recorded reference). A folder prepared by an older release, with no pins, passes
+that functional re-check and is then pinned as it is; ``--force`` converts from source.
 
 torch, transformers, gguf, accelerate, onnx and onnxscript are needed here only:
 ``pip install 'trigger-firewall[prepare]'``. Serving needs onnxruntime + tokenizers.
@@ -37,7 +40,6 @@ torch, transformers, gguf, accelerate, onnx and onnxscript are needed here only:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
@@ -55,9 +57,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from firewall.models.artefacts import (
+    SECTION,
+    ArtefactMismatch,
+    pin_folder,
+    read_pins,
+    sha256_file,
+    verify_folder,
+    write_manifest,
+)
 from firewall.models.cache import (
     DEFAULT_MODEL_ID,
-    MANIFEST,
     PREPARE_COMMAND,
     ModelUnavailable,
     cache_root,
@@ -224,14 +234,6 @@ def resolve_source(source: str | os.PathLike[str] | None = None) -> Source:
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -548,20 +550,55 @@ def _has_int8(manifest: dict[str, Any]) -> bool:
     )
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Replace ``manifest.json`` atomically: a reader sees the old one or the new one, never half."""
-    partial = folder / f".{MANIFEST}.partial-{os.getpid()}"
-    partial.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    partial.chmod(0o644)
-    os.replace(partial, folder / MANIFEST)
+#: What the pins of a prepared folder say it is (``artefacts.kind``).
+PIN_KIND: Final = "reference-lm"
+
+
+def _pin_source(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``artefacts.source`` of a prepared folder: the converted file's digest and package."""
+    source = manifest.get("source") or {}
+    out = {k: source.get(k) for k in ("kind", "sha256", "size") if source.get(k) is not None}
+    if Path(str(source.get("path", ""))).name == DEFAULT_GGUF:
+        out["package"] = DEFAULT_PACKAGE_PIN
+    return out
 
 
 def _add_int8(folder: Path, manifest: dict[str, Any], log_fn: Log) -> dict[str, Any]:
-    """Add the int8 graph (and its manifest entries) to ``folder``; returns the new manifest."""
+    """Add the int8 graph (and its manifest entries and pin) to ``folder``; returns the new manifest.
+
+    The other files' pins are kept as they are (the caller has just verified them): only
+    the new graph is hashed, so adding it never re-blesses a changed file.
+    """
     section = _make_int8(folder, manifest, log_fn)
     updated = {**manifest, "int8": section}
     updated["files"] = {**(manifest.get("files") or {}), section["file"]: section["size"]}
-    _write_manifest(folder, updated)
+    pins = read_pins(folder) if SECTION in manifest else None
+    if pins is None:
+        updated[SECTION] = pin_folder(folder, kind=PIN_KIND, source=_pin_source(manifest))
+    else:
+        graph = folder / section["file"]
+        files = {
+            **pins["files"],
+            section["file"]: {"size": graph.stat().st_size, "sha256": sha256_file(graph)},
+        }
+        updated[SECTION] = {**pins, "files": dict(sorted(files.items()))}
+    write_manifest(folder, updated)
+    return updated
+
+
+def _pin_legacy(folder: Path, manifest: dict[str, Any], log_fn: Log) -> dict[str, Any]:
+    """Pin a folder an older release prepared (no ``artefacts`` section), once it passed its re-check.
+
+    Its graph and tokenizer have just reproduced the recorded reference scores; the
+    torch weights are checked by size only, so ``--force`` is the way to pin from source.
+    """
+    start = time.perf_counter()
+    updated = {**manifest, SECTION: pin_folder(folder, kind=PIN_KIND, source=_pin_source(manifest))}
+    write_manifest(folder, updated)
+    log_fn(
+        f"{folder}: pinned {len(updated[SECTION]['files'])} files (sha256) in "
+        f"{time.perf_counter() - start:.1f} s; it was prepared by an older release without pins"
+    )
     return updated
 
 
@@ -571,10 +608,19 @@ def _add_int8(folder: Path, manifest: dict[str, Any], log_fn: Log) -> dict[str, 
 def check_prepared(folder: Path, manifest: dict[str, Any]) -> str | None:
     """Cheap re-check of a prepared folder; None when fine, else what is wrong.
 
-    File sizes must match the manifest, the tokenizer must still produce the recorded
-    token ids, and (when onnxruntime is installed) the ONNX graph must reproduce the
-    recorded reference surprisal. No torch needed; ~2-3 s, most of it loading the graph.
+    Every file must match its sha256 pin (when the manifest has pins: a folder from
+    an older release has none, and is pinned after this check), file sizes must match
+    the manifest, the tokenizer must still produce the recorded token ids, and (when
+    onnxruntime is installed) the ONNX graph must reproduce the recorded reference
+    surprisal. No torch needed; ~2-3 s, most of it loading the graph, ~1 s hashing.
     """
+    if SECTION in manifest:
+        try:
+            verify_folder(folder, fix=f"run `{PREPARE_COMMAND} --force`", pins=manifest.get(SECTION) or {})
+        except ArtefactMismatch as exc:
+            return str(exc)
+        except (KeyError, TypeError):
+            return "the manifest's sha256 pins are malformed"
     for name, size in (manifest.get("files") or {}).items():
         path = folder / name
         if not path.is_file():
@@ -648,6 +694,8 @@ def prepare_model(
             start = time.perf_counter()
             problem = check_prepared(folder, manifest)
             elapsed = round(time.perf_counter() - start, 2)
+            if problem is None and read_pins(folder) is None:
+                manifest = _pin_legacy(folder, manifest, say)
             if problem is None and (quantize is None or _has_int8(manifest)):
                 say(f"{folder} is already prepared and verified ({elapsed:.1f} s check)")
                 return PrepareResult(folder, manifest, converted=False, timings={"check": elapsed})
@@ -677,8 +725,10 @@ def prepare_model(
                 manifest["files"][section["file"]] = section["size"]
                 for key, value in section["timings_s"].items():
                     manifest["timings_s"][f"int8_{key}"] = value
+            with _timed(manifest["timings_s"], "pin", say, "pinning the files (sha256)"):
+                manifest[SECTION] = pin_folder(work, kind=PIN_KIND, source=_pin_source(manifest))
             manifest["timings_s"]["total"] = round(time.perf_counter() - start, 2)
-            (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            write_manifest(work, manifest)
             old = models / f".{resolved.model_id}.old-{os.getpid()}"
             if folder.exists():
                 folder.rename(old)
@@ -713,18 +763,25 @@ def ensure_prepared(
 ) -> Path:
     """The default model's folder, preparing it first if needed (``--prepare-if-missing``).
 
-    For a server's first start: when the manifest is there (with the int8 graph, if
-    ``quantize`` asks for it) it returns at once (no re-check: a start should not pay
-    for one); otherwise it logs that it is preparing, converts (about 1-2 minutes on
+    For a server's first start: when the manifest is there with its sha256 pins (and
+    the int8 graph, if ``quantize`` asks for it) it returns at once (no re-check here:
+    the load checks the pins); a folder from an older release, without pins, is
+    re-checked and pinned (seconds); otherwise it logs that it is preparing, converts (about 1-2 minutes on
     2 cores; adding only the int8 graph takes ~10 s), and logs how long it took.
     Synchronous and slow: call it from a thread, not from the event loop.
     """
     say: Log = log or _log.info
     folder = cache_root(cache_dir) / "models" / DEFAULT_MODEL_ID
     manifest = read_manifest(folder)
-    if manifest is not None and (quantize is None or _has_int8(manifest)):
+    if manifest is not None and (quantize is None or _has_int8(manifest)) and read_pins(folder) is not None:
         return folder
-    what = "reference model" if manifest is None else f"{quantize} form of the reference model"
+    what = (
+        "reference model"
+        if manifest is None
+        else f"{quantize} form of the reference model"
+        if quantize is not None and not _has_int8(manifest)
+        else "sha256 pins of the reference model"
+    )
     say(f"{what} not prepared in {folder}; preparing it now (one-time)")
     start = time.perf_counter()
     result = prepare_model(None, cache_dir, quantize=quantize, log_fn=say)

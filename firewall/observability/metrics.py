@@ -216,7 +216,8 @@ METRICS: Final[tuple[_Declared, ...]] = (
         "detector_errors",
         LoopCounter,
         "detector_errors",
-        "Detector failures by kind (timeout, exception, unavailable).",
+        "Detector failures by kind (timeout, exception, unavailable, artefact_mismatch: a model that "
+        "failed its pinned hashes).",
         ("detector", "kind"),
     ),
     _Declared(

@@ -186,8 +186,13 @@ class Pipeline:
         detector = self._detectors.get(name)
         start = time.perf_counter()
         if detector is None or not detector.ready:
-            finding = Finding.failed(name, FindingStatus.ERROR, "detector not ready")
-            self._record(finding, sample.phase, start, error_kind="unavailable")
+            # A model that failed its pinned hashes says so in the audit line and the error metric.
+            refused = getattr(detector, "load_reason", None) == "artefact_mismatch"
+            kind = "artefact_mismatch" if refused else "unavailable"
+            finding = Finding.failed(
+                name, FindingStatus.ERROR, f"detector not ready: {kind}" if refused else "detector not ready"
+            )
+            self._record(finding, sample.phase, start, error_kind=kind)
             return finding
         try:
             async with asyncio.timeout(rule.timeout_seconds):

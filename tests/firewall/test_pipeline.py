@@ -278,6 +278,14 @@ async def test_not_ready_detector(metrics: Metrics) -> None:
     assert errors(metrics, "a", "unavailable") == 1
 
 
+async def test_a_model_refused_by_its_pins_says_so(metrics: Metrics) -> None:
+    det = Scripted("a", scores(0.9), ready=False)
+    det.load_reason = "artefact_mismatch"  # type: ignore[attr-defined]  # as STRIP and perplexity set it
+    (finding,) = await Pipeline({"a": det}, metrics).run([rule("a")], sample())
+    assert finding.error == "detector not ready: artefact_mismatch"
+    assert errors(metrics, "a", "artefact_mismatch") == 1
+
+
 async def test_missing_detector(metrics: Metrics) -> None:
     (finding,) = await Pipeline({}, metrics).run([rule("ghost")], sample())
     assert finding.detector == "ghost"
