@@ -118,8 +118,6 @@ REASON_CODES = (R_CHANGED, R_KNOWN, R_UNCHANGED, R_UNPROBEABLE)
 #: cleared for its own request only (``remember_cleared``).
 _CONFIRMED = 0.5
 
-#: How ``api: auto`` probes a request of each route protocol; a protocol not named is not probed.
-_AUTO_API = {"openai_chat": "chat", "openai_responses": "chat", "openai_completions": "completions"}
 _DEFAULT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 #: Segment roles a chat probe can carry, and the role each is sent as.
@@ -290,11 +288,14 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
     def opens_gate(self, sample: Sample) -> bool:
         """A request carrying a proven trigger is judged whether or not a suspect flagged it."""
         now = time.monotonic()
-        self._probe_share.saw(now)  # every request of the rule's routes: the share's denominator
-        if self._api(sample) is None:
-            return False
-        texts = [s.text for s in sample.segments]
-        return bool(self._proven.find(sample.model or "", texts, now))
+        known = self._api(sample) is not None and bool(
+            self._proven.find(sample.model or "", [s.text for s in sample.segments], now)
+        )
+        if not known:
+            # Every request of the rule's routes counts once toward the share's denominator:
+            # here when it goes no further, in score() when it does.
+            self._probe_share.saw(now)
+        return known
 
     # ----------------------------------------------------------------- candidates
 
@@ -471,8 +472,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         api = self.params.api
         if api != "auto":
             return api
-        auto = _AUTO_API.get(sample.protocol or "")
-        return "chat" if auto == "chat" else "completions" if auto == "completions" else None
+        return sample.reprompt
 
     async def _probe_all(
         self, sample: Sample, spans: Sequence[Span], api: Literal["chat", "completions"]

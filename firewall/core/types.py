@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = [
     "Action",
@@ -127,9 +128,9 @@ class Sample:
     #: The findings of the detectors that ran before this one (a gated detector runs after
     #: the first stage): the suspicion a behavioural check tests. Empty otherwise.
     evidence: tuple[Finding, ...] = ()
-    #: The route's protocol (``openai_chat``, ``json``...): how a detector that asks the model
-    #: again (``counterfactual``) shapes its probes. ``None`` outside a route.
-    protocol: str | None = None
+    #: How a detector that asks the model again (``counterfactual``) can do it for this
+    #: request's route: ``"chat"``, ``"completions"``, or ``None`` (not at all, or no route).
+    reprompt: Literal["chat", "completions"] | None = None
 
     @property
     def chars(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -64,6 +64,9 @@ class ProtocolAdapter(abc.ABC):
     prompt_param: str | None = None
     #: Whether this protocol's responses carry text to screen (embeddings answer vectors).
     has_output_text: bool = True
+    #: How a behavioural check asks the model again about a request of this protocol: as an
+    #: OpenAI chat request, as a text completion, or not at all (``None``).
+    reprompt: Literal["chat", "completions"] | None = None
 
     def screens(self, phase: Phase) -> bool:
         """Whether requests (input) or responses (output) of this protocol carry text at all.

@@ -142,6 +142,7 @@ class ChatAdapter(ProtocolAdapter):
 
     name = "openai_chat"
     prompt_param = "messages"
+    reprompt = "chat"
 
     def input_segments(self, body: Any) -> list[Segment]:
         data = require_object(body)
@@ -254,6 +255,7 @@ class CompletionsAdapter(TokenIdsAdapter):
 
     name = "openai_completions"
     prompt_param = "prompt"
+    reprompt = "completions"
 
     def input_segments(self, body: Any) -> list[Segment]:
         data = require_object(body)
@@ -330,6 +332,7 @@ class ResponsesAdapter(ProtocolAdapter):
 
     name = "openai_responses"
     prompt_param = "input"
+    reprompt = "chat"  # the same texts as a chat request: the upstream must serve /v1/chat/completions
     uses_done_sentinel = False
 
     def input_segments(self, body: Any) -> list[Segment]:

@@ -97,7 +97,7 @@ async def screen_staged(
     if not rules or not segments:
         return Staged(None)
     sample = Sample(
-        request_id, phase, route.config.name, tuple(segments), model, protocol=route.config.protocol
+        request_id, phase, route.config.name, tuple(segments), model, reprompt=route.adapter.reprompt
     )
     pipeline = runtime.pipeline
     findings, gated = await pipeline.first_stage(rules, sample)

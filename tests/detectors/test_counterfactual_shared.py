@@ -178,12 +178,12 @@ def _suspected(text: str = TRIGGERED, word: str = "cf") -> Sample:
     """The request as rare_tokens hands it on: the odd word is the candidate."""
     start = text.index(word)
     finding = Finding("rare_tokens", 0.9, spans=(Span(0, start, start + len(word), "rare_token"),))
-    return Sample("r", Phase.INPUT, "chat", (Segment("user", text),), "m", (finding,), "openai_chat")
+    return Sample("r", Phase.INPUT, "chat", (Segment("user", text),), "m", (finding,), "chat")
 
 
 def _unflagged(text: str = TRIGGERED) -> Sample:
     """The same text where no suspicion detector flagged anything."""
-    return Sample("r", Phase.INPUT, "chat", (Segment("user", text),), "m", (), "openai_chat")
+    return Sample("r", Phase.INPUT, "chat", (Segment("user", text),), "m", (), "chat")
 
 
 async def _eventually(condition: Any, seconds: float = 5.0) -> None:
