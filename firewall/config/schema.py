@@ -115,6 +115,13 @@ class UpstreamConfig(_Model):
         "sent none under that name; null sends none. A client's own well-formed X-Request-Id is "
         "forwarded as it is.",
     )
+    watch_identity: tuple[Literal["model", "system_fingerprint"], ...] = Field(
+        ("model", "system_fingerprint"),
+        description="Fields of the upstream's answers whose change is counted "
+        "(trigger_firewall_upstream_identity_changes_total), logged and audited, per route and "
+        "requested model: a silent model swap is how a backdoored version arrives. Empty watches "
+        "nothing; drop system_fingerprint for a provider whose fingerprint moves on its own.",
+    )
 
 
 class DetectorConfig(_Model):

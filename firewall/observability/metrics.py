@@ -324,6 +324,14 @@ METRICS: Final[tuple[_Declared, ...]] = (
         "failed or timed out; meanwhile each replica judges from its own memory.",
         ("detector", "operation"),
     ),
+    _Declared(
+        "identity_changes",
+        LoopCounter,
+        "upstream_identity_changes",
+        "Answers whose model or system_fingerprint differed from the last answer to the same route and "
+        "requested model: a model swapped behind the endpoint.",
+        ("route", "field"),
+    ),
     _Declared("draining", Gauge, "draining", "1 while shutting down.", ()),
     _Declared("inflight", LoopGauge, "inflight_requests", "Requests in flight.", ()),
     _Declared("audit_events", LoopCounter, "audit_events", "Audit log lines written.", ()),
@@ -396,6 +404,7 @@ class Metrics:
     strip_probes: LoopCounter
     behaviour_candidates: LoopCounter
     shared_memory_errors: LoopCounter
+    identity_changes: LoopCounter
     draining: Gauge
     inflight: LoopGauge
     audit_events: LoopCounter
@@ -533,6 +542,16 @@ class Metrics:
 
     def count_shared_memory_error(self, detector: str, operation: str) -> None:
         self.shared_memory_errors.inc((detector, operation))
+
+    def prepare_identity(self, routes: Iterable[str], fields: Iterable[str]) -> None:
+        """Touch the identity-change series so they exist at 0 before a swap."""
+        watched = tuple(fields)
+        for route in routes:
+            for name in watched:
+                self.identity_changes.touch((route, name))
+
+    def count_identity_change(self, route: str, field: str) -> None:
+        self.identity_changes.inc((route, field))
 
     def count_stream_termination(self, detector: str) -> None:
         self.stream_terminations.inc((detector,))

@@ -72,6 +72,9 @@ class Exchange:
     #: Sent upstream before the verdict, its answer held until a behavioural proof was in
     #: (audit: forwarded_before_verdict; a block then closed the upstream call).
     held: bool = False
+    #: Watched fields of the upstream's answer that changed since the last answer to this
+    #: route and model (audit: upstream_identity_change).
+    identity_changes: list[dict[str, str]] | None = None
 
     @property
     def reply_id(self) -> str:
@@ -139,8 +142,8 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
     audit = state.audit
     if not audit.enabled:
         return
-    if not audit.config.log_allowed and ex.action is Outcome.ALLOW:
-        return
+    if not audit.config.log_allowed and ex.action is Outcome.ALLOW and not ex.identity_changes:
+        return  # an allowed request is logged anyway when the model behind the endpoint changed
     config = ex.runtime.config  # the request's own snapshot, even if a reload happened since
     event: dict[str, Any] = {
         "request_id": ex.request_id,
@@ -172,6 +175,8 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
         event["forwarded_before_verdict"] = True
     if ex.stream_info is not None:
         event["stream"] = ex.stream_info
+    if ex.identity_changes:
+        event["upstream_identity_change"] = ex.identity_changes
     if ex.error:
         event["error"] = ex.error
     if ex.texts is not None:

@@ -38,6 +38,7 @@ from firewall.observability.audit import fingerprint
 from firewall.protocols.base import StreamState
 from firewall.proxy.answers import OUTPUT_BLOCK_MESSAGE, verdict_response
 from firewall.proxy.exchange import Exchange, Outcome, record_verdict
+from firewall.proxy.identity import identity_fields, stream_identity
 from firewall.proxy.state import ServerState
 from firewall.proxy.streaming import HoldbackBuffer, NdjsonParser, SseParser, SseProtocolError, TextChannels
 from firewall.proxy.upstream import bearer_token, code_class, request_headers, response_headers
@@ -49,6 +50,8 @@ __all__ = ["forward", "relay", "send"]
 log = logging.getLogger("trigger_firewall.relay")
 
 _SMALL_BODY = 256 * 1024
+#: How much of an unscreened stream's start is searched for the model's name.
+_IDENTITY_HEAD_BYTES = 16 * 1024
 _STREAM_FAILED = {
     "error": {
         "message": "The upstream stream failed before it completed.",
@@ -183,6 +186,29 @@ def _sse_headers(resp: aiohttp.ClientResponse, request_id: str, keep_encoding: b
     return headers
 
 
+def _note_identity(state: ServerState, ex: Exchange, fields: dict[str, str]) -> None:
+    """Compare the model an answer names with the last one for this route and model."""
+    changes = state.identity.observe(ex.route, ex.model, fields)
+    if changes:
+        for change in changes:
+            state.metrics.count_identity_change(ex.route, change.field)
+        ex.identity_changes = [change.as_audit() for change in changes]
+
+
+def _body_identity(state: ServerState, ex: Exchange, resp: aiohttp.ClientResponse, data: bytes) -> None:
+    """Read the identity of a whole small JSON answer (not a compressed one: not worth inflating)."""
+    watched = ex.runtime.config.upstream.watch_identity
+    if not watched or resp.status >= 300 or resp.content_type != "application/json":
+        return
+    if resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    _note_identity(state, ex, identity_fields(body, watched))
+
+
 async def _relay_untouched(
     request: web.BaseRequest,
     state: ServerState,
@@ -195,6 +221,7 @@ async def _relay_untouched(
             data = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _client_error(exc) from exc
+        _body_identity(state, ex, resp, data)
         headers = response_headers(resp.headers)
         headers["X-Request-Id"] = ex.reply_id
         return web.Response(status=resp.status, body=data, headers=headers)
@@ -218,11 +245,22 @@ async def _pump(
     """Copy the rest of the upstream body as it arrives; end cleanly on upstream failure."""
     started = time.perf_counter()
     outcome = "completed"
+    watched = ex.runtime.config.upstream.watch_identity
+    # A stream names its model in its first events: read them until one does (bounded).
+    head = b"" if watched and framing is not None and resp.status < 300 else None
     try:
         if prefix:
             await out.write(prefix)
         async for chunk in resp.content.iter_any():
             await out.write(chunk)
+            if head is not None:
+                head += chunk
+                fields = stream_identity(head, watched)
+                if fields is not None:
+                    _note_identity(state, ex, fields)
+                    head = None
+                elif len(head) > _IDENTITY_HEAD_BYTES:
+                    head = None
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError) as exc:
         outcome = "upstream_error"
         ex.error = f"upstream_stream_{type(exc).__name__}"
@@ -305,6 +343,8 @@ async def _relay_body_screened(
         if body is None:
             verdict = unscreenable(matched, Phase.OUTPUT, "response not readable as JSON")
         else:
+            if resp.status < 300 and config.upstream.watch_identity:
+                _note_identity(state, ex, identity_fields(body, config.upstream.watch_identity))
             segments = matched.adapter.output_segments(body)
             if ex.texts is not None:
                 ex.texts["output"] = [s.text for s in segments]
@@ -384,6 +424,8 @@ async def _relay_stream_screened(
     done_event: bytes | None = None
     outcome = "completed"
     terminated_by: tuple[str, ...] = ()
+    watched = config.upstream.watch_identity
+    find_identity = bool(watched) and resp.status < 300
 
     async def scan(final: bool = False) -> Verdict:
         """Screen the text so far; ``final`` marks the scan after the upstream ended, so
@@ -409,6 +451,11 @@ async def _relay_stream_screened(
                             payload = orjson.loads(event.data)
                         except orjson.JSONDecodeError:
                             payload = None
+                        if find_identity:
+                            fields = identity_fields(payload, watched)
+                            if fields:
+                                _note_identity(state, ex, fields)
+                                find_identity = False
                         for channel, text in adapter.stream_deltas(payload, stream_state):
                             positions[channel] = channels.add(channel, text)
                     hold.add(event.raw, tuple(positions.items()))

@@ -2,8 +2,8 @@
 
 Everything that changes while the process runs lives here, in one object behind
 one ``AppKey``: the current :class:`~firewall.screening.runtime.Runtime` (swapped whole on
-reload), the upstream session, the in-flight count and the draining flag that
-``/readyz`` and the shutdown sequence read.
+reload), the upstream session, the model the upstream last said answered, the in-flight
+count and the draining flag that ``/readyz`` and the shutdown sequence read.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from firewall.observability.audit import AuditLog
 from firewall.observability.metrics import Metrics
+from firewall.proxy.identity import UpstreamIdentity
 from firewall.proxy.upstream import upstream_target
 from firewall.screening.runtime import Runtime
 
@@ -33,6 +34,8 @@ class ServerState:
         self.score_log = score_log
         self.session: aiohttp.ClientSession | None = None
         self.upstream_base, self.upstream_auth = upstream_target(runtime.config.upstream)
+        #: The model the upstream last said answered, per route and requested model.
+        self.identity = UpstreamIdentity()
         self.inflight = 0
         self.draining = False
         self.started = False

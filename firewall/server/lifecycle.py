@@ -100,13 +100,7 @@ class Server:
         await self.audit.start()
         if self.score_log is not None:
             await self.score_log.start()
-        self.metrics.prepare(
-            routes=[*(r.name for r in self.config.routing.routes), "unmatched"],
-            detectors=[(name, [p.value for p in det.phases]) for name, det in runtime.detectors.items()],
-            upstream=self.config.upstream.name,
-            mode=self.config.mode.value,
-        )
-        self.metrics.set_config(runtime.config_hash)
+        self._prepare_metrics(runtime)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())
 
@@ -152,12 +146,14 @@ class Server:
 
     def _prepare_metrics(self, runtime: Runtime) -> None:
         config = runtime.config
+        routes = [*(r.name for r in config.routing.routes), "unmatched"]
         self.metrics.prepare(
-            routes=[*(r.name for r in config.routing.routes), "unmatched"],
+            routes=routes,
             detectors=[(name, [p.value for p in det.phases]) for name, det in runtime.detectors.items()],
             upstream=config.upstream.name,
             mode=config.mode.value,
         )
+        self.metrics.prepare_identity(routes, config.upstream.watch_identity)
         self.metrics.set_config(runtime.config_hash)
 
     def install_runtime(self, runtime: Runtime) -> None:

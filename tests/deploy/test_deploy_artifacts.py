@@ -42,6 +42,7 @@ EXPECTED_ALERTS = {
     "TriggerFirewallRecurringSentence",
     "TriggerFirewallTriggerConfirmed",
     "TriggerFirewallSharedMemoryDown",
+    "TriggerFirewallUpstreamModelChanged",
 }
 TIMEOUT = 120
 TMP = "/tmp"  # noqa: S108 - the container's /tmp mount path, not a file this test writes

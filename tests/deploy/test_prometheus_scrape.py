@@ -53,6 +53,7 @@ ZERO_IN_A_HEALTHY_RUN = {
     (61, "A"): "no pod drains during the run (draining starts on SIGTERM)",
     (14, "C"): "the micro-batcher sheds nothing: its queue never fills at this load",
     (14, "D"): "the queue is empty at nearly every scrape instant (items wait milliseconds)",
+    (42, "A"): "the demo upstream never changes its model (see tests/integration/test_upstream_identity)",
 }
 
 
