@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["fraction", "non_negative_int", "positive_int"]
+__all__ = ["fraction", "non_negative_int", "positive_int", "unit_interval"]
 
 
 def _whole(raw: str) -> int:
@@ -36,4 +36,15 @@ def fraction(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number such as 0.01, got {raw!r}") from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {raw}")
+    return value
+
+
+def unit_interval(raw: str) -> float:
+    """A score or share from 0 to 1, both ends included (a threshold, a share of prompts)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.5, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {raw}")
     return value

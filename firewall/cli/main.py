@@ -10,6 +10,8 @@ Subcommands:
 * ``models prepare|info``: convert the embedded reference language model once into the cache;
 * ``scan [FILE|-]``: screen JSONL records offline, exactly as the proxy would;
 * ``eval``: the project's trigger evaluation suite (AUROC, TPR at 1% FPR per family);
+* ``probe --upstream URL --model NAME``: an offline red-team sweep of a deployed model for
+  unknown triggers, ranked, within a request budget (docs/probe.md);
 * ``calibrate --target-fpr F CLEAN.jsonl``: thresholds for a target false-positive rate on
   your own clean traffic (or a shadow score log), with a confidence bound and a config patch;
 * ``check-config FILE``: validate a config, print every error with its path;
@@ -38,6 +40,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "scan": ("scan", "add_scan_parser", "run_scan"),
     "eval": ("evaluate", "add_eval_parser", "run_eval"),
     "calibrate": ("calibrate", "add_calibrate_parser", "run_calibrate"),
+    "probe": ("probe", "add_probe_parser", "run_probe_command"),
     "demo": ("demo", "add_demo_parser", "run_demo"),
     "models": ("models", "add_models_parser", "run_models"),
     "learn-baseline": ("baseline", "add_baseline_parser", "run_learn_baseline"),
