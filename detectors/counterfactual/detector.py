@@ -32,13 +32,16 @@ nothing, or changes as much as removing any other word, scores near 0.
 
 What a probe is
 ---------------
-An OpenAI chat request to the configured upstream (never to a URL taken from the
-request), rebuilt from the screened segments whose role is a chat role, or a text
-completion of the screened texts. ``api: auto`` (the default) follows the request's
-route: chat probes for the OpenAI chat and Responses routes, completions for the
-completions route; a request on any other route (embeddings, a native or JSON API) is
-not probed and its candidates are reported ``unprobeable``. Tools,
-functions, response formats, ``n`` and streaming are not carried over, so a probe
+A request to the configured upstream (never to a URL taken from the request).
+``api: auto`` (the default) follows the request's route: on the OpenAI chat route an
+OpenAI chat request rebuilt from the screened segments whose role is a chat role; on the
+completions route a text completion of the screened texts; on the Responses, Anthropic,
+Ollama, TGI and llama.cpp routes the request itself in its own API (``native``: a copy
+edited at the segment's JSON pointer, :class:`~firewall.core.types.Resend`), made a probe
+by the route's protocol adapter; on a generic JSON or KServe route the same, but only when
+the route is in ``resend_routes``; elsewhere (embeddings) nothing, and its candidates are
+reported ``unprobeable``. Tools, functions, response formats, storage, ``n`` and streaming
+are not carried over, so a probe
 cannot call a tool or cost more than ``max_tokens``. Each carries
 ``X-Firewall-Probe: <detector>`` and is counted in
 ``trigger_firewall_strip_probes_total{detector,outcome}`` (the probe counter STRIP
@@ -105,6 +108,7 @@ from firewall.core.detector_context import (
     UpstreamProbeError,
     all_or_first_error,
 )
+from firewall.core.json_pointer import replace_string
 
 __all__ = ["CounterfactualDetector", "CounterfactualParams"]
 
@@ -119,6 +123,9 @@ REASON_CODES = (R_CHANGED, R_KNOWN, R_UNCHANGED, R_UNPROBEABLE)
 _CONFIRMED = 0.5
 
 _DEFAULT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+#: How a probe asks: rebuilt as an OpenAI chat or completion, or the request in its own API.
+Api = Literal["chat", "completions", "native"]
 
 #: Segment roles a chat probe can carry, and the role each is sent as.
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -148,19 +155,31 @@ class CounterfactualParams(DetectorParams):
     controls: int = Field(
         2, ge=1, le=8, description="Unsuspected spans removed per candidate, for comparison."
     )
-    api: Literal["auto", "chat", "completions"] = Field(
+    api: Literal["auto", "chat", "completions", "native"] = Field(
         "auto",
-        description="How probes ask: an OpenAI chat request (messages), or a text completion whose "
-        "prompt is the screened texts joined by newlines. 'auto' follows the route: chat for the "
-        "OpenAI chat and Responses routes, completions for the OpenAI completions route; on any "
-        "other route the detector sends nothing (reason 'unprobeable').",
+        description="How probes ask: an OpenAI chat request (messages), a text completion whose "
+        "prompt is the screened texts joined by newlines, or 'native': the request itself, in its "
+        "own API, with the span taken out and what could have effects or cost removed by the "
+        "route's protocol (Responses, Anthropic Messages, Ollama, TGI, llama.cpp). 'auto' follows "
+        "the route: chat for OpenAI chat, completions for OpenAI completions, native where the "
+        "protocol knows its API or the route is in resend_routes; elsewhere (embeddings, a JSON "
+        "route not listed) nothing is sent (reason 'unprobeable').",
+    )
+    resend_routes: tuple[str, ...] = Field(
+        (),
+        description="Routes of APIs the firewall does not know (a generic JSON route, KServe) whose "
+        "requests may be resent with the span taken out and nothing else changed; the answer's "
+        "texts (the route's output_fields) are compared. List only routes whose calls have no "
+        "effects: the firewall cannot tell which fields of an unknown API do.",
     )
     path: str | None = Field(
         None,
         description="The upstream route probes are sent to; default /v1/chat/completions for chat "
         "probes, /v1/completions for completions.",
     )
-    model: str | None = Field(None, description="Model named in probes; default: the request's model.")
+    model: str | None = Field(
+        None, description="Model named in chat and completion probes; default: the request's model."
+    )
     max_tokens: int = Field(32, ge=1, le=512, description="Length of each probe's answer.")
     seed: int = Field(0, description="Seed asked for in probes, with temperature 0 (determinism).")
     timeout_seconds: float = Field(10.0, gt=0, description="Per probe.")
@@ -414,7 +433,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             return self._finding(results, t0)
         for span in self._candidates(sample):
             seg = segments[span.segment]
-            if api is None or (api == "chat" and seg.role not in _CHAT_ROLES):
+            if api is None or not _askable(sample, seg, api):
                 results.append(Span(span.segment, span.start, span.end, R_UNPROBEABLE, 0.0))
                 self._judged("unprobeable")
                 continue
@@ -467,16 +486,19 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             duration_seconds=time.perf_counter() - t0,
         )
 
-    def _api(self, sample: Sample) -> Literal["chat", "completions"] | None:
+    def _api(self, sample: Sample) -> Api | None:
         """How this sample's probes ask the model; ``None``: its route cannot be probed."""
         api = self.params.api
-        if api != "auto":
+        if api in ("chat", "completions"):
             return api
-        return sample.reprompt
+        if api == "auto" and sample.reprompt is not None:
+            return sample.reprompt
+        resend = sample.resend
+        if resend is not None and (resend.safe or sample.route in self.params.resend_routes):
+            return "native"
+        return None
 
-    async def _probe_all(
-        self, sample: Sample, spans: Sequence[Span], api: Literal["chat", "completions"]
-    ) -> list[tuple[float, float]]:
+    async def _probe_all(self, sample: Sample, spans: Sequence[Span], api: Api) -> list[tuple[float, float]]:
         """One answer to the request as sent, one per candidate and per control; per candidate,
         how far removing it moved the answer and how far the most moving control did."""
         segments = sample.segments
@@ -495,7 +517,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
                 variants.append(_without(segments, span.segment, start, end))
                 ids.append(len(variants) - 1)
             plan.append((mine, ids))
-        answers = await self._answers(variants, sample.model, api)
+        answers = await self._answers(variants, sample, api)
         moves = []
         for mine, ids in plan:
             moved = divergence(answers[0], answers[mine])
@@ -503,10 +525,28 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             moves.append((moved, baseline))
         return moves
 
-    async def _answers(
-        self, variants: Sequence[tuple[Segment, ...]], model: str | None, api: Literal["chat", "completions"]
-    ) -> list[str]:
-        return await all_or_first_error([self._ask(v, model, api) for v in variants])
+    async def _answers(self, variants: Sequence[tuple[Segment, ...]], sample: Sample, api: Api) -> list[str]:
+        if api == "native":
+            return await all_or_first_error([self._resend(v, sample) for v in variants])
+        return await all_or_first_error([self._ask(v, sample.model, api) for v in variants])
+
+    async def _resend(self, segments: Sequence[Segment], sample: Sample) -> str:
+        """The request itself, in its own API, with the variant's texts in place."""
+        assert self._sender is not None  # noqa: S101 - start() made the detector ready only with it
+        resend = sample.resend
+        assert resend is not None  # noqa: S101 - the api is native only with it
+        body = resend.body
+        for before, after in zip(sample.segments, segments, strict=True):
+            if after.text != before.text:
+                body = replace_string(body, before.source, before.text, after.text)
+                if body is None:
+                    raise UpstreamProbeError("the request cannot be edited where the span is")
+        p = self.params
+        try:
+            probe = resend.probe(body, p.max_tokens, p.seed)
+        except ValueError as exc:
+            raise UpstreamProbeError(f"the request cannot be made a probe: {exc}") from exc
+        return await self._sender.send(resend.path, probe, timeout_s=p.timeout_seconds, read=resend.read)
 
     async def _ask(
         self, segments: Sequence[Segment], model: str | None, api: Literal["chat", "completions"]
@@ -537,6 +577,17 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         context = self._context
         if context is not None and context.metrics is not None:
             context.metrics.count_candidates(self.name, outcome)
+
+
+def _askable(sample: Sample, seg: Segment, api: Api) -> bool:
+    """Whether a span of ``seg`` can be taken out of a probe: a chat probe carries only chat
+    messages; a native one edits the request where the segment's text sits."""
+    if api == "chat":
+        return seg.role in _CHAT_ROLES
+    if api == "native":
+        resend = sample.resend
+        return resend is not None and replace_string(resend.body, seg.source, seg.text, "") is not None
+    return True
 
 
 def _strongest_first(finding: Finding) -> list[Span]:

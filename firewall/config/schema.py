@@ -361,7 +361,8 @@ def default_detectors() -> tuple[DetectorConfig, ...]:
     runs only when one of them flags a request, takes each flagged span out and asks the
     protected model again (a few short probes, temperature 0), and blocks when the answer
     changes far more than when ordinary words of the same size are taken out. It probes
-    the OpenAI chat, Responses and completions routes; on the others it sends nothing.
+    every route with a text answer, each in its own API (a generic JSON or KServe route only
+    when its params list it); on the others it sends nothing.
 
     Thresholds come from ``trigger-firewall eval`` (the project's suite): the lowest
     score that flags at most 1% of its clean texts. ``trigger-firewall eval --suite

@@ -19,6 +19,7 @@ because the server opens it after the runtime is built (and a reload keeps it).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -121,18 +122,25 @@ class ProbeSender:
     async def send(self, path: str, body: Any, *, timeout_s: float, read: Callable[[Any], _T]) -> _T:
         """POST ``body`` to ``path`` and ``read`` the answer (raising :class:`UpstreamProbeError`)."""
         async with self._slots:
+            started = time.perf_counter()
             try:
                 result = read(
                     await self.client.post_json(path, body, timeout_s=timeout_s, probe=self.detector)
                 )
             except UpstreamProbeError as exc:
+                self._observe(started)
                 self.count(exc.reason)
                 raise
             except asyncio.CancelledError:
-                self.count("cancelled")
+                self.count("cancelled")  # never answered: no duration
                 raise
+        self._observe(started)
         self.count("ok")
         return result
+
+    def _observe(self, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_probe(self.detector, time.perf_counter() - started)
 
 
 async def all_or_first_error(calls: Sequence[Awaitable[_T]]) -> list[_T]:

@@ -36,6 +36,9 @@ class DetectorTelemetry(Protocol):
     def prepare_probes(self, detector: str) -> None:
         """Create the upstream-probe outcome series at zero."""
 
+    def observe_probe(self, detector: str, seconds: float) -> None:
+        """How long one probe took, from sending it to reading its answer (or its failure)."""
+
     def count_probes(self, detector: str, outcome: str, n: int = 1) -> None:
         """``n`` upstream probes ended with ``outcome``."""
 

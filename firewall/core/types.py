@@ -14,9 +14,9 @@ the prompt.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "Action",
@@ -26,6 +26,7 @@ __all__ = [
     "FindingStatus",
     "Mode",
     "Phase",
+    "Resend",
     "Sample",
     "Segment",
     "Span",
@@ -117,6 +118,35 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class Resend:
+    """A request in its own API, for a detector that asks the model again with a span taken out.
+
+    The screening path sets it on routes whose API is not re-asked as an OpenAI chat or
+    completion (:attr:`Sample.reprompt` is ``None``): the Responses and Anthropic APIs, Ollama,
+    TGI, llama.cpp's native completion, a generic JSON route. The detector edits a copy of
+    ``body`` at a segment's JSON pointer, passes it through ``probe`` and posts it to ``path``
+    on the configured upstream (never a host from the request); ``read`` gives the answer's
+    text to compare. The callables come from the route's protocol adapter, so a detector needs
+    no knowledge of any API.
+    """
+
+    #: The path (and query) the request came on; the probe goes to the same route upstream.
+    path: str
+    #: The parsed request body; never mutated (edits work on a copy).
+    body: Any
+    #: ``(edited body, max_tokens, seed) -> probe body``: the API's fields that could have
+    #: effects or cost (tools, streaming, storage, several answers) taken out, a short
+    #: deterministic answer asked for. Raises ``ValueError`` for a body it cannot make safe.
+    probe: Callable[[Any, int, int], Any]
+    #: ``answer body -> text``: what the model said, in this API's response shape.
+    read: Callable[[Any], str]
+    #: Whether ``probe`` knows this API (its effects are removed). A generic JSON route's
+    #: adapter cannot know which fields have effects: its requests are resent only on routes
+    #: the detector is told to resend.
+    safe: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """Everything a detector sees about one request (or one response) to screen."""
 
@@ -131,6 +161,8 @@ class Sample:
     #: How a detector that asks the model again (``counterfactual``) can do it for this
     #: request's route: ``"chat"``, ``"completions"``, or ``None`` (not at all, or no route).
     reprompt: Literal["chat", "completions"] | None = None
+    #: The request in its own API, on routes that are not re-asked as chat or completions.
+    resend: Resend | None = None
 
     @property
     def chars(self) -> int:

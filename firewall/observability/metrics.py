@@ -309,6 +309,15 @@ METRICS: Final[tuple[_Declared, ...]] = (
         ("detector", "outcome"),
     ),
     _Declared(
+        "probe_duration",
+        LoopHistogram,
+        "probe_duration_seconds",
+        "Time from sending one upstream probe (STRIP, counterfactual) to reading its answer or its "
+        "failure: what a suspected request waits for.",
+        ("detector",),
+        _LATENCY_BUCKETS,
+    ),
+    _Declared(
         "behaviour_candidates",
         LoopCounter,
         "behaviour_candidates",
@@ -402,6 +411,7 @@ class Metrics:
     upstream_requests: LoopCounter
     upstream_duration: LoopHistogram
     strip_probes: LoopCounter
+    probe_duration: LoopHistogram
     behaviour_candidates: LoopCounter
     shared_memory_errors: LoopCounter
     identity_changes: LoopCounter
@@ -523,6 +533,10 @@ class Metrics:
         """Touch one probing detector's series so they exist at 0 before its first probe."""
         for outcome in PROBE_OUTCOMES:
             self.strip_probes.touch((detector, outcome))
+        self.probe_duration.touch((detector,))
+
+    def observe_probe(self, detector: str, seconds: float) -> None:
+        self.probe_duration.observe((detector,), seconds)
 
     def count_probes(self, detector: str, outcome: str, n: int = 1) -> None:
         self.strip_probes.inc((detector, outcome), n)

@@ -188,12 +188,23 @@ class Scanner:
         start = time.perf_counter()
         rid = str(record_id)
         runtime, route = self.runtime, self.route
-        verdict = await screen_or_pass(runtime, route, phase, tuple(segments), model=model, request_id=rid)
+        # A request body is posted on the route's own path, as a client would send it (a
+        # path with a {parameter} names no one request: such a record is not asked again).
+        path = route.config.path if request is not None and "{" not in route.config.path else None
+        verdict = await screen_or_pass(
+            runtime,
+            route,
+            phase,
+            tuple(segments),
+            model=model,
+            request_id=rid,
+            request=(path, request) if path is not None else None,
+        )
         if verdict.sanitizes:
             if request is not None:
                 try:
                     cleaned = await screen_sanitized(
-                        runtime, route, verdict, orjson.dumps(request), request_id=rid
+                        runtime, route, verdict, orjson.dumps(request), request_id=rid, path=path
                     )
                 except ProtocolError as exc:  # the proxy answers 400: not a record to score
                     raise RecordError(str(exc)) from exc

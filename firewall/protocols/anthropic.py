@@ -25,7 +25,7 @@ from typing import Any
 
 from firewall.core.errors import ProtocolError
 from firewall.core.types import Segment
-from firewall.protocols.base import ProtocolAdapter, StreamState, sse_event
+from firewall.protocols.base import ProtocolAdapter, StreamState, probe_fields, sse_event
 from firewall.protocols.fields import function_segments, messages_of, require_object, string_leaves
 
 __all__ = ["MessagesAdapter"]
@@ -86,6 +86,16 @@ class MessagesAdapter(ProtocolAdapter):
     name = "anthropic_messages"
     prompt_param = "messages"
     uses_done_sentinel = False
+    probe_safe = True
+
+    def probe_body(self, body: Any, max_tokens: int, seed: int) -> Any:
+        """No tools or servers to call, no streaming, no extended thinking (its budget must
+        exceed max_tokens, so a short probe would be refused); the API takes no seed."""
+        return probe_fields(
+            body,
+            drop=("tools", "tool_choice", "mcp_servers", "container", "thinking", "stream"),
+            put={"stream": False, "max_tokens": max_tokens, "temperature": 0},
+        )
 
     def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
         """Anthropic's envelope (``{"type": "error", "error": {"type", "message"}}``), which

@@ -14,6 +14,7 @@ so the proxy answers 400 instead of forwarding something it could not read.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ import orjson
 
 from firewall.core.types import Phase, Segment
 
-__all__ = ["ProtocolAdapter", "StreamState", "TokenIdsAdapter", "error_body", "sse_event"]
+__all__ = ["ProtocolAdapter", "StreamState", "TokenIdsAdapter", "error_body", "probe_fields", "sse_event"]
 
 
 @dataclass(slots=True)
@@ -54,6 +55,19 @@ def sse_event(data: Any, event: str | None = None) -> bytes:
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
+def probe_fields(body: Any, *, drop: Iterable[str], put: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` without the keys in ``drop`` and with those of ``put``: a probe's body.
+
+    A shallow copy: the request's own nested values (its messages) are shared, never changed.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("a probe is made from a JSON object")
+    dropped = set(drop)
+    out = {k: v for k, v in body.items() if k not in dropped}
+    out.update(put)
+    return out
+
+
 class ProtocolAdapter(abc.ABC):
     """One API's request/response/stream shapes."""
 
@@ -67,6 +81,11 @@ class ProtocolAdapter(abc.ABC):
     #: How a behavioural check asks the model again about a request of this protocol: as an
     #: OpenAI chat request, as a text completion, or not at all (``None``).
     reprompt: Literal["chat", "completions"] | None = None
+    #: Whether :meth:`probe_body` knows this API, so that a request can be asked again in its
+    #: own shape with everything that could have effects or cost taken out. An adapter that
+    #: does not know its API's fields (a generic JSON route) leaves it ``False``: its requests
+    #: are resent only on routes a behavioural detector is explicitly told to resend.
+    probe_safe: bool = False
 
     def screens(self, phase: Phase) -> bool:
         """Whether requests (input) or responses (output) of this protocol carry text at all.
@@ -107,6 +126,22 @@ class ProtocolAdapter(abc.ABC):
         """A 200 body in the API's own shape with the content withheld, or ``None``
         when the protocol has no such shape (the proxy then answers an error)."""
         return None
+
+    def probe_path(self, path: str) -> str:
+        """Where a probe of a request that came on ``path`` goes (a streaming-only path is
+        mapped to its one-answer twin)."""
+        return path
+
+    def probe_body(self, body: Any, max_tokens: int, seed: int) -> Any:
+        """An edited copy of a request made into a probe: a short, deterministic answer, no
+        tools, no streaming, nothing stored, one answer. The base knows no API and returns
+        ``body`` as it is (see :attr:`probe_safe`). Raises ``ValueError`` for a body that
+        cannot be made a probe."""
+        return body
+
+    def probe_text(self, answer: Any) -> str:
+        """What the model said in a probe's answer: the texts the output phase would screen."""
+        return "\n".join(s.text for s in self.output_segments(answer))
 
     def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
         """The JSON of an error the firewall answers on this API (a block, a refusal): the

@@ -30,7 +30,7 @@ from typing import Any
 
 from firewall.core.errors import ProtocolError
 from firewall.core.types import Segment
-from firewall.protocols.base import StreamState, TokenIdsAdapter, sse_event
+from firewall.protocols.base import StreamState, TokenIdsAdapter, probe_fields, sse_event
 from firewall.protocols.fields import prompt_segments, require_object, string_leaves
 
 __all__ = ["LlamaCppCompletionAdapter"]
@@ -63,6 +63,15 @@ class LlamaCppCompletionAdapter(TokenIdsAdapter):
     name = "llama_cpp_completion"
     prompt_param = "prompt"
     uses_done_sentinel = False
+    probe_safe = True
+
+    def probe_body(self, body: Any, max_tokens: int, seed: int) -> Any:
+        """Short, greedy, one answer, no grammar or schema that a short answer would break."""
+        return probe_fields(
+            body,
+            drop=("grammar", "json_schema", "n_probs"),
+            put={"stream": False, "n_predict": max_tokens, "temperature": 0, "seed": seed},
+        )
 
     def input_segments(self, body: Any) -> list[Segment]:
         body = require_object(body)

@@ -38,7 +38,7 @@ import orjson
 
 from firewall.core.errors import ProtocolError, UnscreenableInput
 from firewall.core.types import Segment
-from firewall.protocols.base import ProtocolAdapter, StreamState, TokenIdsAdapter
+from firewall.protocols.base import ProtocolAdapter, StreamState, TokenIdsAdapter, probe_fields
 from firewall.protocols.fields import function_segments, messages_of, require_object, string_leaves
 
 __all__ = ["OllamaChatAdapter", "OllamaEmbedAdapter", "OllamaGenerateAdapter"]
@@ -80,6 +80,15 @@ class _OllamaAdapter(ProtocolAdapter):
     uses_done_sentinel = False
     #: The response field that carries the answer's text ("message" for chat).
     answer_key = "response"
+    probe_safe = True
+
+    def probe_body(self, body: Any, max_tokens: int, seed: int) -> Any:
+        """One answer, not a stream (Ollama streams unless told not to), no tools, no output
+        format; length, temperature and seed go in ``options``."""
+        options = body.get("options") if isinstance(body, dict) else None
+        merged = {**(options if isinstance(options, dict) else {}), "num_predict": max_tokens}
+        merged.update(temperature=0, seed=seed)
+        return probe_fields(body, drop=("tools", "format"), put={"stream": False, "options": merged})
 
     def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
         """Ollama's envelope: ``error`` is the message, which its clients raise; the code,

@@ -34,6 +34,7 @@ from firewall.protocols.base import (
     StreamState,
     TokenIdsAdapter,
     error_body,
+    probe_fields,
     sse_event,
 )
 from firewall.protocols.fields import (
@@ -51,6 +52,21 @@ __all__ = [
     "EmbeddingsAdapter",
     "ResponsesAdapter",
 ]
+
+#: Fields a Responses probe leaves out: they call tools, run in the background, append to a
+#: stored conversation, or constrain the output format (a 32-token answer breaks a schema).
+_RESPONSES_PROBE_DROP = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_tool_calls",
+    "background",
+    "stream_options",
+    "include",
+    "text",
+    "conversation",
+    "prompt_cache_key",
+)
 
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
 #: The key holding a part's text, by part type ("text" for the others). vLLM joins
@@ -332,8 +348,18 @@ class ResponsesAdapter(ProtocolAdapter):
 
     name = "openai_responses"
     prompt_param = "input"
-    reprompt = "chat"  # the same texts as a chat request: the upstream must serve /v1/chat/completions
+    # Asked again in its own shape (instructions, input items, previous_response_id kept).
+    probe_safe = True
     uses_done_sentinel = False
+
+    def probe_body(self, body: Any, max_tokens: int, seed: int) -> Any:
+        """No tools, no background run, nothing stored, no conversation appended to, no output
+        format a short answer would break; the Responses API takes no seed."""
+        return probe_fields(
+            body,
+            drop=_RESPONSES_PROBE_DROP,
+            put={"stream": False, "store": False, "max_output_tokens": max_tokens, "temperature": 0},
+        )
 
     def input_segments(self, body: Any) -> list[Segment]:
         data = require_object(body)

@@ -21,7 +21,7 @@ from typing import Any
 
 from firewall.core.errors import ProtocolError
 from firewall.core.types import Segment
-from firewall.protocols.base import ProtocolAdapter, StreamState, sse_event
+from firewall.protocols.base import ProtocolAdapter, StreamState, probe_fields, sse_event
 from firewall.protocols.fields import require_object
 
 __all__ = ["TgiGenerateAdapter"]
@@ -35,6 +35,25 @@ class TgiGenerateAdapter(ProtocolAdapter):
     name = "tgi_generate"
     prompt_param = "inputs"
     uses_done_sentinel = False
+    probe_safe = True
+
+    def probe_path(self, path: str) -> str:
+        """``/generate_stream`` answers in events: its probe asks ``/generate``."""
+        head, sep, query = path.partition("?")
+        if head.rstrip("/").endswith("/generate_stream"):
+            head = head.rstrip("/").removesuffix("_stream")
+        return head + sep + query
+
+    def probe_body(self, body: Any, max_tokens: int, seed: int) -> Any:
+        """Greedy, short, one sequence: no sampling, no best_of, no grammar."""
+        params = body.get("parameters") if isinstance(body, dict) else None
+        kept = {
+            k: v
+            for k, v in (params.items() if isinstance(params, dict) else ())
+            if k not in ("grammar", "best_of", "details", "decoder_input_details", "top_n_tokens")
+        }
+        kept.update(max_new_tokens=max_tokens, do_sample=False, seed=seed)
+        return probe_fields(body, drop=("stream",), put={"parameters": kept})
 
     def error_body(self, message: str, *, code: str, error_type: str, param: str | None) -> dict[str, Any]:
         """TGI's envelope (``{"error": message, "error_type": ...}``), with the code beside it."""

@@ -255,7 +255,13 @@ async def _screened(
             return await _forward_unscreened(request, state, runtime, ex, raw)
     segments = screened_segments(matched, segments)
     staged = await screen_staged(
-        runtime, matched, Phase.INPUT, segments, model=ex.model, request_id=ex.request_id
+        runtime,
+        matched,
+        Phase.INPUT,
+        segments,
+        model=ex.model,
+        request_id=ex.request_id,
+        request=(request.path_qs, body),
     )
     verdict = staged.verdict
     if staged.prove is not None:
@@ -270,7 +276,9 @@ async def _screened(
         verdict = await staged.prove()
     if verdict is not None and verdict.sanitizes:
         try:
-            raw, body, matched, segments, verdict = await _sanitized(runtime, matched, ex, raw, verdict)
+            raw, body, matched, segments, verdict = await _sanitized(
+                runtime, matched, ex, raw, verdict, request.path_qs
+            )
             policy = matched.policy
         except ProtocolError as exc:
             ex.screened = False
@@ -378,11 +386,11 @@ async def _forward_held(
 
 
 async def _sanitized(
-    runtime: Runtime, matched: MatchedRoute, ex: Exchange, raw: bytes, first: Verdict
+    runtime: Runtime, matched: MatchedRoute, ex: Exchange, raw: bytes, first: Verdict, path: str
 ) -> tuple[bytes, Any, MatchedRoute, list[Segment], Verdict]:
     """Clean the body of a sanitize verdict's characters (:func:`screen_sanitized`) and record
     on the exchange what it now is: its model, mode and what was removed."""
-    cleaned = await screen_sanitized(runtime, matched, first, raw, request_id=ex.request_id)
+    cleaned = await screen_sanitized(runtime, matched, first, raw, request_id=ex.request_id, path=path)
     ex.model = cleaned.model
     ex.mode = cleaned.route.policy.mode
     ex.sanitized = {

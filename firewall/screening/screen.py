@@ -16,7 +16,17 @@ from typing import Any
 import orjson
 
 from firewall.core.errors import InvalidJson
-from firewall.core.types import Action, BlockKind, Finding, FindingStatus, Phase, Sample, Segment, Verdict
+from firewall.core.types import (
+    Action,
+    BlockKind,
+    Finding,
+    FindingStatus,
+    Phase,
+    Resend,
+    Sample,
+    Segment,
+    Verdict,
+)
 from firewall.protocols.json_checks import check_unambiguous
 from firewall.protocols.json_edit import remove_json_chars
 from firewall.screening.runtime import MatchedRoute, Runtime
@@ -51,14 +61,18 @@ async def screen(
     *,
     model: str | None = None,
     request_id: str = "",
+    request: tuple[str, Any] | None = None,
 ) -> Verdict | None:
     """Run ``phase``'s detectors on ``segments`` and decide, under ``model``'s policy.
 
     Returns ``None`` when nothing was screened: the policy (after the model's
     overrides) has no detector for this phase, or there is no text. Callers that
-    must report a verdict anyway evaluate an empty list of findings.
+    must report a verdict anyway evaluate an empty list of findings. ``request`` is
+    the path and parsed body the segments were read from (see :func:`screen_staged`).
     """
-    staged = await screen_staged(runtime, route, phase, segments, model=model, request_id=request_id)
+    staged = await screen_staged(
+        runtime, route, phase, segments, model=model, request_id=request_id, request=request
+    )
     if staged.prove is None:
         return staged.verdict
     return await staged.prove()
@@ -86,18 +100,30 @@ async def screen_staged(
     *,
     model: str | None = None,
     request_id: str = "",
+    request: tuple[str, Any] | None = None,
 ) -> Staged:
     """:func:`screen` with the gated detectors left to the caller (see :class:`Staged`).
 
     A request the first stage already blocks, or sanitizes (the cleaned text is screened
     again, gated detectors included), does not run them: they are recorded as skipped.
+
+    ``request`` (the path the request came on and its parsed body) lets a behavioural
+    detector ask the model again in the request's own API on a route that is not asked
+    as an OpenAI chat or completion (:class:`~firewall.core.types.Resend`).
     """
     policy = route.for_model(model).policy
     rules = policy.rules(phase)
     if not rules or not segments:
         return Staged(None)
+    adapter = route.adapter
+    resend = None
+    if request is not None and adapter.reprompt is None and adapter.has_output_text:
+        path, body = request
+        resend = Resend(
+            adapter.probe_path(path), body, adapter.probe_body, adapter.probe_text, adapter.probe_safe
+        )
     sample = Sample(
-        request_id, phase, route.config.name, tuple(segments), model, reprompt=route.adapter.reprompt
+        request_id, phase, route.config.name, tuple(segments), model, reprompt=adapter.reprompt, resend=resend
     )
     pipeline = runtime.pipeline
     findings, gated = await pipeline.first_stage(rules, sample)
@@ -123,13 +149,16 @@ async def screen_or_pass(
     *,
     model: str | None = None,
     request_id: str = "",
+    request: tuple[str, Any] | None = None,
 ) -> Verdict:
     """:func:`screen`, or when nothing was screened the policy's verdict on no findings.
 
     For callers that report a verdict for every record or response (``scan``, the
     relay's output phase); the proxy's input phase records none when nothing ran.
     """
-    verdict = await screen(runtime, route, phase, segments, model=model, request_id=request_id)
+    verdict = await screen(
+        runtime, route, phase, segments, model=model, request_id=request_id, request=request
+    )
     if verdict is not None:
         return verdict
     return route.for_model(model).policy.evaluate(phase, ())
@@ -202,7 +231,13 @@ class Sanitized:
 
 
 async def screen_sanitized(
-    runtime: Runtime, route: MatchedRoute, first: Verdict, raw: bytes, *, request_id: str = ""
+    runtime: Runtime,
+    route: MatchedRoute,
+    first: Verdict,
+    raw: bytes,
+    *,
+    request_id: str = "",
+    path: str | None = None,
 ) -> Sanitized:
     """Remove ``first.remedy`` from a JSON body in place and screen what is left, as the model reads it.
 
@@ -210,7 +245,8 @@ async def screen_sanitized(
     screened again as a new request (a removal can join a key or a model name back
     together), under the policy of the model they name; :func:`after_sanitizing` makes one
     verdict of the two. Raises :class:`~firewall.core.errors.ProtocolError` when the edited
-    body is ambiguous. The proxy and ``scan`` both clean request bodies here.
+    body is ambiguous. The proxy and ``scan`` both clean request bodies here. ``path`` is
+    the path the request came on (see :func:`screen_staged`'s ``request``).
     """
     raw, removed = remove_json_chars(raw, first.remedy)
     try:
@@ -221,5 +257,13 @@ async def screen_sanitized(
     model = route.adapter.model(body)
     resolved = route.for_model(model)
     segments = screened_segments(resolved, resolved.adapter.input_segments(body))
-    second = await screen(runtime, resolved, Phase.INPUT, segments, model=model, request_id=request_id)
+    second = await screen(
+        runtime,
+        resolved,
+        Phase.INPUT,
+        segments,
+        model=model,
+        request_id=request_id,
+        request=(path, body) if path is not None else None,
+    )
     return Sanitized(raw, body, resolved, model, segments, after_sanitizing(first, second), removed)
