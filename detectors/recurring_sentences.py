@@ -15,8 +15,8 @@ precedent: Chen, Carlini, Wagner, *Stateful Detection of Black-Box Adversarial
 Attacks* (2020).
 
 It is in the built-in defaults with ``action: log``: its first two sightings of a
-trigger always pass, its state is per replica, and an application's own sentences
-can recur. Prompt templates ("Summarise the following ticket for the on-call
+trigger always pass, its state is per replica unless ``shared`` names a store, and an
+application's own sentences can recur. Prompt templates ("Summarise the following ticket for the on-call
 engineer.") recur by design, but at a *fixed place*: first, last, or next to the
 same other sentence. A sentence whose neighbour on one side has been the same in
 every distinct context never scores (``exempt_fixed_position``); a trigger planted
@@ -61,7 +61,8 @@ State
 -----
 Per candidate unit: the count of distinct contexts, up to ``max_sketches``
 context sketches and the last-seen time, keyed by an 8-byte keyed BLAKE2b of
-the normalised unit under a random per-instance key. No text is kept, so a
+the normalised unit under a random per-instance key (with ``shared``, the
+deployment's key: see below). No text is kept, so a
 state dump, an export or a debug endpoint cannot confirm a guessed prompt
 without the key (a dump of the whole process memory includes the key, and the
 prompts in flight, so it is not covered). Bounded: ``max_entries`` with a
@@ -70,17 +71,27 @@ one-off sentences) and ``ttl_seconds`` since the last sighting.
 
 The state lives in this object: it survives a config reload when the detector's
 name, type and params are unchanged and its baseline file was not rewritten (the
-runtime carries the instance over; a new baseline file means a new instance), is
-lost on restart, and is per replica (each sidecar learns alone). The detector
-runs inline on the event loop only, so no locks are needed; never call
-:meth:`score_inline` from several threads.
+runtime carries the instance over; a new baseline file means a new instance). Without
+``shared`` it is lost on restart and is per replica (each sidecar learns alone). With
+``shared`` (a Redis or Valkey store, :mod:`detectors.recurring_shared`), in ``serve``,
+every replica hashes with the key derived from the deployment's secret, and a
+background task publishes each request's new distinct contexts and merges the other
+replicas' into this table, so every replica counts what the deployment has seen, about
+``sync_seconds`` late; a new instance starts from the store's history. Scoring still
+reads only this table, synchronously; a store outage leaves each replica counting alone.
+
+Calls are one at a time: on the event loop, or in a worker thread for a long sample,
+under :attr:`inline_lock`, which the shared memory's merges take too (never waiting for
+it on the loop). Never call :meth:`score_inline` from several threads at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import itertools
+import logging
 import re
 import secrets
 import string
@@ -106,9 +117,11 @@ from detectors.base import (
     Span,
 )
 from detectors.data_files import read_data_file
+from detectors.recurring_shared import PERSON, LocalUnit, RemoteSighting, SharedSightings
 
 # The splitting pieces of sentence_units, reused (see sentence_spans for why not split_units itself).
 from detectors.sentence_units import SENTENCE_END, mask_code, prose_lines, strip_span
+from detectors.shared_store import SharedMemoryParams, connect
 from firewall.core.files import FileSignature, file_signature
 
 __all__ = [
@@ -123,6 +136,8 @@ __all__ = [
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+log = logging.getLogger("trigger_firewall.detectors.recurring_sentences")
 
 REASON = "recurring_sentence"
 R_TRUNCATED = "scan_truncated"  # text past max_chars was not read
@@ -146,6 +161,11 @@ _CONTEXT_UNIT_WORDS = 3  # other units of this many words are context elements
 _REASON_COUNT_CAP = 10  # reason codes name 3..9 contexts, then "10plus": a bounded set
 _SEGMENT_START = -1  # neighbour markers; unit hashes are non-negative
 _SEGMENT_END = -2
+_MAX32 = 0xFFFFFFFF
+#: Other replicas' sightings merged per hold of the inline lock (see ``merge``): the event loop
+#: is held for about a millisecond at a time, and a worker thread's long sample waits no longer.
+_MERGE_CHUNK = 64
+_LOCK_POLL_SECONDS = 0.002
 
 # --------------------------------------------------------------------------- params
 
@@ -228,6 +248,12 @@ class RecurringSentencesParams(DetectorParams):
         default=None,
         description="JSON file of known recurring sentences (templates) from `trigger-firewall "
         "learn-baseline`; they are never scored and are left out of contexts.",
+    )
+    shared: SharedMemoryParams | None = Field(
+        default=None,
+        description="Share the sentences' distinct contexts across replicas through Redis or Valkey "
+        "(keyed hashes only; each replica still scores from its own table, synchronously). Used by "
+        "`serve` only. Default: each replica counts alone.",
     )
 
 
@@ -438,8 +464,12 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
     ) -> None:
         super().__init__(name, params)
         self._clock = clock
-        # A fresh random key per instance: hashes mean nothing outside this process.
-        self._hash = _Hasher(key if key is not None else secrets.token_bytes(16))
+        # A fresh random key per instance: hashes mean nothing outside this process. With
+        # params.shared, start() replaces it with the deployment's (every replica must agree).
+        self._key = key if key is not None else secrets.token_bytes(16)
+        self._hash = _Hasher(self._key)
+        #: Set by start() when ``params.shared`` names a store and the detector runs in a server.
+        self._shared: SharedSightings | None = None
         self._roles = frozenset(self.params.roles)
         self._probation: OrderedDict[int, _Entry] = OrderedDict()
         self._protected: OrderedDict[int, _Entry] = OrderedDict()
@@ -473,7 +503,57 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 self.load_error = f"baseline {self.params.baseline}: {exc}"
                 self._ready = False
                 return
+        if self.params.shared is not None:
+            try:
+                await self._share(self.params.shared)
+            except (ValueError, RuntimeError) as exc:
+                self.load_error = str(exc)
+                self._ready = False
+                return
         self._ready = True
+
+    async def _share(self, shared: SharedMemoryParams) -> None:
+        """Hash with the deployment's key and start exchanging sightings with the store.
+
+        Only in a server (``self.metrics`` set by the runtime): an offline ``scan``,
+        ``calibrate`` or ``eval`` with the production config must neither pull production's
+        counts into its verdicts nor write its corpus into them, so there the detector counts
+        alone. Refuses (``ValueError``/``RuntimeError``, made the ``load_error``) without the
+        key, the URL or redis-py: a replica hashing with its own random key would share
+        nothing. A store that is merely down is no refusal: the replica counts alone until it
+        is back.
+        """
+        if self._shared is not None:  # started again: one task, one connection
+            await self._shared.close()
+            self._shared = None
+        if self.metrics is None:
+            log.info("detector %s: params.shared is used by serve only; here it counts alone", self.name)
+            return
+        key, client = connect(shared, person=PERSON, decode_responses=False)
+        if key != self._key:  # hashes under the old key would never meet the new ones
+            self._key, self._hash = key, _Hasher(key)
+            self._probation.clear()
+            self._protected.clear()
+        p = self.params
+        self._shared = SharedSightings(
+            self.name,
+            shared,
+            client,
+            sketch_size=p.sketch_size,
+            ttl_seconds=p.ttl_seconds,
+            limit=p.max_entries,
+            clock=self._clock,
+            merge=self._merge_locked,
+            metrics=self.metrics,
+        )
+        await self._shared.start()
+
+    async def close(self) -> None:
+        """Stop the shared memory's task (writing what it still holds, within its timeout)."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.close()
+        await super().close()
 
     def loaded_files(self) -> Mapping[str, FileSignature | None]:
         return self._baseline_file
@@ -642,12 +722,18 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             return self._unread(cut, time.perf_counter() - t0)
         counts, sketch = prepared.counts, prepared.sketch
         hits: list[tuple[float, int, _Unit]] = []
+        shared = self._shared
+        fresh: list[LocalUnit] = []
         for same, has_context in prepared.candidates:
             u = same[0]
-            n, fixed = self._observe(u.key, u, counts, sketch, has_context, now)
+            n, fixed, counted = self._observe(u.key, u, counts, sketch, has_context, now)
+            if counted and shared is not None:
+                fresh.append((u.key, u.left, u.right, u.elements))
             if n >= p.fire_after and not (fixed and p.exempt_fixed_position):
                 score = min(1.0, 0.5 + 0.5 * (n - p.fire_after) / p.fire_after)
                 hits.extend((score, n, x) for x in same)
+        if fresh and shared is not None:
+            shared.record(now, sketch, tuple(fresh))  # a queue append: the store is the task's
         elapsed = time.perf_counter() - t0
         if not hits:
             return self._unread(cut, elapsed)
@@ -694,52 +780,122 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         sketch: array[int],
         has_context: bool,
         now: float,
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, bool]:
         """Record one sighting of ``key``.
 
-        Returns its distinct contexts, this one included, and whether it has sat at a fixed
+        Returns its distinct contexts, this one included, whether it has sat at a fixed
         place in all of them (the same neighbour on one side): how a template's sentence
-        recurs, and not how a trigger planted wherever it fits does.
+        recurs, and not how a trigger planted wherever it fits does; and whether this
+        sighting was a new distinct context (what other replicas are told).
         """
         p = self.params
-        table = self._probation
-        entry = table.get(key)
-        if entry is None:
-            table = self._protected
-            entry = table.get(key)
-        if entry is not None and now - entry.last_seen > p.ttl_seconds:
-            del table[key]
-            entry = None  # expired: a sighting after the TTL starts over
+        table, entry = self._lookup(key, now)  # expired: a sighting after the TTL starts over
         if entry is None:
             if not has_context:
-                return 0, False  # nothing to remember: an occurrence without context never counts
+                return 0, False, False  # nothing to remember: an occurrence without context never counts
             entry = _Entry(1, now, [sketch], unit.left, unit.right)
             self._insert(key, entry, protected=False)
-            return 1, True
+            return 1, True, True
         entry.last_seen = now
         # An identical sketch is the same context (a resend, a retry): no need to compare sets.
-        if (
+        counted = (
             has_context
             and sketch not in entry.sketches
             and not any(
                 _same_context(old, unit.elements, counts, p.context_overlap, p.sketch_size)
                 for old in entry.sketches
             )
-        ):
-            entry.contexts += 1
-            entry.sketches.append(sketch)
-            if len(entry.sketches) > p.max_sketches:
-                del entry.sketches[0]
-            if entry.left != unit.left:
-                entry.left = None
-            if entry.right != unit.right:
-                entry.right = None
+        )
+        if counted:
+            self._add_context(entry, sketch, unit.left, unit.right)
+        self._settle(table, key, entry)
+        return entry.contexts, entry.left is not None or entry.right is not None, counted
+
+    def _add_context(self, entry: _Entry, sketch: array[int], left: int, right: int) -> None:
+        """Count a new distinct context: keep its sketch (the most recent ``max_sketches``) and
+        forget a side's neighbour once two contexts disagree on it."""
+        entry.contexts += 1
+        entry.sketches.append(sketch)
+        if len(entry.sketches) > self.params.max_sketches:
+            del entry.sketches[0]
+        if entry.left != left:
+            entry.left = None
+        if entry.right != right:
+            entry.right = None
+
+    def _settle(self, table: OrderedDict[int, _Entry], key: int, entry: _Entry) -> None:
+        """Make a sighted entry the most recent, promoting it once seen in two contexts."""
         if table is self._probation and entry.contexts >= 2 and self._max_protected > 0:
             del table[key]
             self._insert(key, entry, protected=True)  # promoted: may demote another
         else:
             table.move_to_end(key)  # most recent in its own segment; the sizes are unchanged
-        return entry.contexts, entry.left is not None or entry.right is not None
+
+    def _lookup(self, key: int, now: float) -> tuple[OrderedDict[int, _Entry], _Entry | None]:
+        """The entry of ``key`` and its segment; an expired one is dropped (``None``)."""
+        table = self._probation
+        entry = table.get(key)
+        if entry is None:
+            table = self._protected
+            entry = table.get(key)
+        if entry is not None and now - entry.last_seen > self.params.ttl_seconds:
+            del table[key]
+            entry = None
+        return table, entry
+
+    # ----------------------------------------------------------------- shared across replicas
+
+    async def _merge_locked(self, sightings: Sequence[RemoteSighting]) -> None:
+        """Merge other replicas' sightings in chunks, each under :attr:`inline_lock`.
+
+        A worker thread may be scoring a long sample with this detector: the lock is tried,
+        never waited on (that would block the event loop), and the loop gets a turn between
+        chunks, so requests are not held up behind a large pull.
+        """
+        for start in range(0, len(sightings), _MERGE_CHUNK):
+            # A threading lock, released by a worker thread: no asyncio primitive can wait on it.
+            while not self.inline_lock.acquire(blocking=False):  # noqa: ASYNC110
+                await asyncio.sleep(_LOCK_POLL_SECONDS)
+            try:
+                self.merge(sightings[start : start + _MERGE_CHUNK])
+            finally:
+                self.inline_lock.release()
+            await asyncio.sleep(0)
+
+    def merge(self, sightings: Iterable[RemoteSighting]) -> int:
+        """Fold other replicas' sightings into the table; returns the distinct contexts added.
+
+        Each sentence's sighting is judged as a local one would be: new when no stored sketch
+        is identical to its request's (a resent prompt) nor mostly contained in it, or it in
+        them (:func:`_same_sketches`); then counted, with its neighbours applied to the
+        fixed-place rule. A sentence not known here is remembered with one context, so a
+        sentence sent once to each of N replicas counts N everywhere. The caller holds
+        :attr:`inline_lock` (see :meth:`_merge_locked`).
+        """
+        p = self.params
+        now = self._clock()
+        self._expire(now)
+        added = 0
+        for sighting in sightings:
+            if sighting.age > p.ttl_seconds:
+                continue
+            when = now - sighting.age
+            sketch = sighting.sketch
+            for unit in sighting.units:
+                table, entry = self._lookup(unit.key, now)
+                if entry is None:
+                    self._insert(unit.key, _Entry(1, when, [sketch], unit.left, unit.right), protected=False)
+                    added += 1
+                    continue
+                entry.last_seen = max(entry.last_seen, when)
+                if sketch not in entry.sketches and not any(
+                    _same_sketches(old, sketch, unit.own, p.context_overlap, p.sketch_size)
+                    for old in entry.sketches
+                ):
+                    self._add_context(entry, sketch, unit.left, unit.right)
+                    added += 1
+                self._settle(table, unit.key, entry)
+        return added
 
     def _insert(self, key: int, entry: _Entry, *, protected: bool) -> None:
         """(Re)insert as most recent; evict least recent beyond the bounds (segmented LRU).
@@ -809,11 +965,39 @@ def _same_context(
         return True  # both empty apart from the unit itself: nothing tells them apart
     if len(old_ctx & counts.keys()) >= overlap * len(old_ctx):
         return True
-    limit = old[-1] if len(old) >= k else 0xFFFFFFFF
+    limit = old[-1] if len(old) >= k else _MAX32
     below = [e for e in counts if e <= limit and e not in own]
     if not below:
         return False
     return sum(1 for e in below if e in old_ctx) >= overlap * len(below)
+
+
+def _same_sketches(old: array[int], new: array[int], own: frozenset[int], overlap: float, k: int) -> bool:
+    """:func:`_same_context` for another replica's sighting, known only by its request's sketch.
+
+    Both are bottom-k sketches, so below the smaller of their largest hashes (each one's
+    largest when it is full, else no bound) each sketch holds *every* element of its context:
+    containment is measured there, both ways, exactly on that range. ``own`` (the sentence's
+    own elements among the new sketch's, and its own hash) is left out of both, as the local
+    comparison leaves out the occurrence's own elements.
+    """
+    old_ctx = set(old)
+    old_ctx -= own
+    if not old_ctx:
+        return True  # both empty apart from the unit itself: nothing tells them apart
+    new_ctx = set(new)
+    new_ctx -= own
+    if not new_ctx:
+        return True
+    limit = min(old[-1] if len(old) >= k else _MAX32, new[-1] if len(new) >= k else _MAX32)
+    old_low = {e for e in old_ctx if e <= limit}
+    new_low = {e for e in new_ctx if e <= limit}
+    both = len(old_low & new_low)
+    if old_low and both >= overlap * len(old_low):
+        return True
+    if new_low and both >= overlap * len(new_low):
+        return True
+    return not old_low and not new_low  # nothing to compare on: taken for the same, as above
 
 
 # --------------------------------------------------------------------------- baseline

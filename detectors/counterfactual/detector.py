@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 import unicodedata
@@ -101,7 +100,7 @@ from detectors.base import (
 from detectors.counterfactual.budget import ShareBudget
 from detectors.counterfactual.divergence import control_spans, divergence, remove_span
 from detectors.counterfactual.memory import ProvenTriggers
-from detectors.counterfactual.shared import SharedMemoryParams, SharedProvenTriggers, open_store, shared_key
+from detectors.counterfactual.shared import SharedMemoryParams, SharedProvenTriggers, connect_store
 from firewall.core.detector_context import (
     DetectorContext,
     ProbeSender,
@@ -271,16 +270,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
         if self._shared is not None:  # started again: one task, one connection
             await self._shared.close()
             self._shared = None
-        key = shared_key(os.environ.get(shared.key_env), shared.key_env)
-        url = os.environ.get(shared.url_env)
-        if not url:
-            raise ValueError(f"shared memory needs the store's URL in ${shared.url_env}, which is not set")
-        try:
-            client = open_store(url, shared.timeout_seconds)
-        except ValueError as exc:  # the message would not quote the URL (it may hold a password)
-            raise ValueError(
-                f"${shared.url_env} does not hold a usable store URL (redis://, rediss:// or unix://)"
-            ) from exc
+        key, client = connect_store(shared)
         p = self.params
         self._proven = ProvenTriggers(p.cache_ttl_seconds, p.cache_size, key)
         self._shared = SharedProvenTriggers(

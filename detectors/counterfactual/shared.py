@@ -43,103 +43,60 @@ one warning is logged when an outage starts, one line when it ends, not one per 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import logging
 import math
 import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
-from pydantic import Field
-
-from detectors.base import DetectorParams
 from detectors.counterfactual.memory import MAX_WORDS, ProvenRecord, ProvenTriggers
+from detectors.shared_store import (
+    MIN_KEY_CHARS,
+    SharedMemoryParams,
+    SharedStoreTask,
+    connect,
+    open_store,
+    shared_key as _derive_key,
+)
 from firewall.core.telemetry import DetectorTelemetry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["MIN_KEY_CHARS", "SharedMemoryParams", "SharedProvenTriggers", "open_store", "shared_key"]
+__all__ = [
+    "MIN_KEY_CHARS",
+    "SharedMemoryParams",
+    "SharedProvenTriggers",
+    "connect_store",
+    "open_store",
+    "shared_key",
+]
 
 log = logging.getLogger("trigger_firewall.detectors.counterfactual.shared")
 
-#: Characters a shared key must have at least (``openssl rand -hex 32`` gives 64).
-MIN_KEY_CHARS = 32
 #: Confirmations waiting to be written while the store is down; the oldest go first.
 MAX_OUTBOX = 1024
 _MEMBER = re.compile(r"([0-9a-f]{32}):([0-9a-f]{32}):(\d{1,3}):(\d(?:\.\d{1,6})?)")
-
-
-class SharedMemoryParams(DetectorParams):
-    """``params.shared`` of a ``counterfactual`` detector: where its memory is shared."""
-
-    url_env: str = Field(
-        min_length=1,
-        description="Environment variable holding the store's URL (redis://, rediss:// or unix://), "
-        "so its address and password stay out of the config file.",
-    )
-    key_env: str = Field(
-        min_length=1,
-        description=f"Environment variable holding the secret every replica hashes with (at least "
-        f"{MIN_KEY_CHARS} characters, e.g. `openssl rand -hex 32`): the same on every replica.",
-    )
-    prefix: str = Field(
-        "trigger-firewall",
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="Prefix of the store's keys (one deployment's replicas share one prefix).",
-    )
-    sync_seconds: float = Field(
-        1.0, gt=0, le=3600, description="How often each replica pulls the others' confirmations."
-    )
-    timeout_seconds: float = Field(
-        0.25, gt=0, le=30, description="Bound on one write or one sync; verdicts never wait on it."
-    )
+#: BLAKE2 personalisation of this memory's key (see :func:`detectors.shared_store.shared_key`).
+_PERSON = b"tf-cf-proven"
 
 
 def shared_key(secret: str | None, env: str) -> bytes:
-    """The BLAKE2 key every replica derives from the secret in ``env``.
+    """The BLAKE2 key every replica derives from the secret in ``env`` for its proven triggers.
 
-    Raises ``ValueError`` saying what is wrong when the secret is missing or short: with a
-    random key per replica the shared hashes would match nothing, and with a guessable one
-    they could be tested against guessed words. The secret is hashed (personalised) rather
-    than used as it is, so any string works and the key is used for nothing else.
+    Raises ``ValueError`` when the secret is missing or short (see
+    :func:`detectors.shared_store.shared_key`).
     """
-    if not secret:
-        raise ValueError(f"shared memory needs the hashing key in ${env}, which is not set")
-    if len(secret) < MIN_KEY_CHARS:
-        raise ValueError(f"${env} holds {len(secret)} characters; the shared key needs {MIN_KEY_CHARS}")
-    return hashlib.blake2b(
-        secret.encode("utf-8", "surrogatepass"), digest_size=32, person=b"tf-cf-proven"
-    ).digest()
+    return _derive_key(secret, env, person=_PERSON)
 
 
-def open_store(url: str, timeout_seconds: float) -> Redis:
-    """A client for the store at ``url`` (not connected yet: the first operation connects).
-
-    redis-py is an optional dependency (the ``shared`` extra), imported only here. Its own
-    retries are off: one operation is bounded by ``timeout_seconds`` as a whole, and the next
-    tick is the retry.
-    """
-    try:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-    except ImportError as exc:
-        raise RuntimeError("shared memory needs redis-py: pip install 'trigger-firewall[shared]'") from exc
-    return Redis.from_url(
-        url,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
+def connect_store(shared: SharedMemoryParams) -> tuple[bytes, Redis]:
+    """This memory's key and a client, from the environment variables ``shared`` names
+    (:func:`detectors.shared_store.connect`: ``ValueError``/``RuntimeError`` fit for a
+    ``load_error``, never quoting the URL)."""
+    return connect(shared, person=_PERSON)
 
 
 def _member(record: ProvenRecord) -> str:
@@ -157,10 +114,11 @@ def _parse(member: str) -> ProvenRecord | None:
     return ProvenRecord(bytes.fromhex(m.group(1)), bytes.fromhex(m.group(2)), words, score)
 
 
-class SharedProvenTriggers:
+class SharedProvenTriggers(SharedStoreTask):
     """Carries one detector's proven triggers between replicas; the local memory stays the truth.
 
-    Runs one background task (:meth:`start` / :meth:`close`). Everything it does is bounded by
+    Runs one background task (:meth:`start` / :meth:`close`, from
+    :class:`~detectors.shared_store.SharedStoreTask`). Everything it does is bounded by
     ``timeout_seconds`` and nothing it does raises into the detector.
     """
 
@@ -175,13 +133,10 @@ class SharedProvenTriggers:
         limit: int,
         metrics: DetectorTelemetry | None = None,
     ) -> None:
-        self.detector = detector
+        super().__init__(detector, params, client, log=log, metrics=metrics)
         self.memory = memory
-        self.params = params
-        self._client = client
         self._ttl_ms = max(1, math.ceil(ttl_seconds * 1000))
         self._limit = max(1, limit)
-        self._metrics = metrics
         # One hash tag, so both keys live in one slot of a cluster-mode store.
         base = f"{params.prefix}:{{counterfactual:{detector}}}"
         self._set_key = base + ":proven"
@@ -191,17 +146,6 @@ class SharedProvenTriggers:
         #: Store clock minus this clock, in ms, as of the last sync.
         self._offset_ms = 0
         self._seen: str | None = None
-        self._down = False
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        if metrics is not None:
-            metrics.prepare_shared_memory(detector)
-
-    @property
-    def healthy(self) -> bool:
-        """False from a failed operation until the next one succeeds."""
-        return not self._down
 
     def _now_ms(self) -> int:
         return int(time.time() * 1000) + self._offset_ms
@@ -214,71 +158,18 @@ class SharedProvenTriggers:
         self._outbox[record.key] = (record, self._now_ms() + self._ttl_ms)
         while len(self._outbox) > MAX_OUTBOX:
             self._outbox.popitem(last=False)
-        self._wake.set()
-
-    async def start(self) -> None:
-        """Start the background task; the first sync runs at once (the store may be down)."""
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name=f"{self.detector}-shared-memory")
-
-    async def close(self) -> None:
-        """Stop the task, try once more to write what is queued, and close the connection."""
-        task, self._task = self._task, None
-        self._stopping = True
-        if task is not None:
-            # The flag ends the loop at its next turn whatever an operation did with the cancel
-            # (a timeout that fires as the cancel lands can turn it into a TimeoutError).
-            task.cancel()
-            self._wake.set()
-            await asyncio.wait({task}, timeout=self.params.timeout_seconds + self.params.sync_seconds + 1)
-        if self._outbox:
-            await self._operation("write", self._write)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.params.timeout_seconds):
-                await self._client.aclose()
-
-    async def sync(self) -> None:
-        """One tick: write what is queued, then pull what changed. Never raises."""
-        if self._outbox:
-            await self._operation("write", self._write)
-        await self._operation("sync", self._pull)
+        self.wake()
 
     # ------------------------------------------------------------------ the task
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            await self.sync()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.params.sync_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+    async def _sync(self) -> None:
+        """Write what is queued, then pull what changed."""
+        await self._flush()
+        await self.operation("sync", self._pull)
 
-    async def _operation(self, name: str, call: Callable[[], Awaitable[None]]) -> None:
-        try:
-            async with asyncio.timeout(self.params.timeout_seconds):
-                await call()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the store's errors, timeouts, garbage: never the verdict's
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError from exc  # a cancel the timeout swallowed
-            if self._metrics is not None:
-                self._metrics.count_shared_memory_error(self.detector, name)
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "detector %s: shared memory unavailable (%s failed: %s); each replica judges "
-                    "from its own memory until it is back",
-                    self.detector,
-                    name,
-                    type(exc).__name__ if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}",
-                )
-            return
-        if self._down:
-            self._down = False
-            log.info("detector %s: shared memory is back", self.detector)
+    async def _flush(self) -> None:
+        if self._outbox:
+            await self.operation("write", self._write)
 
     async def _write(self) -> None:
         now = self._now_ms()
