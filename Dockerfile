@@ -24,7 +24,7 @@ COPY detectors ./detectors
 
 FROM builder AS venv-cpu
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install ".[cpu,shared]" \
+ && /opt/venv/bin/pip install ".[cpu,shared,signing]" \
  && /opt/venv/bin/python -m compileall -q /opt/venv \
  && /opt/venv/bin/python -c "import onnxruntime" \
  && ! /opt/venv/bin/pip show onnxruntime-gpu >/dev/null 2>&1
@@ -97,7 +97,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /src /src
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install "/src[gpu,shared]" \
+ && /opt/venv/bin/pip install "/src[gpu,shared,signing]" \
  && ! /opt/venv/bin/pip show onnxruntime >/dev/null 2>&1 \
  && /opt/venv/bin/python -m compileall -q /opt/venv \
  && rm -rf /src

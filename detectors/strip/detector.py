@@ -339,7 +339,7 @@ class StripDetector(Detector[StripParams]):
 
         ours = self.params.model_dir is None or (folder / MANIFEST).is_file()
         if not ours and read_pins(folder) is None:
-            return unpinned(folder, f"STRIP replica of {self.name}")
+            return unpinned(folder, f"STRIP replica of {self.name}", detector=self.name)
         fix = (
             "rebuild it with `trigger-firewall demo build`"
             if self.params.model_dir is None

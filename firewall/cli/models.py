@@ -12,6 +12,10 @@
   operator's own STRIP replica or reference-model export, or a folder changed on purpose.
   Pinning trusts the files as they are: for the prepared reference model prefer
   ``models prepare`` (``--force`` to convert from source), which re-checks before it pins.
+* ``models sign DIR --private-key KEY.pem`` signs a pinned folder's manifest (``manifest.sig``,
+  :mod:`firewall.models.signing`); ``models verify DIR --public-key PUB.pem`` (or
+  ``$TRIGGER_FIREWALL_MODEL_PUBLIC_KEY``) then also requires that signature, as every load does
+  while the variable is set.
 
 Progress goes to stderr, the summary to stdout. Exit status: 0 done, 1 failed
 (the message says what to install or run).
@@ -65,6 +69,21 @@ def add_models_parser(sub: Any) -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     verify = verbs.add_parser("verify", help="check a model folder against its sha256 pins (manifest.json)")
     verify.add_argument("folder", help="a prepared model, a demo build or a pinned replica folder")
+    verify.add_argument(
+        "--public-key",
+        help="also require manifest.sig, signed for this EC public key (PEM); default: "
+        "$TRIGGER_FIREWALL_MODEL_PUBLIC_KEY when set",
+    )
+    sign = verbs.add_parser(
+        "sign", help="sign a pinned folder's manifest.json with an EC private key (writes manifest.sig)"
+    )
+    sign.add_argument("folder", help="a pinned model folder (models pin, prepare or demo build)")
+    sign.add_argument(
+        "--private-key", required=True, help="EC private key, PEM (keep it off the serving hosts)"
+    )
+    sign.add_argument(
+        "--password-env", help="name of an environment variable holding the private key's password"
+    )
     pin = verbs.add_parser(
         "pin", help="write (or replace) the sha256 pins of a model folder, trusting its files as they are"
     )
@@ -83,6 +102,8 @@ def run_models(args: argparse.Namespace) -> int:
         return _verify(args)
     if args.models_command == "pin":
         return _pin(args)
+    if args.models_command == "sign":
+        return _sign(args)
     return _info(args)
 
 
@@ -95,6 +116,18 @@ def _verify(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         _err(f"trigger-firewall models verify: {folder} is not a folder")
         return 1
+    from firewall.models.signing import PUBLIC_KEY_ENV, SignatureError, required_public_key, verify_manifest
+
+    public_key = Path(args.public_key).expanduser() if args.public_key else required_public_key()
+    signed = ""
+    if public_key is not None:
+        try:
+            verify_manifest(folder, public_key)
+        except SignatureError as exc:
+            _err(f"trigger-firewall models verify: {exc}")
+            return 1
+        where = "--public-key" if args.public_key else f"${PUBLIC_KEY_ENV}"
+        signed = f"; manifest signed for {public_key} ({where})"
     try:
         checked = verify_folder(folder, fix="rebuild or re-prepare it, or re-pin it if the change is yours")
     except ArtefactMismatch as exc:
@@ -102,8 +135,36 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{folder}: {checked.files} files match their sha256 pins "
-        f"({checked.hashed_bytes / 1e6:,.1f} MB hashed in {checked.seconds:.2f} s; kind {checked.kind})"
+        f"({checked.hashed_bytes / 1e6:,.1f} MB hashed in {checked.seconds:.2f} s; "
+        f"kind {checked.kind}){signed}"
     )
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from firewall.models.artefacts import ArtefactMismatch, verify_folder
+    from firewall.models.signing import SignatureError, sign_manifest
+
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        _err(f"trigger-firewall models sign: {folder} is not a folder")
+        return 1
+    try:
+        # Sign only what still matches its pins: a signature vouches for the files, not the JSON.
+        verify_folder(folder, fix="re-pin it (models pin) if the change is yours, then sign")
+    except ArtefactMismatch as exc:
+        _err(f"trigger-firewall models sign: {exc}")
+        return 1
+    password = os.environ.get(args.password_env) if args.password_env else None
+    try:
+        signature = sign_manifest(folder, Path(args.private_key).expanduser(), password=password)
+    except (SignatureError, OSError, ValueError) as exc:
+        _err(f"trigger-firewall models sign: {type(exc).__name__}: {exc}")
+        return 1
+    print(f"{folder}: manifest.json signed: {signature}")
     return 0
 
 

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from firewall.models.cache import MANIFEST, ModelUnavailable
+from firewall.models.signing import SIGNATURE, SignatureError, required_public_key, verify_manifest
 
 __all__ = [
     "ALGORITHM",
@@ -90,7 +91,7 @@ SECTION: Final = "artefacts"
 _BLOCK: Final = 1 << 20
 
 #: What was wrong, as a bounded code (safe for a metric label or an audit field).
-Problem = Literal["no_manifest", "missing", "unlisted", "size", "sha256", "unreadable"]
+Problem = Literal["no_manifest", "missing", "unlisted", "size", "sha256", "unreadable", "signature"]
 
 
 class ArtefactMismatch(ModelUnavailable):
@@ -165,7 +166,7 @@ def listed_files(folder: Path) -> list[str]:
     out: list[str] = []
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
-        if relative.as_posix() == MANIFEST or _skipped(relative) or not path.is_file():
+        if relative.as_posix() in (MANIFEST, SIGNATURE) or _skipped(relative) or not path.is_file():
             continue
         out.append(relative.as_posix())
     return sorted(out)
@@ -274,9 +275,23 @@ def verify_folder(
     ``hash_filter(name)`` says which files are hashed (default: all); the others are
     checked by size only. ``pins`` overrides the manifest read from the folder.
     Missing, unlisted and wrong-sized files are looked for before any hashing, so the
-    cheap refusals come first.
+    cheap refusals come first. With ``$TRIGGER_FIREWALL_MODEL_PUBLIC_KEY`` set, the
+    folder's manifest must also be signed for that key (:mod:`firewall.models.signing`).
     """
     started = time.perf_counter()
+    public_key = required_public_key()
+    if public_key is not None and pins is None:
+        try:
+            verify_manifest(folder, public_key)
+        except SignatureError as exc:
+            raise ArtefactMismatch(
+                folder,
+                "signature",
+                str(exc),
+                file=SIGNATURE,
+                fix="the publisher signs the pinned manifest: trigger-firewall models sign",
+                detector=detector,
+            ) from exc
     section = pins if pins is not None else read_pins(folder)
     if section is None:
         raise ArtefactMismatch(
@@ -425,8 +440,20 @@ def verify_distribution(
     return Verified(len(names), len(names), hashed_bytes, time.perf_counter() - started, f"package:{package}")
 
 
-def unpinned(folder: Path, what: str) -> dict[str, Any]:
-    """Log that ``folder`` is loaded without pins (an operator's own model) and say so in describe()."""
+def unpinned(folder: Path, what: str, *, detector: str = "reference_lm") -> dict[str, Any]:
+    """Log that ``folder`` is loaded without pins (an operator's own model) and say so in describe().
+
+    While signatures are required (``$TRIGGER_FIREWALL_MODEL_PUBLIC_KEY``), an unpinned folder
+    cannot be signed and is refused instead.
+    """
+    if required_public_key() is not None:
+        raise ArtefactMismatch(
+            folder,
+            "no_manifest",
+            "no sha256 pins, and signed pins are required ($TRIGGER_FIREWALL_MODEL_PUBLIC_KEY)",
+            fix="pin it (models pin) and have the publisher sign it (models sign)",
+            detector=detector,
+        )
     log.warning(
         "%s: %s has no sha256 pins; loading it unchecked (pin it with `trigger-firewall models pin %s`)",
         what,

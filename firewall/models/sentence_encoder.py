@@ -201,7 +201,7 @@ class SentenceEncoder:
         elif read_pins(folder) is not None:
             verify_folder(folder, fix="restore the folder, or re-pin it", detector="sentence_encoder")
         else:
-            unpinned(folder, "sentence encoder")
+            unpinned(folder, "sentence encoder", detector="sentence_encoder")
         try:
             return cls(folder, max_tokens)
         except EncoderUnavailable:

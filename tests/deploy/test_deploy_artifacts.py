@@ -498,5 +498,6 @@ def test_dockerfile_conventions() -> None:
     # never both onnxruntime packages in one image
     cpu_installs = re.findall(r"pip install (\S+)", by_stage["venv-cpu"])
     cuda_installs = re.findall(r"pip install (\S+)", by_stage["cuda"])
-    assert cpu_installs == ['".[cpu,shared]"'], cpu_installs  # shared: Redis for counterfactual's memory
-    assert cuda_installs == ['"/src[gpu,shared]"'], cuda_installs
+    # shared: Redis for the detectors' shared memory; signing: signed model manifests.
+    assert cpu_installs == ['".[cpu,shared,signing]"'], cpu_installs
+    assert cuda_installs == ['"/src[gpu,shared,signing]"'], cuda_installs
