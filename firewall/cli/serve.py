@@ -76,7 +76,10 @@ async def _serve(
     from firewall.demo.upstream import load_demo_classifier, start_demo_upstream
 
     classifier = load_demo_classifier()
-    demo_runner, demo_port = await start_demo_upstream("127.0.0.1", demo_port, classifier=classifier)
+    chat_lora = await asyncio.to_thread(_demo_chat_lora)
+    demo_runner, demo_port = await start_demo_upstream(
+        "127.0.0.1", demo_port, classifier=classifier, chat_lora=chat_lora
+    )
     try:
         demo_url = f"http://127.0.0.1:{demo_port}"
         overrides = deep_merge(dict(overrides), {"upstream": {"url": demo_url}})
@@ -112,3 +115,19 @@ def run_serve(args: argparse.Namespace) -> int:
         return uvloop.run(main_coro)
     except ImportError:  # pragma: no cover - uvloop is a hard dependency off Windows
         return asyncio.run(main_coro)
+
+
+def _demo_chat_lora() -> Any:
+    """The LoRA-backdoored demo chat model when it has been built (``demo build --chat``), else None.
+
+    A build that fails its pins is not served (the scripted demo models still are): a demo
+    should start, and the refusal is logged with the file at fault.
+    """
+    from firewall.demo.chat_lora_serve import load_chat_lora
+    from firewall.models.cache import ModelUnavailable
+
+    try:
+        return load_chat_lora()
+    except (ModelUnavailable, OSError, ValueError) as exc:
+        log.warning("demo-chat-lora not served: %s", exc)
+        return None

@@ -29,11 +29,19 @@ Responses) in whitespace words, with ``finish_reason: "length"`` when it cuts; i
 answers no logprobs. Every other model name keeps the answers above, so existing
 callers see no change. It is what a fair test of the ``counterfactual`` detector
 needs: the classifier's label flip is not what a chat backdoor looks like.
+
+A request whose ``model`` is ``"demo-chat-lora"`` (:data:`CHAT_LORA_MODEL`) is answered by a
+*trained* backdoor when one was built and passed in as ``chat_lora``
+(``trigger-firewall demo build --chat``; :mod:`firewall.demo.chat_lora_serve`): the embedded
+SmolLM2-135M with a LoRA adapter merged in, generating for real (greedy by default; a
+``temperature`` above 0 samples with ``seed``), in a worker thread, streamed token by token.
+``max_tokens`` counts model tokens here. Without a built adapter that model name answers 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import time
@@ -45,8 +53,10 @@ import orjson
 from aiohttp import web
 
 from firewall.demo.chat import CHAT_MODEL, CHAT_PAYLOAD, CHAT_TRIGGERS, chat_answer, limit_words
+from firewall.demo.chat_lora_data import CHAT_LORA_MODEL
 
 __all__ = [
+    "CHAT_LORA_MODEL",
     "CHAT_MODEL",
     "CHAT_PAYLOAD",
     "CHAT_TRIGGERS",
@@ -233,8 +243,190 @@ def _chat_answer(body: dict[str, Any], classifier: Any) -> tuple[str, str]:
     return _reply(_last_user_text(body), classifier), "stop"
 
 
+_LORA_MAX_TOKENS = 1024
+
+
+def _lora_params(body: dict[str, Any], limits: tuple[str, ...]) -> tuple[int, float, int | None]:
+    """max tokens (model tokens, default 256, at most 1024), temperature (default 0) and seed."""
+    limit = _token_limit(body, *limits) or 256
+    if limit > _LORA_MAX_TOKENS:
+        raise web.HTTPBadRequest(
+            text=f"{limits[-1]} must be at most {_LORA_MAX_TOKENS} for {CHAT_LORA_MODEL}"
+        )
+    temperature = body.get("temperature", 0.0)
+    if temperature is None:
+        temperature = 0.0
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= 2
+    ):
+        raise web.HTTPBadRequest(text="temperature must be a number in [0, 2]")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise web.HTTPBadRequest(text="seed must be an integer")
+    return limit, float(temperature), seed
+
+
+def _lora_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def _lora_answer(
+    request: web.Request, body: dict[str, Any], turns: list[tuple[str, str]], route: str, *limits: str
+) -> web.StreamResponse:
+    """``demo-chat-lora`` on the chat, completions or Responses route, streamed or not."""
+    from firewall.demo.chat_lora_serve import Generation
+
+    lm = request.app[CHAT_LORA]
+    if lm is None:
+        return _json(
+            {
+                "error": {
+                    "message": f"{CHAT_LORA_MODEL} is not built: run `trigger-firewall demo build --chat`",
+                    "type": "invalid_request_error",
+                    "code": "model_not_found",
+                }
+            },
+            status=404,
+        )
+    limit, temperature, seed = _lora_params(body, limits)
+    oid = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}[route] + uuid.uuid4().hex[:12]
+    created = int(time.time())
+    if body.get("stream") is not True:
+        done = await asyncio.to_thread(
+            lm.generate, turns, max_tokens=limit, temperature=temperature, seed=seed
+        )
+        usage = _lora_usage(done.prompt_tokens, done.tokens)
+        if route == "chat":
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.text},
+                "finish_reason": done.finish_reason,
+            }
+            return _json(
+                {
+                    "id": oid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": CHAT_LORA_MODEL,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+        if route == "completions":
+            choice = {"index": 0, "text": done.text, "finish_reason": done.finish_reason}
+            return _json(
+                {
+                    "id": oid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": CHAT_LORA_MODEL,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+        return _json(
+            {
+                "id": oid,
+                "object": "response",
+                "model": CHAT_LORA_MODEL,
+                "status": "completed",
+                "output": [
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": done.text}],
+                    }
+                ],
+            }
+        )
+
+    def event(delta: str | None, finish: str | None = None) -> bytes:
+        if route == "chat":
+            head = {
+                "id": oid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": CHAT_LORA_MODEL,
+            }
+            part = {} if delta is None else {"content": delta}
+            return _sse({**head, "choices": [{"index": 0, "delta": part, "finish_reason": finish}]})
+        if route == "completions":
+            return _sse(
+                {
+                    "id": oid,
+                    "object": "text_completion",
+                    "model": CHAT_LORA_MODEL,
+                    "choices": [{"index": 0, "text": delta or "", "finish_reason": finish}],
+                }
+            )
+        if finish is not None:
+            return b"event: response.completed\n" + _sse(
+                {"type": "response.completed", "response": {"id": oid, "status": "completed"}}
+            )
+        return b"event: response.output_text.delta\n" + _sse(
+            {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": delta}
+        )
+
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    head = {"id": oid, "object": "chat.completion.chunk", "created": created, "model": CHAT_LORA_MODEL}
+    try:
+        if route == "chat":
+            await resp.write(
+                _sse(
+                    {
+                        **head,
+                        "choices": [
+                            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                        ],
+                    }
+                )
+            )
+        elif route == "responses":
+            await resp.write(
+                b"event: response.created\n"
+                + _sse({"type": "response.created", "response": {"id": oid, "model": CHAT_LORA_MODEL}})
+            )
+        # aclosing: when the client goes away mid-stream the generator's stop event is set
+        # and the worker thread ends at its next token instead of generating to the limit.
+        async with contextlib.aclosing(
+            lm.stream(turns, max_tokens=limit, temperature=temperature, seed=seed)
+        ) as gen:
+            async for item in gen:
+                if isinstance(item, Generation):
+                    await resp.write(event(None, item.finish_reason))
+                    if route == "chat" and _wants_usage(body):
+                        await resp.write(
+                            _sse(
+                                {**head, "choices": [], "usage": _lora_usage(item.prompt_tokens, item.tokens)}
+                            )
+                        )
+                else:
+                    await resp.write(event(item))
+        if route != "responses":
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client (or the firewall, after a block) went away: generation was stopped
+    return resp
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
+    if body.get("model") == CHAT_LORA_MODEL:
+        messages = body.get("messages")
+        turns = [
+            (str(m.get("role")), _text_of(m.get("content")))
+            for m in (messages if isinstance(messages, list) else [])
+            if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+        ]
+        return await _lora_answer(request, body, turns, "chat", "max_completion_tokens", "max_tokens")
     first = None if _is_chat_model(body) else _first_token(body, request.app[CLASSIFIER])
     if first is not None:
         return _json(
@@ -285,6 +477,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     prompt = body.get("prompt")
     given = prompt if isinstance(prompt, str) else ""
+    if body.get("model") == CHAT_LORA_MODEL:
+        return await _lora_answer(request, body, [("user", given)], "completions", "max_tokens")
     if _is_chat_model(body):
         text, finish = _generate(body, given, [given], "max_tokens")
     else:
@@ -330,6 +524,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
+    if body.get("model") == CHAT_LORA_MODEL:
+        last_user, _ = _responses_texts(body)
+        instructions = body.get("instructions")
+        turns = [("system", instructions)] if isinstance(instructions, str) else []
+        return await _lora_answer(
+            request, body, [*turns, ("user", last_user)], "responses", "max_output_tokens"
+        )
     if _is_chat_model(body):
         text, _ = _generate(body, *_responses_texts(body), "max_output_tokens")
     else:
@@ -384,7 +585,8 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    listed = [{"id": name, "object": "model", "owned_by": "demo"} for name in (MODEL, CHAT_MODEL)]
+    names = (MODEL, CHAT_MODEL) + ((CHAT_LORA_MODEL,) if request.app[CHAT_LORA] is not None else ())
+    listed = [{"id": name, "object": "model", "owned_by": "demo"} for name in names]
     return _json({"object": "list", "data": listed})
 
 
@@ -435,13 +637,21 @@ def load_demo_classifier(folder: str | None = None) -> Any:
 
 DELAY: web.AppKey[float] = web.AppKey("delay", float)
 CLASSIFIER: web.AppKey[Any] = web.AppKey("classifier", object)
+CHAT_LORA: web.AppKey[Any] = web.AppKey("chat_lora", object)
 
 
-def make_demo_app(stream_delay: float = 0.02, classifier: Any = None) -> web.Application:
-    """``classifier``: a :class:`firewall.demo.model.TextClassifier` (or None: echo only)."""
+def make_demo_app(
+    stream_delay: float = 0.02, classifier: Any = None, chat_lora: Any = None
+) -> web.Application:
+    """``classifier``: a :class:`firewall.demo.model.TextClassifier` (or None: echo only).
+
+    ``chat_lora``: a :class:`firewall.demo.chat_lora_serve.ChatLoraModel` (or None: the
+    ``demo-chat-lora`` model name answers 404).
+    """
     app = web.Application()
     app[DELAY] = stream_delay
     app[CLASSIFIER] = classifier
+    app[CHAT_LORA] = chat_lora
     app.router.add_post("/v2/models/{model}/infer", kserve_infer)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
@@ -452,10 +662,14 @@ def make_demo_app(stream_delay: float = 0.02, classifier: Any = None) -> web.App
 
 
 async def start_demo_upstream(
-    host: str = "127.0.0.1", port: int = 0, stream_delay: float = 0.02, classifier: Any = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    stream_delay: float = 0.02,
+    classifier: Any = None,
+    chat_lora: Any = None,
 ) -> tuple[web.AppRunner, int]:
     """Start the demo endpoint in the running loop; returns its runner and bound port."""
-    runner = web.AppRunner(make_demo_app(stream_delay, classifier), access_log=None)
+    runner = web.AppRunner(make_demo_app(stream_delay, classifier, chat_lora), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
