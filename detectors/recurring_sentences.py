@@ -789,7 +789,15 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         sighting was a new distinct context (what other replicas are told).
         """
         p = self.params
-        table, entry = self._lookup(key, now)  # expired: a sighting after the TTL starts over
+        # _lookup, inlined: this runs for every sentence of every request.
+        table = self._probation
+        entry = table.get(key)
+        if entry is None:
+            table = self._protected
+            entry = table.get(key)
+        if entry is not None and now - entry.last_seen > p.ttl_seconds:
+            del table[key]
+            entry = None  # expired: a sighting after the TTL starts over
         if entry is None:
             if not has_context:
                 return 0, False, False  # nothing to remember: an occurrence without context never counts
@@ -808,7 +816,10 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         )
         if counted:
             self._add_context(entry, sketch, unit.left, unit.right)
-        self._settle(table, key, entry)
+        if table is self._probation and entry.contexts >= 2 and self._max_protected > 0:
+            self._settle(table, key, entry)  # promoted: may demote another
+        else:
+            table.move_to_end(key)  # _settle's usual case, inlined
         return entry.contexts, entry.left is not None or entry.right is not None, counted
 
     def _add_context(self, entry: _Entry, sketch: array[int], left: int, right: int) -> None:

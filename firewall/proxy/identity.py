@@ -118,6 +118,9 @@ class UpstreamIdentity:
             return []
         key = (route, requested or "")
         last = self._seen.get(key)
+        if last == answered:  # the usual case: the same model as last time
+            self._seen.move_to_end(key)
+            return []
         if last is None:
             self._seen[key] = dict(answered)
             if len(self._seen) > self.max_keys:

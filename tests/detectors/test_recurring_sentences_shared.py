@@ -233,11 +233,12 @@ async def test_a_replica_does_not_count_its_own_sightings_again(replicas: Replic
 
 async def test_a_slow_merge_waits_for_a_worker_thread_scoring_a_long_sample(replicas: Replicas) -> None:
     a, b = await replicas.start(), await replicas.start()
-    for text in (C1, C2, C3):
-        _score(a, text)
-    await _shared(a).flush()
+    # Held before anything is written: b's own background tick cannot merge first either.
     assert b.inline_lock.acquire(blocking=False)  # what the pipeline's worker thread holds
     try:
+        for text in (C1, C2, C3):
+            _score(a, text)
+        await _shared(a).flush()
         pull = asyncio.create_task(_shared(b).sync())
         await asyncio.sleep(0.1)
         assert not pull.done()
