@@ -118,16 +118,16 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     from firewall.models.signing import PUBLIC_KEY_ENV, SignatureError, required_public_key, verify_manifest
 
-    public_key = Path(args.public_key).expanduser() if args.public_key else required_public_key()
-    signed = ""
-    if public_key is not None:
+    explicit = Path(args.public_key).expanduser() if args.public_key else None
+    if explicit is not None:  # the environment's key, if any, is checked by verify_folder as a load does
         try:
-            verify_manifest(folder, public_key)
+            verify_manifest(folder, explicit)
         except SignatureError as exc:
             _err(f"trigger-firewall models verify: {exc}")
             return 1
-        where = "--public-key" if args.public_key else f"${PUBLIC_KEY_ENV}"
-        signed = f"; manifest signed for {public_key} ({where})"
+    public_key = explicit or required_public_key()
+    where = "--public-key" if explicit is not None else f"${PUBLIC_KEY_ENV}"
+    signed = f"; manifest signed for {public_key} ({where})" if public_key is not None else ""
     try:
         checked = verify_folder(folder, fix="rebuild or re-prepare it, or re-pin it if the change is yours")
     except ArtefactMismatch as exc:
@@ -154,7 +154,7 @@ def _sign(args: argparse.Namespace) -> int:
         return 1
     try:
         # Sign only what still matches its pins: a signature vouches for the files, not the JSON.
-        verify_folder(folder, fix="re-pin it (models pin) if the change is yours, then sign")
+        verify_folder(folder, fix="re-pin it (models pin) if the change is yours, then sign", signed=False)
     except ArtefactMismatch as exc:
         _err(f"trigger-firewall models sign: {exc}")
         return 1

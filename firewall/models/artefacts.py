@@ -268,6 +268,7 @@ def verify_folder(
     detector: str = "reference_lm",
     hash_filter: Callable[[str], bool] | None = None,
     pins: Mapping[str, Any] | None = None,
+    signed: bool = True,
 ) -> Verified:
     """Check ``folder`` against its pinned manifest; raise :class:`ArtefactMismatch` if it differs.
 
@@ -276,10 +277,11 @@ def verify_folder(
     checked by size only. ``pins`` overrides the manifest read from the folder.
     Missing, unlisted and wrong-sized files are looked for before any hashing, so the
     cheap refusals come first. With ``$TRIGGER_FIREWALL_MODEL_PUBLIC_KEY`` set, the
-    folder's manifest must also be signed for that key (:mod:`firewall.models.signing`).
+    folder's manifest must also be signed for that key (:mod:`firewall.models.signing`);
+    ``signed=False`` checks the pins only (``models sign`` checks a folder before it signs it).
     """
     started = time.perf_counter()
-    public_key = required_public_key()
+    public_key = required_public_key() if signed else None
     if public_key is not None and pins is None:
         try:
             verify_manifest(folder, public_key)

@@ -143,3 +143,23 @@ def test_the_cli_signs_and_verifies(
     (demo / "pool.json").write_text('["swapped"]', encoding="utf-8")
     assert run("sign", str(demo), "--private-key", str(private)) == 1
     assert "pool.json" in capsys.readouterr().err
+
+
+def test_a_publisher_host_that_requires_signatures_can_still_sign(
+    demo: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from firewall.cli.models import add_models_parser, run_models
+
+    private, public = keys
+    monkeypatch.setenv(PUBLIC_KEY_ENV, str(public))
+    parser = argparse.ArgumentParser(prog="trigger-firewall")
+    add_models_parser(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> int:
+        return run_models(parser.parse_args(["models", *argv]))
+
+    assert run("verify", str(demo)) == 1  # unsigned: refused, as a load would
+    assert "manifest is not signed" in capsys.readouterr().err
+    assert run("sign", str(demo), "--private-key", str(private)) == 0  # signing needs no signature
+    assert run("verify", str(demo)) == 0
+    assert f"manifest signed for {public} (${PUBLIC_KEY_ENV})" in capsys.readouterr().out
