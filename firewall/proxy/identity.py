@@ -17,9 +17,10 @@ What it reads
 Top-level ``model`` and ``system_fingerprint`` of a JSON answer or of a stream's events,
 or the same fields one level down under ``response`` or ``message`` (how the Responses and
 Anthropic streams open). Only 2xx answers are read. A non-streamed answer is read when it
-is held whole anyway: an unscreened one of up to 256 KiB with a Content-Length, or any
-answer the output phase screens. A stream is read until its first event that names the
-model (within its first 16 KiB), so a stream costs one parse.
+is held whole anyway and small: an unscreened one of up to 64 KiB (the relay holds up to
+256 KiB with a Content-Length whole; a larger one, an embeddings answer say, is not parsed
+for this alone), or any answer the output phase screens. A stream is read until its first
+event that names the model (within its first 16 KiB), so a stream costs one parse.
 
 Keys and bounds
 ---------------

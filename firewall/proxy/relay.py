@@ -52,6 +52,9 @@ log = logging.getLogger("trigger_firewall.relay")
 _SMALL_BODY = 256 * 1024
 #: How much of an unscreened stream's start is searched for the model's name.
 _IDENTITY_HEAD_BYTES = 16 * 1024
+#: The largest unscreened answer parsed only to read the model's name: a chat answer is far
+#: smaller; an embeddings answer (a float array, the model named after it) is not worth a parse.
+_IDENTITY_BODY_BYTES = 64 * 1024
 _STREAM_FAILED = {
     "error": {
         "message": "The upstream stream failed before it completed.",
@@ -198,7 +201,9 @@ def _note_identity(state: ServerState, ex: Exchange, fields: dict[str, str]) -> 
 def _body_identity(state: ServerState, ex: Exchange, resp: aiohttp.ClientResponse, data: bytes) -> None:
     """Read the identity of a whole small JSON answer (not a compressed one: not worth inflating)."""
     watched = ex.runtime.config.upstream.watch_identity
-    if not watched or resp.status >= 300 or resp.content_type != "application/json":
+    if not watched or resp.status >= 300 or len(data) > _IDENTITY_BODY_BYTES:
+        return
+    if resp.content_type != "application/json":
         return
     if resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         return

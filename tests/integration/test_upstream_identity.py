@@ -35,6 +35,7 @@ class Swappable:
 
     model: str = "llama-3-8b-instruct"
     fingerprint: str = "fp_aaa111"
+    padding: int = 0  # characters of filler in a non-streamed answer
 
     def body(self, requested: str) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class Swappable:
             "model": f"{self.model}:{requested}",
             "system_fingerprint": self.fingerprint,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there."}}],
+            "filler": "x" * self.padding,
         }
 
     def app(self) -> web.Application:
@@ -142,3 +144,22 @@ async def test_watching_nothing_counts_nothing(swappable: tuple[Swappable, Firew
     await ask(fw.url)
     assert fw.sample(CHANGES, {"route": "chat_completions", "field": "model"}) == 0
     assert not [e for e in await fw.audit_events() if "upstream_identity_change" in e]
+
+
+async def test_a_large_unscreened_answer_is_not_parsed_for_the_model_alone(
+    swappable: tuple[Swappable, FirewallFactory],
+) -> None:
+    upstream, start = swappable
+    # Nothing screens the output here (the defaults' invisible_chars reads answers too, and an
+    # answer parsed for screening is read whatever its size).
+    fw = await start(detectors=[{"name": "invisible_chars", "phases": ["input"]}])
+    upstream.padding = 100_000  # like an embeddings answer: the model named after a large array
+    await ask(fw.url)
+    upstream.model = "other"
+    await ask(fw.url)
+    assert fw.sample(CHANGES, {"route": "chat_completions", "field": "model"}) == 0
+    upstream.padding = 0  # small again: read, and the first small answer is the baseline
+    await ask(fw.url)
+    upstream.model = "third"
+    await ask(fw.url)
+    assert fw.sample(CHANGES, {"route": "chat_completions", "field": "model"}) == 1
