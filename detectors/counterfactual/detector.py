@@ -109,7 +109,7 @@ from firewall.core.detector_context import (
 )
 from firewall.core.json_pointer import replace_string
 
-__all__ = ["CounterfactualDetector", "CounterfactualParams"]
+__all__ = ["CounterfactualDetector", "CounterfactualParams", "answer_text"]
 
 R_CHANGED = "behaviour_changed"
 R_KNOWN = "known_trigger"
@@ -560,7 +560,7 @@ class CounterfactualDetector(Detector[CounterfactualParams]):
             p.path or _DEFAULT_PATHS[api],
             body,
             timeout_s=p.timeout_seconds,
-            read=lambda answer: _answer_text(answer, api),
+            read=lambda answer: answer_text(answer, api),
         )
 
     def _judged(self, outcome: str) -> None:
@@ -591,7 +591,10 @@ def _without(segments: tuple[Segment, ...], index: int, start: int, end: int) ->
     return (*segments[:index], edited, *segments[index + 1 :])
 
 
-def _answer_text(answer: Any, api: str) -> str:
+def answer_text(answer: Any, api: str) -> str:
+    """The text of an OpenAI chat (``api == "chat"``) or completion answer's first choice;
+    :class:`UpstreamProbeError` when it has none. ``trigger-firewall probe`` reads answers
+    with it too."""
     try:
         choice = answer["choices"][0]
         content = choice["message"]["content"] if api == "chat" else choice["text"]

@@ -40,6 +40,9 @@ from typing import IO, Any, Literal
 import aiohttp
 import orjson
 
+from detectors.counterfactual.detector import answer_text
+from firewall.core.detector_context import UpstreamProbeError
+
 __all__ = ["Answer", "ClientOptions", "ProbeClient", "UpstreamDownError"]
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -219,13 +222,10 @@ class _Failed(Exception):
 
 def _parse(data: Any, api: str, logprobs: bool) -> Answer:
     try:
-        choice = data["choices"][0]
-        text = choice["message"]["content"] if api == "chat" else choice["text"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise _Failed("answer has no choices[0] text") from exc
-    if not isinstance(text, str):
-        raise _Failed("answer text is not a string")
-    return Answer(text, _first_token_dist(choice, api) if logprobs else None)
+        text = answer_text(data, api)
+    except UpstreamProbeError as exc:
+        raise _Failed(str(exc)) from exc
+    return Answer(text, _first_token_dist(data["choices"][0], api) if logprobs else None)
 
 
 def _first_token_dist(choice: Any, api: str) -> dict[str, float] | None:
