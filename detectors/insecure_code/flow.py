@@ -212,6 +212,14 @@ _TIMERS: Final = frozenset({"setTimeout", "setInterval", "requestAnimationFrame"
 #: Members that are always numbers (``items.length``): a number cannot carry markup.
 _RECEIVERS: Final = frozenset({"this", "self", "super"})
 _NUMERIC_MEMBERS: Final = frozenset({"length", "size", "byteLength", "childElementCount"})
+#: Names that say they hold a count (``count``, ``total``, ``itemCount``, ``num_rows``): one the
+#: snippet defines nowhere is taken for the number it names, as ``x.length`` is. A name it
+#: does define is judged by its values, whatever it is called.
+_COUNT_NAME_RE: Final = re.compile(
+    r"^(?:count|total|sum|length|size|index|idx|num|number|n|i|j|k)$"
+    r"|^(?:num|count|total|n)(?:_[a-z]|[A-Z])\w*$"
+    r"|^\w+?(?:Count|Total|Length|Size|Index|_count|_total|_length|_size|_index)$"
+)
 
 
 # --------------------------------------------------------------------------- classification
@@ -477,6 +485,8 @@ def _closure(ctx: _Ctx, node: Node, name: str, category: str, depth: int) -> int
         return 0  # a function of the snippet, passed as a value
     if name in ctx.aliases:
         return 0  # an import (``import styles from "./a.css"``): a module's export is code, not input
+    if _COUNT_NAME_RE.match(name):
+        return 0
     return F_UNTRUSTED
 
 

@@ -89,7 +89,7 @@ _RULE_KEYS = frozenset(
 )  # fmt: skip
 _AST_KEYS = frozenset(
     {"call", "node", "assign", "arg", "kwarg", "when", "require_kwargs", "forbid_kwargs", "arg_text",
-     "min_args", "max_args", "sanitizers", "bare", "sized_dest"}
+     "min_args", "max_args", "sanitizers", "bare", "sized_dest", "own_values"}
 )  # fmt: skip
 When = Literal["dynamic", "nonliteral", "tainted", "untrusted", "always"]
 
@@ -123,6 +123,11 @@ class AstSpec:
     # source's own length plus one (``d = malloc(strlen(s) + 1)``) cannot overflow: with
     # ``sized_dest`` such a copy is not reported (C-COPY-002).
     sized_dest: bool = False
+    # Values the program makes itself, e.g. a file it opens by a constant path: a sink whose
+    # argument matches one of these (by its text, or every value the snippet assigns to the
+    # name it is) is not reported. ``pickle.load`` of the model file a script names is how
+    # every ML answer loads its model; the same call on request data is the vulnerability.
+    own_values: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +297,7 @@ def _ast(raw: Any, where: str) -> AstSpec:
         sanitizers=_regexes(raw.get("sanitizers"), f"{where}.sanitizers"),
         bare=bool(raw.get("bare", False)),
         sized_dest=bool(raw.get("sized_dest", False)),
+        own_values=_regexes(raw.get("own_values"), f"{where}.own_values"),
     )
 
 

@@ -25,6 +25,7 @@ from detectors.insecure_code.scope import (
     F_DYN,
     F_TAINT,
     F_UNTRUSTED,
+    MAX_DEPTH,
     FlowTables,
     _build_env,
     _build_funcs,
@@ -97,6 +98,8 @@ def _selected(spec: AstSpec, call: _Call) -> list[Node]:
 
 
 def _judge(ctx: _Ctx, rule: Rule, spec: AstSpec, nodes: list[Node]) -> bool:
+    if spec.own_values and nodes and all(_own_value(ctx, n, spec.own_values, 0) for n in nodes):
+        return False
     if spec.when == "always":
         return True
     for n in nodes:
@@ -105,6 +108,19 @@ def _judge(ctx: _Ctx, rule: Rule, spec: AstSpec, nodes: list[Node]) -> bool:
         if _when(spec.when, classify(ctx, n, rule.category)):
             return True
     return False
+
+
+def _own_value(ctx: _Ctx, node: Node, patterns: tuple[re.Pattern[str], ...], depth: int) -> bool:
+    """``node`` matches one of ``patterns``, or is a name every value of which does."""
+    if any(p.search(text(node)) for p in patterns):
+        return True
+    if node.type not in ctx.spec.identifiers or depth > MAX_DEPTH:
+        return False
+    name = text(node)
+    values = ctx.env.get((_scope_key(ctx, node), name)) or ctx.env.get((-1, name))
+    if not values:
+        return False
+    return all(_own_value(ctx, v, patterns, depth + 1) for v, _ in values)
 
 
 def _inner_sanitised(node: Node, patterns: tuple[re.Pattern[str], ...]) -> bool:

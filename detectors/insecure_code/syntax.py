@@ -83,7 +83,12 @@ SPECS: Final[dict[str, LangSpec]] = {
         constants=frozenset({"integer", "float", "true", "false", "none"}),
         binaries=frozenset({"binary_operator"}),
         concat_ops=frozenset({"+", "%"}),
-        assigns={"assignment": ("left", "right"), "augmented_assignment": ("left", "right")},
+        # ``with open(p) as f`` binds ``f`` to the call (the value is the child besides the alias).
+        assigns={
+            "assignment": ("left", "right"),
+            "augmented_assignment": ("left", "right"),
+            "as_pattern": ("alias", ""),
+        },
         augassigns=frozenset({"augmented_assignment"}),
         functions={"function_definition": ("name", "parameters")},
         pairs=frozenset({"keyword_argument"}),

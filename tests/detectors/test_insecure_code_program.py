@@ -195,3 +195,45 @@ def test_context_words_are_looked_for_near_the_call_not_in_the_whole_body(code: 
 def test_dangerously_set_inner_html_needs_untrusted_text(lang: str, code: str, fires: bool) -> None:
     rules = {h.rule for h in analyse_block(PACK, lang, code)}
     assert bool(rules & {"JS-XSS-003", "JS-XSS-005"}) is fires, rules
+
+
+@pytest.mark.parametrize(
+    ("code", "fires"),
+    [
+        # the model file the script itself names: in a ``with``, directly, through a constant
+        ("import pickle\nwith open('trained_model.pkl', 'rb') as fh:\n    model = pickle.load(fh)", False),
+        ("import pickle\nmodel = pickle.load(open('model.pkl', 'rb'))", False),
+        ("import pickle\nPATH = 'm.pkl'\nwith open(PATH, 'rb') as fh:\n    model = pickle.load(fh)", False),
+        # a path from elsewhere: a parameter, an f-string, the request
+        (
+            "import pickle\ndef load(path):\n    with open(path, 'rb') as fh:\n"
+            "        return pickle.load(fh)",
+            True,
+        ),
+        ("import pickle\nwith open(f'/cache/{key}.pkl', 'rb') as fh:\n    v = pickle.load(fh)", True),
+        ("import pickle\nfrom flask import request\nobj = pickle.loads(request.data)", True),
+        # one of the names bound to the program's file, another to something else
+        (
+            "import pickle\nwith open('a.pkl', 'rb') as fh:\n    a = pickle.load(fh)\nfh = sock.makefile('rb')\n"
+            "b = pickle.load(fh)",
+            True,
+        ),
+    ],
+)
+def test_deserialising_the_programs_own_file_is_not_reported(code: str, fires: bool) -> None:
+    assert ("PY-DESER-001" in _reasons(_answer(("python", code)))) is fires
+
+
+@pytest.mark.parametrize(
+    ("name", "fires"),
+    [("count", False), ("itemCount", False), ("num_rows", False), ("totalPrice", False),
+     ("comment", True), ("notes", True), ("name", True), ("status", True)],
+)  # fmt: skip
+def test_a_name_defined_nowhere_that_says_it_is_a_count_is_a_number(name: str, fires: bool) -> None:
+    code = f"document.getElementById('out').innerHTML = 'Result: ' + {name};"
+    assert ("JS-XSS-001" in _reasons(_answer(("javascript", code)))) is fires
+
+
+def test_a_count_name_the_snippet_assigns_is_judged_by_its_value() -> None:
+    code = "const count = location.hash.slice(1);\ndocument.body.innerHTML = 'Seen: ' + count;"
+    assert "JS-XSS-001" in _reasons(_answer(("javascript", code)))
