@@ -103,7 +103,10 @@ class ProbeClient:
         if self.options.api_key:
             headers["Authorization"] = f"Bearer {self.options.api_key}"
         self._session = aiohttp.ClientSession(
-            headers=headers, timeout=aiohttp.ClientTimeout(total=self.options.timeout_s)
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self.options.timeout_s),
+            # Each probe stands alone: a cookie from one answer must not steer the next.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 

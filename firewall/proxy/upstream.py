@@ -155,7 +155,7 @@ def bearer_token(config: UpstreamConfig) -> str | None:
 
 
 def create_session(config: UpstreamConfig) -> aiohttp.ClientSession:
-    """The one shared session: keep-alive pool, connect/read timeouts, raw bodies."""
+    """The one shared session: keep-alive pool, connect/read timeouts, raw bodies, no cookie jar."""
     connector = aiohttp.TCPConnector(
         limit=config.max_connections,
         # One upstream host: ``limit`` already bounds it, and a per-host limit makes aiohttp
@@ -173,6 +173,10 @@ def create_session(config: UpstreamConfig) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
+        # Every client's request shares this session: a cookie jar would keep one client's
+        # Set-Cookie and send it upstream on everyone's later requests. Cookies pass through
+        # as the headers they are, both ways, and are never stored here.
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
         raise_for_status=False,
