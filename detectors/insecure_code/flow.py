@@ -318,6 +318,9 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         return _union(ctx, _branches(node), category, depth)
     if t in spec.members:
         s = text(node)
+        clean = ctx.tables.clean_members.get(category)
+        if clean is not None and _clean_member(ctx, node, clean):
+            return 0  # what the framework guarantees (Django's upload name is a base name)
         src = _source(ctx, s, category)
         if src:
             return src
@@ -357,6 +360,21 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         # does not show. An object key or a type name carries nothing.
         return F_OPAQUE | (F_UNTRUSTED if t in _RECEIVERS else 0)
     return _union(ctx, node.named_children, category, depth)
+
+
+def _clean_member(ctx: _Ctx, node: Node, clean: re.Pattern[str]) -> bool:
+    """``obj.member`` where ``clean`` matches "<obj's origin>.<member>": the origin is the
+    value a name was assigned (one hop, a single assignment), else the object's own text."""
+    obj = node.child_by_field_name("object")
+    member = node.child_by_field_name("attribute") or node.child_by_field_name("property")
+    if obj is None or member is None:
+        return False
+    origin = text(obj)
+    if obj.type in ctx.spec.identifiers:
+        values = ctx.env.get((_scope_key(ctx, obj), origin)) or ctx.env.get((-1, origin))
+        if values is not None and len(values) == 1:
+            origin = text(values[0][0])
+    return clean.search(f"{origin}.{text(member)}") is not None
 
 
 def _branches(node: Node) -> list[Node]:

@@ -61,6 +61,9 @@ class FlowTables:
     # category -> extra sources for that category only (browser data for xss)
     category_sources: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
     builtins: frozenset[str] = frozenset()  # global names the runtime defines: not an unseen origin
+    # category -> regex on "<where the object came from>.<member>": a member a framework
+    # guarantees clean for that category (Django's ``request.FILES[...].name`` is a base name)
+    clean_members: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
 
 
 def _alt(items: Iterable[str]) -> re.Pattern[str] | None:
@@ -97,6 +100,11 @@ def compile_tables(raw: Mapping[str, Any]) -> FlowTables:
         local_inputs=_alt(raw.get("local_inputs", [])),
         category_sources={k: v for k, v in by_category.items() if v is not None},
         builtins=frozenset(raw.get("builtins", [])),
+        clean_members={
+            k: pattern
+            for k, v in (raw.get("clean_members") or {}).items()
+            if (pattern := _alt(v)) is not None
+        },
     )
 
 

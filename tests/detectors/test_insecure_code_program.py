@@ -214,8 +214,8 @@ def test_dangerously_set_inner_html_needs_untrusted_text(lang: str, code: str, f
         ("import pickle\nfrom flask import request\nobj = pickle.loads(request.data)", True),
         # one of the names bound to the program's file, another to something else
         (
-            "import pickle\nwith open('a.pkl', 'rb') as fh:\n    a = pickle.load(fh)\nfh = sock.makefile('rb')\n"
-            "b = pickle.load(fh)",
+            "import pickle\nwith open('a.pkl', 'rb') as fh:\n    a = pickle.load(fh)\n"
+            "fh = sock.makefile('rb')\nb = pickle.load(fh)",
             True,
         ),
     ],
@@ -237,3 +237,35 @@ def test_a_name_defined_nowhere_that_says_it_is_a_count_is_a_number(name: str, f
 def test_a_count_name_the_snippet_assigns_is_judged_by_its_value() -> None:
     code = "const count = location.hash.slice(1);\ndocument.body.innerHTML = 'Seen: ' + count;"
     assert "JS-XSS-001" in _reasons(_answer(("javascript", code)))
+
+
+_DJANGO_SAVE = (
+    "import os\ndef upload(request):\n    uploaded = request.FILES['file']\n"
+    "    with open(os.path.join('media', {name}), 'wb') as out:\n        out.write(uploaded.read())\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "fires"),
+    [
+        # Django reduces an upload's name to a base name: joining it under a folder stays there
+        (_DJANGO_SAVE.format(name="uploaded.name"), False),
+        (_DJANGO_SAVE.format(name="request.FILES['file'].name"), False),
+        # Flask's FileStorage.filename is the client's raw name
+        (
+            "import os\nfrom flask import request\n@app.post('/up')\ndef up():\n    f = request.files['f']\n"
+            "    f.save(os.path.join('uploads', f.filename))\n"
+            "    return open(os.path.join('uploads', f.filename)).read()\n",
+            True,
+        ),
+        # a request body's own ``name`` field is the client's text (FastAPI model)
+        (
+            "from fastapi import FastAPI\nfrom pydantic import BaseModel\napp = FastAPI()\n"
+            "class Item(BaseModel):\n    name: str\n@app.post('/read')\ndef read(item: Item):\n"
+            "    return open('/data/' + item.name).read()\n",
+            True,
+        ),
+    ],
+)
+def test_a_framework_guarantee_about_an_upload_name_is_known(code: str, fires: bool) -> None:
+    assert ("PY-PATH-001" in _reasons(_answer(("python", code)))) is fires
