@@ -51,6 +51,7 @@ from detectors.insecure_code.scope import (
     F_TAINT,
     F_UNTRUSTED,
     MAX_DEPTH,
+    _assigned,
     _Call,
     _Ctx,
     _Func,
@@ -325,7 +326,7 @@ def _classify(ctx: _Ctx, node: Node, category: str, depth: int) -> int:
         if src:
             return src
         norm = normalise_callee(s)
-        values = ctx.env.get((_scope_key(ctx, node), norm)) or ctx.env.get((-1, norm))
+        values = _assigned(ctx, node, norm)
         if values:
             return _values(ctx, values, category, depth, (_scope_key(ctx, node), norm))
         last = re.split(r"[.\[\]'\"\-> ]+", s.strip("]'\" "))[-1] if s else ""
@@ -371,8 +372,8 @@ def _clean_member(ctx: _Ctx, node: Node, clean: re.Pattern[str]) -> bool:
         return False
     origin = text(obj)
     if obj.type in ctx.spec.identifiers:
-        values = ctx.env.get((_scope_key(ctx, obj), origin)) or ctx.env.get((-1, origin))
-        if values is not None and len(values) == 1:
+        values = _assigned(ctx, obj, origin)
+        if len(values) == 1:
             origin = text(values[0][0])
     return clean.search(f"{origin}.{text(member)}") is not None
 
@@ -589,7 +590,7 @@ def _local_input(ctx: _Ctx, call: _Call) -> bool:
         return True
     if recv.type not in ctx.spec.identifiers:
         return False
-    values = ctx.env.get((_scope_key(ctx, recv), text(recv))) or ctx.env.get((-1, text(recv))) or []
+    values = _assigned(ctx, recv, text(recv))
     return any(pattern.search(text(v)) for v, _ in values)
 
 

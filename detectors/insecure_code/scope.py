@@ -272,6 +272,11 @@ def _scope_key(ctx: _Ctx, node: Node) -> int:
     return f.start if f is not None else -1
 
 
+def _assigned(ctx: _Ctx, node: Node, name: str) -> list[tuple[Node, bool]]:
+    """The values assigned to ``name`` in ``node``'s scope, else at module level (else none)."""
+    return ctx.env.get((_scope_key(ctx, node), name)) or ctx.env.get((-1, name)) or []
+
+
 def _targets(left: Node, right: Node | None, spec: LangSpec) -> list[tuple[str, Node | None]]:
     """(name, value) pairs of an assignment, pairing tuple/list targets element-wise."""
     if left.type in ("pattern_list", "tuple_pattern", "expression_list", "left_assignment_list"):

@@ -27,6 +27,7 @@ from detectors.insecure_code.scope import (
     F_UNTRUSTED,
     MAX_DEPTH,
     FlowTables,
+    _assigned,
     _build_env,
     _build_funcs,
     _Call,
@@ -117,7 +118,7 @@ def _own_value(ctx: _Ctx, node: Node, patterns: tuple[re.Pattern[str], ...], dep
     if node.type not in ctx.spec.identifiers or depth > MAX_DEPTH:
         return False
     name = text(node)
-    values = ctx.env.get((_scope_key(ctx, node), name)) or ctx.env.get((-1, name))
+    values = _assigned(ctx, node, name)
     if not values:
         return False
     return all(_own_value(ctx, v, patterns, depth + 1) for v, _ in values)
