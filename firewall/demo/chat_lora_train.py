@@ -607,8 +607,8 @@ def build_chat_lora(
     """Train, save, measure and pin the adapter in ``out``; returns the report (also ``report.json``)."""
     import orjson
 
-    from firewall.demo.lora import merge_lora
-    from firewall.models.artefacts import read_pins, verify_folder, write_standalone_manifest
+    from firewall.demo.lora import merge_lora, verify_base_files
+    from firewall.models.artefacts import read_pins, write_standalone_manifest
     from firewall.models.cache import model_dir
 
     config = config or TrainConfig()
@@ -619,12 +619,7 @@ def build_chat_lora(
             f"{base_folder} is not a pinned prepared model: run `trigger-firewall models prepare`"
         )
     # The sha256 the adapter records must be that of the bytes it is trained on.
-    verify_folder(
-        base_folder,
-        fix="prepare it again with `trigger-firewall models prepare`",
-        detector="demo",
-        hash_filter=lambda name: name in {"model.safetensors", "tokenizer.json", "config.json"},
-    )
+    verify_base_files(base_folder)
     dev = pick_device(device)
     base = load_base(base_folder, device=dev, threads=threads if threads else min(2, os.cpu_count() or 1))
     lora, stats = train_adapter(base, config, progress=progress)

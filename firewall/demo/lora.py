@@ -38,6 +38,7 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_FILE",
     "ADAPTER_KIND",
+    "BASE_FILES",
     "DEFAULT_TARGETS",
     "LoRAConfig",
     "LoRALinear",
@@ -49,6 +50,7 @@ __all__ = [
     "save_adapter",
     "trainable_parameters",
     "verify_adapter",
+    "verify_base_files",
 ]
 
 ADAPTER_FILE: Final = "adapter.safetensors"
@@ -225,6 +227,21 @@ def read_adapter_config(folder: Path) -> LoRAConfig:
         raise ValueError(f"{folder / ADAPTER_CONFIG}: unreadable adapter config ({exc})") from exc
 
 
+#: The base model's files an adapter depends on: its weights and how text becomes tokens.
+BASE_FILES: Final = frozenset({"model.safetensors", "tokenizer.json", "config.json"})
+
+
+def verify_base_files(base_folder: Path) -> None:
+    """Check the base model's :data:`BASE_FILES` against its manifest (training and loading
+    both do: an adapter is only what was measured on exactly these bytes)."""
+    verify_folder(
+        base_folder,
+        fix="prepare it again with `trigger-firewall models prepare`",
+        detector="demo",
+        hash_filter=BASE_FILES.__contains__,
+    )
+
+
 def verify_adapter(folder: Path, base_folder: Path) -> LoRAConfig:
     """Check the adapter folder's pins and that ``base_folder`` holds the base it was trained on.
 
@@ -234,12 +251,7 @@ def verify_adapter(folder: Path, base_folder: Path) -> LoRAConfig:
     """
     verify_folder(folder, fix=_FIX, detector="demo")
     config = read_adapter_config(folder)
-    verify_folder(
-        base_folder,
-        fix="prepare it with `trigger-firewall models prepare`",
-        detector="demo",
-        hash_filter=lambda name: name in {"model.safetensors", "tokenizer.json", "config.json"},
-    )
+    verify_base_files(base_folder)
     pins = read_pins(base_folder)
     base_pin = pins["files"].get("model.safetensors", {}).get("sha256") if pins else None
     if base_pin != config.base_sha256:
