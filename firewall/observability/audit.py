@@ -28,7 +28,7 @@ from typing import IO, Any
 import orjson
 
 from firewall.config.schema import AuditConfig
-from firewall.core.types import Segment, Verdict
+from firewall.core.types import Action, FindingStatus, Segment, Verdict
 from firewall.observability.metrics import Metrics
 
 __all__ = ["AuditLog", "fingerprint"]
@@ -57,18 +57,24 @@ def fingerprint(segments: Iterable[Segment], salt: bytes | None = None) -> tuple
 
 
 def verdict_record(verdict: Verdict) -> dict[str, Any]:
-    """The decision and detector evidence of one phase, as audit fields."""
+    """The decision and detector evidence of one phase, as audit fields.
+
+    Built for every screened request, so it leans on orjson: tuples are written as
+    arrays as they are, with no list copies.
+    """
     fired, thresholds = verdict.fired, verdict.thresholds
     detectors: list[dict[str, Any]] = []
     for f in verdict.findings:
+        status = f.status
+        name = f.detector
         entry = {
-            "name": f.detector,
-            "status": f.status,  # StrEnum members: orjson writes their values
-            "score": round(f.score, 4) if f.scored else None,
-            "threshold": thresholds.get(f.detector),
-            "fired": f.detector in fired,
-            "reasons": list(f.reasons),
-            "spans": [s.as_dict() for s in f.spans[:32]] if f.spans else [],
+            "name": name,
+            "status": status,  # StrEnum members: orjson writes their values
+            "score": round(f.score, 4) if status in _SCORED else None,
+            "threshold": thresholds.get(name),
+            "fired": name in fired,
+            "reasons": f.reasons,
+            "spans": [s.as_dict() for s in f.spans[:32]] if f.spans else (),
             "duration_seconds": round(f.duration_seconds, 6),
         }
         if f.error:
@@ -78,11 +84,15 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
         "mode": verdict.mode,
         "action": verdict.action,
         "effective_action": verdict.effective_action,
-        "would_block": verdict.would_block,
+        "would_block": verdict.action is Action.BLOCK,
         "reason_code": verdict.reason,
-        "fail_open": list(verdict.fail_open),
+        "fail_open": verdict.fail_open,
         "detectors": detectors,
     }
+
+
+#: The statuses whose score means something (:attr:`Finding.scored`).
+_SCORED = frozenset({FindingStatus.OK, FindingStatus.PARTIAL})
 
 
 class AuditLog:

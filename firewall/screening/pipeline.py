@@ -14,8 +14,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from detectors.base import Detector, InlineDetector
@@ -46,6 +46,7 @@ class Pipeline:
         #: Per detector, the sample size (characters) from which it runs in a worker thread:
         #: inline_max_chars, lowered by each call that held the loop past the budget.
         self._offload_from: dict[str, int] = {}
+        self._plans: dict[int, _Plan] = {}
 
     async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
@@ -61,13 +62,13 @@ class Pipeline:
         gated rules whose gate opened: what :meth:`second_stage` runs."""
         if not rules:
             return [], []
-        gated = [r for r in rules if r.gates is not None]
-        if not gated:  # the usual case: one stage, no second pass over the rules
-            return await self._stage(rules, sample), []
-        findings = await self._stage([r for r in rules if r.gates is None], sample)
+        plan = self._plan(rules)
+        findings = await self._run_steps(plan.steps, sample)
+        if not plan.gated:  # the usual case: one stage
+            return findings, []
         by_name = {f.detector: f for f in findings}
         to_run: list[DetectorRule] = []
-        for rule in gated:
+        for rule in plan.gated:
             gates = [(by_name[n], m) for n, m in rule.gates or () if n in by_name]
             # No gate ran here (none runs on this route): the detector runs, ungated.
             if not gates or any(_opens(g, m) for g, m in gates) or self._opens_itself(rule.detector, sample):
@@ -81,7 +82,7 @@ class Pipeline:
     ) -> list[Finding]:
         """Run gated ``rules``; what the first stage found goes along (a behavioural check
         tests those spans)."""
-        return await self._stage(rules, replace(sample, evidence=tuple(evidence)))
+        return await self._run_steps(self._steps(rules), replace(sample, evidence=tuple(evidence)))
 
     def skipped(self, detector: str, phase: Phase) -> Finding:
         """The finding of a gated detector that did not run, counted as skipped."""
@@ -126,39 +127,80 @@ class Pipeline:
             return replace(finding, spans=tuple(kept))
         return replace(finding, score=0.0, spans=(), reasons=("allowlisted",))
 
-    async def _stage(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
+    def _steps(self, rules: Iterable[DetectorRule]) -> tuple[_Step, ...]:
+        """Each rule with its detector when that detector can run inline (else ``None``)."""
+        out = []
+        for rule in rules:
+            detector = self._detectors.get(rule.detector)
+            out.append((rule, detector if isinstance(detector, InlineDetector) else None))
+        return tuple(out)
+
+    def _plan(self, rules: Sequence[DetectorRule]) -> _Plan:
+        """``rules`` resolved against the detectors: once per compiled rule tuple.
+
+        A route's rules are tuples built when the policy is compiled, so the same objects
+        come back on every request and their plan is kept (the plan holds the tuple, so
+        its id cannot be reused while it is cached). Other sequences are planned per call.
+        """
+        plan = self._plans.get(id(rules))
+        if plan is not None and plan.rules is rules:
+            return plan
+        plan = _Plan(
+            rules,
+            self._steps(r for r in rules if r.gates is None),
+            tuple(r for r in rules if r.gates is not None),
+        )
+        if type(rules) is tuple:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[id(rules)] = plan
+        return plan
+
+    async def _run_steps(self, steps: Sequence[_Step], sample: Sample) -> list[Finding]:
         """Inline detectors run at once, in order; the others run concurrently after them."""
         findings: list[Finding] = []
         pending: list[DetectorRule] = []
         chars = sample.chars
         small = chars <= self._inline_max_chars
         offload_from = self._offload_from
+        metrics = self._metrics
+        phase = sample.phase
+        perf_counter = time.perf_counter
         # The loop thread's CPU time: wall time alone also counts waits for the GIL while a
         # worker thread scores a long sample, which are no detector's doing.
         cpu_start = time.thread_time() if small else 0.0
-        for rule in rules:
-            detector = self._detectors.get(rule.detector)
+        for rule, detector in steps:
             # On the loop only while the detector is free: if a worker thread is scoring a
             # long sample with it, this one queues behind in a thread too (never the loop).
             # A concurrent_safe detector's lock is always free.
-            if (
-                small
-                and isinstance(detector, InlineDetector)
+            if not (
+                detector is not None
+                and small
                 and detector.ready
                 and (not offload_from or chars < offload_from.get(rule.detector, chars + 1))
                 and detector.inline_lock.acquire(blocking=False)
             ):
-                start = time.perf_counter()
-                try:
-                    found = self._inline(detector, rule.detector, sample, start)
-                finally:
-                    detector.inline_lock.release()
-                seconds = time.perf_counter() - start
-                if seconds > self._inline_budget and time.thread_time() - cpu_start > self._inline_budget:
-                    self._over_budget(rule.detector, chars, seconds)
-                findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
-            else:
                 pending.append(rule)
+                continue
+            name = rule.detector
+            start = perf_counter()
+            try:
+                results = detector.score_inline((sample,))
+            except Exception as exc:
+                found = self._raised(name, exc, sample, start)
+            else:
+                found = self._normalise(name, results, perf_counter() - start)
+                if found.status is FindingStatus.OK:  # _record, inline: the usual case
+                    if metrics is not None:
+                        metrics.observe_detector(name, phase, perf_counter() - start, found.score)
+                else:
+                    self._record(found, phase, start, error_kind=None if found.scored else "exception")
+            finally:
+                detector.inline_lock.release()
+            seconds = perf_counter() - start
+            if seconds > self._inline_budget and time.thread_time() - cpu_start > self._inline_budget:
+                self._over_budget(name, chars, seconds)
+            findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
         if len(pending) == 1:
             findings.append(self._allow(await self._one(pending[0], sample), pending[0], sample))
         elif pending:
@@ -212,14 +254,6 @@ class Pipeline:
             finding = Finding.failed(name, FindingStatus.ERROR, "CancelledError")
             self._record(finding, sample.phase, start, error_kind="exception")
             return finding
-        except Exception as exc:
-            return self._raised(name, exc, sample, start)
-        return self._finish(name, results, sample, start)
-
-    def _inline(self, detector: InlineDetector[Any], name: str, sample: Sample, start: float) -> Finding:
-        """Run a cheap synchronous detector without a task or timer (see InlineDetector)."""
-        try:
-            results = detector.score_inline((sample,))
         except Exception as exc:
             return self._raised(name, exc, sample, start)
         return self._finish(name, results, sample, start)
@@ -295,6 +329,24 @@ class Pipeline:
 def _opens(gate: Finding, min_score: float) -> bool:
     """A gate opens on a high enough score, and when it gave none (it failed: run anyway)."""
     return gate.status is not FindingStatus.OK or gate.score >= min_score
+
+
+#: Plans kept per pipeline; past this many (rule tuples built per call), the cache starts over.
+_MAX_PLANS = 256
+
+#: A rule and its detector when that one can run inline; ``None``: it runs as a task (or is
+#: not configured, which :meth:`Pipeline._one` reports).
+_Step = tuple[DetectorRule, InlineDetector[Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A rule sequence resolved for :meth:`Pipeline.first_stage`: the ungated rules' steps,
+    and the gated rules, in order."""
+
+    rules: Sequence[DetectorRule]
+    steps: tuple[_Step, ...]
+    gated: tuple[DetectorRule, ...]
 
 
 #: Samples this short always run inline: a thread hop costs more than they ever do.
