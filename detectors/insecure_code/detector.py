@@ -65,7 +65,13 @@ from detectors.base import (
     Span,
 )
 from detectors.insecure_code.engine import Hit, analyse_block
-from detectors.insecure_code.extract import Block, extract_blocks, may_contain_code, prose_release_point
+from detectors.insecure_code.extract import (
+    Block,
+    extract_blocks,
+    loose_code,
+    may_contain_code,
+    prose_release_point,
+)
 from detectors.insecure_code.langid import LANGUAGES, canonical_tag, identify
 from detectors.insecure_code.lines import open_group_start
 from detectors.insecure_code.rules import RulePack, load_rules
@@ -315,18 +321,28 @@ class InsecureCodeDetector(Detector[InsecureCodeParams]):
         evidence: list[_Evidence] = []
         context_lang = ""
         program: list[tuple[str, str]] = []  # (language, code) of the earlier non-inline blocks
+        prose_from = 0  # where the text after the last non-inline block begins
         for block in blocks:
             raw = text[block.start : block.end]
             code = _dedent(raw, block.indent) if block.indent else raw
             lang = identify(block.tag, code)
             if block.kind == "inline" and lang == "other" and context_lang:
                 lang = context_lang  # a one-liner in an answer about Python is most likely Python
-            earlier = () if block.kind == "inline" else tuple(c for ln, c in reversed(program) if ln == lang)
+            if block.kind == "inline":
+                earlier: tuple[str, ...] = ()
+            else:
+                # Nearest first: statements left unfenced just before the block, then the
+                # earlier blocks in its language.
+                loose = loose_code(text[prose_from : block.fence_start])
+                earlier = tuple(c for ln, c in reversed(program) if ln == lang)
+                if loose:
+                    earlier = (loose, *earlier)
             evidence.extend(self._block(index, text, block, streaming, state, raw, code, lang, earlier))
             if block.kind == "fenced" and not context_lang:
                 context_lang = canonical_tag(block.tag) or ""
             if block.kind != "inline":
                 program.append((lang, code))
+                prose_from = max(prose_from, block.outer_end if block.outer_end >= 0 else block.end)
         last_closed = max((b.outer_end for b in blocks if b.kind == "fenced" and b.closed), default=-1)
         if cached and last_closed > state.resume:
             state.blocks_before = [b for b in blocks if b.start < last_closed]

@@ -96,6 +96,33 @@ def looks_like_code_line(line: str) -> bool:
     return _CODE_LINE_RE.match(line) is not None
 
 
+#: Markdown's backslash escapes, which chat front ends put into code they did not fence.
+_MD_ESCAPE_RE = re.compile(r"\\([_*\[\]#`<>~|])")
+
+
+def loose_code(prose: str) -> str:
+    """The statements written outside any block in ``prose``, markdown escapes undone.
+
+    Answers often set variables in unfenced lines just before a fence
+    (``$id = intval($_POST['id']);``), and chat front ends escape such lines as
+    markdown (``$\\_POST``). A block that uses those names is read with these
+    lines as its context, as with an earlier block. Only whole lines that look like
+    code and end a statement with ``;`` are kept: prose that happens to contain
+    an ``=`` is left out, and so is anything quoted in backticks.
+    """
+    if ";" not in prose:
+        return ""
+    kept = []
+    for line in prose.splitlines():
+        stripped = line.strip()
+        if not stripped.endswith(";") or "`" in stripped:
+            continue
+        plain = _MD_ESCAPE_RE.sub(r"\1", stripped)
+        if looks_like_code_line(plain):
+            kept.append(plain)
+    return "\n".join(kept)
+
+
 def may_contain_code(text: str) -> bool:
     """The fast path: False when ``text`` certainly holds no code worth analysing.
 

@@ -269,3 +269,36 @@ _DJANGO_SAVE = (
 )
 def test_a_framework_guarantee_about_an_upload_name_is_known(code: str, fires: bool) -> None:
     assert ("PY-PATH-001" in _reasons(_answer(("python", code)))) is fires
+
+
+_PHP_QUERY = '```php\n$conn->query("SELECT count FROM ama WHERE ama_id = {$ama_id} FOR UPDATE");\n```\n'
+
+
+@pytest.mark.parametrize(
+    ("before", "fires"),
+    [
+        # the variable is set in unfenced lines just before the fence, as markdown escaped them
+        ("Required parameters\n$ama\\_id = intval($\\_POST['ama\\_id']);\n", False),
+        ("First read the id:\n$ama_id = (int) $_GET['ama_id'];\n", False),
+        # the unfenced line shows the source: still request data
+        ("First read the id:\n$ama_id = $_GET['ama_id'];\n", True),
+        # prose that mentions an assignment in backticks is not code
+        ("Set `$ama_id = intval($_POST['ama_id']);` first.\n", True),
+        # defined nowhere: may hold anything
+        ("Here is the query:\n", True),
+    ],
+)
+def test_statements_left_unfenced_before_a_block_are_its_context(before: str, fires: bool) -> None:
+    assert ("PHP-SQLI-002" in _reasons(before + _PHP_QUERY)) is fires
+
+
+def test_unfenced_statements_after_a_block_are_not_its_context() -> None:
+    after = "Then:\n$ama_id = intval($_POST['ama_id']);\n"
+    assert "PHP-SQLI-002" in _reasons("Here is the query:\n" + _PHP_QUERY + after)
+
+
+def test_a_stream_reads_the_unfenced_statements_as_the_whole_text_does() -> None:
+    text = "Required parameters\n$ama\\_id = intval($\\_POST['ama\\_id']);\n" + _PHP_QUERY
+    det = InsecureCodeDetector()
+    for cut in (*range(20, len(text), 17), len(text)):
+        assert "PHP-SQLI-002" not in _reasons(text[:cut], rid="s", source=STREAM, det=det), cut
