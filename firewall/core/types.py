@@ -1,8 +1,9 @@
 """Value types shared by the proxy, the pipeline, the policy and the detectors.
 
-Everything here is immutable (frozen, slotted dataclasses) because one request's
-sample and findings are read from several places (policy, metrics, audit log) and
-must never change under them. Detectors import these names through
+Everything here is immutable (slotted dataclasses that the type checker holds
+frozen, see :mod:`firewall.core.values`) because one request's sample and findings
+are read from several places (policy, metrics, audit log) and must never change
+under them. Detectors import these names through
 ``detectors.base``; third-party detectors should do the same.
 
 Evidence is always *positions and codes*, never text: a :class:`Span` names the
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
+
+from firewall.core.values import value_type
 
 __all__ = [
     "Action",
@@ -102,7 +105,7 @@ class BlockKind(enum.StrEnum):
     UNSCREENABLE = "unscreenable"
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Segment:
     """One piece of text to screen.
 
@@ -117,7 +120,7 @@ class Segment:
     source: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Resend:
     """A request in its own API, for a detector that asks the model again with a span taken out.
 
@@ -146,7 +149,7 @@ class Resend:
     safe: bool
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Sample:
     """Everything a detector sees about one request (or one response) to screen."""
 
@@ -170,7 +173,7 @@ class Sample:
         return sum(len(s.text) for s in self.segments)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Span:
     """Evidence: characters ``[start, end)`` of segment ``segment`` and why."""
 
@@ -199,7 +202,7 @@ class Span:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Finding:
     """One detector's result for one sample.
 
@@ -232,7 +235,7 @@ class Finding:
         return cls(detector=detector, score=0.0, status=status, error=error)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Verdict:
     """The policy's decision for one phase of one request.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,6 +26,7 @@ from firewall.core.types import (
     Segment,
     Verdict,
 )
+from firewall.core.values import value_type
 from firewall.protocols.json_checks import check_unambiguous
 from firewall.protocols.json_edit import remove_json_chars
 from firewall.screening.runtime import MatchedRoute, Runtime
@@ -78,7 +78,7 @@ async def screen(
     return await staged.prove()
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Staged:
     """A verdict in two steps: what the ungated detectors decided, and how to finish.
 
