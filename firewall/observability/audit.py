@@ -67,10 +67,12 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
     for f in verdict.findings:
         status = f.status
         name = f.detector
+        score = f.score
         entry = {
             "name": name,
             "status": status,  # StrEnum members: orjson writes their values
-            "score": round(f.score, 4) if status in _SCORED else None,
+            # round() goes through a decimal conversion; most scores are a plain 0.0
+            "score": (round(score, 4) if score else score) if status in _SCORED else None,
             "threshold": thresholds.get(name),
             "fired": name in fired,
             "reasons": f.reasons,

@@ -523,6 +523,10 @@ class Metrics:
     def count_finding(self, detector: str, phase: str, outcome: str) -> None:
         self.detector_findings.inc((detector, phase, outcome))
 
+    def count_findings(self, labelled: Iterable[tuple[str, str, str]]) -> None:
+        """:meth:`count_finding` for each ``(detector, phase, outcome)``, in one call."""
+        self.detector_findings.inc_each(labelled)
+
     def count_detector_error(self, detector: str, kind: str) -> None:
         self.detector_errors.inc((detector, kind))
 

@@ -92,18 +92,19 @@ def record_verdict(metrics: Metrics, verdict: Verdict) -> None:
     # StrEnum members serve as label values directly (they are str; ``.value`` is slow).
     phase = verdict.phase
     metrics.count_verdict(phase, verdict.effective_action, verdict.mode, verdict.reason)
+    fired = verdict.fired
+    counted: list[tuple[str, str, str]] = []
     for finding in verdict.findings:
-        if finding.detector in verdict.fired:
-            outcome = "fired"
-        elif finding.status is FindingStatus.OK:
-            outcome = "not_fired"
-        elif finding.status is FindingStatus.PARTIAL:
-            outcome = "partial"
-        elif finding.status is FindingStatus.SKIPPED:
-            continue
-        else:
-            outcome = "error"
-        metrics.count_finding(finding.detector, phase, outcome)
+        status = finding.status
+        if finding.detector in fired:
+            counted.append((finding.detector, phase, "fired"))
+        elif status is FindingStatus.OK:
+            counted.append((finding.detector, phase, "not_fired"))
+        elif status is FindingStatus.PARTIAL:
+            counted.append((finding.detector, phase, "partial"))
+        elif status is not FindingStatus.SKIPPED:
+            counted.append((finding.detector, phase, "error"))
+    metrics.count_findings(counted)
     for name in verdict.fail_open:
         metrics.count_fail_open(name, phase)
 

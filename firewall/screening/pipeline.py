@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from detectors.base import Detector, InlineDetector
 from firewall.core.types import Finding, FindingStatus, Phase, Sample
@@ -128,11 +128,15 @@ class Pipeline:
         return replace(finding, score=0.0, spans=(), reasons=("allowlisted",))
 
     def _steps(self, rules: Iterable[DetectorRule]) -> tuple[_Step, ...]:
-        """Each rule with its detector when that detector can run inline (else ``None``)."""
-        out = []
+        """Each rule with its detector when that detector can run inline (else ``None``), and
+        the detector's lock (``None`` for a ``concurrent_safe`` one: there is nothing to take)."""
+        out: list[_Step] = []
         for rule in rules:
             detector = self._detectors.get(rule.detector)
-            out.append((rule, detector if isinstance(detector, InlineDetector) else None))
+            if isinstance(detector, InlineDetector):
+                out.append((rule, detector, None if detector.concurrent_safe else detector.inline_lock))
+            else:
+                out.append((rule, None, None))
         return tuple(out)
 
     def _plan(self, rules: Sequence[DetectorRule]) -> _Plan:
@@ -169,7 +173,7 @@ class Pipeline:
         # The loop thread's CPU time: wall time alone also counts waits for the GIL while a
         # worker thread scores a long sample, which are no detector's doing.
         cpu_start = time.thread_time() if small else 0.0
-        for rule, detector in steps:
+        for rule, detector, lock in steps:
             # On the loop only while the detector is free: if a worker thread is scoring a
             # long sample with it, this one queues behind in a thread too (never the loop).
             # A concurrent_safe detector's lock is always free.
@@ -178,7 +182,7 @@ class Pipeline:
                 and small
                 and detector.ready
                 and (not offload_from or chars < offload_from.get(rule.detector, chars + 1))
-                and detector.inline_lock.acquire(blocking=False)
+                and (lock is None or lock.acquire(blocking=False))
             ):
                 pending.append(rule)
                 continue
@@ -196,7 +200,8 @@ class Pipeline:
                 else:
                     self._record(found, phase, start, error_kind=None if found.scored else "exception")
             finally:
-                detector.inline_lock.release()
+                if lock is not None:
+                    lock.release()
             seconds = perf_counter() - start
             if seconds > self._inline_budget and time.thread_time() - cpu_start > self._inline_budget:
                 self._over_budget(name, chars, seconds)
@@ -334,9 +339,18 @@ def _opens(gate: Finding, min_score: float) -> bool:
 #: Plans kept per pipeline; past this many (rule tuples built per call), the cache starts over.
 _MAX_PLANS = 256
 
-#: A rule and its detector when that one can run inline; ``None``: it runs as a task (or is
-#: not configured, which :meth:`Pipeline._one` reports).
-_Step = tuple[DetectorRule, InlineDetector[Any] | None]
+
+class _Lock(Protocol):
+    """What the pipeline does with a detector's ``inline_lock``."""
+
+    def acquire(self, blocking: bool = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+#: A rule, its detector when that one can run inline (``None``: it runs as a task, or is not
+#: configured, which :meth:`Pipeline._one` reports), and the lock its inline calls take.
+_Step = tuple[DetectorRule, InlineDetector[Any] | None, _Lock | None]
 
 
 @dataclass(frozen=True, slots=True)
