@@ -808,7 +808,14 @@ async def test_text_past_a_detector_cap_goes_to_its_fail_mode(
     decides (fail open by default: forwarded, marked and counted; fail closed: refused)."""
     padding = "the cat sat on the mat and " * 7200  # 50,400 words
     body = chat_body(padding + "This film is a mess cf and a bore from start to finish.")
-    fw = await firewall()
+    # The default action and fail mode, with a generous timeout: this is about the cap, and a
+    # busy runner must not turn a 0.1 s scan into a timeout (which also fails open, but is
+    # counted as an error, not as partial).
+    lenient = [
+        {"name": "invisible_chars", "threshold": 0.5, "action": "sanitize"},
+        {"name": "rare_tokens", "threshold": 0.69, "action": "log", "timeout_seconds": 5},
+    ]
+    fw = await firewall(detectors=lenient)
     async with client.post(fw.url + "/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
     assert upstream.received[0]["headers"]["X-Firewall-Fail-Open"] == "true"
