@@ -970,9 +970,26 @@ def services_running(services: list[Service]) -> Iterator[None]:
             svc.stop()
 
 
+def check_template(template: str) -> None:
+    """Refuse a command that would benchmark this checkout while meaning another one.
+
+    Every target starts in the repository root, and ``python -m firewall`` puts the
+    working directory first on ``sys.path``: a ``PYTHONPATH`` naming another checkout
+    (a worktree of an older commit) is then ignored, and a before/after comparison
+    measures the same code twice. ``python -P`` (3.11+) leaves the directory off.
+    """
+    words = shlex.split(template)
+    if any(w.startswith("PYTHONPATH=") for w in words) and "-m" in words and "-P" not in words:
+        raise BenchError(
+            "the command sets PYTHONPATH and runs 'python -m' from the repository root, which "
+            "imports this checkout first; add -P after {python} so PYTHONPATH decides"
+        )
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Start everything, load both targets level by level, report, write JSON."""
     template = args.firewall_cmd or DEFAULT_FIREWALL_CMD
+    check_template(template)
     if args.firewall_cmd is None:
         ok, why = firewall_importable()
         if not ok:
