@@ -39,14 +39,12 @@ the helpers of ``bench_proxy.py``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -147,43 +145,26 @@ def count_target(
         f"--callgrind-out-file={out}",
         *argv,
     ]
-    log_path = workdir / f"{name}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            valgrind,
-            cwd=bp.REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+    service = bp.Service(name, valgrind, workdir / f"{name}.log", env=env)
+    service.start()
+    try:
+        ready = (
+            bp.http_ok(f"http://{bp.HOST}:{admin_port}/readyz")
+            if "{admin_port}" in template
+            else bp.tcp_accepts(port)
         )
-        service = bp.Service(name, valgrind, log_path, proc=proc)
-        try:
-            ready = (
-                bp.http_ok(f"http://{bp.HOST}:{admin_port}/readyz")
-                if "{admin_port}" in template
-                else bp.tcp_accepts(port)
-            )
-            bp.wait_until("readiness", ready, service, startup_timeout)
-            conn = http.client.HTTPConnection(bp.HOST, port, timeout=120)
-            for _ in range(warmup):
-                _post(conn, body)
-            _control("-i", "on", str(proc.pid))
-            for _ in range(requests):
-                _post(conn, body)
-            _control("-i", "off", str(proc.pid))
-            _control("-d", str(proc.pid))
-            conn.close()
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        bp.wait_until("readiness", ready, service, startup_timeout)
+        conn = http.client.HTTPConnection(bp.HOST, port, timeout=120)
+        for _ in range(warmup):
+            _post(conn, body)
+        _control("-i", "on", str(service.pid))
+        for _ in range(requests):
+            _post(conn, body)
+        _control("-i", "off", str(service.pid))
+        _control("-d", str(service.pid))
+        conn.close()
+    finally:
+        service.stop(grace_s=60)  # valgrind writes its last dump on the way out
     total = 0
     for dump in workdir.glob(f"{out.name}*"):
         for line in dump.read_text(errors="replace").splitlines():

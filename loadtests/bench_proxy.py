@@ -187,11 +187,13 @@ class Service:
     cpus: frozenset[int] | None = None
     proc: subprocess.Popen[bytes] | None = None
     _log: TextIO | None = None
+    #: The environment to start in (default: this process's).
+    env: dict[str, str] | None = None
 
     def start(self) -> None:
         """Launch with output to a log file (a pipe nobody drains could stall the server)."""
         self._log = self.log_path.open("w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             self.argv,
             cwd=REPO_ROOT,
