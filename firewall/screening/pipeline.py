@@ -167,8 +167,6 @@ class Pipeline:
         chars = sample.chars
         small = chars <= self._inline_max_chars
         offload_from = self._offload_from
-        metrics = self._metrics
-        phase = sample.phase
         perf_counter = time.perf_counter
         # The loop thread's CPU time: wall time alone also counts waits for the GIL while a
         # worker thread scores a long sample, which are no detector's doing.
@@ -193,12 +191,7 @@ class Pipeline:
             except Exception as exc:
                 found = self._raised(name, exc, sample, start)
             else:
-                found = self._normalise(name, results, perf_counter() - start)
-                if found.status is FindingStatus.OK:  # _record, inline: the usual case
-                    if metrics is not None:
-                        metrics.observe_detector(name, phase, perf_counter() - start, found.score)
-                else:
-                    self._record(found, phase, start, error_kind=None if found.scored else "exception")
+                found = self._finish(name, results, sample, start)
             finally:
                 if lock is not None:
                     lock.release()
@@ -273,9 +266,13 @@ class Pipeline:
         return finding
 
     def _finish(self, name: str, results: object, sample: Sample, start: float) -> Finding:
+        """A detector's result, checked and recorded; every detector call ends here."""
         finding = self._normalise(name, results, time.perf_counter() - start)
-        error_kind = None if finding.scored else "exception"
-        self._record(finding, sample.phase, start, error_kind=error_kind)
+        if finding.status is FindingStatus.OK:  # the usual case: one observation, nothing to count
+            if self._metrics is not None:
+                self._metrics.observe_detector(name, sample.phase, time.perf_counter() - start, finding.score)
+            return finding
+        self._record(finding, sample.phase, start, error_kind=None if finding.scored else "exception")
         return finding
 
     @staticmethod
