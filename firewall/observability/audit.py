@@ -28,7 +28,7 @@ from typing import IO, Any
 import orjson
 
 from firewall.config.schema import AuditConfig
-from firewall.core.types import Action, FindingStatus, Segment, Verdict
+from firewall.core.types import Segment, Verdict
 from firewall.observability.metrics import Metrics
 
 __all__ = ["AuditLog", "fingerprint"]
@@ -65,14 +65,13 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
     fired, thresholds = verdict.fired, verdict.thresholds
     detectors: list[dict[str, Any]] = []
     for f in verdict.findings:
-        status = f.status
         name = f.detector
         score = f.score
         entry = {
             "name": name,
-            "status": status,  # StrEnum members: orjson writes their values
+            "status": f.status,  # StrEnum members: orjson writes their values
             # round() goes through a decimal conversion; most scores are a plain 0.0
-            "score": (round(score, 4) if score else score) if status in _SCORED else None,
+            "score": (round(score, 4) if score else score) if f.scored else None,
             "threshold": thresholds.get(name),
             "fired": name in fired,
             "reasons": f.reasons,
@@ -86,15 +85,11 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
         "mode": verdict.mode,
         "action": verdict.action,
         "effective_action": verdict.effective_action,
-        "would_block": verdict.action is Action.BLOCK,
+        "would_block": verdict.would_block,
         "reason_code": verdict.reason,
         "fail_open": verdict.fail_open,
         "detectors": detectors,
     }
-
-
-#: The statuses whose score means something (:attr:`Finding.scored`).
-_SCORED = frozenset({FindingStatus.OK, FindingStatus.PARTIAL})
 
 
 class AuditLog:
