@@ -130,11 +130,11 @@ def count_target(
     """Start ``template`` under callgrind, warm it up, and count ``requests`` requests."""
     port, admin_port = bp.free_ports(2)
     fields = {
-        "python": sys.executable,
+        "python": shlex.quote(sys.executable),
         "port": str(port),
         "admin_port": str(admin_port),
         "upstream": upstream,
-        "config": str(config),
+        "config": shlex.quote(str(config)),
     }
     argv, env = _argv_and_env(template, fields)
     out = workdir / f"{name}.callgrind"
