@@ -483,8 +483,8 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                     if truncated is None and text:
                         truncated = (index, 0, len(text))
                     continue
-                digest = self._clean.digest(f"{seg.role}\0{text}")
-                left = self._clean.get((digest, budget))
+                key = (seg.role, self._clean.digest(text), budget)
+                left = self._clean.get(key)
                 if left is not None:
                     budget = left
                     continue
@@ -494,7 +494,7 @@ class ContextTagsDetector(InlineDetector[ContextTagsParams]):
                 if stopped is not None:
                     truncated = truncated or (index, stopped, len(text))
                 elif len(hits) == found:
-                    self._clean.put((digest, budget), after)
+                    self._clean.put(key, after)
                 budget = after
             return self._finding(hits, truncated, time.perf_counter() - t0)
         except Exception as exc:  # the contract: never raise, report an error finding

@@ -123,6 +123,7 @@ from detectors.recurring_shared import PERSON, LocalUnit, RemoteSighting, Shared
 from detectors.sentence_units import SENTENCE_END, mask_code, prose_lines, strip_span
 from detectors.shared_store import SharedMemoryParams, connect
 from firewall.core.files import FileSignature, file_signature
+from firewall.core.text_keys import text_key
 
 __all__ = [
     "BASELINE_FORMAT",
@@ -147,7 +148,6 @@ _BASELINE_VERSION = 1
 _DIGEST = 8  # bytes of the keyed BLAKE2b: 64 bits, no collision worth naming at 10^5-10^7 entries
 _UNIT = b"u\0"  # domain prefixes: a unit's hash and a word pair's hash never meet by accident
 _PAIR = b"p\0"
-_SEGMENT = b"s\0"
 #: Segments whose analysis is kept (keyed by a hash of the text, never the text). Chat clients
 #: resend the system prompt and the whole history on every turn: only the new turn is new.
 _SEGMENT_CACHE_ENTRIES = 2048
@@ -534,6 +534,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
             self._key, self._hash = key, _Hasher(key)
             self._probation.clear()
             self._protected.clear()
+            self._segments.clear()  # analyses hashed under the old key, filed by text key
+            self._samples.clear()
         p = self.params
         self._shared = SharedSightings(
             self.name,
@@ -589,8 +591,8 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         """Split, normalise and hash one segment's text, or take the analysis of an identical one.
 
         Whether word pairs count (few enough units) comes back with the units. The cache is
-        keyed by ``digest``, a keyed hash of the text, and holds only offsets and hashes,
-        never text.
+        keyed by ``digest``, the text's ``firewall.core.text_keys.text_key``, and holds only
+        offsets and hashes, never text.
         """
         cached = self._segments.get(digest)
         if cached is not None:
@@ -641,7 +643,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
                 cut.append((index, budget, len(text)))
             text = text[:budget]
             budget -= len(text)
-            read.append((index, text, self._hash(_SEGMENT, text)))
+            read.append((index, text, text_key(text)))
         return read
 
     def _units(self, segments: Sequence[Segment]) -> list[_Unit]:
