@@ -12,6 +12,8 @@ requests gives the same count within about 0.5%.
 
     .venv/bin/python -m loadtests.bench_instructions                      # minimal vs defaults
     .venv/bin/python -m loadtests.bench_instructions --config loadtests/bench-config.yaml
+    .venv/bin/python -m loadtests.bench_instructions --keep /tmp/cg   # then: callgrind_annotate \
+        --inclusive=yes /tmp/cg/firewall.callgrind*                    # where the instructions go
     git worktree add /tmp/before HEAD~3          # then count a second build side by side:
     .venv/bin/python -m loadtests.bench_instructions --also "PYTHONPATH=/tmp/before {python} -P \
         -m firewall serve --config {config} --upstream {upstream} --host 127.0.0.1 --port {port} \
@@ -138,6 +140,8 @@ def count_target(
     }
     argv, env = _argv_and_env(template, fields)
     out = workdir / f"{name}.callgrind"
+    for stale in workdir.glob(f"{out.name}*"):  # a kept folder's earlier run would be summed in
+        stale.unlink()
     valgrind = [
         "valgrind",
         "--tool=callgrind",
@@ -192,6 +196,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--output", type=Path, help="JSON path (default: loadtests/results/)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the callgrind dumps and logs in DIR (read them with callgrind_annotate)",
+    )
     return parser.parse_args(argv)
 
 
@@ -205,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = bp.request_body(stream=False)
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         workdir = Path(tmp)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            workdir = args.keep
         config = measuring_config(args.config, workdir)
         if config != args.config:
             print(f"config: {args.config} with server.inline_budget_ms = {_MAX_INLINE_BUDGET_MS}")
