@@ -114,10 +114,37 @@ def canonical_tag(tag: str) -> str | None:
     return _TAGS.get(tag.lower().strip())
 
 
+# A YAML document line: a ``key:`` (with or without a value) or a ``- item``.
+_YAML_LINE: Final = re.compile(r"""\s*(?:-(?:\s.*)?|[\w.$"'/-]+\s*:(?:\s.*)?)""")
+_YAML_KEY: Final = re.compile(r"""\s*[\w.$"'/-]+\s*:(?:\s.*)?""")
+
+
+def _is_yaml(code: str) -> bool:
+    """Every code line is a ``key:`` or a ``- item`` (comments and blanks aside).
+
+    An untagged CI pipeline, compose file or manifest is data: its ``stages:`` and
+    ``script:`` lines read like Python block openers, and then the Python rules judged a
+    ``- eval $(ssh-agent -s)`` list item. Python code has statements besides its block
+    openers (``else:``, ``try:``), so it never has only these.
+    """
+    lines = [
+        line
+        for line in code[:_SAMPLE_CHARS].splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return (
+        len(lines) >= 3
+        and all(_YAML_LINE.fullmatch(line) for line in lines)
+        and sum(1 for line in lines if _YAML_KEY.fullmatch(line)) >= 2
+    )
+
+
 def guess_language(code: str) -> str:
-    """Best guess from content; ``"other"`` when no language scores."""
+    """Best guess from content; ``"other"`` when no language scores, or the block is YAML."""
     best, score = _best(_scores(code))
-    return best if score >= 2 else "other"
+    if score < 2 or _is_yaml(code):
+        return "other"
+    return best
 
 
 def _scores(code: str) -> dict[str, float]:

@@ -352,6 +352,15 @@ def test_prose_fast_path() -> None:
         ("", "#!/bin/bash\nset -e\necho hi\n", "bash"),
         ("", "SELECT id FROM users WHERE id = 1;\n", "sql"),
         ("", "hello there", "other"),
+        # An untagged CI pipeline is data: its "script:" lines are not Python block openers.
+        (
+            "",
+            "image: debian:latest\n\nstages:\n  - deploy\n\ndeploy:\n  stage: deploy\n  script:\n"
+            "    - apt-get install -y openssh-client\n    - eval $(ssh-agent -s)\n",
+            "other",
+        ),
+        # Python made of block openers and statements is still Python.
+        ("", "try:\n    import yaml\nexcept ImportError:\n    yaml = None\nelse:\n    pass\n", "python"),
     ],
 )
 def test_language_identification(tag: str, code: str, expected: str) -> None:
