@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from firewall.core.types import Action, FindingStatus, Verdict
-from firewall.observability.audit import verdict_record
+from firewall.observability.audit import microseconds, verdict_record
 from firewall.observability.metrics import Metrics
 from firewall.proxy.state import ServerState
 from firewall.screening.runtime import Runtime
@@ -157,9 +157,9 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
         "mode": ex.mode,
         "action": ex.action,
         "config_hash": ex.runtime.config_hash,
-        "firewall_overhead_seconds": round(sum(ex.overhead.values()), 6),
-        "upstream_seconds": round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None,
-        "total_seconds": round(time.perf_counter() - ex.start, 6),
+        "firewall_overhead_seconds": microseconds(sum(ex.overhead.values())),
+        "upstream_seconds": microseconds(ex.upstream_seconds) if ex.upstream_seconds is not None else None,
+        "total_seconds": microseconds(time.perf_counter() - ex.start),
     }
     if ex.input_verdict is not None:
         event["input"] = verdict_record(ex.input_verdict)

@@ -47,6 +47,7 @@ class Pipeline:
         #: inline_max_chars, lowered by each call that held the loop past the budget.
         self._offload_from: dict[str, int] = {}
         self._plans: dict[int, _Plan] = {}
+        self._skipped: dict[str, Finding] = {}
 
     async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
@@ -87,7 +88,13 @@ class Pipeline:
     def skipped(self, detector: str, phase: Phase) -> Finding:
         """The finding of a gated detector that did not run, counted as skipped."""
         self._record_skip(detector, phase)
-        return Finding(detector=detector, score=0.0, status=FindingStatus.SKIPPED)
+        # A value type, the same for every request: built once per detector, not per request.
+        finding = self._skipped.get(detector)
+        if finding is None:
+            finding = Finding(detector=detector, score=0.0, status=FindingStatus.SKIPPED)
+            if detector in self._detectors:  # bounded by the configured detectors
+                self._skipped[detector] = finding
+        return finding
 
     def _opens_itself(self, name: str, sample: Sample) -> bool:
         """A shut gate's detector may still ask to run (it knows this sample); never raises."""

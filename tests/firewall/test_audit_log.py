@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import orjson
 import pytest
 
 from firewall.config.schema import AuditConfig
-from firewall.observability.audit import AuditLog
+from firewall.observability.audit import AuditLog, microseconds
 from firewall.observability.metrics import Metrics
 
 pytestmark = pytest.mark.asyncio
@@ -49,3 +50,13 @@ async def test_a_full_buffer_drops_and_counts_instead_of_blocking(tmp_path: Path
     kept = len(path.read_bytes().splitlines())
     assert dropped > 0
     assert kept + dropped == 100
+
+
+async def test_durations_are_written_to_the_microsecond_as_round_would() -> None:
+    rng = random.Random(7)
+    for _ in range(20_000):
+        seconds = rng.random() * rng.choice((1e-5, 1e-3, 1.0, 120.0))
+        assert microseconds(seconds) == round(seconds, 6)
+    assert microseconds(0.0) == 0.0
+    assert microseconds(0.0000004) == 0.0
+    assert microseconds(0.0000005) == 0.000001
