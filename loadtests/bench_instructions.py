@@ -96,8 +96,14 @@ def measuring_config(config: Path, workdir: Path) -> Path:
 
 
 def _argv_and_env(template: str, fields: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """The command line a template names, with leading ``NAME=value`` words as environment."""
+    """The command line a template names, with leading ``NAME=value`` words as environment.
+
+    A leading ``env`` (as ``bench_proxy.py`` templates are often written) is dropped too:
+    valgrind would otherwise run ``env`` itself and not count the Python it starts.
+    """
     words = shlex.split(template.format(**fields))
+    if words[:1] == ["env"]:
+        words.pop(0)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     while words and _ENV_TOKEN.match(words[0]):
         name, _, value = words.pop(0).partition("=")

@@ -62,3 +62,13 @@ def test_the_measured_config_raises_only_the_inline_budget(tmp_path: Path) -> No
     config.write_text("server:\n  port: 1\n")
     with pytest.raises(bench_proxy.BenchError, match="inline_budget_ms"):
         bench_instructions.measuring_config(config, tmp_path)
+
+
+@pytest.mark.parametrize("prefix", ["", "env "])
+def test_leading_environment_words_become_the_counted_process_environment(prefix: str) -> None:
+    """valgrind must start the Python itself: with ``env`` first it would count ``env``."""
+    argv, env = bench_instructions._argv_and_env(
+        prefix + "PYTHONPATH=/work/before {python} -P -m firewall serve", {"python": "/usr/bin/python3"}
+    )
+    assert argv == ["/usr/bin/python3", "-P", "-m", "firewall", "serve"]
+    assert env["PYTHONPATH"] == "/work/before"
