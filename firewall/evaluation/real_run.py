@@ -30,8 +30,9 @@ from typing import Any
 
 from firewall.config.schema import FirewallConfig, config_hash
 from firewall.core.types import Action, Mode, Phase, Segment, Verdict
+from firewall.evaluation.clustered import ClusteredRate, clustered_rate
 from firewall.evaluation.code_labels import LABELS_PATH, LabelReport, label_precision, load_labels
-from firewall.evaluation.real_traffic import Turn, code_answers, human_turns, load_conversations
+from firewall.evaluation.real_traffic import Turn, base_id, code_answers, human_turns, load_conversations
 from firewall.evaluation.triggers import TriggerFamily
 from firewall.offline.scanning import Scanner
 from firewall.screening.policy import DetectorRule, removable
@@ -88,6 +89,10 @@ class RealTrafficReport:
     families: list[RateRow] = field(default_factory=list)
     #: Output phase: precision on the hand-labelled findings of the development split.
     labelled: LabelReport | None = None
+    #: The whole config's flag and block rates on clean traffic, by conversation
+    #: (:mod:`firewall.evaluation.clustered`): texts of one conversation are not independent.
+    flagged_by_conversation: ClusteredRate | None = None
+    blocked_by_conversation: ClusteredRate | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,7 +106,18 @@ class RealTrafficReport:
             "detectors": [d.to_json() for d in self.detectors],
             "families": [f.to_json() for f in self.families],
             "labelled": self.labelled.to_json() if self.labelled is not None else None,
+            "flagged_by_conversation": _json_or_none(self.flagged_by_conversation),
+            "blocked_by_conversation": _json_or_none(self.blocked_by_conversation),
         }
+
+
+def _json_or_none(rate: ClusteredRate | None) -> dict[str, Any] | None:
+    return rate.to_json() if rate is not None else None
+
+
+def conversation_of(text_id: str) -> str:
+    """The conversation a text id (``<conversation part>/<turn>``) belongs to, parts joined."""
+    return base_id(text_id.rsplit("/", 1)[0])
 
 
 def _tally(row: RateRow, verdict: Verdict) -> None:
@@ -188,9 +204,17 @@ async def run_real_traffic_async(
         policy = RateRow("policy")
         per_detector = {r.detector: RateRow(r.detector) for r in rules}
         by_name = {r.detector: r for r in rules}
-        for verdict in await _scan_all(scanner, texts, phase, concurrency, progress):
+        flagged: list[tuple[str, bool]] = []
+        blocked: list[tuple[str, bool]] = []
+        for text, verdict in zip(
+            texts, await _scan_all(scanner, texts, phase, concurrency, progress), strict=True
+        ):
+            before = policy.flagged, policy.blocked
             _tally(policy, verdict)
             _tally_detectors(per_detector, by_name, verdict, enforce)
+            conversation = conversation_of(text.id)
+            flagged.append((conversation, policy.flagged > before[0]))
+            blocked.append((conversation, policy.blocked > before[1]))
         family_rows: list[RateRow] = []
         if phase is Phase.INPUT:
             for family in families:
@@ -220,6 +244,8 @@ async def run_real_traffic_async(
             detectors=list(per_detector.values()),
             families=family_rows,
             labelled=labelled,
+            flagged_by_conversation=clustered_rate(flagged, seed=seed),
+            blocked_by_conversation=clustered_rate(blocked, seed=seed),
         )
 
 
@@ -251,6 +277,17 @@ def format_real_traffic(report: RealTrafficReport) -> str:
         _row("policy (whole config)", report.policy),
         *(_row(f"  {row.name}", row) for row in report.detectors),
     ]
+    for label, clustered in (
+        ("flagged", report.flagged_by_conversation),
+        ("blocked", report.blocked_by_conversation),
+    ):
+        if clustered is not None:
+            lines.append(
+                f"  {label} {clustered.rate:.2%} (95% interval {clustered.low:.2%}-{clustered.high:.2%}, "
+                f"resampling conversations): {clustered.hits} text{'' if clustered.hits == 1 else 's'} "
+                f"in {clustered.conversations_hit} "
+                f"of {clustered.conversations} conversations ({clustered.conversation_rate:.2%})"
+            )
     if report.families:
         lines += ["", _head("planted in the same turns"), *(_row(f"  {r.name}", r) for r in report.families)]
     if report.labelled is not None:

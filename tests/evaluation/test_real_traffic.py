@@ -153,6 +153,11 @@ async def test_a_run_reports_block_and_flag_rates_and_planted_families(tmp_path:
     assert "policy (whole config)" in text
     assert "10.00%" in text
     assert report.to_json()["policy"]["blocked"] == 1
+    # Each turn is its own conversation here: one blocked turn is one conversation of ten.
+    by_conversation = report.to_json()["blocked_by_conversation"]
+    assert (by_conversation["hits"], by_conversation["conversations_hit"]) == (1, 1)
+    assert by_conversation["conversations"] == 10
+    assert "resampling conversations" in text
 
 
 @pytest.mark.asyncio
