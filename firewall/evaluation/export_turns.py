@@ -31,18 +31,12 @@ from firewall.evaluation.data import DataUnavailableError
 from firewall.evaluation.real_traffic import (
     MIN_CONVERSATIONS,
     SPLITS,
-    base_id,
+    conversation_of,
     human_turns,
     load_conversations,
 )
 
-__all__ = ["export_turns", "main", "source_of"]
-
-
-def source_of(turn_id: str) -> str:
-    """The conversation a turn id (``<conversation id>/<turn index>``) belongs to, with the
-    dump's ``_<n>`` part suffix dropped: ``"OSYsAOr_33/7"`` is ``"OSYsAOr"``."""
-    return base_id(turn_id.rsplit("/", 1)[0])
+__all__ = ["export_turns", "main"]
 
 
 def export_turns(
@@ -61,7 +55,7 @@ def export_turns(
     turns = human_turns(conversations, limit, seed)
     with output.open("w", encoding="utf-8") as out:
         for turn in turns:
-            record = {"id": turn.id, "source": source_of(turn.id), "text": turn.text}
+            record = {"id": turn.id, "source": conversation_of(turn.id), "text": turn.text}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(turns)
 

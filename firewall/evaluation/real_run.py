@@ -32,7 +32,13 @@ from firewall.config.schema import FirewallConfig, config_hash
 from firewall.core.types import Action, Mode, Phase, Segment, Verdict
 from firewall.evaluation.clustered import ClusteredRate, clustered_rate
 from firewall.evaluation.code_labels import LABELS_PATH, LabelReport, label_precision, load_labels
-from firewall.evaluation.real_traffic import Turn, base_id, code_answers, human_turns, load_conversations
+from firewall.evaluation.real_traffic import (
+    Turn,
+    code_answers,
+    conversation_of,
+    human_turns,
+    load_conversations,
+)
 from firewall.evaluation.triggers import TriggerFamily
 from firewall.offline.scanning import Scanner
 from firewall.screening.policy import DetectorRule, removable
@@ -113,11 +119,6 @@ class RealTrafficReport:
 
 def _json_or_none(rate: ClusteredRate | None) -> dict[str, Any] | None:
     return rate.to_json() if rate is not None else None
-
-
-def conversation_of(text_id: str) -> str:
-    """The conversation a text id (``<conversation part>/<turn>``) belongs to, parts joined."""
-    return base_id(text_id.rsplit("/", 1)[0])
 
 
 def _tally(row: RateRow, verdict: Verdict) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "Turn",
     "base_id",
     "code_answers",
+    "conversation_of",
     "human_turns",
     "load_conversations",
     "sharegpt_json",
@@ -158,6 +159,12 @@ def base_id(part_id: str) -> str:
     """The conversation a part belongs to: its id without the dump's ``_N`` part suffix."""
     head, sep, tail = part_id.rpartition("_")
     return head if sep and tail.isdigit() else part_id
+
+
+def conversation_of(turn_id: str) -> str:
+    """The conversation a turn id (``<conversation id>/<turn index>``) belongs to, with the
+    dump's ``_<n>`` part suffix dropped: ``"OSYsAOr_33/7"`` is ``"OSYsAOr"``."""
+    return base_id(turn_id.rsplit("/", 1)[0])
 
 
 def human_turns(conversations: list[Conversation], limit: int | None = None, seed: int = 0) -> list[Turn]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from firewall.evaluation.clustered import clustered_rate
-from firewall.evaluation.real_run import conversation_of
+from firewall.evaluation.real_traffic import conversation_of
 
 
 def test_one_conversation_with_many_hits_is_one_event() -> None:

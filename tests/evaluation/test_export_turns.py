@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from firewall.evaluation.export_turns import export_turns, main, source_of
-from firewall.evaluation.real_traffic import split_of
+from firewall.evaluation.export_turns import export_turns, main
+from firewall.evaluation.real_traffic import conversation_of, split_of
 from tests.evaluation.test_real_traffic import conversation, ids_with_first_digit, write_cut_file
 
 
 def test_the_source_is_the_conversation_without_its_part_suffix() -> None:
-    assert source_of("OSYsAOr_33/7") == "OSYsAOr"
-    assert source_of("OSYsAOr/7") == "OSYsAOr"
-    assert source_of("a_b_12/0") == "a_b"
-    assert source_of("x_y/3") == "x_y"
+    assert conversation_of("OSYsAOr_33/7") == "OSYsAOr"
+    assert conversation_of("OSYsAOr/7") == "OSYsAOr"
+    assert conversation_of("a_b_12/0") == "a_b"
+    assert conversation_of("x_y/3") == "x_y"
 
 
 def test_only_the_named_split_is_written_with_each_conversation_as_source(tmp_path: Path) -> None:
