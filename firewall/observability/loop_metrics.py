@@ -98,6 +98,15 @@ class LoopHistogram:
         if labels not in self.series:
             self.series[labels] = [0.0] * (len(self.bounds) + 2)
 
+    def counts(self, labels: Labels) -> list[float]:
+        """The live counts of one series (created at zero): a caller that observes the same
+        series on every request keeps the list and adds to it as :meth:`observe` does,
+        without a call or a dict lookup per observation."""
+        counts = self.series.get(labels)
+        if counts is None:
+            counts = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+        return counts
+
     def collect(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         names = [_go_float(b) for b in self.bounds] + ["+Inf"]

@@ -13,6 +13,7 @@ on every call, which matters at thousands of requests a second on two cores.
 from __future__ import annotations
 
 import platform
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, TypeVar, cast
@@ -24,7 +25,7 @@ from prometheus_client.registry import Collector
 from firewall import __version__
 from firewall.observability.loop_metrics import LoopCollector, LoopCounter, LoopGauge, LoopHistogram
 
-__all__ = ["METRICS", "PREFIX", "Metrics"]
+__all__ = ["METRICS", "PREFIX", "DetectorSeries", "Metrics"]
 
 _M = TypeVar("_M", Counter, Histogram, Gauge)
 
@@ -82,6 +83,37 @@ STREAM_OUTCOMES: Final = (
 
 #: ``(detector, entries, evictions)`` for each detector that keeps state across requests.
 StateSource = Callable[[], Iterable[tuple[str, int, int]]]
+
+
+class DetectorSeries:
+    """One detector's duration and score histograms for one phase, held by the pipeline.
+
+    Every screened request observes both for each detector that ran; resolving the two
+    series once and adding to their counts here costs one call per detector instead of
+    three calls and two label lookups. Event loop thread only, like the families.
+    """
+
+    __slots__ = ("_duration", "_duration_bounds", "_score", "_score_bounds")
+
+    def __init__(
+        self,
+        duration_bounds: list[float],
+        duration: list[float],
+        score_bounds: list[float],
+        score: list[float],
+    ) -> None:
+        self._duration_bounds = duration_bounds
+        self._duration = duration
+        self._score_bounds = score_bounds
+        self._score = score
+
+    def observe(self, seconds: float, score: float) -> None:
+        duration = self._duration
+        duration[bisect_left(self._duration_bounds, seconds)] += 1.0
+        duration[-1] += seconds
+        scores = self._score
+        scores[bisect_left(self._score_bounds, score)] += 1.0
+        scores[-1] += score
 
 
 class DetectorStateCollector(Collector):
@@ -519,6 +551,15 @@ class Metrics:
         self.detector_duration.observe((detector, phase), seconds)
         if score is not None:
             self.detector_score.observe((detector, phase), score)
+
+    def detector_series(self, detector: str, phase: str) -> DetectorSeries:
+        """One detector's duration and score series for a phase, for :class:`DetectorSeries`."""
+        return DetectorSeries(
+            self.detector_duration.bounds,
+            self.detector_duration.counts((detector, phase)),
+            self.detector_score.bounds,
+            self.detector_score.counts((detector, phase)),
+        )
 
     def count_finding(self, detector: str, phase: str, outcome: str) -> None:
         self.detector_findings.inc((detector, phase, outcome))

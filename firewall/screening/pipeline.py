@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from detectors.base import Detector, InlineDetector
 from firewall.core.types import Finding, FindingStatus, Phase, Sample
-from firewall.observability.metrics import Metrics
+from firewall.observability.metrics import DetectorSeries, Metrics
 from firewall.screening.policy import DetectorRule
 
 __all__ = ["Pipeline"]
@@ -48,6 +48,9 @@ class Pipeline:
         self._offload_from: dict[str, int] = {}
         self._plans: dict[int, _Plan] = {}
         self._skipped: dict[str, Finding] = {}
+        #: Per phase and detector, its metric series, resolved on first use (bounded by the
+        #: configured detectors: only those reach the inline loop).
+        self._series: dict[Phase, dict[str, DetectorSeries]] = {Phase.INPUT: {}, Phase.OUTPUT: {}}
 
     async def run(self, rules: Sequence[DetectorRule], sample: Sample) -> list[Finding]:
         """Score ``sample`` with every rule's detector; one finding per rule that ran."""
@@ -178,6 +181,7 @@ class Pipeline:
         # The loop thread's CPU time: wall time alone also counts waits for the GIL while a
         # worker thread scores a long sample, which are no detector's doing.
         cpu_start = time.thread_time() if small else 0.0
+        series = self._series[sample.phase] if self._metrics is not None else None
         for rule, detector, lock in steps:
             # On the loop only while the detector is free: if a worker thread is scoring a
             # long sample with it, this one queues behind in a thread too (never the loop).
@@ -193,16 +197,24 @@ class Pipeline:
                 continue
             name = rule.detector
             start = perf_counter()
+            clean: Finding | None = None
             try:
                 results = detector.score_inline((sample,))
             except Exception as exc:
                 found = self._raised(name, exc, sample, start)
             else:
-                found = self._finish(name, results, sample, start)
+                clean = _well_formed(name, results)
+                found = clean if clean is not None else self._finish(name, results, sample, start)
             finally:
                 if lock is not None:
                     lock.release()
             seconds = perf_counter() - start
+            if clean is not None and series is not None:
+                # What _finish records, inline for the usual case: one call per detector.
+                observer = series.get(name)
+                if observer is None:
+                    observer = series[name] = self._metrics.detector_series(name, sample.phase)  # type: ignore[union-attr]
+                observer.observe(seconds, found.score)
             if seconds > self._inline_budget and time.thread_time() - cpu_start > self._inline_budget:
                 self._over_budget(name, chars, seconds)
             findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
@@ -285,19 +297,9 @@ class Pipeline:
     @staticmethod
     def _normalise(name: str, results: object, seconds: float) -> Finding:
         """Check the detector kept its contract; a broken result is an error finding."""
-        if type(results) is list and len(results) == 1:
-            found = results[0]
-            # The usual case first, in one test: a well-formed finding is returned as it is,
-            # without rebuilding a frozen dataclass (NaN fails the range comparison).
-            if (
-                type(found) is Finding
-                and found.status is FindingStatus.OK
-                and type(found.score) is float
-                and 0.0 <= found.score <= 1.0
-                and found.detector == name
-                and found.duration_seconds > 0.0
-            ):
-                return found
+        found = _well_formed(name, results)
+        if found is not None:
+            return found
         if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], Finding):
             return Finding.failed(name, FindingStatus.ERROR, "detector returned a malformed result")
         found = results[0]
@@ -333,6 +335,25 @@ class Pipeline:
     def _record_skip(self, detector: str, phase: Phase) -> None:
         if self._metrics is not None:
             self._metrics.count_finding(detector, phase.value, "skipped_by_gate")
+
+
+def _well_formed(name: str, results: object) -> Finding | None:
+    """The one finding of a detector call that kept its contract and scored cleanly (status
+    ok, a float score in [0, 1], its own name, a duration), as it is; ``None`` for anything
+    else, which :meth:`Pipeline._finish` checks and records the long way. One test for the
+    usual case, without rebuilding a frozen dataclass (NaN fails the range comparison)."""
+    if type(results) is list and len(results) == 1:
+        found = results[0]
+        if (
+            type(found) is Finding
+            and found.status is FindingStatus.OK
+            and type(found.score) is float
+            and 0.0 <= found.score <= 1.0
+            and found.detector == name
+            and found.duration_seconds > 0.0
+        ):
+            return found
+    return None
 
 
 def _opens(gate: Finding, min_score: float) -> bool:
