@@ -471,6 +471,10 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         #: Set by start() when ``params.shared`` names a store and the detector runs in a server.
         self._shared: SharedSightings | None = None
         self._roles = frozenset(self.params.roles)
+        # Read for every sentence of every request: plain attributes, not pydantic fields (a
+        # model's attribute reads go through its __getattr__ hook, several times slower).
+        self._ttl = float(self.params.ttl_seconds)
+        self._fire_after = int(self.params.fire_after)
         self._probation: OrderedDict[int, _Entry] = OrderedDict()
         self._protected: OrderedDict[int, _Entry] = OrderedDict()
         self._max_protected = int(self.params.max_entries * self.params.protected_share)
@@ -726,13 +730,14 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         hits: list[tuple[float, int, _Unit]] = []
         shared = self._shared
         fresh: list[LocalUnit] = []
+        fire_after = self._fire_after
         for same, has_context in prepared.candidates:
             u = same[0]
             n, fixed, counted = self._observe(u.key, u, counts, sketch, has_context, now)
             if counted and shared is not None:
                 fresh.append((u.key, u.left, u.right, u.elements))
-            if n >= p.fire_after and not (fixed and p.exempt_fixed_position):
-                score = min(1.0, 0.5 + 0.5 * (n - p.fire_after) / p.fire_after)
+            if n >= fire_after and not (fixed and p.exempt_fixed_position):
+                score = min(1.0, 0.5 + 0.5 * (n - fire_after) / fire_after)
                 hits.extend((score, n, x) for x in same)
         if fresh and shared is not None:
             shared.record(now, sketch, tuple(fresh))  # a queue append: the store is the task's
@@ -797,7 +802,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         if entry is None:
             table = self._protected
             entry = table.get(key)
-        if entry is not None and now - entry.last_seen > p.ttl_seconds:
+        if entry is not None and now - entry.last_seen > self._ttl:
             del table[key]
             entry = None  # expired: a sighting after the TTL starts over
         if entry is None:
@@ -851,7 +856,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
         if entry is None:
             table = self._protected
             entry = table.get(key)
-        if entry is not None and now - entry.last_seen > self.params.ttl_seconds:
+        if entry is not None and now - entry.last_seen > self._ttl:
             del table[key]
             entry = None
         return table, entry
@@ -934,7 +939,7 @@ class RecurringSentencesDetector(InlineDetector[RecurringSentencesParams]):
 
     def _expire(self, now: float, limit: int = 32) -> None:
         """Drop up to ``limit`` expired entries from the old end of each segment (bounded work)."""
-        ttl = self.params.ttl_seconds
+        ttl = self._ttl
         for table in (self._probation, self._protected):
             for _ in range(limit):
                 if not table:

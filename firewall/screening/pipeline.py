@@ -337,6 +337,11 @@ class Pipeline:
             self._metrics.count_finding(detector, phase.value, "skipped_by_gate")
 
 
+# Members read on every request, bound once: on Python 3.11 ``Enum.MEMBER`` goes through
+# EnumType's __getattr__ hook, about ten times the cost of reading a module global.
+_OK = FindingStatus.OK
+
+
 def _well_formed(name: str, results: object) -> Finding | None:
     """The one finding of a detector call that kept its contract and scored cleanly (status
     ok, a float score in [0, 1], its own name, a duration), as it is; ``None`` for anything
@@ -346,7 +351,7 @@ def _well_formed(name: str, results: object) -> Finding | None:
         found = results[0]
         if (
             type(found) is Finding
-            and found.status is FindingStatus.OK
+            and found.status is _OK
             and type(found.score) is float
             and 0.0 <= found.score <= 1.0
             and found.detector == name
@@ -358,7 +363,7 @@ def _well_formed(name: str, results: object) -> Finding | None:
 
 def _opens(gate: Finding, min_score: float) -> bool:
     """A gate opens on a high enough score, and when it gave none (it failed: run anyway)."""
-    return gate.status is not FindingStatus.OK or gate.score >= min_score
+    return gate.status is not _OK or gate.score >= min_score
 
 
 #: Plans kept per pipeline; past this many (rule tuples built per call), the cache starts over.

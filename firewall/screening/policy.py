@@ -38,6 +38,12 @@ _UNDECIDED = frozenset({FindingStatus.ERROR, FindingStatus.TIMEOUT, FindingStatu
 
 _RANK = {Action.ALLOW: 0, Action.LOG: 1, Action.SANITIZE: 2, Action.BLOCK: 3}
 
+# Members read on every request, bound once: on Python 3.11 ``Enum.MEMBER`` goes through
+# EnumType's __getattr__ hook, about ten times the cost of reading a module global.
+_OK, _PARTIAL = FindingStatus.OK, FindingStatus.PARTIAL
+_ALLOW, _LOG, _SANITIZE, _BLOCK = Action.ALLOW, Action.LOG, Action.SANITIZE, Action.BLOCK
+_OFF, _ENFORCE, _INPUT = Mode.OFF, Mode.ENFORCE, Phase.INPUT
+
 
 @dataclass(frozen=True, slots=True)
 class DetectorRule:
@@ -86,17 +92,17 @@ class RoutePolicy:
         object.__setattr__(self, "_thresholds", thresholds)
 
     def rules(self, phase: Phase) -> tuple[DetectorRule, ...]:
-        if self.mode is Mode.OFF:
+        if self.mode is _OFF:
             return ()
-        return self.input_rules if phase is Phase.INPUT else self.output_rules
+        return self.input_rules if phase is _INPUT else self.output_rules
 
     def screens(self, phase: Phase) -> bool:
         return bool(self.rules(phase))
 
     def evaluate(self, phase: Phase, findings: Sequence[Finding]) -> Verdict:
         """Apply thresholds, fail modes and the route's mode to one phase's findings."""
-        rules = self._index[phase] if self.mode is not Mode.OFF else {}
-        action = Action.ALLOW
+        rules = self._index[phase] if self.mode is not _OFF else {}
+        action = _ALLOW
         reason = "pass"
         block_kind: BlockKind | None = None
         fired: list[str] = []
@@ -108,36 +114,32 @@ class RoutePolicy:
                 continue
             status = finding.status
             over = finding.score >= rule.threshold
-            if status is FindingStatus.OK or (status is FindingStatus.PARTIAL and over):
-                if over and rule.action is not Action.ALLOW:
+            if status is _OK or (status is _PARTIAL and over):
+                if over and rule.action is not _ALLOW:
                     fired.append(finding.detector)
                     wanted = rule.action
-                    if wanted is Action.SANITIZE:
+                    if wanted is _SANITIZE:
                         if removable(phase, finding, rule.threshold):
                             remedy += finding.remedy
                         else:
-                            wanted = Action.BLOCK
+                            wanted = _BLOCK
                     if _RANK[wanted] > _RANK[action]:
                         action = wanted
                         reason = f"{phase.value}.{finding.detector}.threshold"
-                        block_kind = BlockKind.POLICY if action is Action.BLOCK else None
+                        block_kind = BlockKind.POLICY if action is _BLOCK else None
             elif status in _UNDECIDED:
                 if rule.fail_closed:
-                    if action is not Action.BLOCK:
-                        action = Action.BLOCK
+                    if action is not _BLOCK:
+                        action = _BLOCK
                         reason = f"{phase.value}.{finding.detector}.fail_closed"
-                        block_kind = (
-                            BlockKind.UNSCREENABLE
-                            if status is FindingStatus.PARTIAL
-                            else BlockKind.FAIL_CLOSED
-                        )
+                        block_kind = BlockKind.UNSCREENABLE if status is _PARTIAL else BlockKind.FAIL_CLOSED
                 else:
                     fail_open.append(finding.detector)
-        if action is Action.ALLOW and fail_open:
+        if action is _ALLOW and fail_open:
             reason = f"{phase.value}.{fail_open[0]}.fail_open"
         effective = action
-        if self.mode is not Mode.ENFORCE and action in _CHANGES:
-            effective = Action.LOG
+        if self.mode is not _ENFORCE and action in _CHANGES:
+            effective = _LOG
         return Verdict(
             phase=phase,
             mode=self.mode,
@@ -149,7 +151,7 @@ class RoutePolicy:
             fail_open=tuple(fail_open),
             block_kind=block_kind,
             thresholds=self._thresholds[phase] if rules else {},
-            remedy="".join(sorted(set(remedy))) if action is Action.SANITIZE else "",
+            remedy="".join(sorted(set(remedy))) if action is _SANITIZE else "",
         )
 
 
