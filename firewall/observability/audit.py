@@ -121,6 +121,12 @@ class AuditLog:
     def __init__(self, config: AuditConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        # Read for every request: plain attributes (a pydantic field read goes through
+        # BaseModel's __getattr__ hook). A log's config never changes while it runs: the
+        # audit section is one a reload cannot change (it needs a restart).
+        self.enabled = config.enabled
+        self.log_allowed = config.log_allowed
+        self._max_buffer = config.max_buffer_bytes
         salt = os.environ.get(config.hash_salt_env) if config.hash_salt_env else None
         self.salt = salt.encode() if salt else None
         self._buf = bytearray()
@@ -137,10 +143,6 @@ class AuditLog:
         self._early_flush = min(self.EARLY_FLUSH_BYTES, config.max_buffer_bytes // 2)
         self._ts_second = -1
         self._ts_prefix = ""
-
-    @property
-    def enabled(self) -> bool:
-        return self.config.enabled
 
     def _open(self) -> IO[bytes]:
         dest = self.config.destination
@@ -192,7 +194,7 @@ class AuditLog:
             log.error("audit event not serialisable: %s", exc)
             self._dropped()
             return
-        if len(self._buf) + len(line) > self.config.max_buffer_bytes:
+        if len(self._buf) + len(line) > self._max_buffer:
             self._dropped()
             return
         self._buf += line

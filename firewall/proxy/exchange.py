@@ -149,7 +149,7 @@ def write_audit(state: ServerState, ex: Exchange) -> None:
     audit = state.audit
     if not audit.enabled:
         return
-    if not audit.config.log_allowed and ex.action is Outcome.ALLOW and not ex.identity_changes:
+    if not audit.log_allowed and ex.action is _ALLOWED and not ex.identity_changes:
         return  # an allowed request is logged anyway when the model behind the endpoint changed
     config = ex.runtime.config  # the request's own snapshot, even if a reload happened since
     event: dict[str, Any] = {

@@ -60,6 +60,10 @@ from firewall.screening.screen import screen_sanitized, screen_staged, screened_
 
 __all__ = ["handle"]
 
+# Members read on every request, bound once: on Python 3.11 ``Enum.MEMBER`` goes through
+# EnumType's __getattr__ hook, about ten times the cost of reading a module global.
+_OFF, _INPUT, _OUTPUT, _REJECTED = Mode.OFF, Phase.INPUT, Phase.OUTPUT, Outcome.REJECTED
+
 
 async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResponse:
     """Entry point for every request on the proxy port."""
@@ -75,7 +79,7 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
         metrics.count_rejected("unmatched", exc.reason, config.mode)
         return firewall_error_response(exc, reply_id)
     matched = runtime.routes.match(request.method, request.path)
-    route = matched.config.name if matched else "unmatched"
+    route = matched.name if matched else "unmatched"
     # StrEnum members are str: no ``.value`` lookups (a Python-level descriptor) on the hot path.
     mode: str = matched.policy.mode if matched else config.mode
     if state.inflight >= config.server.max_concurrency:
@@ -113,7 +117,7 @@ async def handle(request: web.BaseRequest, state: ServerState) -> web.StreamResp
     finally:
         runtime.users.leave()
         state.leave()
-        if ex.action is not Outcome.REJECTED:
+        if ex.action is not _REJECTED:
             metrics.count_request(route, ex.action, ex.mode)
         metrics.observe_request(route, time.perf_counter() - ex.start)
         if ex.screened:
@@ -221,7 +225,7 @@ async def _screened(
 ) -> web.StreamResponse:
     config = runtime.config
     policy = matched.policy
-    if policy.mode is Mode.OFF:
+    if policy.mode is _OFF:
         return await _passthrough(request, state, runtime, ex)  # nothing to screen: relay untouched
     ex.screened = True
     try:
@@ -239,7 +243,7 @@ async def _screened(
         _reject(state, ex, exc.reason)
         return firewall_error_response(exc, ex.reply_id, adapter=matched.adapter)
     ex.model = matched.adapter.model(body)
-    allowed = matched.config.allowed_models
+    allowed = matched.allowed_models
     if allowed is not None and ex.model not in allowed:
         ex.screened = False
         refused = ModelNotAllowed("The requested model is not allowed on this route.")
@@ -250,14 +254,14 @@ async def _screened(
         matched = resolved
         policy = matched.policy
         ex.mode = policy.mode
-        if policy.mode is Mode.OFF:
+        if policy.mode is _OFF:
             ex.screened = False
             return await _forward_unscreened(request, state, runtime, ex, raw)
     segments = screened_segments(matched, segments)
     staged = await screen_staged(
         runtime,
         matched,
-        Phase.INPUT,
+        _INPUT,
         segments,
         model=ex.model,
         request_id=ex.request_id,
@@ -298,7 +302,7 @@ async def _screened(
             runtime,
             ex,
             raw,
-            screen=matched if policy.screens(Phase.OUTPUT) else None,
+            screen=matched if policy.screens(_OUTPUT) else None,
             extra_headers=extra,
         )
     except FirewallError as exc:

@@ -65,6 +65,8 @@ _STREAM_FAILED = {
 }
 #: Content types of line-delimited JSON streams (Ollama's native API).
 _NDJSON_TYPES = frozenset(("application/x-ndjson", "application/jsonl", "application/ndjson"))
+# Read on every screened answer, bound once (``Enum.MEMBER`` is slow on Python 3.11).
+_OUTPUT = Phase.OUTPUT
 SSE, NDJSON = "sse", "ndjson"
 
 
@@ -121,18 +123,18 @@ async def send(
     session = state.session
     if session is None:
         raise UpstreamConnectError("The upstream session is not open.")
-    config = runtime.config
+    upstream_config = runtime.config.upstream
     headers = request_headers(
         request.headers,
         request_id=ex.request_id,
         client_ip=request.remote,
         client_request_id=ex.client_request_id,
-        request_id_header=config.upstream.request_id_header,
+        request_id_header=upstream_config.request_id_header,
         extra=extra_headers,
         identity_encoding=screen is not None,
-        authorization=bearer_token(config.upstream) or state.upstream_auth,
+        authorization=bearer_token(upstream_config) or state.upstream_auth,
     )
-    upstream = config.upstream.name
+    upstream = upstream_config.name
     t0 = time.perf_counter()
     try:
         resp = await session.request(
@@ -315,9 +317,7 @@ async def _screen(
     runtime: Runtime, matched: MatchedRoute, ex: Exchange, segments: Sequence[Segment]
 ) -> Verdict:
     """The output verdict; with no text to screen, the policy's verdict on no findings."""
-    return await screen_or_pass(
-        runtime, matched, Phase.OUTPUT, segments, model=ex.model, request_id=ex.request_id
-    )
+    return await screen_or_pass(runtime, matched, _OUTPUT, segments, model=ex.model, request_id=ex.request_id)
 
 
 async def _relay_body_screened(
@@ -348,8 +348,9 @@ async def _relay_body_screened(
         if body is None:
             verdict = unscreenable(matched, Phase.OUTPUT, "response not readable as JSON")
         else:
-            if resp.status < 300 and config.upstream.watch_identity:
-                _note_identity(state, ex, identity_fields(body, config.upstream.watch_identity))
+            watched = config.upstream.watch_identity
+            if resp.status < 300 and watched:
+                _note_identity(state, ex, identity_fields(body, watched))
             segments = matched.adapter.output_segments(body)
             if ex.texts is not None:
                 ex.texts["output"] = [s.text for s in segments]

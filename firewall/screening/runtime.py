@@ -46,6 +46,19 @@ class MatchedRoute:
     adapter: ProtocolAdapter
     policy: RoutePolicy
     models: Mapping[str, MatchedRoute] = field(default_factory=dict, compare=False, repr=False)
+    # The config fields every request reads, copied out once: a pydantic model's field read
+    # goes through BaseModel's __getattr__ hook, many times the cost of a slot.
+    name: str = field(init=False, compare=False, repr=False)
+    methods: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    roles: tuple[str, ...] | None = field(init=False, compare=False, repr=False)
+    allowed_models: tuple[str, ...] | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        object.__setattr__(self, "name", config.name)
+        object.__setattr__(self, "methods", config.methods)
+        object.__setattr__(self, "roles", config.roles)
+        object.__setattr__(self, "allowed_models", config.allowed_models)
 
     def for_model(self, model: str | None) -> MatchedRoute:
         """This route as it applies to requests for ``model`` (itself when no override names it)."""
@@ -83,10 +96,10 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> MatchedRoute | None:
         for matched in self._exact.get(path.rstrip("/") or "/", ()):
-            if method in matched.config.methods:
+            if method in matched.methods:
                 return matched
         for pattern, matched in self._templated:
-            if method in matched.config.methods and pattern.match(path):
+            if method in matched.methods and pattern.match(path):
                 return matched
         return None
 

@@ -47,7 +47,7 @@ __all__ = [
 
 def screened_segments(route: MatchedRoute, segments: list[Segment]) -> list[Segment]:
     """The request segments a route screens: all of them, or those of its configured roles."""
-    roles = route.config.roles
+    roles = route.roles
     if roles is None:
         return segments
     return [s for s in segments if s.role in roles]
@@ -123,7 +123,7 @@ async def screen_staged(
             adapter.probe_path(path), body, adapter.probe_body, adapter.probe_text, adapter.probe_safe
         )
     sample = Sample(
-        request_id, phase, route.config.name, tuple(segments), model, reprompt=adapter.reprompt, resend=resend
+        request_id, phase, route.name, tuple(segments), model, reprompt=adapter.reprompt, resend=resend
     )
     pipeline = runtime.pipeline
     findings, gated = await pipeline.first_stage(rules, sample)
