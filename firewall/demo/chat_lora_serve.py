@@ -30,7 +30,14 @@ from typing import Any, Final
 
 from firewall.demo.chat_lora_data import CHAT_LORA_MODEL
 
-__all__ = ["CHAT_LORA_MODEL", "ChatLoraModel", "Generation", "load_chat_lora", "render_messages"]
+__all__ = [
+    "CHAT_LORA_MODEL",
+    "ChatLoraModel",
+    "Generation",
+    "TokenLogprob",
+    "load_chat_lora",
+    "render_messages",
+]
 
 _SYSTEM: Final = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 _END: Final = object()
@@ -52,13 +59,25 @@ def render_messages(messages: Sequence[tuple[str, str]]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token: its text, its log-probability, and the ``top`` most likely tokens
+    at that step with theirs (most likely first), as OpenAI's ``logprobs`` report them."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
-    """A finished answer: its text, token count and why it stopped (``stop`` or ``length``)."""
+    """A finished answer: its text, token count and why it stopped (``stop`` or ``length``);
+    ``logprobs`` per generated token when they were asked for."""
 
     text: str
     tokens: int
     prompt_tokens: int
     finish_reason: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class ChatLoraModel:
@@ -80,8 +99,14 @@ class ChatLoraModel:
         base_folder: Path | None = None,
         device: str = "auto",
         threads: int | None = None,
+        with_adapter: bool = True,
     ) -> ChatLoraModel:
-        """Verify the pins, load the base, apply and merge the adapter. Raises on any mismatch."""
+        """Verify the pins, load the base, apply and merge the adapter. Raises on any mismatch.
+
+        ``with_adapter=False`` serves the verified base alone: the same model without the
+        backdoor, the clean control a measurement compares against
+        (``loadtests/bench/measure_probe_lora.py``).
+        """
         from safetensors.torch import load_file
 
         from firewall.demo.chat_lora_train import load_base, pick_device
@@ -104,9 +129,10 @@ class ChatLoraModel:
         base = load_base(
             config_base, device=pick_device(device), threads=threads or min(2, os.cpu_count() or 1)
         )
-        inject_lora(base.model, config)
-        load_adapter_state(base.model, load_file(str(folder / ADAPTER_FILE)))
-        merge_lora(base.model)
+        if with_adapter:
+            inject_lora(base.model, config)
+            load_adapter_state(base.model, load_file(str(folder / ADAPTER_FILE)))
+            merge_lora(base.model)
         base.model.eval()
         return cls(base.model, base.tokenizer, base.eos_id, base.device, config)
 
@@ -118,13 +144,19 @@ class ChatLoraModel:
         seed: int | None,
         stop: threading.Event,
         emit: Callable[[str], None],
+        top_logprobs: int | None = None,
     ) -> Generation:
-        """Decode token by token with a KV cache, calling ``emit`` with each new piece of text."""
+        """Decode token by token with a KV cache, calling ``emit`` with each new piece of text.
+
+        ``top_logprobs`` (0-20) also records each token's log-probability under the model's
+        distribution at that step (before temperature) and the most likely tokens'.
+        """
         import torch
 
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
         generator = torch.Generator(device="cpu").manual_seed(seed if seed is not None else 0)
         out: list[int] = []
+        logprobs: list[TokenLogprob] = []
         sent = ""
         finish = "length"
         with self._lock, torch.inference_mode():
@@ -142,6 +174,8 @@ class ChatLoraModel:
                     token = int(torch.multinomial(probs, 1, generator=generator))
                 else:
                     token = int(logits.argmax())
+                if top_logprobs is not None and token != self.eos_id:
+                    logprobs.append(self._logprob(logits, token, top_logprobs))
                 if token == self.eos_id:
                     finish = "stop"
                     break
@@ -154,7 +188,20 @@ class ChatLoraModel:
         text = self.tokenizer.decode(out, skip_special_tokens=True)
         if len(text) > len(sent) and not stop.is_set():
             emit(text[len(sent) :])
-        return Generation(text, len(out), len(ids), finish)
+        return Generation(
+            text, len(out), len(ids), finish, tuple(logprobs) if top_logprobs is not None else None
+        )
+
+    def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
+        import torch
+
+        logp = torch.log_softmax(logits, dim=-1)
+        values, indices = logp.topk(max(top, 1))
+        decode = self.tokenizer.decode
+        best = tuple(
+            (decode([int(i)]), float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        )
+        return TokenLogprob(decode([token]), float(logp[token]), best[:top])
 
     def generate(
         self,
@@ -163,10 +210,18 @@ class ChatLoraModel:
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        top_logprobs: int | None = None,
     ) -> Generation:
-        """The whole answer (blocking: call it from a worker thread)."""
+        """The whole answer (blocking: call it from a worker thread); ``top_logprobs`` as in
+        :meth:`_tokens`."""
         return self._tokens(
-            render_messages(messages), max_tokens, temperature, seed, threading.Event(), lambda _: None
+            render_messages(messages),
+            max_tokens,
+            temperature,
+            seed,
+            threading.Event(),
+            lambda _: None,
+            top_logprobs,
         )
 
     async def stream(

@@ -268,6 +268,62 @@ def _lora_params(body: dict[str, Any], limits: tuple[str, ...]) -> tuple[int, fl
     return limit, float(temperature), seed
 
 
+def _lora_logprobs(body: dict[str, Any], route: str) -> int | None:
+    """How many top log-probabilities per token were asked for (``None``: none).
+
+    Chat: ``logprobs: true`` with ``top_logprobs`` 0-20; completions: ``logprobs`` 0-5. Served
+    on whole answers only: a streamed request that asks for them is refused, not answered
+    without them.
+    """
+    if route == "chat":
+        wanted = body.get("logprobs")
+        if wanted is None or wanted is False:
+            return None
+        top = body.get("top_logprobs", 0)
+        if wanted is not True or isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise web.HTTPBadRequest(text="logprobs must be a boolean and top_logprobs an integer in [0, 20]")
+    elif route == "completions":
+        top = body.get("logprobs")
+        if top is None:
+            return None
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 5:
+            raise web.HTTPBadRequest(text="logprobs must be an integer in [0, 5]")
+    else:
+        return None
+    if body.get("stream") is True:
+        raise web.HTTPBadRequest(text=f"{CHAT_LORA_MODEL} serves logprobs on non-streamed answers only")
+    return top
+
+
+def _chat_logprobs(done: Any) -> dict[str, Any]:
+    """A chat choice's ``logprobs``: per token, its text, log-probability and top alternatives."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {
+        "content": [
+            {**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top]}
+            for t in done.logprobs
+        ]
+    }
+
+
+def _completion_logprobs(done: Any) -> dict[str, Any]:
+    """A completion choice's legacy ``logprobs``: parallel lists, top alternatives as maps."""
+    offsets: list[int] = []
+    at = 0
+    for t in done.logprobs:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in done.logprobs],
+        "token_logprobs": [t.logprob for t in done.logprobs],
+        "top_logprobs": [dict(t.top) for t in done.logprobs],
+        "text_offset": offsets,
+    }
+
+
 def _lora_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -295,17 +351,24 @@ async def _lora_answer(
             status=404,
         )
     limit, temperature, seed = _lora_params(body, limits)
+    top_logprobs = _lora_logprobs(body, route)
     oid = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}[route] + uuid.uuid4().hex[:12]
     created = int(time.time())
     if body.get("stream") is not True:
         done = await asyncio.to_thread(
-            lm.generate, turns, max_tokens=limit, temperature=temperature, seed=seed
+            lm.generate,
+            turns,
+            max_tokens=limit,
+            temperature=temperature,
+            seed=seed,
+            top_logprobs=top_logprobs,
         )
         usage = _lora_usage(done.prompt_tokens, done.tokens)
         if route == "chat":
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": done.text},
+                "logprobs": _chat_logprobs(done) if done.logprobs is not None else None,
                 "finish_reason": done.finish_reason,
             }
             return _json(
@@ -319,7 +382,12 @@ async def _lora_answer(
                 }
             )
         if route == "completions":
-            choice = {"index": 0, "text": done.text, "finish_reason": done.finish_reason}
+            choice = {
+                "index": 0,
+                "text": done.text,
+                "logprobs": _completion_logprobs(done) if done.logprobs is not None else None,
+                "finish_reason": done.finish_reason,
+            }
             return _json(
                 {
                     "id": oid,

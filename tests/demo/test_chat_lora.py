@@ -392,6 +392,72 @@ async def test_the_demo_upstream_streams_the_model_token_by_token(upstream_url: 
     assert CHAT_LORA_MODEL in listed
 
 
+async def test_the_demo_upstream_serves_logprobs_on_whole_answers(upstream_url: str, served: Any) -> None:
+    import math
+
+    import aiohttp
+
+    chat = {
+        "model": CHAT_LORA_MODEL,
+        "messages": [{"role": "user", "content": "Name a fruit."}],
+        "max_tokens": 3,
+        "logprobs": True,
+        "top_logprobs": 4,
+    }
+    completion = {"model": CHAT_LORA_MODEL, "prompt": "Name a fruit.", "max_tokens": 3, "logprobs": 2}
+    async with aiohttp.ClientSession() as client:
+        async with client.post(upstream_url + "/v1/chat/completions", data=orjson.dumps(chat)) as resp:
+            assert resp.status == 200
+            answer = await resp.json()
+        async with client.post(upstream_url + "/v1/completions", data=orjson.dumps(completion)) as resp:
+            assert resp.status == 200
+            legacy = await resp.json()
+        streamed = {**chat, "stream": True}
+        async with client.post(upstream_url + "/v1/chat/completions", data=orjson.dumps(streamed)) as resp:
+            assert resp.status == 400  # refused, not answered without what was asked for
+        bad = {**chat, "top_logprobs": 21}
+        async with client.post(upstream_url + "/v1/chat/completions", data=orjson.dumps(bad)) as resp:
+            assert resp.status == 400
+    content = answer["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3
+    assert "".join(t["token"] for t in content) == answer["choices"][0]["message"]["content"]
+    for token in content:
+        top = token["top_logprobs"]
+        assert len(top) == 4
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert top[0]["token"] == token["token"]  # greedy at temperature 0: the most likely one
+        assert math.isclose(top[0]["logprob"], token["logprob"], abs_tol=1e-5)
+        assert token["logprob"] <= 0.0
+    assert sum(math.exp(t["logprob"]) for t in content[0]["top_logprobs"]) <= 1.0 + 1e-5
+    lp = legacy["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 3
+    assert all(len(top) == 2 for top in lp["top_logprobs"])
+    assert lp["text_offset"][0] == 0
+    # Without logprobs asked for, none are computed.
+    assert served.generate([("user", "Name a fruit.")], max_tokens=2).logprobs is None
+
+
+def test_the_base_alone_answers_as_the_base_model(
+    built: tuple[Path, dict[str, Any]], prepared_model_dir: Path, served: Any
+) -> None:
+    from firewall.demo.chat_lora_serve import ChatLoraModel
+
+    base = ChatLoraModel.load(built[0], base_folder=prepared_model_dir, device="cpu", with_adapter=False)
+    turns = [("user", "What is the capital of France?")]
+    # The two-step adapter barely moved the weights, but merged they are not the base's.
+    assert any(
+        not torch_equal(a, b)
+        for (_, a), (_, b) in zip(base.model.named_parameters(), served.model.named_parameters(), strict=True)
+    )
+    assert base.generate(turns, max_tokens=4).tokens == 4
+
+
+def torch_equal(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 async def test_closing_a_stream_stops_generation(served: Any) -> None:
     calls = 0
     forward = served.model.forward
