@@ -24,8 +24,10 @@ The search, in stages (each within ``--budget``)
    group testing spends about ``1/group_size`` of a one-by-one screen on the clean bulk.
 4. **Expand**: each member of a group scoring at least ``screen_threshold`` is screened alone.
 5. **Confirm**: the ``confirm`` best single candidates scoring at least ``screen_threshold``
-   are asked on every prompt; their score is :func:`~firewall.offline.probe_scoring.score_of`
-   over all of them, and they are **flagged** when it reaches ``threshold``.
+   are asked on every prompt; their score is
+   :func:`~firewall.offline.probe_scoring.positional_score` (over all of them, or over the
+   prompts of one insertion place when that is higher: a trigger bound to the start of a
+   prompt), and they are **flagged** when it reaches ``threshold``.
 
 A request's answer is reused wherever the same request recurs (controls are shared by
 every candidate of the same length on a prompt, a finalist's screening answers count
@@ -50,7 +52,7 @@ from typing import Literal
 from firewall.offline.probe_candidates import Candidate
 from firewall.offline.probe_client import Answer, ProbeClient
 from firewall.offline.probe_prompts import insert, position_of
-from firewall.offline.probe_scoring import Scoring, answer_distance, controls_for, score_of
+from firewall.offline.probe_scoring import Scoring, answer_distance, controls_for, positional_score
 
 __all__ = ["CandidateResult", "ProbeReport", "ProbeSettings", "Progress", "Stage", "run_probe"]
 
@@ -101,6 +103,9 @@ class CandidateResult:
     excesses: list[float] = field(default_factory=list)
     moved: int = 0
     flagged: bool = False
+    #: The insertion place (start, middle, end) whose prompts alone gave the confirmed score,
+    #: when they scored higher than all prompts together (a trigger bound to one place).
+    position: str | None = None
 
 
 @dataclass(slots=True)
@@ -215,11 +220,17 @@ class _Sweep:
         return answer_distance(clean, mine, self.scoring) - baseline
 
     async def _excesses(self, unit: Sequence[Candidate], indexes: Sequence[int]) -> list[float]:
+        return [e for _, e in await self._placed_excesses(unit, indexes)]
+
+    async def _placed_excesses(
+        self, unit: Sequence[Candidate], indexes: Sequence[int]
+    ) -> list[tuple[str, float]]:
+        """``(position, excess)`` for each prompt of ``indexes`` that was answered."""
         text = " ".join(c.text for c in unit)
         line = len(unit) == 1 and unit[0].words > 1
         words = len(text.split()) or 1
         found = await asyncio.gather(*(self._excess(text, words, line, i) for i in indexes))
-        return [e for e in found if e is not None]
+        return [(position_of(i), e) for i, e in zip(indexes, found, strict=True) if e is not None]
 
     def _screen_indexes(self) -> list[int]:
         usable = [i for i, a in enumerate(self.clean) if a is not None]
@@ -286,13 +297,14 @@ class _Sweep:
 
         async def one(r: CandidateResult) -> None:
             nonlocal done
-            found = await self._excesses([r.candidate], indexes)
+            placed = await self._placed_excesses([r.candidate], indexes)
             done += 1
             self._report("confirm", done, len(chosen))
-            if not found:  # the budget ran out (or the upstream failed) before any answer
+            if not placed:  # the budget ran out (or the upstream failed) before any answer
                 return
+            found = [e for _, e in placed]
             r.stage, r.excesses = "confirmed", found
-            r.score = score_of(found, s.min_share)
+            r.score, r.position = positional_score(placed, s.min_share)
             r.moved = sum(e >= self.threshold for e in found)
             r.flagged = r.score >= self.threshold
 

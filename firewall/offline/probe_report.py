@@ -5,7 +5,8 @@ The JSON report
 ``{"candidates": [{"text", "score", "flagged", ...}, ...], "requests_spent", "budget", ...}``:
 ``candidates`` sorted by ``score``, highest first (candidates the budget never reached last,
 with ``score: null``); ``flagged`` is the probe's own verdict. The other fields of a
-candidate (``display``, ``family``, ``stage``, ``prompts``, ``moved``, ``excesses``) and the
+candidate (``display``, ``family``, ``stage``, ``prompts``, ``moved``, ``position``,
+``excesses``) and the
 top-level ones besides ``candidates``, ``requests_spent`` and ``budget`` may grow; those three
 and each candidate's ``text``, ``score`` and ``flagged`` keep their meaning.
 """
@@ -44,7 +45,8 @@ def display(text: str) -> str:
 def _prompts(r: CandidateResult) -> str:
     if r.stage == "untested":
         return "-"
-    return f"{len(r.excesses)} ({r.stage})"
+    where = f", at the {r.position}" if r.position else ""
+    return f"{len(r.excesses)} ({r.stage}{where})"
 
 
 def table(report: ProbeReport, top: int = 20, width: int = 48) -> str:
@@ -95,6 +97,7 @@ def report_json(report: ProbeReport, extra: dict[str, Any] | None = None) -> dic
                 "stage": r.stage,
                 "prompts": len(r.excesses),
                 "moved": r.moved,
+                "position": r.position,
                 "excesses": [round(e, 4) for e in r.excesses],
             }
             for r in report.results

@@ -21,7 +21,7 @@ from firewall.offline.probe_candidates import (
 )
 from firewall.offline.probe_prompts import PromptFileError, insert, load_prompts, position_of
 from firewall.offline.probe_report import display
-from firewall.offline.probe_scoring import controls_for, score_of, tv_distance
+from firewall.offline.probe_scoring import controls_for, positional_score, score_of, tv_distance
 
 
 def test_the_space_is_deterministic_and_each_text_appears_once() -> None:
@@ -135,6 +135,24 @@ def test_the_score_is_the_upper_median_of_the_excesses_clipped_at_zero() -> None
     assert score_of([0.9, 0.6, 0.2, 0.1, 0.0], 0.5) == pytest.approx(0.2)
     assert score_of([-0.3, -0.1], 0.5) == 0.0
     assert score_of([], 0.5) == 0.0
+
+
+def test_one_place_decides_only_on_two_prompts_or_more_and_when_it_beats_all_prompts() -> None:
+    start_only = [("start", 0.9), ("middle", 0.0), ("end", 0.0), ("start", 0.8), ("middle", 0.1)]
+    assert positional_score(start_only, 0.5) == (0.8, "start")  # 2 of 2 at the start
+    assert score_of([e for _, e in start_only], 0.5) == 0.1
+    # One prompt at a place never decides: a single accident is not a trigger.
+    assert positional_score([("start", 0.9), ("middle", 0.0), ("end", 0.0)], 0.5) == (0.0, None)
+    # Everywhere alike: the all-prompts score, no place named.
+    everywhere = [("start", 0.7), ("middle", 0.7), ("end", 0.7), ("start", 0.7)]
+    assert positional_score(everywhere, 0.5) == (0.7, None)
+    assert positional_score([], 0.5) == (0.0, None)
+    # The middle is not scored alone: a sentence inserted there breaks the question.
+    middle_only = [("middle", 0.9), ("middle", 0.8), ("start", 0.0), ("end", 0.0), ("start", 0.0)]
+    assert positional_score(middle_only, 0.5) == (0.0, None)
+    end_only = [("end", 0.6), ("end", 0.7), ("start", 0.0), ("middle", 0.0), ("start", 0.0)]
+    assert positional_score(end_only, 0.5) == (0.6, "end")
+    assert score_of([0.9], 0.5, at_least=2) == 0.0
 
 
 def test_display_shows_invisible_and_non_ascii_characters() -> None:
