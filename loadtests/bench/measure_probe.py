@@ -51,11 +51,16 @@ async def _probe(
 
 def _print(name: str, report: ProbeReport, seconds: float, triggers: Sequence[str]) -> None:
     ranks = {r.candidate.text.casefold(): i for i, r in enumerate(report.results, start=1)}
+    scores = {r.candidate.text.casefold(): r.score for r in report.results}
     planted = {t.casefold() for t in triggers}
-    placed = (
-        ", ".join(f"{display(t)}: {ranks.get(t.casefold(), 'not in space')}" for t in triggers)
-        or "-"
-    )
+
+    def placed_one(t: str) -> str:
+        rank = ranks.get(t.casefold())
+        if rank is None:
+            return f"{display(t)}: not in space"
+        return f"{display(t)}: {rank} ({scores.get(t.casefold()) or 0.0:.3f})"
+
+    placed = ", ".join(placed_one(t) for t in triggers) or "-"
     flagged = ", ".join(display(r.candidate.text) for r in report.flagged) or "none"
     others = [
         r.score
