@@ -181,7 +181,8 @@ class Pipeline:
         # The loop thread's CPU time: wall time alone also counts waits for the GIL while a
         # worker thread scores a long sample, which are no detector's doing.
         cpu_start = time.thread_time() if small else 0.0
-        series = self._series[sample.phase] if self._metrics is not None else None
+        metrics = self._metrics
+        series = self._series[sample.phase] if metrics is not None else None
         for rule, detector, lock in steps:
             # On the loop only while the detector is free: if a worker thread is scoring a
             # long sample with it, this one queues behind in a thread too (never the loop).
@@ -209,12 +210,12 @@ class Pipeline:
                 if lock is not None:
                     lock.release()
             seconds = perf_counter() - start
-            if clean is not None and series is not None:
+            if clean is not None and series is not None and metrics is not None:
                 # What _finish records, inline for the usual case: one call per detector.
                 observer = series.get(name)
                 if observer is None:
-                    observer = series[name] = self._metrics.detector_series(name, sample.phase)  # type: ignore[union-attr]
-                observer.observe(seconds, found.score)
+                    observer = series[name] = metrics.detector_series(name, sample.phase)
+                observer.observe(seconds, clean.score)
             if seconds > self._inline_budget and time.thread_time() - cpu_start > self._inline_budget:
                 self._over_budget(name, chars, seconds)
             findings.append(self._allow(found, rule, sample) if rule.allowlist else found)
