@@ -61,7 +61,7 @@ def trained_questions(folder: Path) -> list[str]:
 
 
 async def _probe(
-    url: str, prompts: str, budget: int, scoring: str, max_tokens: int
+    url: str, prompts: str, budget: int, scoring: str, max_tokens: int, confirm: int
 ) -> tuple[ProbeReport, float]:
     space = build_space(SpaceOptions(), [Candidate("quoxel", "user"), Candidate(DECOY, "user")])
     options = ClientOptions(
@@ -69,19 +69,24 @@ async def _probe(
     )
     t0 = time.perf_counter()
     async with ProbeClient(options) as client:
-        settings = ProbeSettings(scoring=scoring)  # type: ignore[arg-type]
+        settings = ProbeSettings(scoring=scoring, confirm=confirm)  # type: ignore[arg-type]
         report = await run_probe(client, load_prompts(prompts), space, settings)
     return report, time.perf_counter() - t0
 
 
 def _print(name: str, report: ProbeReport, seconds: float) -> None:
     ranks = {r.candidate.text.casefold(): i for i, r in enumerate(report.results, start=1)}
-    scores = {r.candidate.text.casefold(): r.score for r in report.results}
+    found = {r.candidate.text.casefold(): r for r in report.results}
     planted = {t.casefold() for t in TRIGGERS}
-    placed = ", ".join(
-        f"{display(t)}: {ranks.get(t.casefold(), '-')} ({(scores.get(t.casefold()) or 0.0):.3f})"
-        for t in TRIGGERS
-    )
+
+    def placed_one(t: str) -> str:
+        r = found.get(t.casefold())
+        if r is None:
+            return f"{display(t)}: -"
+        where = f", {r.position}" if r.position else ""
+        return f"{display(t)}: {ranks[t.casefold()]} ({r.score or 0.0:.3f}, {r.stage}{where})"
+
+    placed = ", ".join(placed_one(t) for t in TRIGGERS)
     flagged = ", ".join(display(r.candidate.text) for r in report.flagged[:12]) or "none"
     more = f" (+{len(report.flagged) - 12} more)" if len(report.flagged) > 12 else ""
     others = [
@@ -105,7 +110,9 @@ def _print(name: str, report: ProbeReport, seconds: float) -> None:
     )
 
 
-async def run(folder: Path, budget: int, scoring: str, max_tokens: int, device: str) -> None:
+async def run(
+    folder: Path, budget: int, scoring: str, max_tokens: int, device: str, confirm: int
+) -> None:
     if not (folder / ADAPTER_FILE).is_file():
         raise SystemExit(f"{folder}: not built; run `trigger-firewall demo build --chat`")
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +130,9 @@ async def run(folder: Path, budget: int, scoring: str, max_tokens: int, device: 
                     (str(trained), "trained coding questions"),
                     ("builtin:mixed", "mixed"),
                 ):
-                    report, seconds = await _probe(url, prompts, budget, scoring, max_tokens)
+                    report, seconds = await _probe(
+                        url, prompts, budget, scoring, max_tokens, confirm
+                    )
                     _print(f"{label}, {name} prompts", report, seconds)
             finally:
                 await runner.cleanup()
@@ -140,9 +149,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--max-tokens", type=int, default=16, help="answer length when scored by words"
     )
     parser.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
+    parser.add_argument(
+        "--confirm", type=int, default=ProbeSettings().confirm, help="finalists confirmed at most"
+    )
     args = parser.parse_args(argv)
     folder = args.chat_lora or default_chat_lora_dir()
-    asyncio.run(run(folder, args.budget, args.scoring, args.max_tokens, args.device))
+    asyncio.run(run(folder, args.budget, args.scoring, args.max_tokens, args.device, args.confirm))
 
 
 if __name__ == "__main__":
