@@ -100,6 +100,11 @@ class FindingStatus(enum.StrEnum):
     PARTIAL = "partial"
 
 
+#: The statuses whose score means something (:attr:`Finding.scored`), as one set: read for
+#: every finding of every request (see ``_SANITIZE`` above on enum member reads).
+_SCORED = frozenset({FindingStatus.OK, FindingStatus.PARTIAL})
+
+
 class BlockKind(enum.StrEnum):
     """Why a request was stopped: a policy decision or a detector failing closed."""
 
@@ -232,7 +237,7 @@ class Finding:
     @property
     def scored(self) -> bool:
         """Whether ``score`` means something: ``OK``, or ``PARTIAL`` (a lower bound)."""
-        return self.status is FindingStatus.OK or self.status is FindingStatus.PARTIAL
+        return self.status in _SCORED
 
     @classmethod
     def failed(cls, detector: str, status: FindingStatus, error: str) -> Finding:

@@ -28,7 +28,7 @@ from typing import IO, Any
 import orjson
 
 from firewall.config.schema import AuditConfig
-from firewall.core.types import FindingStatus, Segment, Verdict
+from firewall.core.types import Segment, Verdict
 from firewall.observability.metrics import Metrics
 
 __all__ = ["AuditLog", "fingerprint", "microseconds", "verdict_record"]
@@ -65,10 +65,6 @@ def microseconds(seconds: float) -> float:
     return int(seconds * 1e6 + 0.5) / 1e6
 
 
-#: The statuses whose score means something (:attr:`Finding.scored`).
-_SCORED = frozenset({FindingStatus.OK, FindingStatus.PARTIAL})
-
-
 def verdict_record(verdict: Verdict) -> dict[str, Any]:
     """The decision and detector evidence of one phase, as audit fields.
 
@@ -80,19 +76,16 @@ def verdict_record(verdict: Verdict) -> dict[str, Any]:
     for f in verdict.findings:
         name = f.detector
         score = f.score
-        status = f.status
         entry = {
             "name": name,
-            "status": status,  # StrEnum members: orjson writes their values
-            # round() goes through a decimal conversion; most scores are a plain 0.0.
-            # (Finding.scored, inline: this runs for every detector of every request.)
-            "score": (round(score, 4) if score else score) if status in _SCORED else None,
+            "status": f.status,  # StrEnum members: orjson writes their values
+            # round() goes through a decimal conversion; most scores are a plain 0.0
+            "score": (round(score, 4) if score else score) if f.scored else None,
             "threshold": thresholds.get(name),
             "fired": name in fired,
             "reasons": f.reasons,
             "spans": [s.as_dict() for s in f.spans[:32]] if f.spans else (),
-            # microseconds(), inline
-            "duration_seconds": int(f.duration_seconds * 1e6 + 0.5) / 1e6,
+            "duration_seconds": microseconds(f.duration_seconds),
         }
         if f.error:
             entry["error"] = f.error
