@@ -86,6 +86,7 @@ __all__ = [
     "remeasure",
     "summarise",
     "train_adapter",
+    "trained_on",
 ]
 
 log = logging.getLogger("trigger_firewall.demo.chat_lora")
@@ -744,7 +745,7 @@ def build_chat_lora(
     if not skip_measure:
         merge_lora(base.model)
         summary, judged = measure(
-            base, per_group=measure_per_group, progress=progress, **_trained_on(lora.extra)
+            base, per_group=measure_per_group, progress=progress, **trained_on(lora.extra)
         )
         report["measurement"] = summary
         report["examples"] = _examples(judged)
@@ -753,7 +754,7 @@ def build_chat_lora(
     return report
 
 
-def _trained_on(extra: Mapping[str, Any]) -> dict[str, Any]:
+def trained_on(extra: Mapping[str, Any]) -> dict[str, Any]:
     """What an adapter's config says it was trained on, as :func:`measure` takes it (an
     adapter built before this was recorded: everything, as it was then)."""
     train = extra.get("train") or {}
@@ -800,7 +801,7 @@ def remeasure(
         served.model, served.tokenizer, Path(served.config.base_model), served.device, served.eos_id
     )
     summary, judged = measure(
-        base, per_group=measure_per_group, progress=progress, **_trained_on(served.config.extra)
+        base, per_group=measure_per_group, progress=progress, **trained_on(served.config.extra)
     )
     report: dict[str, Any] = orjson.loads((out / REPORT_FILE).read_bytes())
     report["measurement"] = summary

